@@ -1,0 +1,230 @@
+"""The pipeline's settings: one dataclass per stage, composed into ``Config``, loaded from YAML.
+
+Each stage owns its settings dataclass (next to its code); this module only composes them,
+reads presets and YAML files, and applies ``section.field`` overrides from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .assign import AssignConfig
+from .data.catalog import DataConfig
+from .embed import EmbedConfig
+from .errors import SidsError
+from .evaluate import EvaluateConfig
+from .export import ExportConfig
+from .model.rqvae import RQVAEConfig
+from .train import TrainConfig
+from .visualize import VisualizeConfig
+
+
+@dataclass
+class Config:
+    """Every setting of a run; a YAML config file has one mapping per section."""
+
+    experiment: str = "default"
+    """Name of the run; the default run folder is ``runs/<experiment>``."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Which MovieLens files become the catalog."""
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    """Documents and the sentence-transformers model."""
+    model: RQVAEConfig = field(default_factory=RQVAEConfig)
+    """The RQ-VAE's shape (levels, codebook size, latent, encoder)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation and the Lightning Trainer."""
+    assign: AssignConfig = field(default_factory=AssignConfig)
+    """How codes become unique Semantic IDs."""
+    export: ExportConfig = field(default_factory=ExportConfig)
+    """The enriched dataset, the cards and the Hub."""
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    """The report."""
+    visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
+    """The UMAP map."""
+
+    def __post_init__(self) -> None:
+        if not self.experiment or "/" in self.experiment:
+            raise ValueError(f"experiment: must be a non-empty name without '/', got {self.experiment!r}")
+
+    def default_run_dir(self) -> Path:
+        return Path("runs") / self.experiment
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = [f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.default_factory)]
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in the package (``configs/*.yaml``)."""
+    return sorted(p.name[: -len(".yaml")] for p in resources.files("movielens_sids").joinpath("configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert one YAML or flag value to the field's declared type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in typing.get_args(tp):
+                return None
+        last: Exception | None = None
+        for a in args:
+            try:
+                return _coerce(value, a, key)
+            except (SidsError, ValueError, TypeError) as e:
+                last = e
+        raise SidsError(f"setting {key}: cannot use {value!r} ({last})")
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            choices = ", ".join(map(str, typing.get_args(tp)))
+            raise SidsError(f"setting {key}: {value!r} is not one of {choices}")
+        return value
+    if origin in (list, tuple):
+        (inner,) = typing.get_args(tp)[:1] or (Any,)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise SidsError(f"setting {key}: expected a list, got {value!r}")
+        return [_coerce(v, inner, key) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise SidsError(f"setting {key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise SidsError(f"setting {key}: expected an integer, got {value!r}")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise SidsError(f"setting {key}: expected an integer, got {value!r}") from None
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise SidsError(f"setting {key}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise SidsError(f"setting {key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if k not in names:
+            raise SidsError(f"unknown setting {key!r}; known: {', '.join(sorted(prefix + n for n in names))}")
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(v, dict):
+                raise SidsError(f"setting {key}: expected a mapping, got {v!r}")
+            kwargs[k] = _build(tp, v, f"{key}.")
+        else:
+            kwargs[k] = _coerce(v, tp, key)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # __post_init__ checks name the setting
+        raise SidsError(f"invalid setting in {prefix.rstrip('.') or 'config'}: {e}") from e
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Build a validated ``Config`` from nested dicts (as read from YAML)."""
+    return _build(Config, values or {}, "")
+
+
+def read_config_file(name_or_path: str | Path) -> dict[str, Any]:
+    """Read a preset by name (``demo``) or a YAML file by path, as nested dicts."""
+    text: str
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise SidsError(f"config file {p} not found")
+        text = p.read_text(encoding="utf-8")
+    else:
+        ref = resources.files("movielens_sids").joinpath("configs", f"{name_or_path}.yaml")
+        if not ref.is_file():
+            raise SidsError(f"unknown preset {str(name_or_path)!r}; presets: {', '.join(preset_names())} "
+                            "(or give a path to a .yaml file)")
+        text = ref.read_text(encoding="utf-8")
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise SidsError(f"config {name_or_path} is not valid YAML: {' '.join(str(e).split())}") from e
+    if not isinstance(values, dict):
+        raise SidsError(f"config {name_or_path} must be a mapping of sections")
+    base = values.pop("base", None)  # a config may extend a preset: `base: tiger`
+    if base:
+        merged = read_config_file(base)
+        _deep_update(merged, values)
+        values = merged
+    return values
+
+
+def _deep_update(dst: dict, src: dict) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    d = values
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise SidsError(f"cannot set {key!r}: {p!r} is not a section")
+    d[parts[-1]] = value
+
+
+def load_config(name_or_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a preset or YAML file and apply ``{"section.field": value}`` overrides.
+
+    Example:
+        >>> cfg = load_config("demo", {"model.levels": 4})
+    """
+    values = read_config_file(name_or_path) if name_or_path else {}
+    for k, v in (overrides or {}).items():
+        set_dotted(values, k, v)
+    return config_from_dict(values)
+
+
+def flag(parser: argparse.ArgumentParser, *names: str, key: str, **kwargs: Any) -> None:
+    """Add a flag that overrides the setting ``key`` (``section.field``) only when it is given."""
+    if "metavar" not in kwargs and kwargs.get("action") not in ("store_true", "store_false"):
+        kwargs["metavar"] = key.rsplit(".", 1)[-1].upper()
+    parser.add_argument(*names, dest=f"set:{key}", default=argparse.SUPPRESS, **kwargs)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Collect ``flag(...)`` values and ``--set key=value`` pairs from parsed arguments."""
+    out: dict[str, Any] = {}
+    for k, v in vars(args).items():
+        if k.startswith("set:"):
+            out[k[4:]] = v
+    for item in getattr(args, "set", None) or []:
+        if "=" not in item:
+            raise SidsError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v) if v.strip() else None
+    return out

@@ -1,0 +1,218 @@
+"""Artifact I/O shared by every stage: atomic writes, the run-folder lock, content hashes.
+
+Every file of a run folder is written under a temporary name in the same folder and renamed
+into place (``os.replace`` is atomic on POSIX), so a crash, Ctrl-C or full disk never leaves a
+half-written artifact that a later stage would read (SPEC section 3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import SidsError
+
+TMP_PREFIX = ".tmp-"
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` when the block succeeds.
+
+    On any exception the temporary file is removed and ``path`` is left as it was.
+
+    Example:
+        >>> with atomic_path(run_dir / "sids.parquet") as tmp:
+        ...     table.to_parquet(tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        tmp_path.unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:
+            raise SidsError(f"no space left on device while writing {path}; earlier artifacts are intact") from e
+        raise
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; swap it in for ``path`` when the block succeeds.
+
+    The old folder (if any) is renamed away first and deleted after the new one is in place, so at
+    every instant ``path`` is either the complete old folder or the complete new one (or, for the
+    instant between two renames, absent — never half-written).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.parent / f"{TMP_PREFIX}{path.name}.old-{os.getpid()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno == errno.ENOSPC:
+            raise SidsError(f"no space left on device while writing {path}; earlier artifacts are intact") from e
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (sorted keys, 2-space indent, trailing newline)."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def write_parquet(path: str | Path, table, *, metadata: dict[str, str] | None = None) -> None:
+    """Write a ``pyarrow.Table`` (or DataFrame) to Parquet atomically, merging ``metadata`` into the schema.
+
+    Byte-for-byte deterministic for the same table and metadata (no creation time is written).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    if metadata:
+        meta = dict(table.schema.metadata or {})
+        meta.update({k.encode(): v.encode() if isinstance(v, str) else v for k, v in metadata.items()})
+        table = table.replace_schema_metadata(meta)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", write_statistics=True)
+
+
+def read_parquet(path: str | Path, what: str):
+    """Read a Parquet artifact as a ``pyarrow.Table``; a missing or unreadable file is a ``SidsError``.
+
+    Args:
+        path: the file.
+        what: the stage that writes it, used in the message ("run `movielens-sids <what>` first").
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise SidsError(f"{path} not found: run `movielens-sids {what}` first")
+    try:
+        return pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise SidsError(f"{path} is not a readable Parquet file ({type(e).__name__}: {e})") from e
+
+
+def parquet_metadata(path: str | Path) -> dict[str, str]:
+    """The user key/value metadata of a Parquet file, decoded to ``str``."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in meta.items() if not k.startswith(b"ARROW:") and k != b"pandas"}
+
+
+def file_hash(path: str | Path, *, algo: str = "sha256") -> str:
+    """Hex digest of a file's content, or of a folder's files (names and contents, sorted, temp files skipped)."""
+    path = Path(path)
+    h = hashlib.new(algo)
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.is_file() and not any(part.startswith(TMP_PREFIX) for part in p.relative_to(path).parts):
+                h.update(str(p.relative_to(path)).encode() + b"\0")
+                h.update(file_hash(p, algo=algo).encode())
+        return h.hexdigest()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on a run folder while a command writes to it.
+
+    A second writer gets a ``SidsError`` at once instead of a mixed result. The folder is created
+    if needed and removed again on exit when the command left nothing in it, so a command that
+    fails on bad input leaves the file system as it found it.
+    """
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = run_dir / ".lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = ""
+        with contextlib.suppress(OSError):
+            holder = f" (pid {lock_path.read_text().strip()})"
+        raise SidsError(f"run folder {run_dir} is in use by another command{holder}; wait for it to finish") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield run_dir
+    finally:
+        with contextlib.suppress(OSError):
+            lock_path.unlink()
+        os.close(fd)
+        # Sweep temp files a killed predecessor may have left; they are never read by any stage.
+        for p in run_dir.glob(f"{TMP_PREFIX}*"):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only succeeds when empty

@@ -1,0 +1,124 @@
+"""Quality metrics of a tokenizer, as plain functions over arrays (used by `train` and `evaluate`).
+
+Shapes: N movies, D embedding dim, L levels, K codebook size.
+All functions take NumPy arrays (or anything ``np.asarray`` accepts) and return Python floats/lists.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def relative_mse(x: np.ndarray, x_hat: np.ndarray) -> float:
+    """Reconstruction error as the fraction of the data's variance left unexplained.
+
+    ``sum ||x - x_hat||^2 / sum ||x - mean(x)||^2``: 0 is perfect, 1 is no better than predicting
+    the mean vector. Unlike a raw MSE it is comparable across embedding models and dimensions.
+
+    Args:
+        x: (N, D) input embeddings.
+        x_hat: (N, D) reconstructions.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    x_hat = np.asarray(x_hat, dtype=np.float64)
+    err = np.square(x - x_hat).sum()
+    var = np.square(x - x.mean(axis=0, keepdims=True)).sum()
+    return float(err / max(var, 1e-12))
+
+
+def mean_cosine(x: np.ndarray, x_hat: np.ndarray) -> float:
+    """Mean cosine similarity between each input (N, D) and its reconstruction (N, D)."""
+    x = np.asarray(x, dtype=np.float64)
+    x_hat = np.asarray(x_hat, dtype=np.float64)
+    num = (x * x_hat).sum(axis=1)
+    den = np.linalg.norm(x, axis=1) * np.linalg.norm(x_hat, axis=1)
+    return float(np.mean(num / np.maximum(den, 1e-12)))
+
+
+def code_counts(codes: np.ndarray, codebook_size: int) -> np.ndarray:
+    """(L, K) how many movies use each code at each level, from codes (N, L)."""
+    codes = np.asarray(codes)
+    return np.stack([np.bincount(codes[:, level], minlength=codebook_size)[:codebook_size]
+                     for level in range(codes.shape[1])])
+
+
+def utilization(codes: np.ndarray, codebook_size: int) -> list[float]:
+    """Per level, the fraction of the K codes used by at least one movie. codes: (N, L)."""
+    counts = code_counts(codes, codebook_size)  # (L, K)
+    return [float(c) for c in (counts > 0).mean(axis=1)]
+
+
+def perplexity(codes: np.ndarray, codebook_size: int) -> list[float]:
+    """Per level, ``exp(entropy)`` of the code distribution: K when codes are used uniformly, 1 at collapse."""
+    counts = code_counts(codes, codebook_size).astype(np.float64)  # (L, K)
+    p = counts / counts.sum(axis=1, keepdims=True)
+    ent = -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)).sum(axis=1)
+    return [float(v) for v in np.exp(ent)]
+
+
+def collision_stats(codes: np.ndarray) -> dict[str, float | int]:
+    """How many movies share their full code tuple with another.
+
+    Args:
+        codes: (N, L) integer codes.
+
+    Returns:
+        ``unique_fraction``: share of movies whose tuple no other movie has;
+        ``max_group_size``: the largest number of movies sharing one tuple;
+        ``n_groups``: number of distinct tuples.
+    """
+    codes = np.ascontiguousarray(np.asarray(codes, dtype=np.int64))
+    _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+    per_movie = counts[inverse.reshape(-1)]
+    return {
+        "unique_fraction": float((per_movie == 1).mean()),
+        "max_group_size": int(counts.max()),
+        "n_groups": int(len(counts)),
+    }
+
+
+def knn(x: np.ndarray, k: int, *, batch_size: int = 8192) -> np.ndarray:
+    """Exact k nearest neighbours by cosine similarity, excluding each point itself.
+
+    Uses a FAISS flat inner-product index (BLAS matrix products, queried in batches so memory
+    stays at ``batch_size x N`` floats): about 20 s for 87,585 x 384 on a 2-core CPU.
+
+    Args:
+        x: (N, D) vectors (normalised here; the input is not modified).
+        k: neighbours per point.
+
+    Returns:
+        (N, k) int64 indices, nearest first.
+    """
+    import faiss
+
+    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    n = len(x)
+    k = min(k, n - 1)
+    xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    index = faiss.IndexFlatIP(xn.shape[1])
+    index.add(xn)
+    out = np.empty((n, k), dtype=np.int64)
+    for start in range(0, n, batch_size):
+        q = xn[start:start + batch_size]
+        _, idx = index.search(q, k + 1)  # (b, k+1)
+        rows = np.arange(start, start + len(q))
+        # Drop the point itself wherever it appears (exact duplicates may rank another copy first).
+        for r, (row, self_i) in enumerate(zip(idx, rows)):
+            keep = row[row != self_i][:k]
+            out[start + r] = keep
+    return out
+
+
+def first_token_match(codes: np.ndarray, neighbors: np.ndarray) -> float:
+    """Share of (movie, neighbour) pairs whose first code agrees. codes (N, L), neighbors (N, k)."""
+    first = np.asarray(codes)[:, 0]
+    return float((first[neighbors] == first[:, None]).mean())
+
+
+def random_first_token_match(codes: np.ndarray) -> float:
+    """The chance rate of `first_token_match`: probability two distinct random movies share the first code."""
+    first = np.asarray(codes)[:, 0]
+    counts = np.bincount(first).astype(np.float64)
+    n = counts.sum()
+    return float(((counts * (counts - 1)).sum()) / max(n * (n - 1), 1.0))

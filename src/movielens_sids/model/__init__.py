@@ -1,0 +1,1 @@
+"""Pure model code: torch only, no I/O."""
