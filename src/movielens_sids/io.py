@@ -180,6 +180,15 @@ def file_hash(path: str | Path, *, algo: str = "sha256") -> str:
     return h.hexdigest()
 
 
+def _sweep_temp(run_dir: Path) -> None:
+    """Remove temporary files a killed predecessor left (never read by any stage) from the folder's top level."""
+    for p in run_dir.glob(f"{TMP_PREFIX}*"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: str | Path) -> Iterator[Path]:
     """Hold an exclusive lock on a run folder while a command writes to it.
@@ -204,15 +213,12 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
     try:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
+        _sweep_temp(run_dir)
         yield run_dir
     finally:
         with contextlib.suppress(OSError):
             lock_path.unlink()
         os.close(fd)
-        # Sweep temp files a killed predecessor may have left; they are never read by any stage.
-        for p in run_dir.glob(f"{TMP_PREFIX}*"):
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
         if created:
             with contextlib.suppress(OSError):
                 run_dir.rmdir()  # only succeeds when empty

@@ -92,18 +92,30 @@ def _settings(stage: Stage, cfg: Config) -> dict[str, Any]:
     return out
 
 
+_HASH_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def _hash(p: Path) -> str | None:
+    """Content hash of a file or folder, memoised per (path, size, mtime) for files within a process."""
+    if not p.exists():
+        return None
+    if p.is_dir():
+        return file_hash(p)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_MEMO:
+        _HASH_MEMO[key] = file_hash(p)
+    return _HASH_MEMO[key]
+
+
 def _hashes(run_dir: Path, names: tuple[str, ...] | list[str]) -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for n in names:
-        p = run_dir / n
-        out[n] = file_hash(p) if p.exists() else None
-    return out
+    return {n: _hash(run_dir / n) for n in names}
 
 
 def _external_hashes(stage: Stage, cfg: Config) -> dict[str, str | None]:
     if stage.external_inputs is None:
         return {}
-    return {str(p): (file_hash(p) if p.exists() else None) for p in stage.external_inputs(cfg)}
+    return {str(p): _hash(Path(p)) for p in stage.external_inputs(cfg)}
 
 
 def read_record(run_dir: Path, name: str) -> dict[str, Any] | None:

@@ -1,0 +1,92 @@
+"""Atomic artifacts, the run-folder lock and content hashes."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pyarrow as pa
+import pytest
+
+from movielens_sids.errors import SidsError
+from movielens_sids.io import atomic_dir, atomic_path, file_hash, run_lock, write_parquet, write_text
+
+
+def _snapshot(d):
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_atomic_path_failure_leaves_old_file_and_no_temp(tmp_path):
+    target = tmp_path / "a.txt"
+    write_text(target, "old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_atomic_path_full_disk_is_a_clear_error(tmp_path):
+    target = tmp_path / "a.txt"
+    write_text(target, "old")
+    with pytest.raises(SidsError, match="no space left"), atomic_path(target):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_atomic_dir_swaps_whole_folder(tmp_path):
+    target = tmp_path / "model"
+    with atomic_dir(target) as tmp:
+        (tmp / "x").write_text("1")
+    with pytest.raises(KeyboardInterrupt), atomic_dir(target) as tmp:
+        (tmp / "x").write_text("2")
+        (tmp / "y").write_text("2")
+        raise KeyboardInterrupt
+    assert _snapshot(target) == {"x": b"1"}
+    with atomic_dir(target) as tmp:
+        (tmp / "y").write_text("3")
+    assert _snapshot(target) == {"y": b"3"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_run_lock_refuses_second_writer_and_cleans_up(tmp_path):
+    run_dir = tmp_path / "run"
+    with run_lock(run_dir):
+        with pytest.raises(SidsError, match="in use by another command"):
+            with run_lock(run_dir):
+                pass
+    assert not run_dir.exists(), "a command that wrote nothing must not leave a new folder behind"
+    run_dir.mkdir()
+    (run_dir / "keep").write_text("k")
+    with run_lock(run_dir):
+        pass
+    assert _snapshot(run_dir) == {"keep": b"k"}
+
+
+def test_run_lock_sweeps_stale_temp_files(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".tmp-sids.parquet.abc").write_text("half-written by a killed process")
+    with run_lock(run_dir):
+        pass
+    assert not any(p.name.startswith(".tmp-") for p in run_dir.iterdir())
+
+
+def test_parquet_bytes_are_deterministic(tmp_path):
+    table = pa.table({"movie_id": [3, 1, 2], "sid": ["<a_1>", "<a_2>", "<a_3>"]})
+    write_parquet(tmp_path / "a.parquet", table, metadata={"k": "v"})
+    write_parquet(tmp_path / "b.parquet", table, metadata={"k": "v"})
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+
+
+def test_folder_hash_tracks_content_and_ignores_temp_files(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "a").write_text("1")
+    h1 = file_hash(d)
+    (d / ".tmp-a.x").write_text("junk")
+    assert file_hash(d) == h1
+    (d / "a").write_text("2")
+    assert file_hash(d) != h1
+    os.remove(d / ".tmp-a.x")
