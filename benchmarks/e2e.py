@@ -1,0 +1,70 @@
+"""End-to-end benchmark: every stage on the 87,585 movies of MovieLens-32M, then a warm `run`.
+
+Each stage runs as its own CLI process (exactly what `run` does, stage by stage) so that its wall
+time and its peak resident memory (``wait4`` rusage of that process) are measured separately.
+Then `run` is started on the finished folder: everything is up to date, nothing re-runs.
+
+Usage:
+    python benchmarks/e2e.py [--source ../shared/data/ml-32m] [--config tiger] [--run-dir /tmp/e2e]
+
+It needs the MovieLens-32M files (a folder with at least movies.csv); the project's tests don't.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STAGES = ["catalog", "embed", "train", "assign", "evaluate", "export", "visualize"]
+
+
+def run_measured(cmd: list[str]) -> tuple[float, float, int]:
+    """Run a command; return (wall seconds, peak RSS in GiB, exit code)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return time.perf_counter() - t0, usage.ru_maxrss / 2**20, proc.returncode  # ru_maxrss is KiB on Linux
+
+
+def main() -> int:
+    here = Path(__file__).resolve().parent
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--source", default=str(here.parent.parent / "shared" / "data" / "ml-32m"))
+    ap.add_argument("--config", default="tiger")
+    ap.add_argument("--run-dir", default="/tmp/movielens-sids-e2e")
+    ap.add_argument("--keep", action="store_true", help="reuse an existing run folder instead of starting clean")
+    args = ap.parse_args()
+    if not Path(args.source).exists():
+        print(f"no MovieLens files at {args.source}: pass --source", file=sys.stderr)
+        return 2
+    run_dir = Path(args.run_dir)
+    if run_dir.exists() and not args.keep:
+        shutil.rmtree(run_dir)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    os.environ.update(env)
+    base = [sys.executable, "-m", "movielens_sids"]
+    common = ["--config", args.config, "--run-dir", str(run_dir), "--set", f"data.source={args.source}"]
+    rows = []
+    for stage in STAGES:
+        wall, rss, code = run_measured([*base, stage, *common])
+        rows.append((stage, wall, rss))
+        if code != 0:
+            print(f"{stage} failed with exit code {code}", file=sys.stderr)
+            return 1
+    warm_wall, warm_rss, code = run_measured([*base, "run", *common])
+    print("\n| stage | wall s | peak RSS GiB |\n| --- | ---: | ---: |")
+    for stage, wall, rss in rows:
+        print(f"| {stage} | {wall:.1f} | {rss:.2f} |")
+    print(f"| **cold total** | {sum(r[1] for r in rows):.1f} | {max(r[2] for r in rows):.2f} |")
+    print(f"| warm `run` (all up to date) | {warm_wall:.1f} | {warm_rss:.2f} |")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
