@@ -90,3 +90,9 @@ def test_folder_hash_tracks_content_and_ignores_temp_files(tmp_path):
     (d / "a").write_text("2")
     assert file_hash(d) != h1
     os.remove(d / ".tmp-a.x")
+
+
+def test_run_lock_removes_parents_it_created(tmp_path):
+    with run_lock(tmp_path / "a" / "b" / "run"):
+        pass
+    assert list(tmp_path.iterdir()) == []

@@ -198,7 +198,11 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
     fails on bad input leaves the file system as it found it.
     """
     run_dir = Path(run_dir)
-    created = not run_dir.exists()
+    created = []  # folders this call creates, innermost first, removed again if left empty
+    p = run_dir.absolute()
+    while not p.exists():
+        created.append(p)
+        p = p.parent
     run_dir.mkdir(parents=True, exist_ok=True)
     lock_path = run_dir / ".lock"
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -219,6 +223,8 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             lock_path.unlink()
         os.close(fd)
-        if created:
-            with contextlib.suppress(OSError):
-                run_dir.rmdir()  # only succeeds when empty
+        for d in created:
+            try:
+                d.rmdir()  # only succeeds when empty
+            except OSError:
+                break

@@ -1,12 +1,62 @@
-"""STUB — to be implemented (issue 2): MovieLens files -> catalog.parquet."""
+"""``catalog``: MovieLens files (a folder or the official zip, CSV or ``.dat``) -> ``catalog.parquet``.
+
+One row per movie, sorted by ``movie_id`` (SPEC section 3)::
+
+    movie_id int64 | title str | display_title str | year Int64 | genres list<str> | tags list<str>
+    | imdb_id str ("tt0133093") | tmdb_id Int64 | [enrichment columns]
+
+- ``title`` is MovieLens' title without the year, the article kept where MovieLens puts it
+  ("Matrix, The"); ``display_title`` moves such articles back to the front in the title and in
+  each parenthesised alternate title ("Bicycle Thieves (a.k.a. The Bicycle Thief) (Ladri di
+  biciclette)"). ``year`` is the release year in parentheses at the end; for a range such as
+  "(2006-2007)" (series) it is the first year. Titles with no year get a missing ``year``.
+- ``genres`` drops "(no genres listed)"; ``tags`` are case-folded, whitespace-collapsed,
+  de-duplicated and ordered by how many distinct users applied them (ties alphabetically).
+- Only ``movies.csv`` / ``movies.dat`` is required; ``links`` gives ``imdb_id`` / ``tmdb_id``,
+  ``tags`` gives ``tags``, and ``ratings`` gives ``n_ratings`` / ``mean_rating`` when
+  ``--rating-stats`` asks for them.
+
+Files are read with pyarrow (typed, multithreaded); when that fast path meets anything odd, the
+file is re-read row by row to report the exact line numbers of the rows that cannot be parsed
+(or to drop them with ``--skip-bad-rows``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import re
+import unicodedata
+import zipfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import SidsError
+from . import registry
+
+log = logging.getLogger(__name__)
 
 HELP = "build catalog.parquet from --dataset NAME or --source PATH (folder or official zip)"
+
+CATALOG_COLUMNS = ("movie_id", "title", "display_title", "year", "genres", "tags", "imdb_id", "tmdb_id")
+NO_GENRES = "(no genres listed)"
+LIST_COLUMNS = frozenset({"stars", "cast", "actors", "directors", "writers", "keywords", "countries",
+                          "languages", "companies", "creators"})
+"""Enrichment columns read as lists even when a CSV gives them as ``a|b|c`` strings."""
+_MAX_REPORTED = 5
 
 
 @dataclass
@@ -27,21 +77,738 @@ class DataConfig:
     """Seed for `limit`'s sample."""
     skip_bad_rows: bool = False
     """Drop rows that cannot be parsed (with a count) instead of failing."""
+    rating_stats: bool = False
+    """Add n_ratings and mean_rating columns from the ratings file (reads all ratings: slow on big sets)."""
+
+    def __post_init__(self) -> None:
+        if self.source is None and self.dataset not in registry.VARIANTS:
+            raise ValueError(f"dataset: unknown dataset {self.dataset!r}; known: {', '.join(registry.VARIANTS)}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit: must be at least 1, got {self.limit}")
+
+
+# --- where the files are ------------------------------------------------------------------------
+
+
+class MovieLensSource:
+    """A MovieLens release on disk: a folder or the official zip, in CSV or ``.dat`` format.
+
+    Finds ``movies`` (required), ``links``, ``tags`` and ``ratings`` at the top of the folder or zip,
+    or in its one sub-folder that holds them (``ml-10M100K/movies.dat``).
+    """
+
+    STEMS = ("movies", "links", "tags", "ratings")
+
+    def __init__(self, path: str | Path, label: str | None = None):
+        self.path = Path(path).expanduser()
+        self.label = label or str(self.path)
+        if not self.path.exists():
+            raise SidsError(f"{self.path} not found (expected a MovieLens folder or zip)")
+        self._zip: zipfile.ZipFile | None = None
+        if self.path.is_dir():
+            names = [p.relative_to(self.path).as_posix() for p in self.path.glob("*") if p.is_file()]
+            names += [p.relative_to(self.path).as_posix() for p in self.path.glob("*/*") if p.is_file()]
+        else:
+            from .fetch import check_zip_entries, open_zip
+
+            self._zip = open_zip(self.path)
+            try:
+                check_zip_entries(self._zip)  # the same rules as for a download, though nothing is extracted
+            except SidsError:
+                self._zip.close()
+                raise
+            names = [i.filename for i in self._zip.infolist() if not i.is_dir()]
+        self.fmt, self.members = self._locate(names)
+
+    def _locate(self, names: list[str]) -> tuple[str, dict[str, str]]:
+        for prefix in sorted({n.rsplit("/", 1)[0] + "/" if "/" in n else "" for n in names}, key=len):
+            for fmt in ("csv", "dat"):
+                if f"{prefix}movies.{fmt}" in names:
+                    found = {s: f"{prefix}{s}.{fmt}" for s in self.STEMS if f"{prefix}{s}.{fmt}" in names}
+                    return fmt, found
+        kind = "folder" if self._zip is None else "zip"
+        raise SidsError(f"no movies.csv or movies.dat in the {kind} {self.path} (nor in a sub-folder of it)")
+
+    def has(self, stem: str) -> bool:
+        return stem in self.members
+
+    def describe(self, stem: str) -> str:
+        """Where a file is, for messages: a path, or ``archive.zip:folder/file``."""
+        if self._zip is None:
+            return str(self.path / self.members[stem])
+        return f"{self.path}:{self.members[stem]}"
+
+    @contextlib.contextmanager
+    def open(self, stem: str) -> Iterator[IO[bytes]]:
+        try:
+            if self._zip is None:
+                with open(self.path / self.members[stem], "rb") as f:
+                    yield f
+            else:
+                with self._zip.open(self.members[stem]) as f:
+                    yield f
+        except PermissionError as e:
+            raise SidsError(f"cannot read {self.describe(stem)}: permission denied") from e
+        except (zipfile.BadZipFile, EOFError, zlib.error) as e:
+            raise SidsError(f"{self.path} is corrupt or truncated ({e})") from e
+
+    def read_bytes(self, stem: str) -> bytes:
+        with self.open(stem) as f:
+            return f.read()
+
+    def files(self, stems: tuple[str, ...]) -> list[Path]:
+        """The files on disk the given stems are read from (the zip itself for a zip)."""
+        if self._zip is not None:
+            return [self.path]
+        return [self.path / self.members[s] for s in stems if s in self.members]
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
+
+def _used_stems(cfg: DataConfig) -> tuple[str, ...]:
+    return ("movies", "links", "tags", "ratings") if cfg.rating_stats else ("movies", "links", "tags")
+
+
+def open_source(cfg: DataConfig, *, download: bool = True) -> MovieLensSource | None:
+    """The MovieLens files ``cfg`` names: ``source``, the bundled set, or a cached (else downloaded) variant.
+
+    With ``download=False`` a variant that is not in the cache gives None instead of a download.
+    """
+    if cfg.source:
+        return MovieLensSource(cfg.source)
+    from . import fetch
+
+    if cfg.dataset == registry.BUNDLED:
+        return MovieLensSource(fetch.bundled_path(), label=f"{registry.BUNDLED} (bundled)")
+    folder = fetch.cached_dataset(cfg.dataset, cfg.data_dir)
+    if folder is None:
+        if not download:
+            return None
+        folder = fetch.fetch_dataset(cfg.dataset, cfg.data_dir)
+    return MovieLensSource(folder, label=cfg.dataset)
 
 
 def input_files(cfg: DataConfig) -> list[Path]:
-    return []
+    """The source files the catalog stage would read; [] while a named variant is not downloaded yet."""
+    files: list[Path] = []
+    try:
+        src = open_source(cfg, download=False)
+    except SidsError:
+        src = None
+    if src is not None:
+        files += src.files(_used_stems(cfg))
+        src.close()
+    if cfg.enrich:
+        files.append(Path(cfg.enrich))
+    return files
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+# --- reading one table ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """The columns of one MovieLens file that the catalog uses."""
+
+    stem: str
+    kinds: dict[str, str]
+    """Column -> ``id`` (required integer), ``int?`` (optional integer), ``float`` or ``str``."""
+    dat_columns: tuple[str, ...] = ()
+    """Field names of the ``.dat`` form, in file order."""
+    dat_regex: str = ""
+    """Regex of one ``.dat`` line (text fields greedy, so a ``::`` inside a title or tag survives)."""
+
+
+MOVIES = _Spec("movies", {"movieId": "id", "title": "str", "genres": "str"},
+               ("movieId", "title", "genres"), r"^(\d+)::(.*)::([^:]*)$")
+LINKS = _Spec("links", {"movieId": "id", "imdbId": "int?", "tmdbId": "int?"})
+TAGS = _Spec("tags", {"userId": "id", "movieId": "id", "tag": "str"},
+             ("userId", "movieId", "tag", "timestamp"), r"^(\d+)::(\d+)::(.*)::(-?\d+)$")
+RATINGS = _Spec("ratings", {"userId": "id", "movieId": "id", "rating": "float"},
+                ("userId", "movieId", "rating", "timestamp"), r"^(\d+)::(\d+)::([0-9.eE+-]+)::(-?\d+)$")
+
+
+class _FastPathFailed(Exception):
     pass
 
 
-def command(args, cfg, run_dir):
-    from ..stages import execute
+def read_table(src: MovieLensSource, spec: _Spec, *, skip_bad_rows: bool = False) -> pd.DataFrame:
+    """Read the columns of ``spec`` from one file of ``src``, typed and validated.
 
-    execute("catalog", cfg, run_dir)
+    Raises:
+        SidsError: missing columns, or rows that cannot be parsed (their line numbers, unless
+            ``skip_bad_rows``, which drops them with a logged count).
+    """
+    what = src.describe(spec.stem)
+    if src.fmt == "csv":
+        header = _csv_header(src, spec)
+        try:
+            return _read_csv_fast(src, spec)
+        except _FastPathFailed as e:
+            log.debug("%s: fast reader gave up (%s); re-reading row by row", what, e)
+        df, bad = _read_csv_rows(src, spec, header)
+    elif spec.stem == "ratings":  # numbers only: '::' can be swapped for a one-byte separator
+        try:
+            return _read_dat_numeric(src, spec)
+        except _FastPathFailed as e:
+            log.debug("%s: fast reader gave up (%s); re-reading row by row", what, e)
+        df, bad = _read_dat_rows(src, spec)
+    else:
+        df, bad = _read_dat_rows(src, spec)
+    if bad:
+        shown = "; ".join(f"line {n}: {why}" for n, why in bad[:_MAX_REPORTED])
+        more = f"; and {len(bad) - _MAX_REPORTED} more" if len(bad) > _MAX_REPORTED else ""
+        if not skip_bad_rows:
+            raise SidsError(f"{what}: {len(bad)} row(s) cannot be parsed ({shown}{more}); fix them or pass "
+                            "--skip-bad-rows to drop them")
+        log.warning("%s: skipped %d row(s) that cannot be parsed (%s%s)", what, len(bad), shown, more)
+    return df
+
+
+def _csv_header(src: MovieLensSource, spec: _Spec) -> list[str]:
+    with src.open(spec.stem) as f:
+        first = f.readline()
+    if not first.strip():
+        raise SidsError(f"{src.describe(spec.stem)} is empty (expected the header line "
+                        f"{','.join(spec.kinds)})")
+    header = [h.strip() for h in next(csv.reader([first.decode("utf-8-sig", "replace")]))]
+    missing = [c for c in spec.kinds if c not in header]
+    if missing:
+        raise SidsError(f"{src.describe(spec.stem)} lacks column(s) {', '.join(missing)} "
+                        f"(header: {','.join(header)}; expected {','.join(spec.kinds)})")
+    return header
+
+
+_ARROW_TYPES = {"id": pa.int64(), "int?": pa.int64(), "float": pa.float64(), "str": pa.string()}
+
+
+def _to_frame(table: pa.Table, spec: _Spec) -> pd.DataFrame:
+    out = {}
+    for col, kind in spec.kinds.items():
+        arr = table.column(col)
+        if kind == "id":
+            if arr.null_count:
+                raise _FastPathFailed(f"missing {col}")
+            out[col] = arr.to_numpy()
+        elif kind == "int?":
+            out[col] = pd.array(arr.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get), dtype="Int64")
+        elif kind == "float":
+            values = arr.to_numpy(zero_copy_only=False)
+            if arr.null_count or not np.isfinite(values).all():
+                raise _FastPathFailed(f"missing or non-finite {col}")
+            out[col] = values
+        else:
+            out[col] = arr.to_pandas().astype(object)
+    return pd.DataFrame(out)
+
+
+def _read_csv_fast(src: MovieLensSource, spec: _Spec) -> pd.DataFrame:
+    import pyarrow.csv as pacsv
+
+    invalid = []
+
+    def on_invalid(row) -> str:
+        invalid.append(row)
+        return "skip"
+
+    try:
+        with src.open(spec.stem) as f:
+            table = pacsv.read_csv(
+                f,
+                parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=list(spec.kinds),
+                    column_types={c: _ARROW_TYPES[k] for c, k in spec.kinds.items()},
+                ),
+            )
+    except (pa.ArrowException, KeyError) as e:  # odd rows, bad UTF-8, a header pyarrow reads differently
+        raise _FastPathFailed(str(e)) from e
+    if invalid:
+        raise _FastPathFailed(f"{len(invalid)} malformed rows")
+    return _to_frame(table, spec)
+
+
+def _read_dat_numeric(src: MovieLensSource, spec: _Spec) -> pd.DataFrame:
+    import pyarrow.csv as pacsv
+
+    data = src.read_bytes(spec.stem).replace(b"::", b"\x1f")
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(column_names=list(spec.dat_columns)),
+            parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=list(spec.kinds), column_types={c: _ARROW_TYPES[k] for c, k in spec.kinds.items()}),
+        )
+    except (pa.ArrowException, KeyError) as e:  # odd rows, bad UTF-8, a header pyarrow reads differently
+        raise _FastPathFailed(str(e)) from e
+    return _to_frame(table, spec)
+
+
+def _check_value(value: str, kind: str, col: str) -> str | None:
+    """Why ``value`` is not a valid ``kind``, or None."""
+    v = value.strip()
+    if kind == "id":
+        return None if re.fullmatch(r"-?\d+", v) else f"{col} {value!r} is not an integer"
+    if kind == "int?":
+        return None if v == "" or re.fullmatch(r"-?\d+", v) else f"{col} {value!r} is not an integer"
+    if kind == "float":
+        try:
+            return None if math.isfinite(float(v)) else f"{col} {value!r} is not a finite number"
+        except ValueError:
+            return f"{col} {value!r} is not a number"
+    return f"{col} is not valid UTF-8" if "\ufffd" in value else None
+
+
+def _frame_from_rows(rows: list[list[str]], spec: _Spec) -> pd.DataFrame:
+    cols = list(zip(*rows)) if rows else [()] * len(spec.kinds)
+    out = {}
+    for (col, kind), values in zip(spec.kinds.items(), cols):
+        if kind == "id":
+            out[col] = np.array([int(v) for v in values], dtype=np.int64)
+        elif kind == "int?":
+            out[col] = pd.array([int(v) if v.strip() else None for v in values], dtype="Int64")
+        elif kind == "float":
+            out[col] = np.array([float(v) for v in values], dtype=np.float64)
+        else:
+            out[col] = pd.Series(list(values), dtype=object)
+    return pd.DataFrame(out)
+
+
+def _read_csv_rows(src: MovieLensSource, spec: _Spec, header: list[str]) -> tuple[pd.DataFrame, list]:
+    """The reference reader: every row through ``csv``, exact line numbers for the bad ones."""
+    idx = [header.index(c) for c in spec.kinds]
+    rows, bad = [], []
+    with src.open(spec.stem) as f:
+        text = io.TextIOWrapper(f, encoding="utf-8-sig", errors="replace", newline="")
+        reader = csv.reader(text)
+        next(reader, None)
+        line = reader.line_num
+        for fields in reader:
+            start, line = line + 1, reader.line_num
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                bad.append((start, f"expected {len(header)} fields, got {len(fields)}"))
+                continue
+            values = [fields[i] for i in idx]
+            why = next((w for v, (c, k) in zip(values, spec.kinds.items()) if (w := _check_value(v, k, c))), None)
+            if why:
+                bad.append((start, why))
+            else:
+                rows.append(values)
+    return _frame_from_rows(rows, spec), bad
+
+
+def _read_dat_rows(src: MovieLensSource, spec: _Spec) -> tuple[pd.DataFrame, list]:
+    """``.dat`` lines matched with one vectorised regex; non-matching lines are reported by number."""
+    lines = pd.Series(src.read_bytes(spec.stem).decode("latin-1").splitlines(), dtype=object)
+    fields = lines.str.extract(spec.dat_regex)
+    fields.columns = list(spec.dat_columns)
+    blank = lines.str.strip() == ""
+    bad_mask = fields.iloc[:, 0].isna() & ~blank
+    bad = [(int(i) + 1, f"expected {len(spec.dat_columns)} '::'-separated fields")
+           for i in np.flatnonzero(bad_mask.to_numpy())]
+    good = fields[~bad_mask & ~blank]
+    if spec.kinds.get("rating") == "float":
+        bad_rating = ~np.isfinite(pd.to_numeric(good["rating"], errors="coerce").to_numpy(dtype=float))
+        bad += [(int(i) + 1, f"rating {good['rating'].iloc[j]!r} is not a number")
+                for j, i in enumerate(good.index[bad_rating])]
+        good = good[~bad_rating]
+    rows = good[list(spec.kinds)].to_numpy().tolist()
+    bad.sort()
+    return _frame_from_rows(rows, spec), bad
+
+
+# --- parsing (pure functions of pandas/pyarrow columns) -----------------------------------------
+
+_YEAR = r"(?:18|19|20)\d{2}"
+# "Title (1999)", "Title (2006-2007)", "Title (2007- )", "Title (1983))": the year closes the title.
+_TITLE_YEAR_END = re.compile(rf"^(?P<title>.*?)\s*\((?P<year>{_YEAR})(?:\s*[-–—]\s*(?:{_YEAR})?\s*)?\)+$")
+# A year that is not last: "The Naked Truth (1957) (Your Past Is Showing)".
+_TITLE_YEAR_INSIDE = re.compile(rf"^(?P<pre>.*?)\s*\((?P<year>{_YEAR})\)\s*(?P<post>.*)$")
+_ARTICLES = ("The", "A", "An", "Les", "Le", "La", "L'", "Il", "Lo", "Gli", "I", "El", "Los", "Las", "Un", "Une",
+             "Uno", "Una", "Der", "Die", "Das", "Den", "Det", "De", "Het", "Een", "Ein", "Eine", "O", "Os", "As",
+             "En", "Ett")
+# "X, The" at the end of the title or of a parenthesised alternate title (with an optional "a.k.a."),
+# or before a subtitle ("Crow, The: Wicked Prayer").
+_TRAILING_ARTICLE = re.compile(
+    r"(?P<open>^|\()(?P<aka>a\.k\.a\. |aka )?(?P<body>[^()]+?), (?P<art>"
+    + "|".join(re.escape(a) for a in sorted(_ARTICLES, key=len, reverse=True))
+    + r")(?=\s*\)|\s*\(|:|\s*$)"
+)
+
+
+def _front_article(m: re.Match) -> str:
+    sep = "" if m["art"].endswith("'") else " "
+    return f"{m['open']}{m['aka'] or ''}{m['art']}{sep}{m['body']}"
+
+
+def parse_titles(raw: pd.Series) -> pd.DataFrame:
+    """Split MovieLens titles into ``title``, ``display_title`` and ``year`` (vectorised).
+
+    Args:
+        raw: (N,) titles as MovieLens writes them, e.g. "Matrix, The (1999)".
+
+    Returns:
+        (N, 3) frame: ``title`` "Matrix, The", ``display_title`` "The Matrix", ``year`` Int64 1999
+        (missing when the title has no year; the first year of a range).
+
+    Example:
+        >>> out = parse_titles(pd.Series(["Matrix, The (1999)", "Babylon 5"]))
+        >>> out["display_title"].tolist(), out["year"].tolist()
+        (['The Matrix', 'Babylon 5'], [1999, <NA>])
+    """
+    s = raw.astype(object).fillna("").astype(str).str.strip()
+    end = s.str.extract(_TITLE_YEAR_END)
+    inside = s.str.extract(_TITLE_YEAR_INSIDE)
+    has_end = end["year"].notna()
+    has_inside = ~has_end & inside["year"].notna()
+    title = s.copy()
+    title[has_end] = end.loc[has_end, "title"]
+    title[has_inside] = (inside.loc[has_inside, "pre"].str.strip() + " "
+                         + inside.loc[has_inside, "post"].str.strip()).str.strip()
+    year = end["year"].where(has_end, inside["year"].where(has_inside))
+    # "Don Quixote (1973) (1973)": drop the repeated year left in the title.
+    title = title.str.replace(rf"\s*\({_YEAR}\)$", "", regex=True).where(
+        title.str.extract(rf"\(({_YEAR})\)$")[0] == year, title)
+    title = title.str.strip().where(title.str.strip() != "", s)  # a title that is only "(1999)" stays whole
+    return pd.DataFrame({
+        "title": title.astype(object),
+        "display_title": display_titles(title).astype(object),
+        "year": pd.to_numeric(year, errors="coerce").astype("Int64"),
+    }, index=raw.index)
+
+
+def display_titles(title: pd.Series) -> pd.Series:
+    """Move trailing articles to the front: "Matrix, The" -> "The Matrix", also inside alternate titles.
+
+    "Armée des ombres, L'" -> "L'Armée des ombres"; "Bicycle Thieves (a.k.a. Bicycle Thief, The)" ->
+    "Bicycle Thieves (a.k.a. The Bicycle Thief)".
+    """
+    return title.str.replace(_TRAILING_ARTICLE, _front_article, regex=True)
+
+
+def _list_array(values: pa.Array, parents: np.ndarray, n: int) -> pa.ListArray:
+    """Group ``values`` (sorted by ``parents``, each an index in [0, n)) into an (n,) list array."""
+    offsets = np.searchsorted(parents, np.arange(n + 1), side="left").astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+
+
+def split_genres(genres: pd.Series) -> pa.ListArray:
+    """(N,) "Action|Sci-Fi" strings -> (N,) list<str>; "(no genres listed)" and empty items dropped."""
+    arr = pa.array(genres.astype(object).fillna("").astype(str).tolist(), pa.string())
+    split = pc.split_pattern(arr, "|")
+    flat = pc.utf8_trim_whitespace(pc.list_flatten(split))
+    parents = pc.list_parent_indices(split).to_numpy()
+    keep = pc.and_(pc.not_equal(flat, ""), pc.not_equal(flat, NO_GENRES)).to_numpy(zero_copy_only=False)
+    return _list_array(flat.filter(pa.array(keep)), parents[keep], len(genres))
+
+
+def normalize_tags(tags: pd.Series) -> pd.Series:
+    """Case-fold, Unicode-normalise (NFC), collapse whitespace, strip; done once per distinct tag."""
+    codes, uniques = pd.factorize(tags.astype(object).fillna(""))
+    norm = pd.Series(uniques, dtype=object).map(lambda t: unicodedata.normalize("NFC", str(t)))
+    norm = norm.str.casefold().str.replace(r"\s+", " ", regex=True).str.strip()
+    return pd.Series(norm.to_numpy(dtype=object)[codes], index=tags.index, dtype=object)
+
+
+def aggregate_tags(tags: pd.DataFrame, movie_ids: np.ndarray) -> pa.ListArray:
+    """Per movie, its distinct normalised tags, most users first (ties alphabetical).
+
+    Args:
+        tags: columns ``userId``, ``movieId``, ``tag`` (one row per application).
+        movie_ids: (N,) sorted movie ids of the catalog.
+
+    Returns:
+        (N,) list<str>, empty for movies without tags.
+    """
+    norm = normalize_tags(tags["tag"])
+    ok = (norm != "").to_numpy() & np.isin(tags["movieId"].to_numpy(), movie_ids)
+    # Codes in sorted tag order, so integer sorts break ties alphabetically.
+    codes, uniques = pd.factorize(norm[ok], sort=True)
+    df = pd.DataFrame({"m": tags["movieId"].to_numpy()[ok], "t": codes, "u": tags["userId"].to_numpy()[ok]})
+    users = df.drop_duplicates().groupby(["m", "t"], sort=False).size()
+    m = users.index.get_level_values("m").to_numpy()
+    t = users.index.get_level_values("t").to_numpy()
+    n = users.to_numpy()
+    order = np.lexsort((t, -n, m))
+    values = pa.array(np.asarray(uniques, dtype=object)[t[order]], pa.string())
+    parents = np.searchsorted(movie_ids, m[order])
+    return _list_array(values, parents, len(movie_ids))
+
+
+def imdb_strings(imdb: pd.Series) -> pd.Series:
+    """Int64 IMDb numbers -> "tt0133093" strings (at least 7 digits), missing stays missing."""
+    out = pd.Series(None, index=imdb.index, dtype=object)
+    ok = imdb.notna().to_numpy()
+    out[ok] = "tt" + imdb[ok].astype("int64").astype(str).str.zfill(7)
+    return out
+
+
+# --- enrichment -------------------------------------------------------------------------------
+
+_KEYS = {"movieid": "movie_id", "imdbid": "_imdb_number", "tmdbid": "tmdb_id"}
+_RESERVED = (*CATALOG_COLUMNS, "n_ratings", "mean_rating", "_imdb_number")
+
+
+def _read_enrichment(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise SidsError(f"--enrich file {path} not found")
+    compressed = path.suffix.lower() in (".gz", ".bz2", ".zst")
+    suffix = "".join(path.suffixes[-2:]).lower() if compressed else path.suffix.lower()
+    try:
+        if suffix.startswith((".csv", ".tsv")):
+            return pd.read_csv(path, sep="\t" if suffix.startswith(".tsv") else ",", dtype=str, keep_default_na=False)
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        if suffix.startswith((".jsonl", ".ndjson")):
+            return pd.read_json(path, lines=True, dtype=False)
+        if suffix.startswith(".json"):
+            return pd.read_json(path, dtype=False)
+    except Exception as e:  # pandas/pyarrow raise many types for unreadable files
+        raise SidsError(f"--enrich file {path} cannot be read ({type(e).__name__}: {e})") from e
+    raise SidsError(f"--enrich file {path}: unknown format {path.suffix!r} (use .csv, .tsv, .parquet or .jsonl)")
+
+
+def _is_list(v: Any) -> bool:
+    return isinstance(v, (list, tuple, np.ndarray))
+
+
+def _as_list(v: Any, list_like: bool) -> list[str] | None:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if _is_list(v):
+        return [str(x).strip() for x in v if x is not None and str(x).strip()]
+    s = str(v).strip()
+    if s.startswith("["):
+        with contextlib.suppress(ValueError):
+            parsed = json.loads(s)
+            if isinstance(parsed, list):
+                return [str(x).strip() for x in parsed if x is not None and str(x).strip()]
+    if list_like:
+        return [x.strip() for x in s.split("|") if x.strip()]
+    return [s] if s else []
+
+
+def _looks_like_json_lists(col: pd.Series) -> bool:
+    vals = col.dropna()
+    vals = vals[vals.astype(str).str.strip() != ""]
+    if vals.empty or not vals.astype(str).str.match(r"^\s*\[.*\]\s*$").all():
+        return False
+    try:
+        return all(isinstance(json.loads(v), list) for v in vals.head(100))
+    except ValueError:
+        return False
+
+
+def enrich_catalog(cat: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Join an enrichment file onto the catalog; return the new frame and match counts.
+
+    The file is joined on the first of ``movieId``, ``imdbId``, ``tmdbId`` (any case, ``_`` ignored)
+    that it has; every other column is added. List-like columns (JSON lists, Parquet/JSON arrays, or
+    ``a|b`` strings in columns named like ``stars``) become ``list<str>``; text becomes ``str``.
+    """
+    df = _read_enrichment(path)
+    by_norm = {re.sub(r"[_\s-]", "", str(c)).lower(): c for c in df.columns}
+    key_norm = next((k for k in _KEYS if k in by_norm), None)
+    if key_norm is None:
+        raise SidsError(f"--enrich file {path} has no movieId, imdbId or tmdbId column "
+                        f"(columns: {', '.join(map(str, df.columns[:10]))})")
+    key_col, cat_key = by_norm[key_norm], _KEYS[key_norm]
+    raw_key = df[key_col].astype(object).astype(str).str.strip()
+    if cat_key == "_imdb_number":
+        raw_key = raw_key.str.replace(r"^tt", "", regex=True, case=False)
+    key = pd.to_numeric(raw_key.str.replace(r"\.0$", "", regex=True), errors="coerce")
+    bad_key = key.isna() | (key != key.round())
+    extra = [c for c in df.columns if re.sub(r"[_\s-]", "", str(c)).lower() not in _KEYS]
+    clash = [c for c in extra if c in _RESERVED]
+    if clash:
+        log.warning("--enrich: ignoring column(s) already in the catalog: %s", ", ".join(clash))
+    extra = [c for c in extra if c not in _RESERVED]
+    df = df.loc[~bad_key, extra].assign(_key=key[~bad_key].astype("int64"))
+    duplicated = df["_key"].duplicated()
+    if duplicated.any():
+        log.warning("--enrich: %d row(s) repeat a %s already seen; the first one is used",
+                    int(duplicated.sum()), key_col)
+        df = df[~duplicated]
+    cat_keys = cat[cat_key].dropna().astype("int64")
+    if cat_keys.empty:
+        log.warning("--enrich: joining on %s, but no movie of the catalog has one (is the links file missing?)",
+                    key_col)
+    matched_rows = df["_key"].isin(cat_keys.to_numpy())
+    stats = {
+        "enrich_file": str(path),
+        "enrich_key": str(key_col),
+        "enrich_rows": int(len(bad_key)),
+        "enrich_rows_matched": int(matched_rows.sum()),
+        "enrich_rows_unmatched": int((~matched_rows).sum() + bad_key.sum()),
+        "enrich_rows_bad_key": int(bad_key.sum()),
+        "enrich_columns": [str(c) for c in extra],
+    }
+    out = cat.merge(df.rename(columns={"_key": cat_key}), how="left", on=cat_key, validate="many_to_one")
+    stats["movies_enriched"] = int(out[cat_key].isin(df["_key"].to_numpy()).sum())
+    for c in extra:
+        col = out[c]
+        list_like = str(c).lower() in LIST_COLUMNS
+        text = col.dtype == object or pd.api.types.is_string_dtype(col)
+        if text and (list_like or col.map(_is_list).any() or _looks_like_json_lists(col)):
+            out[c] = col.map(lambda v, ll=list_like: _as_list(v, ll) or [])
+        elif text:
+            s = col.astype(object).where(col.notna(), None)
+            out[c] = s.map(lambda v: None if v is None or str(v).strip() == "" else str(v).strip())
+    return out, stats
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+def build_catalog(cfg: DataConfig) -> tuple[pa.Table, dict[str, Any]]:
+    """Read the MovieLens files ``cfg`` names and return the catalog table and a summary.
+
+    Writes nothing. Raises ``SidsError`` on any bad input (SPEC section 5).
+    """
+    src = open_source(cfg)
+    assert src is not None
+    try:
+        return _build(src, cfg)
+    finally:
+        src.close()
+
+
+def _build(src: MovieLensSource, cfg: DataConfig) -> tuple[pa.Table, dict[str, Any]]:
+    skip = cfg.skip_bad_rows
+    movies = read_table(src, MOVIES, skip_bad_rows=skip)
+    dup = movies["movieId"].duplicated()
+    if dup.any():
+        ids = ", ".join(map(str, movies.loc[dup, "movieId"].head(_MAX_REPORTED)))
+        if not skip:
+            raise SidsError(f"{src.describe('movies')}: {int(dup.sum())} movieId(s) appear more than once ({ids}); "
+                            "fix the file or pass --skip-bad-rows to keep the first of each")
+        log.warning("%s: dropped %d repeated movieId(s) (%s)", src.describe("movies"), int(dup.sum()), ids)
+        movies = movies[~dup]
+    if movies.empty:
+        raise SidsError(f"{src.describe('movies')} holds no movies: the catalog would be empty")
+    movies = movies.sort_values("movieId", kind="stable").reset_index(drop=True)
+    n_all = len(movies)
+    if cfg.limit is not None and cfg.limit < n_all:
+        rng = np.random.default_rng(cfg.seed)
+        keep = np.sort(rng.choice(n_all, size=cfg.limit, replace=False))
+        movies = movies.iloc[keep].reset_index(drop=True)
+    ids = movies["movieId"].to_numpy(dtype=np.int64)
+
+    cat = parse_titles(movies["title"])
+    cat.insert(0, "movie_id", ids)
+    genres = split_genres(movies["genres"])
+
+    if src.has("tags"):
+        tags = aggregate_tags(read_table(src, TAGS, skip_bad_rows=skip), ids)
+    else:
+        tags = pa.ListArray.from_arrays(pa.array(np.zeros(len(ids) + 1, np.int32)), pa.array([], pa.string()))
+
+    imdb = pd.Series(pd.NA, index=cat.index, dtype="Int64")
+    tmdb = pd.Series(pd.NA, index=cat.index, dtype="Int64")
+    if src.has("links"):
+        links = read_table(src, LINKS, skip_bad_rows=skip).drop_duplicates("movieId").set_index("movieId")
+        imdb = links["imdbId"].reindex(ids).reset_index(drop=True)
+        tmdb = links["tmdbId"].reindex(ids).reset_index(drop=True)
+    cat["_imdb_number"] = imdb  # the join key of --enrich files that carry imdbId
+    cat["tmdb_id"] = tmdb
+    cat["imdb_id"] = imdb_strings(imdb)
+
+    extra_cols: dict[str, pa.Array] = {}
+    if cfg.rating_stats:
+        if not src.has("ratings"):
+            raise SidsError(f"--rating-stats needs a ratings file, and {src.label} has none")
+        r = read_table(src, RATINGS, skip_bad_rows=skip)
+        g = r.groupby("movieId")["rating"].agg(["size", "mean"]).reindex(ids)
+        extra_cols["n_ratings"] = pa.array(g["size"].fillna(0).to_numpy(np.int64))
+        extra_cols["mean_rating"] = pa.array(g["mean"].to_numpy(np.float64), from_pandas=True)
+
+    summary: dict[str, Any] = {"source": src.label, "format": src.fmt, "movies_in_source": n_all}
+    enrich_cols: list[str] = []
+    if cfg.enrich:
+        cat, stats = enrich_catalog(cat, Path(cfg.enrich).expanduser())
+        summary.update(stats)
+        enrich_cols = stats["enrich_columns"]
+        log.info("--enrich: %d of %d rows matched a movie (%d unmatched, %d without a usable %s); "
+                 "%d of %d movies enriched", stats["enrich_rows_matched"], stats["enrich_rows"],
+                 stats["enrich_rows_unmatched"], stats["enrich_rows_bad_key"], stats["enrich_key"],
+                 stats["movies_enriched"], len(cat))
+
+    columns: dict[str, pa.Array] = {
+        "movie_id": pa.array(ids, pa.int64()),
+        "title": pa.array(cat["title"].tolist(), pa.string()),
+        "display_title": pa.array(cat["display_title"].tolist(), pa.string()),
+        "year": pa.array(cat["year"].to_numpy(dtype=np.float64, na_value=np.nan), pa.float64(),
+                         from_pandas=True).cast(pa.int64()),
+        "genres": genres,
+        "tags": tags,
+        "imdb_id": pa.array(cat["imdb_id"].tolist(), pa.string(), from_pandas=True),
+        "tmdb_id": pa.array(cat["tmdb_id"].to_numpy(dtype=np.float64, na_value=np.nan), pa.float64(),
+                            from_pandas=True).cast(pa.int64()),
+        **extra_cols,
+    }
+    for c in enrich_cols:
+        col = cat[c]
+        text = col.dtype == object or pd.api.types.is_string_dtype(col)
+        if text and len(col) and col.map(lambda v: isinstance(v, list)).all():
+            columns[str(c)] = pa.array(col.tolist(), pa.list_(pa.string()))
+        elif text:
+            columns[str(c)] = pa.array(col.tolist(), pa.string(), from_pandas=True)
+        else:
+            columns[str(c)] = pa.array(col, from_pandas=True)
+    table = pa.table(columns)
+
+    n_tags = int((pc.list_value_length(tags).to_numpy() > 0).sum()) if len(tags) else 0
+    summary.update({
+        "n_movies": table.num_rows,
+        "with_year": int(table.num_rows - table.column("year").null_count),
+        "with_genres": int((pc.list_value_length(genres).to_numpy() > 0).sum()),
+        "with_tags": n_tags,
+        "with_imdb_id": int(table.num_rows - table.column("imdb_id").null_count),
+        "with_tmdb_id": int(table.num_rows - table.column("tmdb_id").null_count),
+    })
+    if cfg.limit is not None:
+        summary["limit"], summary["seed"] = cfg.limit, cfg.seed
+    return table, summary
 
 
 def catalog_stage(run_dir: Path, cfg) -> dict:
-    raise NotImplementedError
+    """Build ``run_dir/catalog.parquet`` from ``cfg.data``; nothing is written when the input is bad."""
+    from ..io import write_parquet
+
+    data: DataConfig = cfg.data
+    table, summary = build_catalog(data)
+    write_parquet(Path(run_dir) / "catalog.parquet", table,
+                  metadata={"source": summary["source"], "summary": json.dumps(summary, sort_keys=True)})
+    log.info("catalog: %d movies from %s (%d with year, %d with tags, %d with an IMDb id)", summary["n_movies"],
+             summary["source"], summary["with_year"], summary["with_tags"], summary["with_imdb_id"])
+    return summary
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..config import flag
+
+    flag(p, "--dataset", key="data.dataset", type=str,
+         help=f"a MovieLens variant: {', '.join(registry.names())} (downloaded once, then cached)")
+    flag(p, "--source", key="data.source", type=str, metavar="PATH",
+         help="a local MovieLens folder or official zip (only movies.csv/movies.dat is required)")
+    flag(p, "--enrich", key="data.enrich", type=str, metavar="FILE",
+         help="CSV, Parquet or JSONL joined on movieId, imdbId or tmdbId; adds its columns")
+    flag(p, "--data-dir", key="data.data_dir", type=str, metavar="DIR", help="download cache folder")
+    flag(p, "--limit", key="data.limit", type=int, metavar="N", help="keep N movies, chosen reproducibly")
+    flag(p, "--seed", key="data.seed", type=int, help="seed of --limit's sample")
+    flag(p, "--skip-bad-rows", key="data.skip_bad_rows", action="store_true",
+         help="drop rows that cannot be parsed (counted) instead of failing")
+    flag(p, "--rating-stats", key="data.rating_stats", action="store_true",
+         help="add n_ratings and mean_rating columns from the ratings file")
+
+
+def command(args: argparse.Namespace, cfg, run_dir: Path) -> int:
+    from ..stages import execute
+
+    execute("catalog", cfg, run_dir)
+    return 0
