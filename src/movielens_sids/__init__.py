@@ -7,3 +7,16 @@ The Python API mirrors the CLI: stage functions live in their modules (``moviele
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "lookup_movie", "lookup_prefix", "neighbors"]
+
+_LAZY = {"lookup_movie": "lookup", "lookup_prefix": "lookup", "neighbors": "lookup"}
+
+
+def __getattr__(name: str):
+    # Imported on first use so that `movielens-sids --help` does not pay for numpy/pyarrow.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

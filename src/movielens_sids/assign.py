@@ -1,30 +1,733 @@
-"""STUB — to be implemented."""
+"""Codes -> unique Semantic IDs: the `assign` stage (embeddings.parquet + model/ -> sids.parquet).
+
+Every movie is encoded (batched, no gradients, on the run's device) and quantized greedily level by
+level; movies whose L codes coincide are then told apart by one of two strategies:
+
+- ``suffix`` (TIGER, Rajput et al. 2023): an extra token numbers the movies sharing a code path,
+  in ``movie_id`` order. Every SID gets it (0 for the first or only movie), so all have L + 1 tokens.
+- ``semantic`` (default): no meaningless token. In each group of movies sharing a path, the movie
+  closest to the path's quantized point keeps it (ties: smallest ``movie_id``); the others, in
+  ``movie_id`` order, move to their nearest *free* path: first the other codes of the last level
+  (ranked by residual distance, so the first L - 1 tokens are kept), then paths that change an
+  earlier level, found by a small beam search over the residual distances; when K^L is small the
+  search ends with an exhaustive scan. Only a movie for which no free path is found falls back to a
+  collision token; then, and only then, every SID gets one (0 for all the others) so that no SID is
+  a prefix of another. ``assign_stats`` in the file metadata records how many moved and what it cost.
+
+Determinism: codes and every tie-break are computed in float64 on the CPU from the float32
+latents, the encoder runs in chunks aligned to 64 rows (CPU kernels are then row-invariant), and
+nothing in the file depends on the batch size or on time: the same model and embeddings give the
+same bytes.
+
+Incremental (``--incremental``): movies already in ``sids.parquet`` keep their SIDs; new movies get
+SIDs that collide with none of them nor with any SID ever issued to a movie that has since
+disappeared (kept in the file's ``retired`` metadata; a movie that comes back gets its old SID).
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-HELP = "assign"
+import numpy as np
+
+from .errors import SidsError
+from .sid import format_sids, path_codes, path_ids
+
+if TYPE_CHECKING:
+    import torch
+
+    from .config import Config
+
+log = logging.getLogger(__name__)
+
+HELP = "give every movie a unique Semantic ID (sids.parquet); --incremental keeps the existing ones"
+
+ALIGN = 64
+"""Encoder chunks start at multiples of this many rows and are zero-padded to it (row-invariant kernels)."""
+EXHAUSTIVE_MAX_PATHS = 1 << 18
+"""Below this many code paths (K^L) the free-path search ends with an exhaustive scan."""
+LAST_LEVEL_CANDIDATES = 64
+"""How many other last-level codes the semantic search tries before changing an earlier level."""
+_CHUNK = 4096
+"""Rows per float64 distance block (fits in cache; not a setting: it never changes the result)."""
 
 
 @dataclass
 class AssignConfig:
-    """Settings of the assign stage."""
+    """How codes become unique Semantic IDs."""
 
-    seed: int = 0
-    """Seed."""
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"device", "batch_size"})
+
+    strategy: Literal["semantic", "suffix"] = "semantic"
+    """semantic: move colliding movies to their nearest free code path; suffix: TIGER's extra token."""
+    beam_width: int = 8
+    """Beam width of the semantic strategy's search over earlier levels' alternatives."""
+    incremental: bool = False
+    """Keep every SID already in sids.parquet and give only new movies new SIDs."""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N or mps: where the encoder runs (codes are always settled on the CPU)."""
+    batch_size: int = 16384
+    """Movies per encoder batch (rounded up to a multiple of 64); never changes the result."""
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("semantic", "suffix"):
+            raise ValueError(f"strategy: must be semantic or suffix, got {self.strategy!r}")
+        if self.beam_width < 1:
+            raise ValueError(f"beam_width: must be >= 1, got {self.beam_width}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
 
 
-def add_arguments(p):
-    pass
+# ----------------------------------------------------------------------------------------------
+# Pure functions (numpy / torch, no I/O)
+# ----------------------------------------------------------------------------------------------
 
 
-def command(args, cfg, run_dir):
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda if available, else mps, else cpu; anything else as given."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise SidsError(f"setting assign.device: {name!r} is not a device (auto, cpu, cuda, cuda:N, mps)") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SidsError(f"setting assign.device: {name!r} requested but CUDA is not available")
+    return dev
+
+
+def encode_latents(tok, x: np.ndarray, *, device: str | torch.device = "cpu", batch_size: int = 16384) -> np.ndarray:
+    """Encode embeddings with the tokenizer's encoder, in batches, without gradients.
+
+    Batches start at multiples of 64 rows and the last one is zero-padded to a multiple of 64, so
+    on CPU every row goes through the same kernel path whatever ``batch_size`` is. TF32 is turned
+    off on CUDA for the call so GPU latents match CPU ones to float32 rounding.
+
+    Args:
+        tok: the tokenizer (``tok.encode``: (B, D) -> (B, H)).
+        x: (N, D) float32 embeddings.
+
+    Returns:
+        (N, H) float64 latents on the CPU.
+    """
+    import torch
+
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    n = len(x)
+    bs = max(ALIGN, -(-batch_size // ALIGN) * ALIGN)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    out: list[torch.Tensor] = []
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            for start in range(0, n, bs):
+                xb = xt[start:start + bs]  # (B, D)
+                b = len(xb)
+                pad = -(-b // ALIGN) * ALIGN - b
+                if pad:
+                    xb = torch.cat([xb, xb.new_zeros(pad, xb.shape[1])])
+                z = tok.encode(xb.to(dev))[:b]  # (B, H)
+                out.append(z.to("cpu").double())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    if not out:
+        return np.zeros((0, int(tok.codebooks.shape[-1])), dtype=np.float64)
+    return torch.cat(out).numpy()
+
+
+def _sq_dists(r: torch.Tensor, cb: torch.Tensor, cb_sq: torch.Tensor) -> torch.Tensor:
+    """(..., H) residuals x (K, H) codes -> (..., K) squared distances, float64."""
+    return ((r * r).sum(-1, keepdim=True) + cb_sq) - 2.0 * (r @ cb.T)
+
+
+def greedy_codes(z: np.ndarray, codebooks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy residual quantization with float64 decisions (the rule of ``tok.quantize``; exact ties
+    go to the lower code index).
+
+    Distances are computed in float32 (fast); the rows where another code lies within float32's
+    error bound of the nearest one are settled again in float64, and residuals are carried in
+    float64, so the codes are those of a float64 computation whatever the batch or device.
+
+    Args:
+        z: (N, H) latents.
+        codebooks: (L, K, H).
+
+    Returns:
+        codes (N, L) int64 and the squared norm of the final residual (N,) float64, i.e. the
+        squared distance from each latent to its path's quantized point.
+    """
+    import torch
+
+    z64 = torch.from_numpy(np.asarray(z, dtype=np.float64))
+    cb64 = torch.from_numpy(np.asarray(codebooks, dtype=np.float64))  # (L, K, H)
+    cb32 = cb64.float()
+    sq64 = (cb64 * cb64).sum(-1)  # (L, K)
+    sq32 = sq64.float()
+    levels, _, h = cb64.shape
+    # Bound on the float32 error of ||c||^2 - 2 r.c (H-term dot products), relative to ||r||^2 + max ||c||^2.
+    rel_tol = 4.0 * h * float(np.finfo(np.float32).eps)
+    codes_out, resid_out = [], []
+    for s in range(0, len(z64), _CHUNK):
+        r64 = z64[s:s + _CHUNK].clone()  # (B, H)
+        codes = []
+        for level in range(levels):
+            d = torch.addmm(sq32[level][None, :], r64.float(), cb32[level].T, alpha=-2.0)  # (B, K)
+            if d.shape[1] < 2:
+                codes.append(torch.zeros(len(d), dtype=torch.int64))
+                r64 -= cb64[level][0]
+                continue
+            best, idx = d.topk(2, dim=1, largest=False)  # (B, 2): nearest and runner-up
+            c = idx[:, 0].clone()
+            tol = rel_tol * ((r64 * r64).sum(1) + sq64[level].max()).float()  # (B,)
+            near = best[:, 1] - best[:, 0] <= tol
+            if near.any():  # settle the close calls in float64
+                rows = near.nonzero().squeeze(1)
+                d64 = sq64[level][None, :] - 2.0 * (r64[rows] @ cb64[level].T)
+                c[rows] = d64.argmin(dim=1)
+            codes.append(c)
+            r64 -= cb64[level][c]
+        codes_out.append(torch.stack(codes, dim=1))
+        resid_out.append((r64 * r64).sum(1))
+    if not codes_out:
+        return np.zeros((0, levels), dtype=np.int64), np.zeros(0, dtype=np.float64)
+    return torch.cat(codes_out).numpy(), torch.cat(resid_out).numpy()
+
+
+def _smallest(d: torch.Tensor, n: int) -> torch.Tensor:
+    """Column indices of the n smallest values of each row, ascending; equal values by index. (M, X) -> (M, n)."""
+    import torch
+
+    vals, idx = torch.topk(d, min(n, d.shape[1]), dim=1, largest=False, sorted=False)
+    o = idx.argsort(dim=1)
+    idx, vals = idx.gather(1, o), vals.gather(1, o)
+    return idx.gather(1, vals.argsort(dim=1, stable=True))
+
+
+def candidate_paths(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray, beam_width: int, *,
+                    part: Literal["all", "last", "deeper"] = "all") -> np.ndarray:
+    """Alternative code paths for each movie, nearest first within each shared-prefix length.
+
+    Order: first the paths that keep the first L - 1 codes (the ``LAST_LEVEL_CANDIDATES`` nearest
+    other last-level codes, ranked by the squared distance of the final residual), then those that keep L - 2 codes
+    (another code at level L - 1 among the ``beam_width`` nearest, then a beam search over the
+    remaining levels), and so on down to level 1. Ties in distance go to the lower code index.
+
+    Args:
+        z: (M, H) latents. codebooks: (L, K, H). codes: (M, L) the greedy codes.
+        part: ``last`` gives only the paths that keep L - 1 codes, ``deeper`` only the others
+            (``all`` = ``last`` then ``deeper``), so callers can compute the costly part on demand.
+
+    Returns:
+        (M, T) int64 path ids (``sid.path_ids`` numbering), T = min(K - 1, 64) + (L - 1) * min(beam_width, K - 1).
+    """
+    import torch
+
+    zt = torch.from_numpy(np.asarray(z, dtype=np.float64))
+    cbs = torch.from_numpy(np.asarray(codebooks, dtype=np.float64))  # (L, K, H)
+    cb_sq = (cbs * cbs).sum(-1)  # (L, K)
+    ct = torch.from_numpy(np.asarray(codes, dtype=np.int64))
+    m, levels, k = len(zt), cbs.shape[0], cbs.shape[1]
+    w = max(1, min(beam_width, k - 1))
+    # residual entering each level along the greedy path: (M, L, H)
+    res = [zt]
+    for level in range(levels - 1):
+        res.append(res[-1] - cbs[level][ct[:, level]])
+    prefix = torch.zeros(m, dtype=torch.int64)  # path id of codes[:, :d]
+    prefixes = [prefix]
+    for level in range(levels - 1):
+        prefix = prefix * k + ct[:, level]
+        prefixes.append(prefix)
+    groups = []
+    depths = {"all": range(levels - 1, -1, -1), "last": range(levels - 1, levels - 2, -1),
+              "deeper": range(levels - 2, -1, -1)}[part]
+    for d in depths:  # d = the first level that differs from the greedy path
+        dist = _sq_dists(res[d], cbs[d], cb_sq[d])  # (M, K)
+        dist.scatter_(1, ct[:, d:d + 1], float("inf"))
+        keep = min(k - 1, LAST_LEVEL_CANDIDATES) if d == levels - 1 else w
+        order = _smallest(dist, keep)  # (M, W)
+        paths = prefixes[d][:, None] * k + order  # partial path ids, (M, W)
+        r = res[d][:, None, :] - cbs[d][order]  # (M, W, H)
+        for e in range(d + 1, levels):
+            de = _sq_dists(r, cbs[e], cb_sq[e])  # (M, W, K): squared norm of the next residual
+            wb = de.shape[1]
+            flat = de.reshape(m, wb * k)
+            idx = _smallest(flat, w)  # (M, W')
+            beam, code = idx // k, idx % k
+            paths = torch.gather(paths, 1, beam) * k + code
+            if e < levels - 1:
+                r = torch.gather(r, 1, beam[:, :, None].expand(-1, -1, r.shape[2])) - cbs[e][code]
+        groups.append(paths)
+    return torch.cat(groups, dim=1).numpy() if groups else np.zeros((m, 0), dtype=np.int64)
+
+
+def _exhaustive_order(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Every code path for one movie, by shared prefix with its greedy path (longest first), then by
+    distance to the latent. Only for small K^L (<= EXHAUSTIVE_MAX_PATHS)."""
+    levels, k, _ = codebooks.shape
+    all_paths = np.arange(k ** levels, dtype=np.int64)
+    all_codes = path_codes(all_paths, k, levels)  # (P, L)
+    points = codebooks[np.arange(levels)[None, :], all_codes].sum(1)  # (P, H)
+    dist = np.square(points - z[None, :]).sum(1)
+    shared = np.cumprod(all_codes == codes[None, :], axis=1).sum(1)
+    return all_paths[np.lexsort((all_paths, dist, -shared))]
+
+
+@dataclass
+class Assignment:
+    """The result of `make_unique` for the movies it was given (in the given order)."""
+
+    tokens: np.ndarray
+    """(N, L) or (N, L + 1) int64: the SIDs' tokens."""
+    moved: np.ndarray
+    """(N,) bool: moved away from its greedy path (semantic strategy)."""
+    suffixed: np.ndarray
+    """(N,) bool: needed a non-zero collision token."""
+    shared_prefix: np.ndarray
+    """(N,) int: how many leading codes the final path shares with the greedy one (L if not moved)."""
+    n_collided: int
+    """Movies whose greedy path was shared with another movie (or with a reserved SID)."""
+
+
+def make_unique(
+    codes: np.ndarray,
+    resid: np.ndarray,
+    movie_ids: np.ndarray,
+    *,
+    strategy: str,
+    codebook_size: int,
+    z: np.ndarray | None = None,
+    codebooks: np.ndarray | None = None,
+    beam_width: int = 8,
+    reserved: np.ndarray | None = None,
+) -> Assignment:
+    """Turn greedy codes into unique SIDs (pure; deterministic for the same inputs in any order).
+
+    Args:
+        codes: (N, L) greedy codes. resid: (N,) squared distance to the greedy path's point.
+        movie_ids: (N,) int64, distinct.
+        strategy: ``semantic`` or ``suffix``.
+        codebook_size: K.
+        z, codebooks: (N, H) latents and (L, K, H) codebooks (``semantic`` only).
+        beam_width: beam of the semantic search.
+        reserved: (R, L) or (R, L + 1) tokens of SIDs that must not be issued again (incremental
+            runs: kept and retired SIDs).
+
+    Returns:
+        An `Assignment`; tokens have L + 1 columns when a collision token is used (always for
+        ``suffix``; for ``semantic`` only if some movie found no free path or ``reserved`` has them).
+    """
+    codes = np.asarray(codes, dtype=np.int64)
+    n, levels = codes.shape
+    movie_ids = np.asarray(movie_ids, dtype=np.int64)
+    k = codebook_size
+    reserved = np.zeros((0, levels), dtype=np.int64) if reserved is None else np.asarray(reserved, dtype=np.int64)
+    res_paths = path_ids(reserved[:, :levels], k)
+    res_set = _unique_sorted(res_paths)
+    # Highest collision token already issued on each reserved path (-1 where no token).
+    res_suffix = reserved[:, levels] if reserved.shape[1] > levels else np.zeros(len(reserved), dtype=np.int64)
+    res_top: dict[int, int] = {}
+    for p, s in zip(res_paths.tolist(), res_suffix.tolist()):
+        res_top[p] = max(res_top.get(p, -1), s)
+
+    paths = path_ids(codes, k)  # (N,)
+    final = paths.copy()
+    moved = np.zeros(n, dtype=bool)
+    shared = np.full(n, levels, dtype=np.int64)
+    # Group by path; within a group the keeper is the closest movie (ties: smallest movie_id).
+    order = np.lexsort((movie_ids, np.asarray(resid, dtype=np.float64), paths)) if strategy == "semantic" \
+        else np.lexsort((movie_ids, paths))
+    sp = paths[order]
+    first = np.ones(n, dtype=bool)
+    first[1:] = sp[1:] != sp[:-1]
+    group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - group_start  # position in its group
+    group_size = np.empty(n, dtype=np.int64)
+    sizes = np.diff(np.flatnonzero(np.r_[first, True]))
+    group_size[order] = np.repeat(sizes, sizes)
+    on_reserved = _member(paths, res_set)
+    collided = (group_size > 1) | on_reserved
+    suffix = np.zeros(n, dtype=np.int64)
+
+    if strategy == "suffix":
+        base = np.array([res_top.get(p, -1) + 1 for p in paths.tolist()], dtype=np.int64) if len(res_top) \
+            else np.zeros(n, dtype=np.int64)
+        suffix = base + rank
+        tokens = np.concatenate([codes, suffix[:, None]], axis=1)
+        return Assignment(tokens, moved, suffix > 0, shared, int(collided.sum()))
+
+    if strategy != "semantic":
+        raise ValueError(f"unknown strategy {strategy!r}")
+    movers = np.flatnonzero((rank > 0) | on_reserved)
+    movers = movers[np.argsort(movie_ids[movers], kind="stable")]  # processed in movie_id order
+    unresolved: list[int] = []
+    if len(movers):
+        if z is None or codebooks is None:
+            raise ValueError("the semantic strategy needs z and codebooks")
+        z = np.asarray(z, dtype=np.float64)
+        codebooks = np.asarray(codebooks, dtype=np.float64)
+        used_arr = _unique_sorted(np.concatenate([paths[rank == 0], res_paths]))
+        # Nearly every mover finds a free code at the last level: compute those candidates for all of
+        # them at once, and the earlier-level ones (costlier) only for a mover that runs out.
+        cands = np.concatenate([  # (M, T), in blocks to bound memory
+            candidate_paths(z[b], codebooks, codes[b], beam_width, part="last") for b in np.array_split(
+                movers, max(1, -(-len(movers) // _CHUNK)))])
+        free = ~_member(cands, used_arr)
+        used = set(used_arr.tolist())
+        taken_here: set[int] = set()
+        for row, i in enumerate(movers.tolist()):
+            got = next((p for p in cands[row][free[row]].tolist() if p not in taken_here), -1)
+            if got < 0 and levels > 1:
+                deeper = candidate_paths(z[i:i + 1], codebooks, codes[i:i + 1], beam_width, part="deeper")[0]
+                got = next((p for p in deeper.tolist() if p not in used and p not in taken_here), -1)
+            if got < 0:
+                unresolved.append(i)
+                continue
+            taken_here.add(got)
+            final[i] = got
+            moved[i] = True
+        used |= taken_here
+        if unresolved and k ** levels <= EXHAUSTIVE_MAX_PATHS:
+            still = []
+            for i in unresolved:
+                got = next((p for p in _exhaustive_order(z[i], codebooks, codes[i]).tolist() if p not in used), -1)
+                if got < 0:
+                    still.append(i)
+                    continue
+                used.add(got)
+                final[i] = got
+                moved[i] = True
+            unresolved = still
+    new_codes = path_codes(final, k, levels) if moved.any() else codes
+    shared[moved] = np.cumprod(new_codes[moved] == codes[moved], axis=1).sum(1)
+    suffixed = np.zeros(n, dtype=bool)
+    if unresolved or reserved.shape[1] > levels:
+        # No free path left for some movies (or the kept SIDs carry a collision token): number the
+        # movies on each path after the ones already there, in movie_id order.
+        settled = np.ones(n, dtype=bool)
+        settled[unresolved] = False
+        held = set(final[settled].tolist())  # each holds its path with token 0
+        for i in sorted(unresolved, key=lambda i: movie_ids[i]):
+            p = int(final[i])
+            top = max(res_top.get(p, -1), 0 if p in held else -1)
+            suffix[i] = top + 1
+            res_top[p] = top + 1
+        suffixed = suffix > 0
+        tokens = np.concatenate([new_codes, suffix[:, None]], axis=1)
+    else:
+        tokens = new_codes
+    return Assignment(tokens, moved, suffixed, shared, int(collided.sum()))
+
+
+def _unique_sorted(a: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an int array (sort-based: numpy's hash-based ``unique`` is slower here)."""
+    a = np.sort(np.asarray(a).ravel())
+    return a[np.r_[True, a[1:] != a[:-1]]] if len(a) else a
+
+
+def _member(a: np.ndarray, sorted_unique: np.ndarray) -> np.ndarray:
+    """``np.isin(a, sorted_unique)`` by binary search (``sorted_unique`` from `_unique_sorted`)."""
+    if len(sorted_unique) == 0:
+        return np.zeros(np.shape(a), dtype=bool)
+    idx = np.minimum(np.searchsorted(sorted_unique, a), len(sorted_unique) - 1)
+    return sorted_unique[idx] == a
+
+
+def _sig(v: float) -> float:
+    """Round to 4 significant digits: stats stay identical across devices and batch sizes."""
+    return float(f"{v:.4g}")
+
+
+def assign_sids(
+    tok,
+    x: np.ndarray,
+    movie_ids: np.ndarray,
+    cfg: AssignConfig,
+    *,
+    reserved: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Codes and unique SIDs for a set of movies (no I/O).
+
+    Args:
+        tok: the tokenizer (see `movielens_sids.model.load_tokenizer`), on the device it runs on.
+        x: (N, D) float32 embeddings; movie_ids: (N,) int64.
+        cfg: the assign settings (strategy, beam width, batch size).
+        reserved: tokens of SIDs that must not be issued (incremental runs).
+
+    Returns:
+        tokens (N, L) or (N, L + 1) int64, and the dedup statistics.
+    """
+    import torch
+
+    dev = next((t.device for t in (*tok.parameters(), *tok.buffers())), torch.device("cpu"))
+    levels, k = int(tok.config.levels), int(tok.config.codebook_size)
+    z = encode_latents(tok, x, device=dev, batch_size=cfg.batch_size)  # (N, H) float64
+    codebooks = tok.codebooks.detach().to("cpu").double().numpy()  # (L, K, H)
+    codes, resid = greedy_codes(z, codebooks)
+    a = make_unique(codes, resid, movie_ids, strategy=cfg.strategy, codebook_size=k, z=z, codebooks=codebooks,
+                    beam_width=cfg.beam_width, reserved=reserved)
+    stats: dict[str, Any] = {
+        "strategy": cfg.strategy,
+        "n_movies": int(len(movie_ids)),
+        "levels": levels,
+        "codebook_size": k,
+        "sid_length": int(a.tokens.shape[1]),
+        "n_collided_before": a.n_collided,
+        "unique_paths_before": int(len(_unique_sorted(path_ids(codes, k)))),
+        "n_moved": int(a.moved.sum()),
+        "n_suffixed": int(a.suffixed.sum()),
+    }
+    if cfg.strategy == "semantic":
+        stats["moved_shared_prefix"] = {str(s): int(c) for s, c in
+                                        zip(*np.unique(a.shared_prefix[a.moved], return_counts=True))}
+        stats.update(_move_cost(tok, x, codes, a.tokens[:, :levels], a.moved, dev))
+    return a.tokens, stats
+
+
+def merge_stats(old: dict[str, Any], new: dict[str, Any], *, n_movies: int) -> dict[str, Any]:
+    """Dedup statistics over every assign run that issued the current SIDs (incremental runs add up).
+
+    Counts are summed, the moved movies' mean errors are weighted by how many moved in each run;
+    a run that adds nothing gives back ``old`` (so the file's bytes do not change).
+    """
+    if not old:
+        return {**new, "n_movies": n_movies}
+    out = dict(old)
+    out["n_movies"] = int(n_movies)
+    for key in ("n_collided_before", "unique_paths_before", "n_moved", "n_suffixed"):
+        out[key] = int(old.get(key, 0)) + int(new.get(key, 0))
+    out["sid_length"] = max(int(old.get("sid_length", 0)), int(new.get("sid_length", 0)))
+    if "moved_shared_prefix" in old or "moved_shared_prefix" in new:
+        msp = dict(old.get("moved_shared_prefix") or {})
+        for k, v in (new.get("moved_shared_prefix") or {}).items():
+            msp[k] = int(msp.get(k, 0)) + int(v)
+        out["moved_shared_prefix"] = msp
+        n_old, n_new = int(old.get("n_moved", 0)), int(new.get("n_moved", 0))
+        for key in ("moved_relative_error_before", "moved_relative_error_after"):
+            a, b = old.get(key), new.get(key)
+            if b is not None and n_new:
+                out[key] = _sig((float(a or 0.0) * n_old + float(b) * n_new) / (n_old + n_new))
+    return out
+
+
+def _move_cost(tok, x: np.ndarray, before: np.ndarray, after: np.ndarray, moved: np.ndarray, device) -> dict:
+    """Mean relative reconstruction error ``||x - decode(codes)||^2 / ||x||^2`` of the moved movies,
+    on their greedy codes and on their final codes."""
+    import torch
+
+    if not moved.any():
+        return {"moved_relative_error_before": None, "moved_relative_error_after": None}
+    idx = np.flatnonzero(moved)
+    xm = torch.from_numpy(np.ascontiguousarray(x[idx], dtype=np.float32)).double()  # (M, D)
+    out = {}
+    with torch.inference_mode():
+        for name, c in (("before", before), ("after", after)):
+            rec = tok.decode_codes(torch.from_numpy(c[idx]).to(device)).to("cpu").double()  # (M, D)
+            err = ((xm - rec) ** 2).sum(1) / (xm ** 2).sum(1).clamp_min(1e-12)
+            out[f"moved_relative_error_{name}"] = _sig(float(err.mean()))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage (I/O)
+# ----------------------------------------------------------------------------------------------
+
+
+def read_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``embeddings.parquet`` -> movie ids (N,) int64 and vectors (N, D) float32, validated."""
+    from .io import read_parquet
+
+    table = read_parquet(path, "embed")
+    for col in ("movie_id", "embedding"):
+        if col not in table.column_names:
+            raise SidsError(f"{path} has no {col!r} column; run `movielens-sids embed` again")
+    ids = table.column("movie_id").to_numpy().astype(np.int64)
+    emb = table.column("embedding").combine_chunks()
+    n = len(ids)
+    if n == 0:
+        raise SidsError(f"{path} has no movies")
+    if emb.null_count:
+        raise SidsError(f"{path}: {emb.null_count} movies have no embedding")
+    flat = emb.flatten().to_numpy(zero_copy_only=False)
+    if len(flat) % n:
+        raise SidsError(f"{path}: embeddings do not all have the same dimension")
+    x = flat.reshape(n, -1).astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        bad = ids[~np.isfinite(x).all(axis=1)]
+        raise SidsError(f"{path}: NaN or infinite embeddings for {len(bad)} movies (first movie_id {bad[0]})")
+    if len(_unique_sorted(ids)) != n:
+        raise SidsError(f"{path}: duplicate movie_id values")
+    return ids, x
+
+
+def _load_model(run_dir: Path, dim: int):
+    from .model import load_tokenizer
+
+    model_dir = run_dir / "model"
+    for f in ("config.json", "model.safetensors"):
+        if not (model_dir / f).exists():
+            raise SidsError(f"{model_dir / f} not found: run `movielens-sids train` first")
+    tok = load_tokenizer(model_dir)
+    if int(tok.config.input_dim) != dim:
+        raise SidsError(f"embeddings have dimension {dim} but the model in {model_dir} expects "
+                        f"{tok.config.input_dim}; retrain the model or re-embed")
+    return tok
+
+
+def model_fingerprint(tok) -> str:
+    """sha256 of the tensors that decide the codes (parameters and codebooks, by name), not of the file:
+    a save/load round trip keeps it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    named = dict(tok.named_parameters())
+    named["codebooks"] = tok.codebooks
+    for name in sorted(named):
+        t = named[name].detach().to("cpu").contiguous()
+        h.update(name.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def read_sids(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """``sids.parquet`` -> movie ids (N,), tokens (N, T) int64, and its decoded metadata."""
+    from .io import parquet_metadata, read_parquet
+
+    table = read_parquet(path, "assign")
+    ids = table.column("movie_id").to_numpy().astype(np.int64)
+    col = table.column("semantic_id").combine_chunks()
+    n = len(ids)
+    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    tokens = flat.reshape(n, -1) if n else np.zeros((0, 0), dtype=np.int64)
+    meta = {}
+    for key, v in parquet_metadata(path).items():
+        try:
+            meta[key] = json.loads(v)
+        except ValueError:
+            meta[key] = v
+    return ids, tokens, meta
+
+
+def sids_table(movie_ids: np.ndarray, tokens: np.ndarray):
+    """The ``sids.parquet`` table: movie_id int64, semantic_id list<int32>, sid string; sorted by movie_id."""
+    import pyarrow as pa
+
+    order = np.argsort(movie_ids, kind="stable")
+    ids, tok = movie_ids[order], np.ascontiguousarray(tokens[order], dtype=np.int32)
+    n, t = tok.shape
+    offsets = pa.array(np.arange(0, n * t + 1, t, dtype=np.int32))
+    semantic_id = pa.ListArray.from_arrays(offsets, pa.array(tok.reshape(-1)))
+    return pa.table({"movie_id": pa.array(ids, pa.int64()), "semantic_id": semantic_id, "sid": format_sids(tok)})
+
+
+def assign_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
+    """The `assign` stage: embeddings.parquet + model/ -> sids.parquet.
+
+    Returns:
+        A summary: the dedup statistics, plus (incremental) kept/new/retired counts and the
+        ids of movies that disappeared.
+    """
+    from .io import write_parquet
+
+    run_dir = Path(run_dir)
+    acfg: AssignConfig = cfg.assign
+    ids, x = read_embeddings(run_dir / "embeddings.parquet")
+    tok = _load_model(run_dir, x.shape[1]).to(resolve_device(acfg.device))
+    levels, k = int(tok.config.levels), int(tok.config.codebook_size)
+    sids_path = run_dir / "sids.parquet"
+    retired_ids = np.zeros(0, dtype=np.int64)
+    retired_tok = None
+    result: dict[str, Any] = {}
+    if acfg.incremental:
+        if not sids_path.exists():
+            raise SidsError(f"{sids_path} not found: --incremental extends existing SIDs; run "
+                            "`movielens-sids assign` without it first")
+        old_ids, old_tok, meta = read_sids(sids_path)
+        info = meta.get("assign") or {}
+        if info.get("levels") != levels or info.get("codebook_size") != k:
+            raise SidsError(f"{sids_path} was made with {info.get('levels')} levels x {info.get('codebook_size')} "
+                            f"codes but the model has {levels} x {k}; run assign without --incremental")
+        if info.get("strategy") != acfg.strategy:
+            raise SidsError(f"{sids_path} was made with strategy {info.get('strategy')!r}; --incremental must "
+                            f"use the same (got {acfg.strategy!r})")
+        if info.get("model_fingerprint") != model_fingerprint(tok):
+            log.warning("the model changed since %s was written: existing SIDs are kept, new movies get codes "
+                        "from the new model", sids_path.name)
+        ret = meta.get("retired") or []
+        r_ids = np.array([r[0] for r in ret], dtype=np.int64)
+        r_tok = np.array([r[1] for r in ret], dtype=np.int64).reshape(len(ret), old_tok.shape[1])
+        # Movies that came back get their old SID again.
+        back = np.isin(r_ids, ids)
+        old_ids = np.concatenate([old_ids, r_ids[back]])
+        old_tok = np.concatenate([old_tok, r_tok[back]])
+        keep = np.isin(old_ids, ids)
+        gone = ~keep
+        retired_ids = np.concatenate([r_ids[~back], old_ids[gone]])
+        retired_tok = np.concatenate([r_tok[~back], old_tok[gone]])
+        new = ~np.isin(ids, old_ids)
+        if gone.any():
+            log.warning("%d movies are no longer in embeddings.parquet; their SIDs are retired, never reused "
+                        "(first movie_ids: %s)", int(gone.sum()), ", ".join(map(str, np.sort(old_ids[gone])[:10])))
+        reserved = np.concatenate([old_tok[keep], retired_tok])
+        new_tok, stats = assign_sids(tok, x[new], ids[new], acfg, reserved=reserved)
+        if new_tok.shape[1] != old_tok.shape[1]:
+            raise SidsError(f"{int(new.sum())} new movies need a collision token but the existing SIDs have "
+                            f"{old_tok.shape[1]} tokens; run assign without --incremental (gives new SIDs)")
+        all_ids = np.concatenate([old_ids[keep], ids[new]])
+        all_tok = np.concatenate([old_tok[keep], new_tok])
+        result.update(n_kept=int(keep.sum()), n_new=int(new.sum()), n_restored=int(back.sum()),
+                      n_retired=int(len(retired_ids)), disappeared=np.sort(old_ids[gone]).tolist())
+        stats = merge_stats(meta.get("assign_stats") or {}, stats, n_movies=len(all_ids))
+        log.info("incremental: %d SIDs kept, %d restored, %d new, %d retired", int(keep.sum()) - int(back.sum()),
+                 int(back.sum()), int(new.sum()), len(retired_ids))
+    else:
+        all_ids = ids
+        all_tok, stats = assign_sids(tok, x, ids, acfg)
+    if len(_unique_sorted(path_ids(all_tok, max(k, int(all_tok.max()) + 1)))) != len(all_ids):
+        raise AssertionError("assign produced duplicate SIDs")  # guarded by make_unique; never expected
+    info = {"strategy": acfg.strategy, "levels": levels, "codebook_size": k, "sid_length": int(all_tok.shape[1]),
+            "collision_token": bool(all_tok.shape[1] > levels), "semantic_id_dtype": "int32",
+            "model_fingerprint": model_fingerprint(tok)}
+    retired = []
+    if retired_tok is not None and len(retired_ids):
+        o = np.argsort(retired_ids, kind="stable")
+        retired = [[int(i), [int(v) for v in t]] for i, t in zip(retired_ids[o], retired_tok[o])]
+    metadata = {"assign": json.dumps(info, sort_keys=True), "assign_stats": json.dumps(stats, sort_keys=True),
+                "retired": json.dumps(retired)}
+    write_parquet(sids_path, sids_table(all_ids, all_tok), metadata=metadata)
+    log.info("%d movies: %d collided before dedup, %d moved, %d with a collision token (%s, %d tokens per SID)",
+             stats["n_movies"], stats["n_collided_before"], stats["n_moved"], stats["n_suffixed"], acfg.strategy,
+             all_tok.shape[1])
+    return {**stats, **result}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .config import flag
+
+    flag(p, "--strategy", key="assign.strategy", choices=["semantic", "suffix"],
+         help="semantic (default): move colliding movies to the nearest free code path; "
+              "suffix: TIGER's extra collision token")
+    flag(p, "--incremental", key="assign.incremental", action="store_true",
+         help="keep every SID already in sids.parquet; give only new movies new SIDs")
+    flag(p, "--beam-width", key="assign.beam_width", type=int, help="beam of the semantic search (default 8)")
+    flag(p, "--device", key="assign.device", type=str, help="auto, cpu, cuda, cuda:N or mps")
+    flag(p, "--batch-size", key="assign.batch_size", type=int, help="movies per encoder batch")
+
+
+def command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> None:
     from .stages import execute
 
     execute("assign", cfg, run_dir)
 
-
-def assign_stage(run_dir: Path, cfg) -> dict:
-    raise NotImplementedError

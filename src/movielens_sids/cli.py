@@ -26,6 +26,7 @@ COMMANDS = {
     "visualize": "movielens_sids.visualize",
     "lookup": "movielens_sids.lookup",
     "run": "movielens_sids.pipeline",
+    "retrieval": "movielens_sids.retrieval.cli",
 }
 
 

@@ -273,7 +273,10 @@ def _csv_header(src: MovieLensSource, spec: _Spec) -> list[str]:
     if not first.strip():
         raise SidsError(f"{src.describe(spec.stem)} is empty (expected the header line "
                         f"{','.join(spec.kinds)})")
-    header = [h.strip() for h in next(csv.reader([first.decode("utf-8-sig", "replace")]))]
+    try:
+        header = [h.strip() for h in next(csv.reader([first.decode("utf-8-sig", "replace")]))]
+    except csv.Error as e:
+        raise SidsError(f"{src.describe(spec.stem)}: the header line cannot be parsed ({e})") from None
     missing = [c for c in spec.kinds if c not in header]
     if missing:
         raise SidsError(f"{src.describe(spec.stem)} lacks column(s) {', '.join(missing)} "
@@ -307,17 +310,10 @@ def _to_frame(table: pa.Table, spec: _Spec) -> pd.DataFrame:
 def _read_csv_fast(src: MovieLensSource, spec: _Spec) -> pd.DataFrame:
     import pyarrow.csv as pacsv
 
-    invalid = []
-
-    def on_invalid(row) -> str:
-        invalid.append(row)
-        return "skip"
-
     try:
         with src.open(spec.stem) as f:
             table = pacsv.read_csv(
                 f,
-                parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
                 convert_options=pacsv.ConvertOptions(
                     include_columns=list(spec.kinds),
                     column_types={c: _ARROW_TYPES[k] for c, k in spec.kinds.items()},
@@ -325,8 +321,6 @@ def _read_csv_fast(src: MovieLensSource, spec: _Spec) -> pd.DataFrame:
             )
     except (pa.ArrowException, KeyError) as e:  # odd rows, bad UTF-8, a header pyarrow reads differently
         raise _FastPathFailed(str(e)) from e
-    if invalid:
-        raise _FastPathFailed(f"{len(invalid)} malformed rows")
     return _to_frame(table, spec)
 
 
@@ -347,13 +341,18 @@ def _read_dat_numeric(src: MovieLensSource, spec: _Spec) -> pd.DataFrame:
     return _to_frame(table, spec)
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _check_value(value: str, kind: str, col: str) -> str | None:
     """Why ``value`` is not a valid ``kind``, or None."""
     v = value.strip()
-    if kind == "id":
-        return None if re.fullmatch(r"-?\d+", v) else f"{col} {value!r} is not an integer"
+    if kind == "id" or (kind == "int?" and v != ""):
+        if not re.fullmatch(r"-?\d+", v):
+            return f"{col} {value!r} is not an integer"
+        return None if _INT64_MIN <= int(v) <= _INT64_MAX else f"{col} {value!r} is out of the 64-bit integer range"
     if kind == "int?":
-        return None if v == "" or re.fullmatch(r"-?\d+", v) else f"{col} {value!r} is not an integer"
+        return None
     if kind == "float":
         try:
             return None if math.isfinite(float(v)) else f"{col} {value!r} is not a finite number"
@@ -377,6 +376,22 @@ def _frame_from_rows(rows: list[list[str]], spec: _Spec) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _csv_rows(reader, what: str) -> Iterator[list[str]]:
+    """``reader``'s rows; a line ``csv`` cannot split (a huge field, a stray carriage return) is a ``SidsError``."""
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, 1 << 30))  # pyarrow's fast path takes any field size; so does this one
+    try:
+        while True:
+            try:
+                yield next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                raise SidsError(f"{what}: line {reader.line_num} cannot be parsed ({e}); fix the file") from None
+    finally:
+        csv.field_size_limit(limit)
+
+
 def _read_csv_rows(src: MovieLensSource, spec: _Spec, header: list[str]) -> tuple[pd.DataFrame, list]:
     """The reference reader: every row through ``csv``, exact line numbers for the bad ones."""
     idx = [header.index(c) for c in spec.kinds]
@@ -384,9 +399,12 @@ def _read_csv_rows(src: MovieLensSource, spec: _Spec, header: list[str]) -> tupl
     with src.open(spec.stem) as f:
         text = io.TextIOWrapper(f, encoding="utf-8-sig", errors="replace", newline="")
         reader = csv.reader(text)
-        next(reader, None)
+        try:
+            next(reader, None)
+        except csv.Error as e:
+            raise SidsError(f"{src.describe(spec.stem)}: the header line cannot be parsed ({e})") from None
         line = reader.line_num
-        for fields in reader:
+        for fields in _csv_rows(reader, src.describe(spec.stem)):
             start, line = line + 1, reader.line_num
             if not fields:
                 continue
@@ -412,6 +430,11 @@ def _read_dat_rows(src: MovieLensSource, spec: _Spec) -> tuple[pd.DataFrame, lis
     bad = [(int(i) + 1, f"expected {len(spec.dat_columns)} '::'-separated fields")
            for i in np.flatnonzero(bad_mask.to_numpy())]
     good = fields[~bad_mask & ~blank]
+    for col in (c for c, k in spec.kinds.items() if k == "id"):
+        huge = good[col].map(lambda v: int(v) > _INT64_MAX).to_numpy(dtype=bool)
+        bad += [(int(i) + 1, f"{col} {good[col].iloc[j]!r} is out of the 64-bit integer range")
+                for j, i in enumerate(good.index[huge])]
+        good = good[~huge]
     if spec.kinds.get("rating") == "float":
         bad_rating = ~np.isfinite(pd.to_numeric(good["rating"], errors="coerce").to_numpy(dtype=float))
         bad += [(int(i) + 1, f"rating {good['rating'].iloc[j]!r} is not a number")

@@ -1,0 +1,125 @@
+"""Benchmark: movies/s of `assign` (codes + unique SIDs) for both strategies, the model loaded beforehand.
+
+Usage:
+    python benchmarks/assign.py --run-dir runs/tiger [--repeats 5] [--threads N] [--stage]
+
+The run folder needs embeddings.parquet and model/. Everything is measured in one process on the
+same vectors: the baseline is the tokenizer alone (``tok.quantize(tok.encode(x))`` in batches, no
+uniqueness), then `assign_sids` with each strategy, with a breakdown (encoder, float64-checked
+greedy codes, dedup). Times are medians of ``--repeats`` runs (after one warm-up). ``--stage`` also
+times the whole stage (read embeddings + model, assign, write sids.parquet) in a temporary copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from movielens_sids.assign import (
+    AssignConfig,
+    assign_sids,
+    encode_latents,
+    greedy_codes,
+    make_unique,
+    read_embeddings,
+)
+from movielens_sids.model import load_tokenizer
+
+
+def median_time(fn, repeats: int) -> tuple[float, object]:
+    out = fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run-dir", type=Path, required=True)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=16384)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--stage", action="store_true", help="also time the whole stage (I/O included)")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    ids, x = read_embeddings(args.run_dir / "embeddings.parquet")
+    tok = load_tokenizer(args.run_dir / "model")
+    n = len(ids)
+    levels, k = int(tok.config.levels), int(tok.config.codebook_size)
+    print(f"{n:,} movies, D={x.shape[1]}, tokenizer {tok.tokenizer} {levels} x {k}, torch threads "
+          f"{torch.get_num_threads()}, repeats {args.repeats} (median)")
+
+    xt = torch.from_numpy(x)
+
+    def baseline():
+        with torch.inference_mode():
+            return torch.cat([tok.quantize(tok.encode(b)) for b in xt.split(args.batch_size)])
+
+    rows = []
+    t_base, _ = median_time(baseline, args.repeats)
+    rows.append(("tokenizer only (encode + quantize, not unique)", t_base))
+
+    z = encode_latents(tok, x, batch_size=args.batch_size)
+    cb = tok.codebooks.double().numpy()
+    t_enc, _ = median_time(lambda: encode_latents(tok, x, batch_size=args.batch_size), args.repeats)
+    t_greedy, (codes, resid) = median_time(lambda: greedy_codes(z, cb), args.repeats)
+    rows.append(("  part: encoder (aligned batches)", t_enc))
+    rows.append(("  part: greedy codes (float64-checked)", t_greedy))
+    results = {}
+    for strategy in ("semantic", "suffix"):
+        t_dedup, a = median_time(lambda s=strategy: make_unique(codes, resid, ids, strategy=s, codebook_size=k,
+                                                                 z=z, codebooks=cb), args.repeats)
+        rows.append((f"  part: make_unique ({strategy})", t_dedup))
+        cfg = AssignConfig(strategy=strategy, batch_size=args.batch_size)
+        t_all, (tokens, stats) = median_time(lambda c=cfg: assign_sids(tok, x, ids, c), args.repeats)
+        assert len(np.unique(tokens, axis=0)) == n, "SIDs are not unique"
+        rows.append((f"assign_sids ({strategy})", t_all))
+        results[strategy] = {"seconds": t_all, "movies_per_s": n / t_all, "vs_tokenizer_only": t_all / t_base,
+                             "stats": stats}
+
+    if args.stage:
+        from movielens_sids.assign import assign_stage
+        from movielens_sids.config import load_config
+
+        with tempfile.TemporaryDirectory() as tmp:
+            run = Path(tmp)
+            shutil.copy(args.run_dir / "embeddings.parquet", run / "embeddings.parquet")
+            shutil.copytree(args.run_dir / "model", run / "model",
+                            ignore=shutil.ignore_patterns("checkpoints", "logs"))
+            for strategy in ("semantic", "suffix"):
+                cfg = load_config(None, {"assign.strategy": strategy, "assign.device": "cpu"})
+                t_stage, _ = median_time(lambda c=cfg: assign_stage(run, c), max(1, args.repeats // 2))
+                rows.append((f"whole stage, I/O included ({strategy})", t_stage))
+                results[strategy]["stage_seconds"] = t_stage
+
+    width = max(len(r[0]) for r in rows)
+    print(f"{'what'.ljust(width)}  {'seconds':>8}  {'movies/s':>10}")
+    for name, t in rows:
+        print(f"{name.ljust(width)}  {t:8.3f}  {n / t:10,.0f}")
+    for strategy, r in results.items():
+        s = r["stats"]
+        print(f"{strategy}: {r['movies_per_s']:,.0f} movies/s ({r['vs_tokenizer_only']:.2f}x the tokenizer alone); "
+              f"{s['n_collided_before']} collided, {s['n_moved']} moved, {s['n_suffixed']} with a collision token")
+    if args.json:
+        args.json.write_text(json.dumps({"n_movies": n, "threads": torch.get_num_threads(), **results},
+                                        indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Tokenizers side by side on the same vectors, in one process: training time and every quality metric.
+
+Rows:
+  (a) rqvae-best   the RQ-VAE with the recommended 3 x 256 settings (``BEST``)
+  (a') rqvae-tiger  the RQ-VAE on a 32-d MLP latent (the ``tiger`` shape)
+  (b) rqkmeans     residual k-means on FAISS, 3 x 256
+  (c) faiss-rq     ``faiss.ResidualQuantizer`` 3 x 256 (8 bits), its default beam
+  (d) seed         4 x 1024 on the raw vector (identity encoder), our initialisation
+
+Metrics (``movielens_sids.metrics``) on every movie: relative MSE and mean cosine of the
+reconstruction, per-level utilization and perplexity, unique fraction before dedup and the largest
+collision group, the share of each movie's 10 nearest embedding neighbours that share its first
+token against the same rate for random pairs, and their ratio (lift).
+
+Usage:
+    python benchmarks/tokenizers.py --embeddings runs/ml-32m/embeddings.parquet [more fallbacks: x.npy]
+    python benchmarks/tokenizers.py --embeddings vecs.npy --rows rqvae-best,rqkmeans --out bench.json
+
+The first ``--embeddings`` path that exists is used (Parquet from the embed stage, or a .npy matrix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from movielens_sids import metrics as M
+from movielens_sids.config import load_config
+from movielens_sids.model import RQKMeans, RQKMeansConfig
+from movielens_sids.train import fit_rqvae, read_embeddings, tokenize
+
+log = logging.getLogger("benchmark")
+
+# The settings each RQ-VAE row trains with (``section.field`` overrides of the default config).
+SETTINGS: dict[str, dict] = {
+    "rqvae-best": {"model.encoder": "residual", "model.hidden_dims": [128], "model.levels": 3,
+                   "model.codebook_size": 256, "model.commitment_weight": 0.05, "model.kmeans_iters": 20,
+                   "model.kmeans_clip_quantile": 0.2, "train.lr": 3e-5, "train.max_epochs": 1,
+                   "train.batch_size": 4096},
+    "rqvae-tiger": {"model.encoder": "mlp", "model.hidden_dims": [512, 256], "model.latent_dim": 32,
+                    "model.levels": 3, "model.codebook_size": 256, "model.kmeans_clip_quantile": 0.2,
+                    "train.lr": 2e-3, "train.max_epochs": 3, "train.batch_size": 4096},
+    "seed": {"model.encoder": "identity", "model.levels": 4, "model.codebook_size": 1024,
+             "model.kmeans_iters": 10, "model.kmeans_clip_quantile": 0.2, "train.lr": 3e-5,
+             "train.max_epochs": 1, "train.batch_size": 4096},
+}
+ROWS = ["faiss-rq", "rqvae-best", "rqkmeans", "seed", "rqvae-tiger"]
+
+
+def load_vectors(paths: list[Path]) -> tuple[np.ndarray, Path]:
+    for p in paths:
+        if p.exists():
+            if p.suffix == ".npy":
+                return np.ascontiguousarray(np.load(p), dtype=np.float32), p
+            return read_embeddings(p)[1], p
+    sys.exit(f"none of the embeddings files exist: {', '.join(map(str, paths))}")
+
+
+def run_rqvae(x: np.ndarray, name: str, seed: int) -> tuple[np.ndarray, np.ndarray, float, dict]:
+    cfg = load_config(None, {**SETTINGS[name], "train.seed": seed, "train.progress_bar": False,
+                             "train.accelerator": "cpu", "train.devices": "1"})
+    cfg.model = dataclasses.replace(cfg.model, input_dim=x.shape[1])
+    with tempfile.TemporaryDirectory() as work:
+        t0 = time.perf_counter()
+        model, summary = fit_rqvae(x, cfg.model, cfg.train, Path(work))
+        seconds = time.perf_counter() - t0
+    codes, x_hat = tokenize(model, x)
+    return codes, x_hat, seconds, {"steps": summary["global_step"], "epochs": summary["epochs"]}
+
+
+def run_rqkmeans(x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, float, dict]:
+    t0 = time.perf_counter()
+    tok = RQKMeans.fit(x, RQKMeansConfig(input_dim=x.shape[1], levels=3, codebook_size=256), seed=seed)
+    seconds = time.perf_counter() - t0
+    codes, x_hat = tokenize(tok, x)
+    return codes, x_hat, seconds, {}
+
+
+def run_faiss_rq(x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, float, dict]:
+    import faiss
+
+    rq = faiss.ResidualQuantizer(x.shape[1], 3, 8)  # 3 levels x 2^8 codes, default beam
+    rq.cp.seed = seed
+    t0 = time.perf_counter()
+    rq.train(x)
+    seconds = time.perf_counter() - t0
+    packed = rq.compute_codes(x)  # (N, 3) bytes: one 8-bit code per level
+    codes = packed[:, :3].astype(np.int64)
+    return codes, rq.decode(packed), seconds, {"max_beam_size": int(rq.max_beam_size)}
+
+
+def measure(x: np.ndarray, codes: np.ndarray, x_hat: np.ndarray, k: int, neighbors: np.ndarray) -> dict:
+    col = M.collision_stats(codes)
+    ftm = M.first_token_match(codes, neighbors)
+    rnd = M.random_first_token_match(codes)
+    return {
+        "relative_mse": M.relative_mse(x, x_hat), "mean_cosine": M.mean_cosine(x, x_hat),
+        "utilization": M.utilization(codes, k), "perplexity": M.perplexity(codes, k),
+        "unique_fraction_before_dedup": col["unique_fraction"], "max_group_size": col["max_group_size"],
+        "first_token_match_at_10": ftm, "random_first_token_match": rnd, "lift": ftm / max(rnd, 1e-12),
+    }
+
+
+def table(results: dict[str, dict]) -> str:
+    head = ("| tokenizer | L x K | train s | rel. MSE | cosine | utilization | perplexity | unique | max group "
+            "| 1st-token@10 | random | lift |")
+    lines = [head, "|" + " --- |" * 12]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['shape']} | {r['train_seconds']:.1f} | {r['relative_mse']:.4f} | {r['mean_cosine']:.4f} "
+            f"| {' / '.join(f'{u:.3f}' for u in r['utilization'])} "
+            f"| {' / '.join(f'{p:.0f}' for p in r['perplexity'])} | {r['unique_fraction_before_dedup']:.4f} "
+            f"| {r['max_group_size']} | {r['first_token_match_at_10']:.4f} | {r['random_first_token_match']:.5f} "
+            f"| {r['lift']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--embeddings", type=Path, nargs="+", default=[Path("runs/ml-32m/embeddings.parquet")],
+                   help="embeddings.parquet or .npy (the first that exists is used)")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=0, help="use only the first N movies (quick runs)")
+    p.add_argument("--out", type=Path, help="also write the results as JSON")
+    p.add_argument("--neighbors", type=Path, help="cache of the exact 10-NN (.npy): read if present, else written")
+    args = p.parse_args()
+    # This file is named like the Hugging Face `tokenizers` package: keep its folder off the import path.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [q for q in sys.path if Path(q or ".").resolve() != here]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "movielens_sids.train"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    x, source = load_vectors(args.embeddings)
+    if args.limit:
+        x = x[: args.limit]
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    log.info("%d x %d vectors from %s; torch threads %d", *x.shape, source, torch.get_num_threads())
+    if args.neighbors and args.neighbors.exists():
+        neighbors = np.load(args.neighbors)
+        if neighbors.shape != (len(x), 10):
+            sys.exit(f"{args.neighbors} does not match these vectors")
+    else:
+        t0 = time.perf_counter()
+        neighbors = M.knn(x, 10)
+        log.info("exact 10-NN in %.1fs", time.perf_counter() - t0)
+        if args.neighbors:
+            np.save(args.neighbors, neighbors)
+    results: dict[str, dict] = {}
+    for name in rows:
+        if name == "rqkmeans":
+            codes, x_hat, seconds, extra = run_rqkmeans(x, args.seed)
+        elif name == "faiss-rq":
+            codes, x_hat, seconds, extra = run_faiss_rq(x, args.seed)
+        elif name in SETTINGS:
+            codes, x_hat, seconds, extra = run_rqvae(x, name, args.seed)
+        else:
+            sys.exit(f"unknown row {name!r}; rows: {', '.join(ROWS)}")
+        k = SETTINGS[name]["model.codebook_size"] if name in SETTINGS else 256
+        r = {"shape": f"{codes.shape[1]} x {k}", "train_seconds": seconds, **extra,
+             **measure(x, codes, x_hat, k, neighbors)}
+        results[name] = r
+        log.info("%s: %.1fs, relative MSE %.4f, unique %.4f, lift %.1f", name, seconds, r["relative_mse"],
+                 r["unique_fraction_before_dedup"], r["lift"])
+    print(f"\n{len(x)} movies, {x.shape[1]}-d vectors from {source}; one process, torch threads "
+          f"{torch.get_num_threads()}\n")
+    print(table(results))
+    if args.out:
+        args.out.write_text(json.dumps({"source": str(source), "n": len(x), "settings": SETTINGS,
+                                        "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

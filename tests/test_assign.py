@@ -1,0 +1,292 @@
+"""assign: unique, deterministic, stable Semantic IDs (both strategies, incremental runs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sids_fixtures import clustered_embeddings, tiny_tokenizer, write_embeddings, write_run
+
+from movielens_sids.assign import (
+    AssignConfig,
+    assign_sids,
+    assign_stage,
+    candidate_paths,
+    encode_latents,
+    greedy_codes,
+    make_unique,
+    read_sids,
+)
+from movielens_sids.config import load_config
+from movielens_sids.errors import SidsError
+from movielens_sids.io import file_hash
+from movielens_sids.model import load_tokenizer, save_pretrained
+from movielens_sids.sid import format_sid, path_ids
+
+
+def _cfg(**assign):
+    return load_config(None, {f"assign.{k}": v for k, v in assign.items()})
+
+
+def _unique_rows(a: np.ndarray) -> bool:
+    return len(np.unique(a, axis=0)) == len(a)
+
+
+def _snapshot(folder):
+    return {p.name: file_hash(p) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------------------- pure
+
+
+def test_greedy_codes_match_the_tokenizer():
+    x, _ = clustered_embeddings(300, dim=8)
+    tok = tiny_tokenizer(x, levels=3, codebook_size=8)
+    z = encode_latents(tok, x)
+    codes, resid = greedy_codes(z, tok.codebooks.double().numpy())
+    with torch.no_grad():
+        assert np.array_equal(codes, tok.quantize(tok.encode(torch.from_numpy(x))).numpy())
+    # resid is the squared distance to the path's quantized point
+    q = tok.codebooks.double()[torch.arange(3), torch.from_numpy(codes)].sum(1).numpy()
+    np.testing.assert_allclose(resid, ((z - q) ** 2).sum(1), rtol=1e-9, atol=1e-12)
+
+
+def test_latents_do_not_depend_on_batch_size():
+    x, _ = clustered_embeddings(333, dim=8)
+    tok = tiny_tokenizer(x)
+    ref = encode_latents(tok, x, batch_size=4096)
+    for bs in (1, 7, 64, 100):
+        assert np.array_equal(encode_latents(tok, x, batch_size=bs), ref)
+
+
+def test_suffix_numbers_each_group_by_movie_id():
+    codes = np.array([[1, 2], [0, 0], [1, 2], [1, 2], [3, 3]])
+    ids = np.array([40, 5, 7, 20, 1])
+    a = make_unique(codes, np.zeros(5), ids, strategy="suffix", codebook_size=4)
+    assert a.tokens.shape == (5, 3)  # every SID gets the collision token
+    assert a.tokens[:, :2].tolist() == codes.tolist()
+    # group (1, 2) holds movies 40, 7, 20 -> 7 gets 0, 20 gets 1, 40 gets 2
+    assert dict(zip(ids.tolist(), a.tokens[:, 2].tolist())) == {40: 2, 5: 0, 7: 0, 20: 1, 1: 0}
+    assert a.suffixed.tolist() == [True, False, False, True, False]
+
+
+def test_semantic_keeper_is_the_closest_then_smallest_id():
+    codes = np.array([[1, 2], [1, 2], [1, 2]])
+    z = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    cb = np.zeros((2, 4, 2))
+    cb[1] = [[0, 0], [1, 0], [2, 0], [3, 0]]
+    # Movie 9 is closest (resid 0.1) and keeps the path; 3 and 5 tie at 0.5 and move in id order.
+    a = make_unique(codes, np.array([0.5, 0.1, 0.5]), np.array([5, 9, 3]), strategy="semantic",
+                    codebook_size=4, z=z, codebooks=cb, beam_width=2)
+    assert a.tokens.shape == (3, 2)
+    assert a.tokens[1].tolist() == [1, 2]
+    assert a.moved.tolist() == [True, False, True]
+    # both movers keep their first code; the one processed first (id 3) gets the nearest free code
+    assert a.tokens[2].tolist() == [1, 0] and a.tokens[0].tolist() == [1, 1]
+    assert a.shared_prefix.tolist() == [1, 2, 1]
+
+
+def test_candidates_keep_the_longest_prefix_first():
+    rng = np.random.default_rng(0)
+    cb = rng.normal(size=(3, 5, 4))
+    z = rng.normal(size=(6, 4))
+    codes, _ = greedy_codes(z, cb)
+    cands = candidate_paths(z, cb, codes, beam_width=3)
+    from movielens_sids.sid import path_codes
+
+    for i in range(len(z)):
+        cc = path_codes(cands[i], 5, 3)
+        shared = np.cumprod(cc == codes[i], axis=1).sum(1)
+        assert (np.diff(shared) <= 0).all()  # non-increasing shared prefix length
+        assert shared.max() == 2 and (shared < 3).all()  # never the greedy path itself
+        assert len(set(cands[i].tolist())) == len(cands[i])
+        # within the last-level group, nearest first
+        last = cc[shared == 2]
+        q = z[i] - cb[0][codes[i, 0]] - cb[1][codes[i, 1]]
+        d = ((q[None] - cb[2][last[:, 2]]) ** 2).sum(1)
+        assert (np.diff(d) >= 0).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.integers(2, 5), st.integers(1, 60), st.integers(0, 10_000),
+       st.sampled_from(["semantic", "suffix"]))
+def test_sids_are_unique_for_any_codes(levels, k, n, seed, strategy):
+    rng = np.random.default_rng(seed)
+    cb = rng.normal(size=(levels, k, 3))
+    z = rng.normal(size=(n, 3)).round(1)  # rounding makes exact duplicates likely
+    codes, resid = greedy_codes(z, cb)
+    ids = rng.choice(10 * n, size=n, replace=False)
+    a = make_unique(codes, resid, ids, strategy=strategy, codebook_size=k, z=z, codebooks=cb, beam_width=2)
+    assert _unique_rows(a.tokens)
+    assert a.tokens.shape[1] in (levels, levels + 1)
+    if strategy == "semantic" and n <= k ** levels:
+        assert a.tokens.shape[1] == levels  # the space allows it: no collision token at all
+        assert not a.suffixed.any()
+
+
+def test_semantic_falls_back_to_a_token_only_when_the_space_is_full():
+    rng = np.random.default_rng(1)
+    cb = rng.normal(size=(2, 2, 3))  # 4 paths for 7 movies
+    z = rng.normal(size=(7, 3))
+    codes, resid = greedy_codes(z, cb)
+    a = make_unique(codes, resid, np.arange(7), strategy="semantic", codebook_size=2, z=z, codebooks=cb)
+    assert a.tokens.shape == (7, 3) and _unique_rows(a.tokens)
+    assert len(np.unique(path_ids(a.tokens[:, :2], 2))) == 4  # every path is used before any token
+    assert a.suffixed.sum() == 3
+
+
+def test_identical_embeddings_get_distinct_sids_without_a_token():
+    x, ids = clustered_embeddings(200, dim=8)
+    x[10:15] = x[3]  # six movies with the same embedding
+    tok = tiny_tokenizer(x, levels=2, codebook_size=16)
+    tokens, stats = assign_sids(tok, x, ids, AssignConfig())
+    assert tokens.shape == (200, 2) and _unique_rows(tokens)
+    assert stats["n_suffixed"] == 0 and stats["n_moved"] >= 5
+    dup = tokens[[3, 10, 11, 12, 13, 14]]
+    assert _unique_rows(dup)
+    assert stats["moved_relative_error_after"] >= stats["moved_relative_error_before"] * 0.999
+
+
+# ---------------------------------------------------------------------------------------------- stage
+
+
+@pytest.mark.parametrize("strategy", ["semantic", "suffix"])
+def test_stage_writes_unique_sorted_sids(tmp_path, strategy):
+    x, ids = clustered_embeddings(300, dim=8)
+    write_run(tmp_path, x, ids, levels=2, codebook_size=32)
+    res = assign_stage(tmp_path, _cfg(strategy=strategy))
+    mids, tokens, meta = read_sids(tmp_path / "sids.parquet")
+    assert mids.tolist() == sorted(ids.tolist())
+    assert _unique_rows(tokens)
+    assert tokens.shape[1] == (3 if strategy == "suffix" else 2)
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(tmp_path / "sids.parquet")
+    import pyarrow as pa
+
+    assert pa.types.is_list(t.schema.field("semantic_id").type)
+    assert t.schema.field("semantic_id").type.value_type == pa.int32()
+    assert t.column("sid").to_pylist() == [format_sid(r) for r in tokens.tolist()]
+    assert meta["assign_stats"]["n_movies"] == 300 and res["strategy"] == strategy
+    for key in ("n_collided_before", "n_moved", "n_suffixed", "levels", "codebook_size"):
+        assert key in meta["assign_stats"]
+
+
+@pytest.mark.parametrize("strategy", ["semantic", "suffix"])
+def test_same_bytes_across_batch_sizes_and_save_load(tmp_path, strategy):
+    x, ids = clustered_embeddings(400, dim=8)
+    x[20:25] = x[7]
+    write_run(tmp_path / "a", x, ids, levels=2, codebook_size=8)
+    assign_stage(tmp_path / "a", _cfg(strategy=strategy, batch_size=1))
+    ref = file_hash(tmp_path / "a" / "sids.parquet")
+    for bs in (64, 100, 100_000):
+        assign_stage(tmp_path / "a", _cfg(strategy=strategy, batch_size=bs))
+        assert file_hash(tmp_path / "a" / "sids.parquet") == ref
+    # a save/load round trip of the model gives the same file
+    write_embeddings(tmp_path / "b", x, ids)
+    save_pretrained(load_tokenizer(tmp_path / "a" / "model"), tmp_path / "b" / "model")
+    assign_stage(tmp_path / "b", _cfg(strategy=strategy))
+    assert file_hash(tmp_path / "b" / "sids.parquet") == ref
+
+
+@pytest.mark.parametrize("strategy", ["semantic", "suffix"])
+def test_incremental_keeps_old_sids_and_never_reuses_retired_ones(tmp_path, strategy):
+    x, ids = clustered_embeddings(300, dim=8, seed=3)
+    x[250:260] = x[0]  # new movies identical to an old one and to a movie that will disappear
+    x[260:265] = x[1]
+    write_run(tmp_path, x, ids, levels=2, codebook_size=32)
+    tok_x, tok_ids = x[:250], ids[:250]
+    write_embeddings(tmp_path, tok_x, tok_ids)
+    assign_stage(tmp_path, _cfg(strategy=strategy))
+    old_ids, old_tok, _ = read_sids(tmp_path / "sids.parquet")
+    old = dict(zip(old_ids.tolist(), map(tuple, old_tok.tolist())))
+
+    # movie ids[1] disappears, 50 new movies arrive
+    keep = np.r_[0, 2:300]
+    write_embeddings(tmp_path, x[keep], ids[keep])
+    res = assign_stage(tmp_path, _cfg(strategy=strategy, incremental=True))
+    assert res["disappeared"] == [int(ids[1])] and res["n_new"] == 50 and res["n_kept"] == 249
+    new_ids, new_tok, meta = read_sids(tmp_path / "sids.parquet")
+    new = dict(zip(new_ids.tolist(), map(tuple, new_tok.tolist())))
+    assert all(new[m] == old[m] for m in old if m != ids[1])
+    assert _unique_rows(new_tok)
+    assert old[int(ids[1])] not in set(new.values())  # the retired SID is not reused
+    assert meta["retired"] == [[int(ids[1]), list(old[int(ids[1])])]]
+
+    # another incremental run with nothing new changes nothing; the returning movie gets its SID back
+    before = file_hash(tmp_path / "sids.parquet")
+    assign_stage(tmp_path, _cfg(strategy=strategy, incremental=True))
+    assert file_hash(tmp_path / "sids.parquet") == before
+    write_embeddings(tmp_path, x, ids)
+    res = assign_stage(tmp_path, _cfg(strategy=strategy, incremental=True))
+    back_ids, back_tok, meta = read_sids(tmp_path / "sids.parquet")
+    back = dict(zip(back_ids.tolist(), map(tuple, back_tok.tolist())))
+    assert back[int(ids[1])] == old[int(ids[1])] and res["n_restored"] == 1 and meta["retired"] == []
+    assert all(back[m] == new[m] for m in new)
+
+
+def test_incremental_needs_existing_sids_and_the_same_strategy(tmp_path):
+    x, ids = clustered_embeddings(60, dim=8)
+    write_run(tmp_path, x, ids)
+    snap = _snapshot(tmp_path)
+    with pytest.raises(SidsError, match="without it first"):
+        assign_stage(tmp_path, _cfg(incremental=True))
+    assert _snapshot(tmp_path) == snap
+    assign_stage(tmp_path, _cfg(strategy="semantic"))
+    snap = _snapshot(tmp_path)
+    with pytest.raises(SidsError, match="same"):
+        assign_stage(tmp_path, _cfg(strategy="suffix", incremental=True))
+    assert _snapshot(tmp_path) == snap
+
+
+def test_bad_inputs_fail_with_one_line_and_change_nothing(tmp_path):
+    x, ids = clustered_embeddings(60, dim=8)
+    write_embeddings(tmp_path, x, ids)
+    snap = _snapshot(tmp_path)
+    with pytest.raises(SidsError, match="train"):  # no model
+        assign_stage(tmp_path, _cfg())
+    assert _snapshot(tmp_path) == snap
+    write_run(tmp_path, x, ids)
+    x2 = x.copy()
+    x2[5, 2] = np.nan
+    write_embeddings(tmp_path, x2, ids)
+    snap = _snapshot(tmp_path)
+    with pytest.raises(SidsError, match="NaN"):
+        assign_stage(tmp_path, _cfg())
+    write_embeddings(tmp_path, np.ones((60, 5), dtype=np.float32), ids)
+    snap = _snapshot(tmp_path)
+    with pytest.raises(SidsError, match="dimension 5"):
+        assign_stage(tmp_path, _cfg())
+    assert _snapshot(tmp_path) == snap
+    for e in ("NaN", "dimension"):
+        assert "\n" not in e
+
+
+def test_cli_assign(tmp_path, capsys):
+    from movielens_sids.cli import main
+
+    x, ids = clustered_embeddings(80, dim=8)
+    write_run(tmp_path, x, ids)
+    assert main(["assign", "--run-dir", str(tmp_path), "--strategy", "suffix", "--batch-size", "16"]) == 0
+    assert read_sids(tmp_path / "sids.parquet")[1].shape == (80, 3)
+    assert main(["assign", "--run-dir", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "embed" in err[-1]
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_incremental_refuses_to_change_the_length_of_existing_sids(tmp_path):
+    x, ids = clustered_embeddings(5, dim=8, seed=2)
+    write_run(tmp_path, x[:4], ids[:4], levels=1, codebook_size=4)  # 4 paths, all taken by 4 movies
+    assign_stage(tmp_path, _cfg())
+    assert read_sids(tmp_path / "sids.parquet")[1].shape == (4, 1)
+    write_embeddings(tmp_path, x, ids)
+    snap = _snapshot(tmp_path)
+    with pytest.raises(SidsError, match="collision token"):
+        assign_stage(tmp_path, _cfg(incremental=True))
+    assert _snapshot(tmp_path) == snap
+    assign_stage(tmp_path, _cfg())  # a full assign gives every movie a unique SID with a token
+    tokens = read_sids(tmp_path / "sids.parquet")[1]
+    assert tokens.shape == (5, 2) and _unique_rows(tokens)

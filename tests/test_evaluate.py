@@ -1,0 +1,340 @@
+"""The evaluation report: SPEC-4 keys on a tiny run folder, the SID k-NN against brute force, errors, --compare."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+from types import SimpleNamespace
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from movielens_sids import metrics
+from movielens_sids.config import Config
+from movielens_sids.errors import SidsError
+from movielens_sids.evaluate import (
+    DEFAULT_PROBES,
+    EvaluateConfig,
+    compare_runs,
+    evaluate_stage,
+    genre_purity,
+    neighbor_overlap,
+    shared_prefix_lengths,
+    sid_knn,
+)
+from movielens_sids.io import write_parquet
+
+SPEC_KEYS = {"n_movies", "levels", "codebook_size", "latent_dim", "embedding_model", "reconstruction", "utilization",
+             "perplexity", "collisions", "neighbors", "genre_purity_level1", "probes", "timings_s"}
+GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi"]
+
+
+class FakeOutput(NamedTuple):
+    reconstruction: torch.Tensor
+    codes: torch.Tensor
+    losses: dict
+
+
+class FakeTokenizer(torch.nn.Module):
+    """The tokenizer interface (encode, quantize, decode_codes, codebooks, config) as a tiny residual k-means
+    on a fixed random projection, so the tests need no trained model."""
+
+    def __init__(self, x: np.ndarray, *, levels: int = 2, codebook_size: int = 8, latent_dim: int = 8, seed: int = 0):
+        super().__init__()
+        d = x.shape[1]
+        self.config = SimpleNamespace(levels=levels, codebook_size=codebook_size, latent_dim=latent_dim, input_dim=d)
+        rng = np.random.default_rng(seed)
+        proj, _ = np.linalg.qr(rng.normal(size=(d, latent_dim)))  # (D, H) orthonormal columns
+        self.proj = torch.tensor(proj, dtype=torch.float32)
+        z = x @ proj  # (N, H)
+        books = []
+        for _ in range(levels):
+            c = z[rng.choice(len(z), codebook_size, replace=False)]  # (K, H)
+            for _ in range(10):  # a few Lloyd steps
+                a = ((z[:, None, :] - c[None]) ** 2).sum(-1).argmin(1)
+                for j in range(codebook_size):
+                    if (a == j).any():
+                        c[j] = z[a == j].mean(0)
+            books.append(c)
+            z = z - c[((z[:, None, :] - c[None]) ** 2).sum(-1).argmin(1)]
+        self.codebooks = torch.tensor(np.stack(books), dtype=torch.float32)  # (L, K, H)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.proj  # (B, H)
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        codes = []
+        for book in self.codebooks:
+            c = torch.cdist(z, book).argmin(1)  # (B,)
+            codes.append(c)
+            z = z - book[c]
+        return torch.stack(codes, 1)  # (B, L)
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        z = sum(self.codebooks[i][codes[:, i]] for i in range(codes.shape[1]))  # (B, H)
+        return z @ self.proj.T  # (B, D)
+
+    def forward(self, x: torch.Tensor) -> FakeOutput:
+        codes = self.quantize(self.encode(x))
+        return FakeOutput(self.decode_codes(codes), codes, {})
+
+
+def _sid_string(tokens) -> str:
+    return "".join(f"<{string.ascii_lowercase[i]}_{int(t)}>" for i, t in enumerate(tokens))
+
+
+def make_run(run_dir: Path, *, n: int = 240, d: int = 16, seed: int = 0, extra_titles: dict[int, str] | None = None,
+             levels: int = 2, codebook_size: int = 8) -> FakeTokenizer:
+    """A run folder with catalog, embeddings (clustered by genre) and suffix-deduplicated sids; returns the model."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(len(GENRES), d))
+    genre_of = rng.integers(0, len(GENRES), n)
+    x = centers[genre_of] + 0.35 * rng.normal(size=(n, d))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    ids = np.arange(1, n + 1, dtype=np.int64) * 3
+    titles = [f"Movie {i}" for i in range(n)]
+    years = [1950 + i % 70 for i in range(n)]
+    titles[0], years[0] = "Matrix, The", 1999
+    titles[1], years[1] = "Toy Story", 1995
+    for i, t in (extra_titles or {}).items():
+        titles[i] = t
+    genres = [[GENRES[g]] + ([GENRES[(g + 1) % len(GENRES)]] if i % 4 == 0 else []) for i, g in enumerate(genre_of)]
+    genres[5] = []  # "(no genres listed)"
+    catalog = pa.table({
+        "movie_id": pa.array(ids, pa.int64()), "title": titles, "display_title": titles,
+        "year": pa.array(years, pa.int64()), "genres": pa.array(genres, pa.list_(pa.string())),
+        "tags": pa.array([[] for _ in range(n)], pa.list_(pa.string())),
+    })
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_parquet(run_dir / "catalog.parquet", catalog)
+    emb = pa.table({"movie_id": pa.array(ids, pa.int64()),
+                    "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), d)})
+    write_parquet(run_dir / "embeddings.parquet", emb, metadata={"model": "fake-model", "dimension": str(d)})
+    tok = FakeTokenizer(x, levels=levels, codebook_size=codebook_size)
+    with torch.no_grad():
+        codes = tok.quantize(tok.encode(torch.from_numpy(x))).numpy()
+    # TIGER-style suffix: the n-th movie (by movie_id) sharing a code tuple gets suffix n.
+    seen: dict[tuple, int] = {}
+    sem = []
+    for c in codes:
+        key = tuple(int(v) for v in c)
+        sem.append([*key, seen.get(key, 0)])
+        seen[key] = seen.get(key, 0) + 1
+    sids = pa.table({"movie_id": pa.array(ids, pa.int64()), "semantic_id": pa.array(sem, pa.list_(pa.int64())),
+                     "sid": [_sid_string(s) for s in sem]})
+    stats = {"strategy": "suffix", "n_moved": 0, "n_suffixed": n}
+    write_parquet(run_dir / "sids.parquet", sids, metadata={"assign_stats": json.dumps(stats)})
+    return tok
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def run(tmp_path):
+    tok = make_run(tmp_path / "run", extra_titles={7: "Alien"})
+    return tmp_path / "run", tok
+
+
+def _cfg(**kw) -> Config:
+    return Config(evaluate=EvaluateConfig(**kw))
+
+
+def test_report_has_every_spec_key_with_plausible_values(run):
+    run_dir, tok = run
+    cfg = _cfg(extra_probes=["Movie 3 (1953)", "Not A Movie (2001)"])
+    evaluate_stage(run_dir, cfg, tokenizer=tok)
+    r = json.loads((run_dir / "report.json").read_text())
+    assert SPEC_KEYS <= set(r)
+    assert (r["n_movies"], r["levels"], r["codebook_size"], r["latent_dim"]) == (240, 2, 8, 8)
+    assert r["embedding_model"] == "fake-model"
+    assert 0 <= r["reconstruction"]["relative_mse"] < 1 and 0 < r["reconstruction"]["mean_cosine"] <= 1
+    assert len(r["utilization"]) == len(r["perplexity"]) == 2
+    assert all(0 < u <= 1 for u in r["utilization"]) and all(1 <= p <= 8 for p in r["perplexity"])
+    c = r["collisions"]
+    assert c["unique_fraction_after_dedup"] == 1.0 and c["max_group_size"] > 1
+    assert 0 <= c["unique_fraction_before_dedup"] < 1
+    nb = r["neighbors"]
+    for key in ("overlap_at_10", "first_token_match_at_10", "random_first_token_match"):
+        assert 0 <= nb[key] <= 1
+    # Clustered data and a quantizer fitted on it: neighbours share first tokens far above chance.
+    assert nb["first_token_match_at_10"] > 2 * nb["random_first_token_match"]
+    assert nb["overlap_at_10"] > 0.2
+    assert sum(nb["shared_prefix_histogram"]) == 240 * 10
+    assert r["genre_purity_level1"] > r["genre_purity_level1_baseline"]
+    assert set(r["probes"]) == {"Matrix, The (1999)", "Toy Story (1995)", "Movie 3 (1953)"}
+    assert all(len(v) == 10 and k not in v for k, v in r["probes"].items())
+    assert set(r["probes_skipped"]) == {"Godfather, The (1972)", "Pulp Fiction (1994)", "Not A Movie (2001)"}
+    assert set(r["timings_s"]) >= {"catalog", "embed", "train", "assign", "evaluate"}
+    assert r["timings_s"]["evaluate"] > 0
+    assert r["dedup"]["assign_stats"]["strategy"] == "suffix" and r["dedup"]["n_suffixed"] == 240
+    md = (run_dir / "report.md").read_text()
+    assert "| overlap@10 |" in md and "### Matrix, The (1999)" in md
+    for png in r["charts"].values():
+        assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"({png})" in md
+
+
+def test_probe_neighbours_rank_by_shared_prefix_then_decoded_vector(run):
+    run_dir, tok = run
+    evaluate_stage(run_dir, _cfg(charts=False), tokenizer=tok)
+    r = json.loads((run_dir / "report.json").read_text())
+    by_sid = r["probe_details"]["Matrix, The (1999)"]["by_sid"]
+    shared = [n["shared_prefix"] for n in by_sid]
+    assert shared == sorted(shared, reverse=True)
+    emb = r["probe_details"]["Matrix, The (1999)"]["by_embedding"]
+    cos = [n["cosine"] for n in emb]
+    assert cos == sorted(cos, reverse=True)
+
+
+def _brute_force_keys(tokens, vectors, k):
+    n = len(tokens)
+    keys = []
+    for i in range(n):
+        others = np.delete(np.arange(n), i)
+        shared = shared_prefix_lengths(tokens, np.full(n - 1, i), others)
+        sim = vectors[others] @ vectors[i]
+        order = np.lexsort((-sim, -shared))[:k]
+        keys.append(list(zip(shared[order].tolist(), np.round(sim[order], 5).tolist())))
+    return keys
+
+
+@pytest.mark.parametrize("k_codes,with_suffix", [(3, False), (6, True), (40, False)])
+def test_sid_knn_matches_brute_force(k_codes, with_suffix):
+    rng = np.random.default_rng(k_codes)
+    n, levels = 300, 3
+    tokens = rng.integers(0, k_codes, size=(n, levels))
+    paths, inverse = np.unique(tokens, axis=0, return_inverse=True)
+    vectors = rng.normal(size=(len(paths), 12))[inverse.ravel()]  # same path, same decoded vector
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    if with_suffix:
+        tokens = np.concatenate([tokens, rng.integers(0, 3, size=(n, 1))], axis=1)
+    got = sid_knn(tokens, vectors, 10, max_block=997)  # small blocks exercise the chunking
+    assert got.shape == (n, 10)
+    assert not (got == np.arange(n)[:, None]).any()
+    assert all(len(set(row)) == 10 for row in got.tolist())
+    want = _brute_force_keys(tokens, vectors, 10)
+    for i in range(n):
+        shared = shared_prefix_lengths(tokens, np.full(10, i), got[i])
+        sim = vectors[got[i]] @ vectors[i]
+        assert list(zip(shared.tolist(), np.round(sim, 5).tolist())) == want[i]
+
+
+def test_neighbor_overlap_and_genre_purity_by_hand():
+    a = np.array([[1, 2, 3, 4], [0, 2, 3, 4]])
+    b = np.array([[4, 3, 9, 8], [0, 2, 3, 4]])
+    assert neighbor_overlap(a, b) == pytest.approx((2 / 4 + 4 / 4) / 2)
+    # Code 0 -> majority Drama; code 1 -> majority Comedy. Movie 2 (Action) and movie 5 (no genres) miss.
+    level1 = np.array([0, 0, 0, 1, 1, 1])
+    genres = [["Drama"], ["Drama", "Comedy"], ["Action"], ["Comedy"], ["Comedy", "Drama"], []]
+    purity, baseline, per_genre = genre_purity(level1, genres)
+    assert purity == pytest.approx(4 / 6)
+    assert baseline == pytest.approx(3 / 6)  # Comedy and Drama tie at 3 movies; the first (Comedy) wins
+    assert per_genre == {"Comedy": 1, "Drama": 1}
+
+
+def test_embedding_knn_is_cached_by_embeddings_hash(run, monkeypatch):
+    run_dir, tok = run
+    evaluate_stage(run_dir, _cfg(charts=False), tokenizer=tok)
+    first = json.loads((run_dir / "report.json").read_text())
+    assert list((run_dir / ".cache").glob("knn-*-k10.npy"))
+
+    def boom(*a, **k):
+        raise AssertionError("the cached k-NN should have been used")
+
+    monkeypatch.setattr(metrics, "knn", boom)
+    evaluate_stage(run_dir, _cfg(charts=False), tokenizer=tok)
+    second = json.loads((run_dir / "report.json").read_text())
+    assert second["neighbors"] == first["neighbors"] and second["probes"] == first["probes"]
+
+
+@pytest.mark.parametrize("breakage", ["missing_sids", "missing_model", "fewer_sids", "bad_codes", "nan_embeddings"])
+def test_bad_input_is_one_line_error_and_changes_nothing(run, breakage):
+    run_dir, tok = run
+    use_tok = tok
+    if breakage == "missing_sids":
+        (run_dir / "sids.parquet").unlink()
+    elif breakage == "missing_model":
+        use_tok = None  # no model/ folder in the fixture
+    elif breakage == "fewer_sids":
+        t = pq.read_table(run_dir / "sids.parquet")
+        write_parquet(run_dir / "sids.parquet", t.slice(0, 100))
+    elif breakage == "bad_codes":
+        t = pq.read_table(run_dir / "sids.parquet")
+        sem = [[99, *s[1:]] for s in t.column("semantic_id").to_pylist()]
+        write_parquet(run_dir / "sids.parquet", t.set_column(1, "semantic_id", pa.array(sem, pa.list_(pa.int64()))))
+    elif breakage == "nan_embeddings":
+        t = pq.read_table(run_dir / "embeddings.parquet")
+        x = np.stack(t.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
+        x[3, 2] = np.nan
+        t = t.set_column(1, "embedding", pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1]))
+        write_parquet(run_dir / "embeddings.parquet", t)
+    before = _snapshot(run_dir)
+    with pytest.raises(SidsError) as e:
+        evaluate_stage(run_dir, _cfg(), tokenizer=use_tok)
+    assert "\n" not in str(e.value)
+    assert _snapshot(run_dir) == before
+
+
+def test_compare_puts_runs_side_by_side(tmp_path, capsys):
+    from movielens_sids.cli import main
+
+    dirs = []
+    for name, k in (("small", 4), ("large", 16)):
+        tok = make_run(tmp_path / name, codebook_size=k)
+        evaluate_stage(tmp_path / name, _cfg(charts=False), tokenizer=tok)
+        dirs.append(tmp_path / name)
+    out = tmp_path / "cmp.md"
+    assert main(["evaluate", "--compare", *map(str, dirs), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text == out.read_text()
+    header = text.splitlines()[2]
+    assert header == "|  | small | large |"
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()}
+    assert "| 4 | 16 |" in rows["codebook size"]
+    for r, d in zip((json.loads((d / "report.json").read_text()) for d in dirs), dirs):
+        assert f"{r['neighbors']['overlap_at_10']:.4f}" in rows["overlap@10"]
+    with pytest.raises(SidsError, match="report.json not found"):
+        compare_runs([dirs[0], tmp_path / "nowhere"])
+
+
+def test_default_probes_are_the_original_four():
+    assert EvaluateConfig().probes == list(DEFAULT_PROBES) == [
+        "Matrix, The (1999)", "Toy Story (1995)", "Godfather, The (1972)", "Pulp Fiction (1994)"]
+    with pytest.raises(ValueError, match="probe_neighbors"):
+        EvaluateConfig(probe_neighbors=0)
+
+
+def test_probe_flag_adds_probes_to_the_config():
+    from movielens_sids.cli import build_parser
+    from movielens_sids.config import load_config, overrides_from_args
+
+    args = build_parser().parse_args(["evaluate", "--probe", "Alien (1979)", "--probe", "Heat (1995)", "--no-charts"])
+    cfg = load_config(None, overrides_from_args(args))
+    assert cfg.evaluate.extra_probes == ["Alien (1979)", "Heat (1995)"] and cfg.evaluate.charts is False
+    assert cfg.evaluate.all_probes()[-2:] == ["Alien (1979)", "Heat (1995)"]
+
+
+def test_dedup_section_measures_what_moving_cost(run):
+    run_dir, tok = run
+    t = pq.read_table(run_dir / "sids.parquet")
+    sem = t.column("semantic_id").to_pylist()
+    for i in (0, 1, 2):  # "move" three movies to another last-level code, as the semantic strategy does
+        sem[i][1] = (sem[i][1] + 1) % 8
+    t = t.set_column(1, "semantic_id", pa.array(sem, pa.list_(pa.int64())))
+    t = t.set_column(2, "sid", pa.array([_sid_string(s) for s in sem]))
+    write_parquet(run_dir / "sids.parquet", t, metadata={"assign_stats": json.dumps({"strategy": "semantic"})})
+    evaluate_stage(run_dir, _cfg(charts=False), tokenizer=tok)
+    d = json.loads((run_dir / "report.json").read_text())["dedup"]
+    assert d["n_changed_codes"] == 3 and d["assign_stats"] == {"strategy": "semantic"}
+    assert d["relative_mse_final"] > d["relative_mse_raw"]
+    with torch.no_grad():
+        x = torch.tensor(np.stack(pq.read_table(run_dir / "embeddings.parquet").column("embedding")
+                                  .to_numpy(zero_copy_only=False)), dtype=torch.float32)
+        dec = tok.decode_codes(torch.tensor([s[:2] for s in sem])).numpy()
+    assert d["relative_mse_final"] == pytest.approx(metrics.relative_mse(x.numpy(), dec))

@@ -1,0 +1,226 @@
+"""The tokenizers' invariants: shapes, gradients, round trips, initialisation, save/load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from movielens_sids.errors import SidsError
+from movielens_sids.model import RQVAE, RQKMeans, RQKMeansConfig, RQVAEConfig, load_tokenizer
+from movielens_sids.model.rqvae import ResidualQuantizer, kmeans, nearest_code, rotate_to
+
+D = 16
+
+
+def tiny(**kw) -> RQVAEConfig:
+    base = dict(input_dim=D, encoder="mlp", hidden_dims=[32], latent_dim=8, levels=3, codebook_size=8, kmeans_iters=10)
+    return RQVAEConfig(**{**base, **kw})
+
+
+def clustered(n: int = 400, d: int = D, centers: int = 12, seed: int = 0) -> torch.Tensor:
+    """Points around a few well-separated centres, so k-means has something to find."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(centers, d, generator=g) * 3
+    x = c[torch.randint(centers, (n,), generator=g)] + 0.3 * torch.randn(n, d, generator=g)
+    return x
+
+
+def init_model(cfg: RQVAEConfig, x: torch.Tensor, seed: int = 0) -> RQVAE:
+    torch.manual_seed(seed)
+    model = RQVAE(cfg)
+    model.init_codebooks(x, generator=torch.Generator().manual_seed(seed))
+    return model
+
+
+@pytest.mark.parametrize("encoder", ["mlp", "residual", "identity"])
+def test_shapes(encoder):
+    cfg = tiny(encoder=encoder)
+    model = init_model(cfg, clustered())
+    x = clustered(n=5, seed=1)
+    out = model(x)
+    h = cfg.code_dim
+    assert h == (8 if encoder == "mlp" else D)
+    assert model.encode(x).shape == (5, h)
+    assert model.codebooks.shape == (3, 8, h)
+    assert out.codes.shape == (5, 3) and out.codes.dtype == torch.int64
+    assert out.reconstruction.shape == (5, D)
+    assert out.residuals.shape == (3, 5, h)
+    assert int(out.codes.min()) >= 0 and int(out.codes.max()) < 8
+    assert torch.isfinite(out.losses.total)
+
+
+def test_straight_through_gradient_is_exactly_one():
+    q = ResidualQuantizer(levels=3, codebook_size=8, dim=4, gradient="ste")
+    z = torch.randn(6, 4, requires_grad=True)
+    out = q(z)
+    out.quantized.sum().backward()
+    assert torch.equal(z.grad, torch.ones_like(z))
+    # The forward value is the codes' sum, not z.
+    assert torch.equal(out.quantized.detach(), q.lookup(out.codes))
+
+
+def test_rotation_trick_forward_is_the_code_and_gradient_is_a_scaled_rotation():
+    r = torch.randn(5, 6, requires_grad=True)
+    e = torch.randn(5, 6)
+    out = rotate_to(r, e)
+    assert torch.allclose(out, e, atol=1e-5)
+    # The Jacobian of row i is (|e|/|r|) R with R orthogonal: a unit gradient keeps norm |e|/|r|.
+    g = torch.zeros(5, 6)
+    g[:, 0] = 1.0
+    out.backward(g)
+    expected = e.norm(dim=1) / r.detach().norm(dim=1)
+    assert torch.allclose(r.grad.norm(dim=1), expected, rtol=1e-4)
+    assert not torch.allclose(r.grad, g)  # not a plain copy, as straight-through would give
+
+
+@pytest.mark.parametrize("gradient", ["rotation", "ste"])
+@pytest.mark.parametrize("encoder", ["mlp", "residual", "identity"])
+def test_encode_decode_round_trip(gradient, encoder):
+    model = init_model(tiny(gradient=gradient, encoder=encoder), clustered()).eval()
+    x = clustered(n=50, seed=2)
+    out = model(x)
+    codes = model.quantize(model.encode(x))
+    assert torch.equal(codes, out.codes)
+    assert torch.equal(model.decode_codes(codes), out.reconstruction)
+
+
+def test_nearest_code_matches_brute_force():
+    x, cb = torch.randn(100, 5), torch.randn(7, 5)
+    assert torch.equal(nearest_code(x, cb), torch.cdist(x, cb).argmin(1))
+
+
+def test_kmeans_uses_every_centroid_and_is_seeded():
+    x = clustered()
+    a = kmeans(x, 12, iters=10, generator=torch.Generator().manual_seed(3))
+    b = kmeans(x, 12, iters=10, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    assert len(torch.unique(nearest_code(x, a))) == 12
+
+
+def test_kmeans_init_lowers_the_initial_loss():
+    x = clustered(n=600)
+    cfg = tiny(levels=2, codebook_size=12)
+    torch.manual_seed(0)
+    random_init = RQVAE(cfg)
+    kmeans_init = init_model(cfg, x)
+    with torch.no_grad():
+        loss_random = random_init(x).losses
+        loss_kmeans = kmeans_init(x).losses
+    assert loss_kmeans.total < loss_random.total
+    # Quantization error in the (same) latent: the codes sit on the data.
+    assert loss_kmeans.commit < 0.5 * loss_random.commit
+
+
+def test_kmeans_init_uses_every_code():
+    x = clustered(n=600)
+    model = init_model(tiny(levels=2, codebook_size=12, encoder="identity"), x)
+    codes = model.quantize(model.encode(x))
+    assert len(torch.unique(codes[:, 0])) == 12
+
+
+def test_same_seed_gives_bit_identical_codes_after_training():
+    x = clustered(n=300)
+
+    def train(seed: int) -> torch.Tensor:
+        model = init_model(tiny(), x, seed=seed)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(5):
+            out = model(x[torch.randperm(len(x), generator=g)[:64]])
+            opt.zero_grad()
+            out.losses.total.backward()
+            opt.step()
+            model.quantizer.reseed_dead_codes(out.codes, out.residuals, generator=g)
+        with torch.no_grad():
+            return model.quantize(model.encode(x))
+
+    assert torch.equal(train(0), train(0))
+    assert not torch.equal(train(0), train(1))
+
+
+def test_dead_code_is_reseeded_from_a_batch_residual():
+    q = ResidualQuantizer(levels=2, codebook_size=4, dim=3, dead_code_window=2)
+    before = q.codebooks.detach().clone()
+    codes = torch.tensor([[0, 1], [1, 2], [2, 3], [0, 0]])  # code 3 of level 0 is never used
+    residuals = torch.randn(2, 4, 3)
+    assert q.reseed_dead_codes(codes, residuals) == 0  # idle for 1 step: not yet dead
+    assert q.reseed_dead_codes(codes, residuals) == 1  # idle for 2 steps: re-seeded
+    after = q.codebooks.detach()
+    assert torch.equal(after[0, :3], before[0, :3]) and torch.equal(after[1], before[1])
+    assert any(torch.equal(after[0, 3], r) for r in residuals[0])
+    assert int(q.idle_steps[0, 3]) == 0
+
+
+def test_save_load_gives_identical_codes(tmp_path):
+    model = init_model(tiny(), clustered()).eval()
+    x = clustered(n=40, seed=5)
+    model.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    assert meta["tokenizer"] == "rqvae" and meta["config"]["levels"] == 3
+    loaded = load_tokenizer(tmp_path)
+    assert isinstance(loaded, RQVAE) and not loaded.training
+    assert torch.equal(loaded.quantize(loaded.encode(x)), model.quantize(model.encode(x)))
+    assert torch.equal(loaded(x).reconstruction, model(x).reconstruction)
+    assert isinstance(RQVAE.from_pretrained(tmp_path), RQVAE)
+    with pytest.raises(SidsError, match="not rqkmeans"):
+        RQKMeans.from_pretrained(tmp_path)
+
+
+def test_from_pretrained_refuses_a_missing_or_mismatched_folder(tmp_path):
+    model = init_model(tiny(), clustered())
+    with pytest.raises(SidsError, match="missing config.json"):
+        load_tokenizer(tmp_path / "nowhere")
+    model.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["config"]["codebook_size"] = 16
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(SidsError, match="does not match config.json") as e:
+        load_tokenizer(tmp_path)
+    assert "\n" not in str(e.value)
+    (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(SidsError, match="safetensors"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(SidsError, match="missing model.safetensors"):
+        load_tokenizer(tmp_path)
+
+
+def test_config_checks_name_the_setting():
+    with pytest.raises(ValueError, match="model.levels"):
+        RQVAEConfig(levels=0)
+    with pytest.raises(ValueError, match="model.encoder"):
+        RQVAEConfig(encoder="cnn")
+
+
+def test_rqkmeans_round_trip_and_save_load(tmp_path):
+    x = clustered(n=500).numpy()
+    tok = RQKMeans.fit(x, RQKMeansConfig(input_dim=D, levels=2, codebook_size=12), seed=0).eval()
+    xt = torch.from_numpy(x)
+    out = tok(xt)
+    codes = tok.quantize(tok.encode(xt))
+    assert torch.equal(tok.encode(xt), xt)
+    assert torch.equal(codes, out.codes) and codes.shape == (500, 2)
+    assert torch.equal(tok.decode_codes(codes), out.reconstruction)
+    assert tok.config.latent_dim == D and tok.codebooks.shape == (2, 12, D)
+    assert len(torch.unique(codes[:, 0])) == 12  # clustered data: every centroid in use
+    # residual k-means explains most of the variance of clustered data
+    err = ((xt - out.reconstruction) ** 2).sum() / ((xt - xt.mean(0)) ** 2).sum()
+    assert err < 0.1
+    tok.save_pretrained(tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    assert isinstance(loaded, RQKMeans)
+    assert torch.equal(loaded.quantize(xt), codes)
+    again = RQKMeans.fit(x, RQKMeansConfig(input_dim=D, levels=2, codebook_size=12), seed=0)
+    assert np.array_equal(again.quantize(xt).numpy(), codes.numpy())
+
+
+def test_residual_encoder_starts_as_the_identity():
+    model = RQVAE(tiny(encoder="residual"))
+    x = clustered(n=10)
+    assert torch.equal(model.encode(x), x)
+    assert model.config.latent_dim == D  # the latent is the embedding space
+    codes = model.quantize(x)
+    assert torch.equal(model.decode_codes(codes), model.quantizer.lookup(codes))

@@ -1,0 +1,280 @@
+"""The generative-retrieval benchmark: split, trie, beam search, metrics, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+
+from movielens_sids.cli import main
+from movielens_sids.errors import SidsError
+from movielens_sids.retrieval.bench import RetrievalConfig, most_popular, random_codes, run_benchmark
+from movielens_sids.retrieval.cli import SECTION_START, replace_section
+from movielens_sids.retrieval.generative import GenerativeRetriever
+from movielens_sids.retrieval.lightning_modules import last_items, training_windows
+from movielens_sids.retrieval.metrics import ndcg_at_k, ranking_metrics, recall_at_k, target_ranks
+from movielens_sids.retrieval.sasrec import SASRec
+from movielens_sids.retrieval.sequences import build_split, read_ratings
+from movielens_sids.retrieval.trie import SidTrie
+
+# --- fixtures ----------------------------------------------------------------------------------
+
+
+def synthetic_ratings(n_users: int = 40, n_movies: int = 30, seed: int = 0) -> pd.DataFrame:
+    """Users who walk through movie ids in small steps (so there is a pattern to learn)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(1, n_users + 1):
+        m = int(rng.integers(n_movies))
+        seen = set()
+        for t in range(int(rng.integers(3, 15))):
+            m = (m + int(rng.integers(1, 3))) % n_movies
+            if m in seen:
+                continue
+            seen.add(m)
+            rows.append((u, 10 * m + 1, 1000 + t))
+    return pd.DataFrame(rows, columns=["user_id", "movie_id", "timestamp"])
+
+
+def synthetic_codes(n: int, levels: int = 3, k: int = 4, seed: int = 0) -> np.ndarray:
+    """Distinct (n, levels) codes: semantic-looking prefixes by id, a counter as last token."""
+    rng = np.random.default_rng(seed)
+    codes = np.stack([np.arange(n) // (n // k + 1) % k, rng.integers(0, k, n)], 1)[:, : levels - 1]
+    last = np.zeros(n, dtype=np.int64)
+    seen: dict[tuple, int] = {}
+    for i, c in enumerate(map(tuple, codes)):
+        last[i] = seen.get(c, 0)
+        seen[c] = last[i] + 1
+    return np.concatenate([codes, last[:, None]], 1).astype(np.int64)
+
+
+def write_sids(path, movie_ids: np.ndarray, codes: np.ndarray) -> None:
+    letters = "abcdefgh"
+    sid = ["".join(f"<{letters[j]}_{v}>" for j, v in enumerate(row)) for row in codes]
+    pq.write_table(pa.table({"movie_id": pa.array(movie_ids, pa.int64()),
+                             "semantic_id": pa.array(codes.tolist(), pa.list_(pa.int64())), "sid": sid}), path)
+
+
+# --- the split ---------------------------------------------------------------------------------
+
+
+def test_split_is_leave_one_out_in_time_order():
+    ratings = synthetic_ratings()
+    movies = np.unique(ratings.movie_id)
+    split = build_split(ratings, movies, min_ratings=5)
+    assert len(split.users) > 0
+    for u, user in enumerate(split.users):
+        rows = ratings[ratings.user_id == user].sort_values(["timestamp", "movie_id"])
+        seq = np.searchsorted(movies, rows.movie_id.to_numpy())
+        assert split.test[u] == seq[-1]
+        assert split.valid[u] == seq[-2]  # validation is the second to last
+        assert split.test[u] not in split.train[u] and split.test[u] != split.valid[u]
+        assert split.valid[u] not in split.train[u]
+        np.testing.assert_array_equal(split.train[u], seq[:-2])
+        np.testing.assert_array_equal(split.history("test", u), seq[:-1])
+
+
+def test_split_drops_short_users_breaks_ties_by_movie_and_counts_movies_without_sid():
+    ratings = pd.DataFrame({
+        "user_id": [1] * 6 + [2] * 4 + [3] * 6,
+        "movie_id": [5, 3, 9, 7, 1, 2] + [1, 2, 3, 4] + [1, 2, 3, 4, 5, 99],
+        "timestamp": [10, 10, 10, 20, 30, 40] + [1, 2, 3, 4] + [1, 2, 3, 4, 5, 6],
+    })
+    split = build_split(ratings, np.array([1, 2, 3, 4, 5, 7, 9]), min_ratings=5)
+    assert split.users.tolist() == [1, 3]  # user 2 has 4 ratings; user 3 has 5 once movie 99 (no SID) is gone
+    assert split.info["n_ratings_dropped_no_sid"] == 1 and split.info["n_movies_dropped_no_sid"] == 1
+    assert split.info["n_users_dropped_few_ratings"] == 1
+    mid = split.movie_ids
+    assert mid[split.train[0]].tolist() == [3, 5, 9, 7]  # three ties at t=10, in movie-id order
+    assert mid[split.valid[0]] == 1 and mid[split.test[0]] == 2
+    assert mid[split.test[1]] == 5  # the movie without a SID is never a target
+
+
+def test_split_repeat_ratings_never_leak_and_sampling_is_seeded():
+    ratings = pd.DataFrame({"user_id": [1] * 7, "movie_id": [1, 2, 3, 4, 5, 6, 1],
+                            "timestamp": [1, 2, 3, 4, 5, 6, 7]})
+    split = build_split(ratings, np.arange(1, 7), min_ratings=5)
+    assert split.info["n_repeat_ratings_dropped"] == 1
+    assert split.test[0] not in split.train[0]
+    big = synthetic_ratings(n_users=60)
+    a = build_split(big, np.unique(big.movie_id), min_ratings=3, max_users=10, seed=1)
+    b = build_split(big, np.unique(big.movie_id), min_ratings=3, max_users=10, seed=1)
+    assert len(a.users) == 10 and a.users.tolist() == b.users.tolist()
+
+
+def test_read_ratings_both_formats(tmp_path):
+    csv = tmp_path / "ratings.csv"
+    csv.write_text("userId,movieId,rating,timestamp\n1,10,4.0,100\n1,20,3.5,90\n")
+    dat = tmp_path / "ratings.dat"
+    dat.write_bytes("1::10::4::100\n1::20::3::90\n".encode("latin-1"))
+    for p in (csv, dat):
+        df = read_ratings(p)
+        assert df.columns.tolist() == ["user_id", "movie_id", "timestamp"]
+        assert df.movie_id.tolist() == [10, 20] and df.timestamp.tolist() == [100, 90]
+    with pytest.raises(SidsError, match="not found"):
+        read_ratings(tmp_path / "missing.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user,movie\n1,2\n")
+    with pytest.raises(SidsError):
+        read_ratings(bad)
+
+
+def test_training_windows_cover_every_transition_once():
+    seq = np.arange(12)
+    w = training_windows([seq, np.array([7])], max_history=4)  # (n, 5)
+    targets = [int(row[j + 1]) for row in w for j in range(4) if row[j] >= 0]
+    assert sorted(targets) == list(range(1, 12))  # every item after the first, exactly once
+    assert (w[:, -1] >= 0).all()
+    h = last_items([seq, np.array([3])], 4)
+    assert h.tolist() == [[8, 9, 10, 11], [-1, -1, -1, 3]]
+
+
+# --- the trie and beam search ------------------------------------------------------------------
+
+
+def test_trie_decodes_every_sid_and_rejects_others():
+    codes = synthetic_codes(50)
+    trie = SidTrie(codes)
+    np.testing.assert_array_equal(trie.lookup(torch.from_numpy(codes)).numpy(), np.arange(50))
+    existing = {tuple(c) for c in codes}
+    others = np.array([c for c in np.ndindex(4, 4, 4) if c not in existing])
+    assert (trie.lookup(torch.from_numpy(others)) == -1).all()
+    mask = trie.allowed(0, trie.root(1))[0]
+    assert set(np.flatnonzero(mask.numpy())) == set(codes[:, 0])
+    with pytest.raises(SidsError, match="not unique"):
+        SidTrie(np.array([[0, 1], [0, 1]]))
+
+
+@pytest.mark.parametrize("beam", [5, 12])
+def test_constrained_beam_returns_distinct_real_movies(beam):
+    torch.manual_seed(0)
+    codes = synthetic_codes(40)
+    model = GenerativeRetriever(codes, max_history=6, d_model=16, n_layers=1, n_heads=2).eval()
+    history = torch.tensor([[-1, -1, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5], [-1, -1, -1, -1, -1, 9]])
+    rec = model.recommend(history, k=5, beam_size=beam)
+    assert rec.items.shape == (3, 5)
+    for row, scores in zip(rec.items, rec.scores):
+        assert (row >= 0).all() and len(set(row.tolist())) == 5  # real and distinct
+        assert (scores[:-1] >= scores[1:]).all()  # best first
+
+
+def test_full_beam_is_exact_search():
+    """With as many beams as movies, the beam search ranks every movie by its exact SID log-probability."""
+    torch.manual_seed(1)
+    codes = synthetic_codes(24)
+    model = GenerativeRetriever(codes, max_history=5, d_model=16, n_layers=1, n_heads=2).eval()
+    history = torch.tensor([[-1, 2, 3, 4, 5]])
+    rec = model.recommend(history, k=24, beam_size=24)
+    with torch.no_grad():
+        state = model._hidden(history)[:, -1].expand(24, -1)
+        toks = model.item_tokens  # (N, L)
+        exact = torch.zeros(24)
+        for level in range(model.levels):
+            logp = F.log_softmax(model._level_logits(state, level), -1)
+            exact += logp.gather(1, (toks[:, level] - model.offsets[level])[:, None])[:, 0]
+            state = state + model.prefix(toks[:, level])
+    assert sorted(rec.items[0].tolist()) == list(range(24))
+    torch.testing.assert_close(rec.scores[0], exact[rec.items[0]])
+    assert rec.items[0, 0] == exact.argmax()
+
+
+def test_random_ids_keep_the_shape():
+    codes = synthetic_codes(60)
+    r = random_codes(codes, seed=3)
+    assert r.shape == codes.shape and len(np.unique(r, axis=0)) == len(r)
+    assert SidTrie(r).level_sizes == SidTrie(codes).level_sizes
+    assert not (r == codes).all() and (random_codes(codes, 3) == r).all()
+
+
+def test_sasrec_ranks_all_movies():
+    model = SASRec(7, max_history=3, d_model=8, n_layers=1, n_heads=2).eval()
+    rec = model.recommend(torch.tensor([[-1, 0, 1]]), k=7)
+    assert sorted(rec.items[0].tolist()) == list(range(7))
+    assert torch.isfinite(model.loss(torch.tensor([[-1, 0, 1, 2]])))
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+def test_metrics_on_hand_made_cases():
+    topk = np.array([[5, 1, 2, 3, 4], [9, 8, 7, 6, 0], [1, 2, 3, 4, 5]])
+    targets = np.array([5, 0, 42])  # rank 0, rank 4, absent
+    ranks = target_ranks(topk, targets)
+    assert ranks.tolist() == [0, 4, -1]
+    assert recall_at_k(ranks, 1) == pytest.approx(1 / 3)
+    assert recall_at_k(ranks, 5) == pytest.approx(2 / 3)
+    assert ndcg_at_k(ranks, 5) == pytest.approx((1.0 + 1 / np.log2(6)) / 3)
+    assert ndcg_at_k(ranks, 4) == pytest.approx(1 / 3)
+    m = ranking_metrics(np.tile(np.arange(10), (2, 1)), np.array([2, 11]))
+    assert m == pytest.approx({"recall@5": 0.5, "recall@10": 0.5, "ndcg@5": 0.25, "ndcg@10": 0.25})
+    assert most_popular([np.array([3, 3, 1]), np.array([1, 2])], 5, 3).tolist() == [1, 3, 2]
+
+
+def test_report_section_is_replaced_not_appended():
+    a = replace_section("# Report\n\ntext\n", f"{SECTION_START}\nA\n<!-- retrieval:end -->\n")
+    b = replace_section(a, f"{SECTION_START}\nB\n<!-- retrieval:end -->\n")
+    assert b.count(SECTION_START) == 1 and "B" in b and "\nA\n" not in b and b.startswith("# Report")
+
+
+# --- end to end --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bench_learns_a_pattern():
+    """On users who step through movie ids, the SID model and SASRec beat most-popular (~1 min on 2 cores)."""
+    ratings = synthetic_ratings(n_users=120, n_movies=30)
+    movies = np.unique(ratings.movie_id)
+    split = build_split(ratings, movies, min_ratings=5)
+    cfg = RetrievalConfig(seeds=[0], max_history=8, d_model=32, n_layers=1, n_heads=2, dropout=0.0, lr=1e-2,
+                          sasrec_lr=1e-2, max_epochs=15, patience=15, batch_size=32, beam_size=10)
+    res = run_benchmark(split, synthetic_codes(len(movies)), cfg)
+    assert set(res) == {"semantic_id", "random_id", "sasrec", "most_popular"}
+    pop = res["most_popular"]["mean"]["recall@10"]
+    assert res["semantic_id"]["mean"]["recall@10"] > pop
+    assert res["sasrec"]["mean"]["recall@10"] > pop
+
+
+def test_cli_end_to_end_writes_report_and_section(tmp_path, capsys):
+    ratings = synthetic_ratings(n_users=30)
+    ratings.assign(rating=4.0).rename(columns={"user_id": "userId", "movie_id": "movieId"})[
+        ["userId", "movieId", "rating", "timestamp"]].to_csv(tmp_path / "ratings.csv", index=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    movies = np.unique(ratings.movie_id)
+    write_sids(run / "sids.parquet", movies[:-2], synthetic_codes(len(movies) - 2))  # two movies lack a SID
+    (run / "report.md").write_text("# Evaluation\n\nearlier content\n")
+    args = ["retrieval", "--run-dir", str(run), "--ratings", str(tmp_path / "ratings.csv"), "--seeds", "0,1",
+            "--max-epochs", "1", "--beam-size", "10", "--retrieval-set", "d_model=16",
+            "--retrieval-set", "max_history=6"]
+    assert main(args) == 0
+    assert main(args) == 0  # a second run replaces its section
+    out = capsys.readouterr().out
+    assert "Semantic IDs" in out and "Most popular" in out
+    report = json.loads((run / "retrieval" / "report.json").read_text())
+    assert set(report["methods"]) == {"semantic_id", "random_id", "sasrec", "most_popular"}
+    for r in report["methods"].values():
+        assert set(r["per_seed"]) == {"0", "1"} and set(r["mean"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
+    assert report["split"]["n_movies_dropped_no_sid"] == 2 and report["n_users"] > 0
+    md = (run / "report.md").read_text()
+    assert md.startswith("# Evaluation") and md.count(SECTION_START) == 1
+
+
+def test_cli_bad_input_changes_nothing(tmp_path, capsys):
+    missing = tmp_path / "nope"
+    assert main(["retrieval", "--run-dir", str(missing)]) == 2
+    assert not missing.exists()
+    assert "sids.parquet not found" in capsys.readouterr().err
+    run = tmp_path / "run"
+    run.mkdir()
+    write_sids(run / "sids.parquet", np.array([1, 2]), np.array([[0, 1], [0, 1]]))
+    assert main(["retrieval", "--run-dir", str(run), "--ratings", str(tmp_path / "r.csv")]) == 2
+    assert "not unique" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["sids.parquet"]
+    assert main(["retrieval", "--run-dir", str(run), "--methods", "semantic_id,bogus"]) == 2
+    assert "methods" in capsys.readouterr().err
