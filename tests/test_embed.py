@@ -257,6 +257,11 @@ def test_multi_process_pool_matches_one_process(tmp_path, tiny_model):
 
 def test_unloadable_model_is_one_line_and_changes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # The env var is read when huggingface_hub is imported; set the live constant too, or the
+    # load would try (and slowly retry) the network first.
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     write_catalog(tmp_path)
     before = snapshot(tmp_path)
     with pytest.raises(SidsError, match=r"could not load .*no-such-org/no-such-model.*--model") as e:

@@ -64,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s",
         stream=sys.stderr,
+        force=True,
     )
-    for noisy in ("lightning", "lightning.pytorch", "pytorch_lightning", "httpx", "urllib3", "numba", "filelock"):
+    for noisy in ("lightning", "lightning.pytorch", "pytorch_lightning", "httpx", "urllib3", "numba", "filelock",
+                  "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.WARNING)
     try:
         from .config import load_config, overrides_from_args

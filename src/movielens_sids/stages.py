@@ -57,7 +57,7 @@ def _catalog_inputs(cfg: Config) -> list[Path]:
 
 
 def _embed_inputs(cfg: Config) -> list[Path]:
-    return [Path(cfg.embed.from_file)] if cfg.embed.from_file else []
+    return [Path(p) for p in (cfg.embed.from_file, cfg.embed.from_ids) if p]
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
