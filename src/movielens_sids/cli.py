@@ -64,7 +64,6 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s",
         stream=sys.stderr,
-        force=True,
     )
     for noisy in ("lightning", "lightning.pytorch", "pytorch_lightning", "httpx", "urllib3", "numba", "filelock",
                   "huggingface_hub"):
