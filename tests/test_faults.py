@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import shutil
 import signal
@@ -33,17 +32,6 @@ SETTINGS = ["--set", "model.levels=2", "--set", "model.codebook_size=4", "--set"
             "--set", "train.progress_bar=false", "--set", "train.accelerator=cpu", "--set", "assign.device=cpu"]
 OWN = {"embed": ("embeddings.parquet", ".embed-cache"), "train": ("model", ".train"), "assign": ("sids.parquet",),
        "evaluate": ("report",), "export": ("dataset", "model/README.md")}
-
-
-@pytest.fixture(autouse=True)
-def _fresh_log_handler():
-    """``main`` sets up logging on the first call, bound to that test's captured stderr; drop it after."""
-    root = logging.getLogger()
-    before = list(root.handlers)
-    yield
-    for h in list(root.handlers):
-        if h not in before:
-            root.removeHandler(h)
 
 
 def _state(run: Path) -> dict[str, str]:

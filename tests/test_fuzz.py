@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 import shutil
 import sys
 import tempfile
@@ -34,17 +33,6 @@ FUZZ = settings(max_examples=30, deadline=None, derandomize=True, database=None,
                 phases=[Phase.explicit, Phase.generate],
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                        HealthCheck.data_too_large])
-
-
-@pytest.fixture(autouse=True)
-def _fresh_log_handler():
-    """``main`` sets up logging on the first call, bound to that test's captured stderr; drop it after."""
-    root = logging.getLogger()
-    before = list(root.handlers)
-    yield
-    for h in list(root.handlers):
-        if h not in before:
-            root.removeHandler(h)
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str]:

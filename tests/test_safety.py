@@ -31,17 +31,6 @@ from movielens_sids.model import load_tokenizer, save_pretrained
 MOVIES_CSV = b"movieId,title,genres\n1,Toy Story (1995),Animation\n2,Heat (1995),Action\n"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_log_handler():
-    """``main`` sets up logging on the first call, bound to that test's captured stderr; drop it after."""
-    root = logging.getLogger()
-    before = list(root.handlers)
-    yield
-    for h in list(root.handlers):
-        if h not in before:
-            root.removeHandler(h)
-
-
 def _files(root: Path) -> dict[str, int]:
     return {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()}
 
