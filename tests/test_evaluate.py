@@ -338,3 +338,15 @@ def test_dedup_section_measures_what_moving_cost(run):
                                   .to_numpy(zero_copy_only=False)), dtype=torch.float32)
         dec = tok.decode_codes(torch.tensor([s[:2] for s in sem])).numpy()
     assert d["relative_mse_final"] == pytest.approx(metrics.relative_mse(x.numpy(), dec))
+
+
+def test_re_evaluating_keeps_the_retrieval_section(run):
+    run_dir, tok = run
+    evaluate_stage(run_dir, _cfg(), tokenizer=tok)
+    md = run_dir / "report.md"
+    md.write_text(md.read_text() + "\n<!-- retrieval:start -->\n## Retrieval\nR@10 0.1\n<!-- retrieval:end -->\n")
+    evaluate_stage(run_dir, _cfg(), tokenizer=tok)
+    evaluate_stage(run_dir, _cfg(), tokenizer=tok)
+    text = md.read_text()
+    assert text.count("<!-- retrieval:start -->") == 1 and "R@10 0.1" in text
+    assert text.index("# Evaluation report") < text.index("<!-- retrieval:start -->")

@@ -634,7 +634,15 @@ def evaluate_stage(run_dir: Path, cfg: Config, *, tokenizer: Any = None) -> dict
     report["timings_s"] = timings
     report["charts"] = charts
     write_json(run_dir / "report.json", report)
-    write_text(run_dir / "report.md", render_markdown(report, title=run_dir.name))
+    markdown = render_markdown(report, title=run_dir.name)
+    # Keep the section `retrieval` added (its own report.json says which SIDs it measured).
+    start, end = "<!-- retrieval:start -->", "<!-- retrieval:end -->"
+    old_md = run_dir / "report.md"
+    old_text = old_md.read_text(encoding="utf-8") if old_md.exists() else ""
+    if start in old_text and end in old_text.split(start, 1)[1]:
+        section = start + old_text.split(start, 1)[1].split(end, 1)[0] + end
+        markdown = markdown.rstrip("\n") + "\n\n" + section + "\n"
+    write_text(run_dir / "report.md", markdown)
     n = report["neighbors"]
     return {
         "overlap_at_10": round(n["overlap_at_10"], 4),
