@@ -210,6 +210,18 @@ def _sid_matrix(table: pa.Table, path: Path, levels: int, codebook_size: int) ->
     return tokens, lengths
 
 
+def _check_same_movies(catalog: pa.Table, cat_path: Path, others) -> np.ndarray:
+    """The catalog's movie ids (N,); a ``SidsError`` naming the stage to re-run when another artifact
+    (``(table, path, stage)`` triples, all sorted by id) holds different movies."""
+    ids = catalog.column("movie_id").to_numpy().astype(np.int64)
+    for table, path, stage in others:
+        other = table.column("movie_id").to_numpy().astype(np.int64)
+        if len(other) != len(ids) or (other != ids).any():
+            raise SidsError(f"{path} holds {len(other):,} movies that do not match the {len(ids):,} of "
+                            f"{cat_path.name}: run `movielens-sids {stage}` again")
+    return ids
+
+
 def _sorted_by_id(table: pa.Table) -> pa.Table:
     ids = table.column("movie_id").to_numpy()
     if len(ids) > 1 and (np.diff(ids) <= 0).any():
@@ -244,12 +256,7 @@ def load_inputs(run_dir: Path, tokenizer: Any = None) -> _Inputs:
         tokenizer = _load_tokenizer(run_dir / "model")
     tcfg = tokenizer.config
     catalog, emb, sids = (_sorted_by_id(t) for t in (catalog, emb, sids))
-    ids = catalog.column("movie_id").to_numpy().astype(np.int64)
-    for table, path, stage in ((emb, emb_path, "embed"), (sids, sid_path, "assign")):
-        other = table.column("movie_id").to_numpy().astype(np.int64)
-        if len(other) != len(ids) or (other != ids).any():
-            raise SidsError(f"{path} holds {len(other):,} movies that do not match the {len(ids):,} of "
-                            f"{cat_path.name}: run `movielens-sids {stage}` again")
+    ids = _check_same_movies(catalog, cat_path, ((emb, emb_path, "embed"), (sids, sid_path, "assign")))
     x = _embedding_matrix(emb, emb_path)
     if x.shape[1] != tcfg.input_dim:
         raise SidsError(f"{emb_path} has {x.shape[1]}-d embeddings but the model expects {tcfg.input_dim}: "

@@ -112,7 +112,7 @@ def command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
 
 def _load(run_dir: Path) -> dict[str, Any]:
     """Catalog, embeddings and SIDs of a run folder, aligned by movie_id and validated (writes nothing)."""
-    from .evaluate import _embedding_matrix, _sorted_by_id, movielens_title
+    from .evaluate import _check_same_movies, _embedding_matrix, _sorted_by_id, movielens_title
 
     cat_path, emb_path, sid_path = (run_dir / n for n in ("catalog.parquet", "embeddings.parquet", "sids.parquet"))
     catalog = _sorted_by_id(read_parquet(cat_path, "catalog"))
@@ -125,12 +125,7 @@ def _load(run_dir: Path) -> dict[str, Any]:
             raise SidsError(f"{path} lacks columns {', '.join(missing)}")
     if catalog.num_rows == 0:
         raise SidsError(f"{cat_path} is an empty catalog")
-    ids = catalog.column("movie_id").to_numpy().astype(np.int64)
-    for table, path, stage in ((emb, emb_path, "embed"), (sids, sid_path, "assign")):
-        other = table.column("movie_id").to_numpy().astype(np.int64)
-        if len(other) != len(ids) or (other != ids).any():
-            raise SidsError(f"{path} holds {len(other):,} movies that do not match the {len(ids):,} of "
-                            f"{cat_path.name}: run `movielens-sids {stage}` again")
+    ids = _check_same_movies(catalog, cat_path, ((emb, emb_path, "embed"), (sids, sid_path, "assign")))
     x = _embedding_matrix(emb, emb_path)
     sem = sids.column("semantic_id")
     if sem.null_count or (np.asarray(sem.combine_chunks().value_lengths().fill_null(0)) == 0).any():

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .rqvae import Losses, TokenizerOutput, nearest_code
+from .rqvae import Losses, PretrainedMixin, TokenizerOutput, nearest_code
 
 
 @dataclass
@@ -44,7 +44,7 @@ class RQKMeansConfig:
     code_dim = latent_dim
 
 
-class RQKMeans(nn.Module):
+class RQKMeans(PretrainedMixin, nn.Module):
     """Residual k-means tokenizer (greedy residual assignment, centroids fitted by FAISS).
 
     Example:
@@ -115,20 +115,3 @@ class RQKMeans(nn.Module):
         residuals = torch.cat([x[:, None], x[:, None] - partial[:, :-1]], dim=1).transpose(0, 1)  # (L, B, D)
         return TokenizerOutput(x_hat, codes, Losses(recon, recon, zero, recon), x, residuals)
 
-    def save_pretrained(self, directory) -> None:
-        """Write ``config.json`` and ``model.safetensors`` to ``directory``."""
-        from . import save_pretrained
-
-        save_pretrained(self, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory) -> RQKMeans:
-        """Load a folder written by ``save_pretrained``; a missing or mismatched folder is a ``SidsError``."""
-        from . import load_tokenizer
-
-        model = load_tokenizer(directory)
-        if not isinstance(model, cls):
-            from ..errors import SidsError
-
-            raise SidsError(f"{directory} holds a {model.tokenizer} tokenizer, not {cls.tokenizer}")
-        return model

@@ -347,7 +347,29 @@ class TokenizerOutput(NamedTuple):
     """(L, B, H) what each level quantized (detached)."""
 
 
-class RQVAE(nn.Module):
+class PretrainedMixin:
+    """``save_pretrained`` / ``from_pretrained`` for both tokenizers (``config.json`` + ``model.safetensors``)."""
+
+    def save_pretrained(self, directory) -> None:
+        """Write ``config.json`` and ``model.safetensors`` to ``directory`` (see ``movielens_sids.model``)."""
+        from . import save_pretrained
+
+        save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory):
+        """Load a folder written by ``save_pretrained``; a missing or mismatched folder is a ``SidsError``."""
+        from . import load_tokenizer
+
+        model = load_tokenizer(directory)
+        if not isinstance(model, cls):
+            from ..errors import SidsError
+
+            raise SidsError(f"{directory} holds a {model.tokenizer} tokenizer, not {cls.tokenizer}")
+        return model
+
+
+class RQVAE(PretrainedMixin, nn.Module):
     """RQ-VAE tokenizer (Lee et al. 2022; TIGER, Rajput et al. 2023): x -> z -> codes -> z_q -> x_hat.
 
     Example:
@@ -417,20 +439,3 @@ class RQVAE(nn.Module):
         self.quantizer.init_codebooks(z, iters=self.config.kmeans_iters, clip_quantile=self.config.kmeans_clip_quantile,
                                       generator=generator)
 
-    def save_pretrained(self, directory) -> None:
-        """Write ``config.json`` and ``model.safetensors`` to ``directory`` (see ``movielens_sids.model``)."""
-        from . import save_pretrained
-
-        save_pretrained(self, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory) -> RQVAE:
-        """Load a folder written by ``save_pretrained``; a missing or mismatched folder is a ``SidsError``."""
-        from . import load_tokenizer
-
-        model = load_tokenizer(directory)
-        if not isinstance(model, cls):
-            from ..errors import SidsError
-
-            raise SidsError(f"{directory} holds a {model.tokenizer} tokenizer, not {cls.tokenizer}")
-        return model
