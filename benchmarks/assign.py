@@ -5,9 +5,14 @@ Usage:
 
 The run folder needs embeddings.parquet and model/. Everything is measured in one process on the
 same vectors: the baseline is the tokenizer alone (``tok.quantize(tok.encode(x))`` in batches, no
-uniqueness), then `assign_sids` with each strategy, with a breakdown (encoder, float64-checked
-greedy codes, dedup). Times are medians of ``--repeats`` runs (after one warm-up). ``--stage`` also
-times the whole stage (read embeddings + model, assign, write sids.parquet) in a temporary copy.
+uniqueness), then `assign_sids` with each strategy, with a breakdown (float32 codes with close-call
+flags, float64 settling of the close calls, dedup). Times are medians of ``--repeats`` runs (after
+one warm-up). ``--stage`` also times the whole stage (read embeddings + model, assign, write
+sids.parquet) in a temporary copy.
+
+It also measures how far float32 distances stray from the float64 reference, relative to the
+scale the close-call margin is expressed in (``assign.MARGIN``): the largest such error must be far
+below the margin for the fast path to give the reference's codes.
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ import numpy as np
 import torch
 
 from movielens_sids.assign import (
+    MARGIN,
     AssignConfig,
     assign_sids,
-    encode_latents,
+    exact_latents,
+    exact_model,
+    fast_codes,
     greedy_codes,
     make_unique,
     read_embeddings,
@@ -74,23 +82,47 @@ def main(argv: list[str] | None = None) -> int:
     t_base, _ = median_time(baseline, args.repeats)
     rows.append(("tokenizer only (encode + quantize, not unique)", t_base))
 
-    z = encode_latents(tok, x, batch_size=args.batch_size)
-    cb = tok.codebooks.double().numpy()
-    t_enc, _ = median_time(lambda: encode_latents(tok, x, batch_size=args.batch_size), args.repeats)
-    t_greedy, (codes, resid) = median_time(lambda: greedy_codes(z, cb), args.repeats)
-    rows.append(("  part: encoder (aligned batches)", t_enc))
-    rows.append(("  part: greedy codes (float64-checked)", t_greedy))
-    results = {}
+    tok64 = exact_model(tok)
+    cb = tok64.codebooks.numpy()
+    t_fast, (codes, unsure) = median_time(lambda: fast_codes(tok, x, batch_size=args.batch_size), args.repeats)
+    rows_unsure = np.flatnonzero(unsure)
+    t_settle, settled = median_time(lambda: greedy_codes(exact_latents(tok64, x, rows_unsure), cb)[0], args.repeats)
+    codes[rows_unsure] = settled
+    rows.append(("  part: float32 codes + close-call flags", t_fast))
+    rows.append((f"  part: float64 settling of {len(rows_unsure):,} close calls ({unsure.mean():.2%})", t_settle))
+    results = {"close_calls": int(len(rows_unsure)), "close_call_fraction": float(unsure.mean())}
     for strategy in ("semantic", "suffix"):
-        t_dedup, a = median_time(lambda s=strategy: make_unique(codes, resid, ids, strategy=s, codebook_size=k,
-                                                                 z=z, codebooks=cb), args.repeats)
-        rows.append((f"  part: make_unique ({strategy})", t_dedup))
+        t_dedup, a = median_time(lambda s=strategy: make_unique(
+            codes, ids, strategy=s, codebook_size=k, latents=lambda r: exact_latents(tok64, x, r), codebooks=cb),
+            args.repeats)
+        rows.append((f"  part: make_unique ({strategy}, float64 latents of the collided included)", t_dedup))
         cfg = AssignConfig(strategy=strategy, batch_size=args.batch_size)
         t_all, (tokens, stats) = median_time(lambda c=cfg: assign_sids(tok, x, ids, c), args.repeats)
         assert len(np.unique(tokens, axis=0)) == n, "SIDs are not unique"
         rows.append((f"assign_sids ({strategy})", t_all))
         results[strategy] = {"seconds": t_all, "movies_per_s": n / t_all, "vs_tokenizer_only": t_all / t_base,
                              "stats": stats}
+
+    # How far float32 strays from the float64 reference, in units of the margin's scale.
+    sample = np.random.default_rng(0).choice(n, min(n, 20000), replace=False)
+    z64 = torch.from_numpy(exact_latents(tok64, x, sample))
+    with torch.inference_mode():
+        z32 = tok.encode(xt[sample]).double()
+    cbt = torch.from_numpy(cb)
+    worst = 0.0
+    r64, r32 = z64.clone(), z32.clone()
+    for level in range(levels):
+        sq = (cbt[level] ** 2).sum(1)
+        d64 = sq[None] - 2 * r64 @ cbt[level].T
+        c32 = cbt[level].float()
+        d32 = (torch.addmm((c32 * c32).sum(1)[None], r32.float(), c32.T, alpha=-2.0)).double()
+        scale = (r64 * r64).sum(1, keepdim=True) + sq.max()
+        worst = max(worst, float(((d32 - d64).abs() / scale).max()))
+        c = d64.argmin(1)
+        r64, r32 = r64 - cbt[level][c], (r32.float() - c32[c]).double()
+    results["float32_worst_relative_error"] = worst
+    rows_note = (f"float32 vs float64 distances, worst over {len(sample):,} movies x {levels} levels: {worst:.2e} "
+                 f"of the scale; margin {MARGIN:g} ({MARGIN / max(worst, 1e-300):,.0f}x the worst error)")
 
     if args.stage:
         from movielens_sids.assign import assign_stage
@@ -111,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'what'.ljust(width)}  {'seconds':>8}  {'movies/s':>10}")
     for name, t in rows:
         print(f"{name.ljust(width)}  {t:8.3f}  {n / t:10,.0f}")
-    for strategy, r in results.items():
+    print(rows_note)
+    for strategy in ("semantic", "suffix"):
+        r = results[strategy]
         s = r["stats"]
         print(f"{strategy}: {r['movies_per_s']:,.0f} movies/s ({r['vs_tokenizer_only']:.2f}x the tokenizer alone); "
               f"{s['n_collided_before']} collided, {s['n_moved']} moved, {s['n_suffixed']} with a collision token")

@@ -11,10 +11,13 @@ from sids_fixtures import clustered_embeddings, tiny_tokenizer, write_embeddings
 
 from movielens_sids.assign import (
     AssignConfig,
+    _serve_in_order,
     assign_sids,
     assign_stage,
     candidate_paths,
-    encode_latents,
+    exact_latents,
+    exact_model,
+    fast_codes,
     greedy_codes,
     make_unique,
     read_sids,
@@ -44,27 +47,77 @@ def _snapshot(folder):
 def test_greedy_codes_match_the_tokenizer():
     x, _ = clustered_embeddings(300, dim=8)
     tok = tiny_tokenizer(x, levels=3, codebook_size=8)
-    z = encode_latents(tok, x)
-    codes, resid = greedy_codes(z, tok.codebooks.double().numpy())
+    tok64 = exact_model(tok)
+    z = exact_latents(tok64, x)
+    codes, resid = greedy_codes(z, tok64.codebooks.numpy())
     with torch.no_grad():
-        assert np.array_equal(codes, tok.quantize(tok.encode(torch.from_numpy(x))).numpy())
+        assert np.array_equal(codes, tok64.quantize(tok64.encode(torch.from_numpy(x).double())).numpy())
     # resid is the squared distance to the path's quantized point
-    q = tok.codebooks.double()[torch.arange(3), torch.from_numpy(codes)].sum(1).numpy()
+    q = tok64.codebooks[torch.arange(3), torch.from_numpy(codes)].sum(1).numpy()
     np.testing.assert_allclose(resid, ((z - q) ** 2).sum(1), rtol=1e-9, atol=1e-12)
 
 
-def test_latents_do_not_depend_on_batch_size():
-    x, _ = clustered_embeddings(333, dim=8)
+def test_fast_codes_agree_with_the_float64_reference_except_flagged_close_calls():
+    x, _ = clustered_embeddings(2000, dim=16, seed=4)
+    tok = tiny_tokenizer(x, levels=3, codebook_size=16)
+    tok64 = exact_model(tok)
+    ref, _ = greedy_codes(exact_latents(tok64, x), tok64.codebooks.numpy())
+    codes, unsure = fast_codes(tok, x, batch_size=300)
+    assert 0 < unsure.mean() < 0.2  # a margin that flags some, not most
+    assert np.array_equal(codes[~unsure], ref[~unsure])
+    # a huge margin flags everything, a zero one nothing (exact ties aside)
+    assert fast_codes(tok, x, margin=10.0)[1].all()
+    assert not fast_codes(tok, x, margin=0.0)[1].any()
+    # what assign_sids uses as greedy codes is exactly the float64 reference
+    tokens, stats = assign_sids(tok, x, np.arange(len(x)), AssignConfig(strategy="suffix"))
+    assert np.array_equal(tokens[:, :3], ref)
+
+
+def test_float32_decisions_are_flagged_when_the_gap_is_within_float32_error():
+    # Two codes whose distances to a point differ by far less than float32 resolves: the fast
+    # pass must flag the row, and the float64 reference picks the truly nearer code.
+    from movielens_sids.model import RQVAE, RQVAEConfig
+
+    tok = RQVAE(RQVAEConfig(input_dim=2, encoder="identity", levels=1, codebook_size=2)).eval()
+    with torch.no_grad():
+        tok.quantizer.codebooks[0] = torch.tensor([[1.0, 0.0], [-1.0, 1e-7]])
+    x = np.array([[0.0, 1e-7]], dtype=np.float32)  # nearer to code 1 by 4e-14 in squared distance
+    codes, unsure = fast_codes(tok, x)
+    assert unsure.tolist() == [True]
+    tokens, _ = assign_sids(tok, x, np.array([1]), AssignConfig(strategy="suffix"))
+    assert tokens[0, 0] == 1
+
+
+def test_latents_and_codes_do_not_depend_on_batch_size():
+    x, ids = clustered_embeddings(333, dim=8)
     tok = tiny_tokenizer(x)
-    ref = encode_latents(tok, x, batch_size=4096)
+    tok64 = exact_model(tok)
+    ref = exact_latents(tok64, x, batch_size=4096)
     for bs in (1, 7, 64, 100):
-        assert np.array_equal(encode_latents(tok, x, batch_size=bs), ref)
+        assert np.array_equal(exact_latents(tok64, x, batch_size=bs), ref)
+    ref_tokens, _ = assign_sids(tok, x, ids, AssignConfig(batch_size=4096))
+    for bs in (1, 7, 100):
+        assert np.array_equal(assign_sids(tok, x, ids, AssignConfig(batch_size=bs))[0], ref_tokens)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 6), st.integers(1, 12), st.integers(0, 10_000))
+def test_serve_in_order_is_the_serial_result(m, t, n_paths, seed):
+    rng = np.random.default_rng(seed)
+    cands = np.stack([rng.permutation(max(n_paths, t))[:t] for _ in range(m)]).astype(np.int64)
+    ok = rng.random((m, t)) < 0.8
+    taken, expect = set(), []
+    for row in range(m):  # the definition: each row in turn takes its first allowed, untaken candidate
+        got = next((int(p) for p, a in zip(cands[row], ok[row]) if a and int(p) not in taken), -1)
+        taken.add(got)
+        expect.append(got)
+    assert _serve_in_order(cands, ok).tolist() == expect
 
 
 def test_suffix_numbers_each_group_by_movie_id():
     codes = np.array([[1, 2], [0, 0], [1, 2], [1, 2], [3, 3]])
     ids = np.array([40, 5, 7, 20, 1])
-    a = make_unique(codes, np.zeros(5), ids, strategy="suffix", codebook_size=4)
+    a = make_unique(codes, ids, strategy="suffix", codebook_size=4)
     assert a.tokens.shape == (5, 3)  # every SID gets the collision token
     assert a.tokens[:, :2].tolist() == codes.tolist()
     # group (1, 2) holds movies 40, 7, 20 -> 7 gets 0, 20 gets 1, 40 gets 2
@@ -74,12 +127,12 @@ def test_suffix_numbers_each_group_by_movie_id():
 
 def test_semantic_keeper_is_the_closest_then_smallest_id():
     codes = np.array([[1, 2], [1, 2], [1, 2]])
-    z = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
     cb = np.zeros((2, 4, 2))
-    cb[1] = [[0, 0], [1, 0], [2, 0], [3, 0]]
-    # Movie 9 is closest (resid 0.1) and keeps the path; 3 and 5 tie at 0.5 and move in id order.
-    a = make_unique(codes, np.array([0.5, 0.1, 0.5]), np.array([5, 9, 3]), strategy="semantic",
-                    codebook_size=4, z=z, codebooks=cb, beam_width=2)
+    cb[1] = [[1, 0], [2, 0], [0, 0], [3, 0]]  # the path (1, 2) sits at the origin
+    # Movie 9 is closest (squared distance 0.1) and keeps the path; 3 and 5 tie at 0.5 and move in id order.
+    z = np.array([[0.0, 0.5 ** 0.5], [0.0, 0.1 ** 0.5], [0.0, 0.5 ** 0.5]])
+    a = make_unique(codes, np.array([5, 9, 3]), strategy="semantic", codebook_size=4, latents=z, codebooks=cb,
+                    beam_width=2)
     assert a.tokens.shape == (3, 2)
     assert a.tokens[1].tolist() == [1, 2]
     assert a.moved.tolist() == [True, False, True]
@@ -116,9 +169,9 @@ def test_sids_are_unique_for_any_codes(levels, k, n, seed, strategy):
     rng = np.random.default_rng(seed)
     cb = rng.normal(size=(levels, k, 3))
     z = rng.normal(size=(n, 3)).round(1)  # rounding makes exact duplicates likely
-    codes, resid = greedy_codes(z, cb)
+    codes, _ = greedy_codes(z, cb)
     ids = rng.choice(10 * n, size=n, replace=False)
-    a = make_unique(codes, resid, ids, strategy=strategy, codebook_size=k, z=z, codebooks=cb, beam_width=2)
+    a = make_unique(codes, ids, strategy=strategy, codebook_size=k, latents=z, codebooks=cb, beam_width=2)
     assert _unique_rows(a.tokens)
     assert a.tokens.shape[1] in (levels, levels + 1)
     if strategy == "semantic" and n <= k ** levels:
@@ -130,8 +183,8 @@ def test_semantic_falls_back_to_a_token_only_when_the_space_is_full():
     rng = np.random.default_rng(1)
     cb = rng.normal(size=(2, 2, 3))  # 4 paths for 7 movies
     z = rng.normal(size=(7, 3))
-    codes, resid = greedy_codes(z, cb)
-    a = make_unique(codes, resid, np.arange(7), strategy="semantic", codebook_size=2, z=z, codebooks=cb)
+    codes, _ = greedy_codes(z, cb)
+    a = make_unique(codes, np.arange(7), strategy="semantic", codebook_size=2, latents=z, codebooks=cb)
     assert a.tokens.shape == (7, 3) and _unique_rows(a.tokens)
     assert len(np.unique(path_ids(a.tokens[:, :2], 2))) == 4  # every path is used before any token
     assert a.suffixed.sum() == 3

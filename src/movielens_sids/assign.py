@@ -6,17 +6,20 @@ level; movies whose L codes coincide are then told apart by one of two strategie
 - ``suffix`` (TIGER, Rajput et al. 2023): an extra token numbers the movies sharing a code path,
   in ``movie_id`` order. Every SID gets it (0 for the first or only movie), so all have L + 1 tokens.
 - ``semantic`` (default): no meaningless token. In each group of movies sharing a path, the movie
-  closest to the path's quantized point keeps it (ties: smallest ``movie_id``); the others, in
-  ``movie_id`` order, move to their nearest *free* path: first the other codes of the last level
-  (ranked by residual distance, so the first L - 1 tokens are kept), then paths that change an
-  earlier level, found by a small beam search over the residual distances; when K^L is small the
-  search ends with an exhaustive scan. Only a movie for which no free path is found falls back to a
-  collision token; then, and only then, every SID gets one (0 for all the others) so that no SID is
-  a prefix of another. ``assign_stats`` in the file metadata records how many moved and what it cost.
+  closest to the path's quantized point keeps it (ties: smallest ``movie_id``); the others, served
+  in ``movie_id`` order, move to their nearest *free* last-level code (ranked by residual distance,
+  so the first L - 1 tokens are kept); the few whose whole last level is taken then search, again
+  in ``movie_id`` order, paths that change an earlier level, found by a small beam search over the
+  residual distances; when K^L is small the search ends with an exhaustive scan. Only a movie for
+  which no free path is found falls back to a collision token; then, and only then, every SID gets
+  one (0 for all the others) so that no SID is a prefix of another. ``assign_stats`` in the file
+  metadata records how many moved and what it cost.
 
-Determinism: codes and every tie-break are computed in float64 on the CPU from the float32
-latents, the encoder runs in chunks aligned to 64 rows (CPU kernels are then row-invariant), and
-nothing in the file depends on the batch size or on time: the same model and embeddings give the
+Determinism: the reference for every decision is the tokenizer in float64 on the CPU. Codes are
+computed fast in float32 on the run's device; a row where, at some level, the runner-up code is
+within a small margin of the nearest (about 1 % of rows) is encoded and quantized again with the
+float64 reference, as are the movies that share a path (their tie-breaks and alternatives), so the
+file depends neither on the device nor on the batch size: the same model and embeddings give the
 same bytes.
 
 Incremental (``--incremental``): movies already in ``sids.parquet`` keep their SIDs; new movies get
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -48,7 +52,9 @@ log = logging.getLogger(__name__)
 HELP = "give every movie a unique Semantic ID (sids.parquet); --incremental keeps the existing ones"
 
 ALIGN = 64
-"""Encoder chunks start at multiples of this many rows and are zero-padded to it (row-invariant kernels)."""
+"""Float64 encoder batches are zero-padded to a multiple of this many rows (row-invariant CPU kernels)."""
+MARGIN = 1e-4
+"""A float32 decision closer than this (relative to ||r||^2 + max ||c||^2) is settled again in float64."""
 EXHAUSTIVE_MAX_PATHS = 1 << 18
 """Below this many code paths (K^L) the free-path search ends with an exhaustive scan."""
 LAST_LEVEL_CANDIDATES = 64
@@ -107,44 +113,89 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def encode_latents(tok, x: np.ndarray, *, device: str | torch.device = "cpu", batch_size: int = 16384) -> np.ndarray:
-    """Encode embeddings with the tokenizer's encoder, in batches, without gradients.
+def exact_model(tok):
+    """A float64 copy of the tokenizer on the CPU: the reference every code is decided by."""
+    import copy
 
-    Batches start at multiples of 64 rows and the last one is zero-padded to a multiple of 64, so
-    on CPU every row goes through the same kernel path whatever ``batch_size`` is. TF32 is turned
-    off on CUDA for the call so GPU latents match CPU ones to float32 rounding.
+    import torch
+
+    return copy.deepcopy(tok).to("cpu", torch.float64).eval()
+
+
+def exact_latents(tok64, x: np.ndarray, rows: np.ndarray | None = None, *, batch_size: int = 16384) -> np.ndarray:
+    """Latents computed in float64 on the CPU (``exact_model``): the same on every device and batch size.
 
     Args:
-        tok: the tokenizer (``tok.encode``: (B, D) -> (B, H)).
-        x: (N, D) float32 embeddings.
+        tok64: the float64 CPU tokenizer. x: (N, D) float32 embeddings. rows: which rows (default all).
 
     Returns:
-        (N, H) float64 latents on the CPU.
+        (len(rows), H) float64.
     """
     import torch
 
-    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    xs = x if rows is None else x[rows]
+    h = int(tok64.codebooks.shape[-1])
+    if len(xs) == 0:
+        return np.zeros((0, h), dtype=np.float64)
+    xt = torch.from_numpy(np.ascontiguousarray(xs, dtype=np.float32)).double()
+    out = []
+    with torch.inference_mode():
+        for b in xt.split(batch_size):
+            pad = -len(b) % ALIGN  # the same kernels for a row whatever rows come with it
+            zb = tok64.encode(torch.cat([b, b.new_zeros(pad, b.shape[1])]) if pad else b)
+            out.append(zb[:len(b)])
+    return torch.cat(out).numpy()
+
+
+def fast_codes(tok, x: np.ndarray, *, device=None, batch_size: int = 16384,
+               margin: float = MARGIN) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy codes in float32 on the tokenizer's device, and which rows were close calls.
+
+    A row is a close call ("unsure") when, at some level, another code's squared distance lies within
+    ``margin * (||r||^2 + max ||c||^2)`` of the nearest one. Float32 rounding (encoder and distances)
+    moves distances by far less than that (about 1e-6 of the same scale; ``benchmarks/assign.py``
+    measures it), so every other row's codes are those the float64 reference (``exact_model``) gives;
+    the caller settles the close calls in float64. TF32 is turned off on CUDA for the call.
+
+    Args:
+        tok: the tokenizer, on its device. x: (N, D) float32 embeddings.
+
+    Returns:
+        codes (N, L) int64 and unsure (N,) bool.
+    """
+    import torch
+
+    dev = device or next((t.device for t in (*tok.parameters(), *tok.buffers())), torch.device("cpu"))
+    cb = tok.codebooks.detach().float()  # (L, K, H)
+    cb_sq = (cb * cb).sum(-1)  # (L, K)
+    cb_max = cb_sq.max(dim=1).values  # (L,)
+    levels = cb.shape[0]
     n = len(x)
-    bs = max(ALIGN, -(-batch_size // ALIGN) * ALIGN)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    out: list[torch.Tensor] = []
+    codes_out = torch.empty(n, levels, dtype=torch.int64)
+    unsure_out = torch.empty(n, dtype=torch.bool)
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         with torch.inference_mode():
-            for start in range(0, n, bs):
-                xb = xt[start:start + bs]  # (B, D)
-                b = len(xb)
-                pad = -(-b // ALIGN) * ALIGN - b
-                if pad:
-                    xb = torch.cat([xb, xb.new_zeros(pad, xb.shape[1])])
-                z = tok.encode(xb.to(dev))[:b]  # (B, H)
-                out.append(z.to("cpu").double())
+            for s in range(0, n, batch_size):
+                z = tok.encode(xt[s:s + batch_size].to(dev)).float()  # (B, H)
+                codes = torch.empty(len(z), levels, dtype=torch.int64, device=z.device)
+                unsure = torch.zeros(len(z), dtype=torch.bool, device=z.device)
+                for c in range(0, len(z), _CHUNK):  # cache-sized blocks for the distance matrices
+                    r = z[c:c + _CHUNK]  # (b, H)
+                    for level in range(levels):
+                        d = torch.addmm(cb_sq[level][None, :], r, cb[level].T, alpha=-2.0)  # (b, K)
+                        best, idx = d.min(dim=1)  # (b,)
+                        tol = margin * ((r * r).sum(1) + cb_max[level])  # (b,)
+                        unsure[c:c + _CHUNK] |= (d <= (best + tol)[:, None]).sum(1) > 1
+                        codes[c:c + _CHUNK, level] = idx
+                        r = r - cb[level][idx]
+                codes_out[s:s + len(z)] = codes.cpu()
+                unsure_out[s:s + len(z)] = unsure.cpu()
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-    if not out:
-        return np.zeros((0, int(tok.codebooks.shape[-1])), dtype=np.float64)
-    return torch.cat(out).numpy()
+    return codes_out.numpy(), unsure_out.numpy()
 
 
 def _sq_dists(r: torch.Tensor, cb: torch.Tensor, cb_sq: torch.Tensor) -> torch.Tensor:
@@ -153,12 +204,8 @@ def _sq_dists(r: torch.Tensor, cb: torch.Tensor, cb_sq: torch.Tensor) -> torch.T
 
 
 def greedy_codes(z: np.ndarray, codebooks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy residual quantization with float64 decisions (the rule of ``tok.quantize``; exact ties
-    go to the lower code index).
-
-    Distances are computed in float32 (fast); the rows where another code lies within float32's
-    error bound of the nearest one are settled again in float64, and residuals are carried in
-    float64, so the codes are those of a float64 computation whatever the batch or device.
+    """Greedy residual quantization in float64 (the rule of ``tok.quantize``; exact ties go to the
+    lower code index).
 
     Args:
         z: (N, H) latents.
@@ -172,37 +219,28 @@ def greedy_codes(z: np.ndarray, codebooks: np.ndarray) -> tuple[np.ndarray, np.n
 
     z64 = torch.from_numpy(np.asarray(z, dtype=np.float64))
     cb64 = torch.from_numpy(np.asarray(codebooks, dtype=np.float64))  # (L, K, H)
-    cb32 = cb64.float()
     sq64 = (cb64 * cb64).sum(-1)  # (L, K)
-    sq32 = sq64.float()
-    levels, _, h = cb64.shape
-    # Bound on the float32 error of ||c||^2 - 2 r.c (H-term dot products), relative to ||r||^2 + max ||c||^2.
-    rel_tol = 4.0 * h * float(np.finfo(np.float32).eps)
+    levels = cb64.shape[0]
     codes_out, resid_out = [], []
     for s in range(0, len(z64), _CHUNK):
-        r64 = z64[s:s + _CHUNK].clone()  # (B, H)
+        r = z64[s:s + _CHUNK].clone()  # (B, H)
         codes = []
         for level in range(levels):
-            d = torch.addmm(sq32[level][None, :], r64.float(), cb32[level].T, alpha=-2.0)  # (B, K)
-            if d.shape[1] < 2:
-                codes.append(torch.zeros(len(d), dtype=torch.int64))
-                r64 -= cb64[level][0]
-                continue
-            best, idx = d.topk(2, dim=1, largest=False)  # (B, 2): nearest and runner-up
-            c = idx[:, 0].clone()
-            tol = rel_tol * ((r64 * r64).sum(1) + sq64[level].max()).float()  # (B,)
-            near = best[:, 1] - best[:, 0] <= tol
-            if near.any():  # settle the close calls in float64
-                rows = near.nonzero().squeeze(1)
-                d64 = sq64[level][None, :] - 2.0 * (r64[rows] @ cb64[level].T)
-                c[rows] = d64.argmin(dim=1)
+            c = torch.addmm(sq64[level][None, :], r, cb64[level].T, alpha=-2.0).argmin(dim=1)  # (B,)
             codes.append(c)
-            r64 -= cb64[level][c]
+            r -= cb64[level][c]
         codes_out.append(torch.stack(codes, dim=1))
-        resid_out.append((r64 * r64).sum(1))
+        resid_out.append((r * r).sum(1))
     if not codes_out:
         return np.zeros((0, levels), dtype=np.int64), np.zeros(0, dtype=np.float64)
     return torch.cat(codes_out).numpy(), torch.cat(resid_out).numpy()
+
+
+def path_residuals(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Squared distance from each latent to its path's quantized point, float64. z (M, H), codes (M, L) -> (M,)."""
+    levels = codebooks.shape[0]
+    q = codebooks[np.arange(levels)[None, :], codes].sum(1) if len(codes) else np.zeros_like(z)  # (M, H)
+    return np.square(np.asarray(z, dtype=np.float64) - q).sum(1)
 
 
 def _smallest(d: torch.Tensor, n: int) -> torch.Tensor:
@@ -258,7 +296,8 @@ def candidate_paths(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray, bea
         keep = min(k - 1, LAST_LEVEL_CANDIDATES) if d == levels - 1 else w
         order = _smallest(dist, keep)  # (M, W)
         paths = prefixes[d][:, None] * k + order  # partial path ids, (M, W)
-        r = res[d][:, None, :] - cbs[d][order]  # (M, W, H)
+        if d < levels - 1:
+            r = res[d][:, None, :] - cbs[d][order]  # (M, W, H)
         for e in range(d + 1, levels):
             de = _sq_dists(r, cbs[e], cb_sq[e])  # (M, W, K): squared norm of the next residual
             wb = de.shape[1]
@@ -302,12 +341,11 @@ class Assignment:
 
 def make_unique(
     codes: np.ndarray,
-    resid: np.ndarray,
     movie_ids: np.ndarray,
     *,
     strategy: str,
     codebook_size: int,
-    z: np.ndarray | None = None,
+    latents: np.ndarray | Callable[[np.ndarray], np.ndarray] | None = None,
     codebooks: np.ndarray | None = None,
     beam_width: int = 8,
     reserved: np.ndarray | None = None,
@@ -315,11 +353,13 @@ def make_unique(
     """Turn greedy codes into unique SIDs (pure; deterministic for the same inputs in any order).
 
     Args:
-        codes: (N, L) greedy codes. resid: (N,) squared distance to the greedy path's point.
+        codes: (N, L) greedy codes.
         movie_ids: (N,) int64, distinct.
         strategy: ``semantic`` or ``suffix``.
         codebook_size: K.
-        z, codebooks: (N, H) latents and (L, K, H) codebooks (``semantic`` only).
+        latents, codebooks: the (N, H) float64 latents, or a function giving the rows it is passed
+            (only the movies that share a path are asked for), and the (L, K, H) codebooks
+            (``semantic`` only).
         beam_width: beam of the semantic search.
         reserved: (R, L) or (R, L + 1) tokens of SIDs that must not be issued again (incremental
             runs: kept and retired SIDs).
@@ -345,20 +385,28 @@ def make_unique(
     final = paths.copy()
     moved = np.zeros(n, dtype=bool)
     shared = np.full(n, levels, dtype=np.int64)
-    # Group by path; within a group the keeper is the closest movie (ties: smallest movie_id).
-    order = np.lexsort((movie_ids, np.asarray(resid, dtype=np.float64), paths)) if strategy == "semantic" \
-        else np.lexsort((movie_ids, paths))
+    # Group by path (sorted by path, then movie_id).
+    order = np.lexsort((movie_ids, paths))
     sp = paths[order]
     first = np.ones(n, dtype=bool)
     first[1:] = sp[1:] != sp[:-1]
-    group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n) - group_start  # position in its group
-    group_size = np.empty(n, dtype=np.int64)
     sizes = np.diff(np.flatnonzero(np.r_[first, True]))
+    group_size = np.empty(n, dtype=np.int64)
     group_size[order] = np.repeat(sizes, sizes)
     on_reserved = _member(paths, res_set)
     collided = (group_size > 1) | on_reserved
+    if strategy == "semantic" and (group_size > 1).any():
+        # Within a group the keeper is the movie closest to the path's point (ties: smallest movie_id).
+        if latents is None or codebooks is None:
+            raise ValueError("the semantic strategy needs latents and codebooks")
+        rows = np.flatnonzero(group_size > 1)
+        z_rows = latents[rows] if isinstance(latents, np.ndarray) else latents(rows)  # (M, H)
+        resid = np.zeros(n, dtype=np.float64)
+        resid[rows] = path_residuals(z_rows, np.asarray(codebooks, dtype=np.float64), codes[rows])
+        order = np.lexsort((movie_ids, resid, paths))
+    group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - group_start  # position in its group
     suffix = np.zeros(n, dtype=np.int64)
 
     if strategy == "suffix":
@@ -374,42 +422,36 @@ def make_unique(
     movers = movers[np.argsort(movie_ids[movers], kind="stable")]  # processed in movie_id order
     unresolved: list[int] = []
     if len(movers):
-        if z is None or codebooks is None:
-            raise ValueError("the semantic strategy needs z and codebooks")
+        if latents is None or codebooks is None:
+            raise ValueError("the semantic strategy needs latents and codebooks")
+        z = latents[movers] if isinstance(latents, np.ndarray) else latents(movers)  # (M, H), row j = movers[j]
         z = np.asarray(z, dtype=np.float64)
         codebooks = np.asarray(codebooks, dtype=np.float64)
         used_arr = _unique_sorted(np.concatenate([paths[rank == 0], res_paths]))
-        # Nearly every mover finds a free code at the last level: compute those candidates for all of
-        # them at once, and the earlier-level ones (costlier) only for a mover that runs out.
+        # 1. Nearly every mover finds a free code at the last level. Movers are served in movie_id
+        # order, each taking its nearest last-level code that is free and not taken by an earlier
+        # mover, computed for all at once by deferred acceptance (with one priority order for every
+        # path it gives exactly that serial result).
         cands = np.concatenate([  # (M, T), in blocks to bound memory
-            candidate_paths(z[b], codebooks, codes[b], beam_width, part="last") for b in np.array_split(
-                movers, max(1, -(-len(movers) // _CHUNK)))])
-        free = ~_member(cands, used_arr)
-        used = set(used_arr.tolist())
-        taken_here: set[int] = set()
-        for row, i in enumerate(movers.tolist()):
-            got = next((p for p in cands[row][free[row]].tolist() if p not in taken_here), -1)
-            if got < 0 and levels > 1:
-                deeper = candidate_paths(z[i:i + 1], codebooks, codes[i:i + 1], beam_width, part="deeper")[0]
-                got = next((p for p in deeper.tolist() if p not in used and p not in taken_here), -1)
-            if got < 0:
-                unresolved.append(i)
-                continue
-            taken_here.add(got)
-            final[i] = got
-            moved[i] = True
-        used |= taken_here
-        if unresolved and k ** levels <= EXHAUSTIVE_MAX_PATHS:
-            still = []
-            for i in unresolved:
-                got = next((p for p in _exhaustive_order(z[i], codebooks, codes[i]).tolist() if p not in used), -1)
-                if got < 0:
-                    still.append(i)
-                    continue
-                used.add(got)
-                final[i] = got
-                moved[i] = True
-            unresolved = still
+            candidate_paths(z[b], codebooks, codes[movers[b]], beam_width, part="last")
+            for b in np.array_split(np.arange(len(movers)), max(1, -(-len(movers) // _CHUNK)))])
+        got = _serve_in_order(cands, ~_member(cands, used_arr))  # (M,) path or -1
+        # 2. Movers left without one (their whole last level is taken) search deeper, one by one in
+        # movie_id order, among paths nobody holds.
+        used = set(used_arr.tolist()) | set(got[got >= 0].tolist())
+        for j in np.flatnonzero(got < 0).tolist():
+            if levels > 1:
+                deeper = candidate_paths(z[j:j + 1], codebooks, codes[movers[j:j + 1]], beam_width, part="deeper")[0]
+                got[j] = next((p for p in deeper.tolist() if p not in used), -1)
+            if got[j] < 0 and k ** levels <= EXHAUSTIVE_MAX_PATHS:  # small space: scan it all
+                got[j] = next((p for p in _exhaustive_order(z[j], codebooks, codes[movers[j]]).tolist()
+                               if p not in used), -1)
+            if got[j] >= 0:
+                used.add(int(got[j]))
+        ok = got >= 0
+        final[movers[ok]] = got[ok]
+        moved[movers[ok]] = True
+        unresolved = movers[~ok].tolist()
     new_codes = path_codes(final, k, levels) if moved.any() else codes
     shared[moved] = np.cumprod(new_codes[moved] == codes[moved], axis=1).sum(1)
     suffixed = np.zeros(n, dtype=bool)
@@ -445,6 +487,41 @@ def _member(a: np.ndarray, sorted_unique: np.ndarray) -> np.ndarray:
     return sorted_unique[idx] == a
 
 
+def _serve_in_order(cands: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Serial dictatorship, vectorized: row 0 takes its first allowed candidate, row 1 its first allowed
+    one not taken by row 0, and so on. Computed by deferred acceptance (every path prefers the lower
+    row; with one priority order this gives exactly the serial result) in a few array passes.
+
+    Args:
+        cands: (M, T) int64 candidates per row, in preference order (distinct within a row).
+        ok: (M, T) bool, which candidates are allowed at all.
+
+    Returns:
+        (M,) the path each row gets, -1 where none is left.
+    """
+    m = len(cands)
+    got = np.full(m, -1, dtype=np.int64)
+    if m == 0:
+        return got
+    pref = np.take_along_axis(cands, np.argsort(~ok, axis=1, kind="stable"), axis=1)  # allowed ones first
+    n_ok = ok.sum(1)
+    ptr = np.zeros(m, dtype=np.int64)
+    while True:
+        asking = np.flatnonzero((got < 0) & (ptr < n_ok))
+        if len(asking) == 0:
+            return got
+        holders = np.flatnonzero(got >= 0)
+        who = np.concatenate([holders, asking])
+        want = np.concatenate([got[holders], pref[asking, ptr[asking]]])
+        o = np.lexsort((who, want))
+        who, want = who[o], want[o]
+        win = np.r_[True, want[1:] != want[:-1]]  # the lowest row asking for each path
+        lose = who[~win]
+        got[lose] = -1
+        ptr[lose] += 1  # a loser's pointer was on the path it lost: try the next one
+        got[who[win]] = want[win]
+
+
 def _sig(v: float) -> float:
     """Round to 4 significant digits: stats stay identical across devices and batch sizes."""
     return float(f"{v:.4g}")
@@ -469,14 +546,15 @@ def assign_sids(
     Returns:
         tokens (N, L) or (N, L + 1) int64, and the dedup statistics.
     """
-    import torch
-
-    dev = next((t.device for t in (*tok.parameters(), *tok.buffers())), torch.device("cpu"))
     levels, k = int(tok.config.levels), int(tok.config.codebook_size)
-    z = encode_latents(tok, x, device=dev, batch_size=cfg.batch_size)  # (N, H) float64
-    codebooks = tok.codebooks.detach().to("cpu").double().numpy()  # (L, K, H)
-    codes, resid = greedy_codes(z, codebooks)
-    a = make_unique(codes, resid, movie_ids, strategy=cfg.strategy, codebook_size=k, z=z, codebooks=codebooks,
+    tok64 = exact_model(tok)  # the float64 CPU reference: decides every close call
+    codebooks = tok64.codebooks.numpy()  # (L, K, H) float64
+    codes, unsure = fast_codes(tok, x, batch_size=cfg.batch_size)  # float32, on the tokenizer's device
+    rows = np.flatnonzero(unsure)
+    if len(rows):
+        codes[rows] = greedy_codes(exact_latents(tok64, x, rows), codebooks)[0]
+    a = make_unique(codes, movie_ids, strategy=cfg.strategy, codebook_size=k,
+                    latents=lambda r: exact_latents(tok64, x, r), codebooks=codebooks,
                     beam_width=cfg.beam_width, reserved=reserved)
     stats: dict[str, Any] = {
         "strategy": cfg.strategy,
@@ -492,7 +570,7 @@ def assign_sids(
     if cfg.strategy == "semantic":
         stats["moved_shared_prefix"] = {str(s): int(c) for s, c in
                                         zip(*np.unique(a.shared_prefix[a.moved], return_counts=True))}
-        stats.update(_move_cost(tok, x, codes, a.tokens[:, :levels], a.moved, dev))
+        stats.update(_move_cost(tok64, x, codes, a.tokens[:, :levels], a.moved))
     return a.tokens, stats
 
 
@@ -522,9 +600,9 @@ def merge_stats(old: dict[str, Any], new: dict[str, Any], *, n_movies: int) -> d
     return out
 
 
-def _move_cost(tok, x: np.ndarray, before: np.ndarray, after: np.ndarray, moved: np.ndarray, device) -> dict:
+def _move_cost(tok64, x: np.ndarray, before: np.ndarray, after: np.ndarray, moved: np.ndarray) -> dict:
     """Mean relative reconstruction error ``||x - decode(codes)||^2 / ||x||^2`` of the moved movies,
-    on their greedy codes and on their final codes."""
+    on their greedy codes and on their final codes (float64 reference model, so device-independent)."""
     import torch
 
     if not moved.any():
@@ -534,7 +612,7 @@ def _move_cost(tok, x: np.ndarray, before: np.ndarray, after: np.ndarray, moved:
     out = {}
     with torch.inference_mode():
         for name, c in (("before", before), ("after", after)):
-            rec = tok.decode_codes(torch.from_numpy(c[idx]).to(device)).to("cpu").double()  # (M, D)
+            rec = tok64.decode_codes(torch.from_numpy(c[idx]))  # (M, D) float64
             err = ((xm - rec) ** 2).sum(1) / (xm ** 2).sum(1).clamp_min(1e-12)
             out[f"moved_relative_error_{name}"] = _sig(float(err.mean()))
     return out
