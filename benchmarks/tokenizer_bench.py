@@ -1,11 +1,15 @@
 """Tokenizers side by side on the same vectors, in one process: training time and every quality metric.
 
 Rows:
-  (a) rqvae-best   the RQ-VAE with the recommended 3 x 256 settings (``BEST``)
-  (a') rqvae-tiger  the RQ-VAE on a 32-d MLP latent (the ``tiger`` shape)
+  (a) rqvae-best   the RQ-VAE with the recommended 3 x 256 settings (the ``ml-32m`` preset)
+  (a') rqvae-tiger  the RQ-VAE on a 32-d MLP latent (the ``tiger`` preset)
   (b) rqkmeans     residual k-means on FAISS, 3 x 256
   (c) faiss-rq     ``faiss.ResidualQuantizer`` 3 x 256 (8 bits), its default beam
-  (d) seed         4 x 1024 on the raw vector (identity encoder), our initialisation
+  (d) seed         4 x 1024 on the raw vector (identity encoder), our initialisation (``seed`` preset)
+
+With ``--seeds 0,1,2`` every row runs once per seed and the table gives the mean and, after
+``±``, the standard deviation over seeds: lift and unique fraction move by about 1 % between
+seeds, so single-seed comparisons at that distance are noise.
 
 Metrics (``movielens_sids.metrics``) on every movie: relative MSE and mean cosine of the
 reconstruction, per-level utilization and perplexity, unique fraction before dedup and the largest
@@ -40,19 +44,8 @@ from movielens_sids.train import fit_rqvae, read_embeddings, tokenize
 
 log = logging.getLogger("benchmark")
 
-# The settings each RQ-VAE row trains with (``section.field`` overrides of the default config).
-SETTINGS: dict[str, dict] = {
-    "rqvae-best": {"model.encoder": "residual", "model.hidden_dims": [128], "model.levels": 3,
-                   "model.codebook_size": 256, "model.commitment_weight": 0.05, "model.kmeans_iters": 20,
-                   "model.kmeans_clip_quantile": 0.2, "train.lr": 3e-5, "train.max_epochs": 1,
-                   "train.batch_size": 4096},
-    "rqvae-tiger": {"model.encoder": "mlp", "model.hidden_dims": [512, 256], "model.latent_dim": 32,
-                    "model.levels": 3, "model.codebook_size": 256, "model.kmeans_clip_quantile": 0.2,
-                    "train.lr": 2e-3, "train.max_epochs": 3, "train.batch_size": 4096},
-    "seed": {"model.encoder": "identity", "model.levels": 4, "model.codebook_size": 1024,
-             "model.kmeans_iters": 10, "model.kmeans_clip_quantile": 0.2, "train.lr": 3e-5,
-             "train.max_epochs": 1, "train.batch_size": 4096},
-}
+# The preset each RQ-VAE row trains with (its model and train sections, as `movielens-sids train` would).
+PRESETS: dict[str, str] = {"rqvae-best": "ml-32m", "rqvae-tiger": "tiger", "seed": "seed"}
 ROWS = ["faiss-rq", "rqvae-best", "rqkmeans", "seed", "rqvae-tiger"]
 
 
@@ -65,16 +58,20 @@ def load_vectors(paths: list[Path]) -> tuple[np.ndarray, Path]:
     sys.exit(f"none of the embeddings files exist: {', '.join(map(str, paths))}")
 
 
-def run_rqvae(x: np.ndarray, name: str, seed: int) -> tuple[np.ndarray, np.ndarray, float, dict]:
-    cfg = load_config(None, {**SETTINGS[name], "train.seed": seed, "train.progress_bar": False,
-                             "train.accelerator": "cpu", "train.devices": "1"})
+def run_rqvae(x: np.ndarray, name: str, seed: int, max_epochs: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray, float, dict]:
+    over = {"train.seed": seed, "train.progress_bar": False, "train.accelerator": "cpu", "train.devices": "1"}
+    if max_epochs:
+        over["train.max_epochs"] = max_epochs
+    cfg = load_config(PRESETS[name], over)
     cfg.model = dataclasses.replace(cfg.model, input_dim=x.shape[1])
     with tempfile.TemporaryDirectory() as work:
         t0 = time.perf_counter()
         model, summary = fit_rqvae(x, cfg.model, cfg.train, Path(work))
         seconds = time.perf_counter() - t0
     codes, x_hat = tokenize(model, x)
-    return codes, x_hat, seconds, {"steps": summary["global_step"], "epochs": summary["epochs"]}
+    return codes, x_hat, seconds, {"steps": summary["global_step"], "epochs": summary["epochs"],
+                                   "codebook_size": cfg.model.codebook_size}
 
 
 def run_rqkmeans(x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, float, dict]:
@@ -110,17 +107,31 @@ def measure(x: np.ndarray, codes: np.ndarray, x_hat: np.ndarray, k: int, neighbo
     }
 
 
-def table(results: dict[str, dict]) -> str:
-    head = ("| tokenizer | L x K | train s | rel. MSE | cosine | utilization | perplexity | unique | max group "
-            "| 1st-token@10 | random | lift |")
-    lines = [head, "|" + " --- |" * 12]
-    for name, r in results.items():
+def _mean_std(values: list) -> tuple:
+    a = np.asarray(values, dtype=np.float64)
+    return a.mean(axis=0), a.std(axis=0)
+
+
+def table(results: dict[str, list[dict]]) -> str:
+    """One row per tokenizer: means over seeds, ``± std`` where there are several."""
+    head = ("| tokenizer | L x K | seeds | train s | rel. MSE | cosine | utilization | perplexity | unique "
+            "| max group | 1st-token@10 | random | lift |")
+    lines = [head, "|" + " --- |" * 13]
+
+    def cell(runs: list[dict], key: str, fmt: str) -> str:
+        m, sd = _mean_std([r[key] for r in runs])
+        return f"{m:{fmt}}" + (f" ± {sd:{fmt}}" if len(runs) > 1 else "")
+
+    for name, runs in results.items():
+        util, _ = _mean_std([r["utilization"] for r in runs])
+        ppl, _ = _mean_std([r["perplexity"] for r in runs])
         lines.append(
-            f"| {name} | {r['shape']} | {r['train_seconds']:.1f} | {r['relative_mse']:.4f} | {r['mean_cosine']:.4f} "
-            f"| {' / '.join(f'{u:.3f}' for u in r['utilization'])} "
-            f"| {' / '.join(f'{p:.0f}' for p in r['perplexity'])} | {r['unique_fraction_before_dedup']:.4f} "
-            f"| {r['max_group_size']} | {r['first_token_match_at_10']:.4f} | {r['random_first_token_match']:.5f} "
-            f"| {r['lift']:.1f} |")
+            f"| {name} | {runs[0]['shape']} | {len(runs)} | {cell(runs, 'train_seconds', '.1f')} "
+            f"| {cell(runs, 'relative_mse', '.4f')} | {cell(runs, 'mean_cosine', '.4f')} "
+            f"| {' / '.join(f'{u:.3f}' for u in util)} | {' / '.join(f'{q:.0f}' for q in ppl)} "
+            f"| {cell(runs, 'unique_fraction_before_dedup', '.4f')} | {max(r['max_group_size'] for r in runs)} "
+            f"| {cell(runs, 'first_token_match_at_10', '.4f')} | {cell(runs, 'random_first_token_match', '.5f')} "
+            f"| {cell(runs, 'lift', '.1f')} |")
     return "\n".join(lines)
 
 
@@ -129,7 +140,10 @@ def main() -> None:
     p.add_argument("--embeddings", type=Path, nargs="+", default=[Path("runs/ml-32m/embeddings.parquet")],
                    help="embeddings.parquet or .npy (the first that exists is used)")
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0", help="comma-separated seeds; every row runs once per seed")
+    p.add_argument("--single-seed-rows", default="seed,rqvae-tiger",
+                   help="rows that run with the first seed only (the slow ones not compared in the acceptance)")
+    p.add_argument("--max-epochs", type=int, default=None, help="cap the RQ-VAE rows' epochs (quick runs)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N movies (quick runs)")
     p.add_argument("--out", type=Path, help="also write the results as JSON")
     p.add_argument("--neighbors", type=Path, help="cache of the exact 10-NN (.npy): read if present, else written")
@@ -155,28 +169,31 @@ def main() -> None:
         log.info("exact 10-NN in %.1fs", time.perf_counter() - t0)
         if args.neighbors:
             np.save(args.neighbors, neighbors)
-    results: dict[str, dict] = {}
+    seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+    single = {r.strip() for r in args.single_seed_rows.split(",") if r.strip()}
+    results: dict[str, list[dict]] = {}
     for name in rows:
-        if name == "rqkmeans":
-            codes, x_hat, seconds, extra = run_rqkmeans(x, args.seed)
-        elif name == "faiss-rq":
-            codes, x_hat, seconds, extra = run_faiss_rq(x, args.seed)
-        elif name in SETTINGS:
-            codes, x_hat, seconds, extra = run_rqvae(x, name, args.seed)
-        else:
-            sys.exit(f"unknown row {name!r}; rows: {', '.join(ROWS)}")
-        k = SETTINGS[name]["model.codebook_size"] if name in SETTINGS else 256
-        r = {"shape": f"{codes.shape[1]} x {k}", "train_seconds": seconds, **extra,
-             **measure(x, codes, x_hat, k, neighbors)}
-        results[name] = r
-        log.info("%s: %.1fs, relative MSE %.4f, unique %.4f, lift %.1f", name, seconds, r["relative_mse"],
-                 r["unique_fraction_before_dedup"], r["lift"])
+        for seed in (seeds[:1] if name in single else seeds):
+            if name == "rqkmeans":
+                codes, x_hat, seconds, extra = run_rqkmeans(x, seed)
+            elif name == "faiss-rq":
+                codes, x_hat, seconds, extra = run_faiss_rq(x, seed)
+            elif name in PRESETS:
+                codes, x_hat, seconds, extra = run_rqvae(x, name, seed, args.max_epochs)
+            else:
+                sys.exit(f"unknown row {name!r}; rows: {', '.join(ROWS)}")
+            k = extra.pop("codebook_size", 256)
+            r = {"seed": seed, "shape": f"{codes.shape[1]} x {k}", "train_seconds": seconds, **extra,
+                 **measure(x, codes, x_hat, k, neighbors)}
+            results.setdefault(name, []).append(r)
+            log.info("%s seed %d: %.1fs, relative MSE %.4f, unique %.4f, lift %.1f", name, seed, seconds,
+                     r["relative_mse"], r["unique_fraction_before_dedup"], r["lift"])
     print(f"\n{len(x)} movies, {x.shape[1]}-d vectors from {source}; one process, torch threads "
           f"{torch.get_num_threads()}\n")
     print(table(results))
     if args.out:
-        args.out.write_text(json.dumps({"source": str(source), "n": len(x), "settings": SETTINGS,
-                                        "results": results}, indent=2))
+        args.out.write_text(json.dumps({"source": str(source), "n": len(x), "presets": PRESETS, "seeds": seeds,
+                                        "max_epochs": args.max_epochs, "results": results}, indent=2, default=float))
 
 
 if __name__ == "__main__":

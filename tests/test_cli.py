@@ -22,3 +22,29 @@ def test_every_command_has_help(command, capsys):
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "movielens_sids", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("movielens-sids ")
+
+
+def test_help_and_config_do_not_import_torch():
+    # `--help` and reading a config stay fast: torch, Lightning and the models load on first use.
+    code = ("import sys\nfrom movielens_sids.cli import main\nfrom movielens_sids.config import load_config\n"
+            "load_config('ml-32m')\n"
+            "for argv in (['--help'], ['retrieval', '--help'], ['train', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'lightning', 'sentence_transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_retrieval_settings_are_a_config_section():
+    from movielens_sids.config import load_config
+    from movielens_sids.retrieval import RetrievalConfig
+    from movielens_sids.retrieval.cli import _config
+
+    cfg = load_config("demo", {"retrieval.d_model": 128, "retrieval.seeds": [4]})
+    assert isinstance(cfg.retrieval, RetrievalConfig) and cfg.retrieval.d_model == 128
+    import argparse
+
+    rcfg = _config(argparse.Namespace(retrieval_max_epochs=3), cfg)  # a command flag overrides the section
+    assert (rcfg.d_model, rcfg.seeds, rcfg.max_epochs) == (128, [4], 3)
+    with pytest.raises(Exception, match="d_model"):
+        load_config("demo", {"retrieval.d_model": 0})

@@ -23,7 +23,8 @@ from .embed import EmbedConfig
 from .errors import SidsError
 from .evaluate import EvaluateConfig
 from .export import ExportConfig
-from .model.rqvae import RQVAEConfig
+from .model.config import RQVAEConfig
+from .retrieval.config import RetrievalConfig
 from .train import TrainConfig
 from .visualize import VisualizeConfig
 
@@ -50,6 +51,8 @@ class Config:
     """The report."""
     visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
     """The UMAP map."""
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    """The generative-retrieval benchmark (`movielens-sids retrieval`; not a stage of `run`)."""
 
     def __post_init__(self) -> None:
         if not self.experiment or "/" in self.experiment:

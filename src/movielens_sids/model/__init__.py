@@ -20,23 +20,39 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SidsError
-from .rqkmeans import RQKMeans, RQKMeansConfig
-from .rqvae import RQVAE, RQVAEConfig
+from .config import RQKMeansConfig, RQVAEConfig
+
+if TYPE_CHECKING:
+    from .rqkmeans import RQKMeans
+    from .rqvae import RQVAE
 
 __all__ = ["RQVAE", "RQVAEConfig", "RQKMeans", "RQKMeansConfig", "load_tokenizer", "save_pretrained",
            "TOKENIZERS"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-TOKENIZERS: dict[str, tuple[type[nn.Module], type]] = {
-    "rqvae": (RQVAE, RQVAEConfig),
-    "rqkmeans": (RQKMeans, RQKMeansConfig),
-}
+
+
+def __getattr__(name: str) -> Any:
+    """The torch modules are imported on first use, so that ``import movielens_sids.model`` (and reading
+    a config) stays light."""
+    if name == "RQVAE":
+        from .rqvae import RQVAE
+
+        return RQVAE
+    if name == "RQKMeans":
+        from .rqkmeans import RQKMeans
+
+        return RQKMeans
+    if name == "TOKENIZERS":
+        from .rqkmeans import RQKMeans
+        from .rqvae import RQVAE
+
+        return {"rqvae": (RQVAE, RQVAEConfig), "rqkmeans": (RQKMeans, RQKMeansConfig)}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def save_pretrained(model: RQVAE | RQKMeans, directory: str | Path) -> None:
@@ -76,7 +92,7 @@ def load_tokenizer(directory: str | Path) -> RQVAE | RQKMeans:
     try:
         meta = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
         kind = meta["tokenizer"]
-        cls, config_cls = TOKENIZERS[kind]
+        cls, config_cls = __getattr__("TOKENIZERS")[kind]
         names = {f.name for f in dataclasses.fields(config_cls)}
         config = config_cls(**{k: v for k, v in meta["config"].items() if k in names})
     except (ValueError, KeyError, TypeError) as e:
@@ -94,6 +110,8 @@ def load_tokenizer(directory: str | Path) -> RQVAE | RQKMeans:
         detail = "; ".join(f"{what}: {', '.join(keys[:3])}" for what, keys in
                            (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
         raise SidsError(f"{directory / WEIGHTS_NAME} does not match {CONFIG_NAME} ({detail})")
+    import torch
+
     with torch.no_grad():
         model.load_state_dict(state, strict=True)
     return model.eval()

@@ -9,39 +9,12 @@ Shapes: B batch, N movies, D embedding dim (= H), L levels, K codebook size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
 
+from .config import RQKMeansConfig
 from .rqvae import Losses, PretrainedMixin, TokenizerOutput, nearest_code
-
-
-@dataclass
-class RQKMeansConfig:
-    """Shape of a residual k-means tokenizer."""
-
-    input_dim: int = 384
-    """D, read from the embeddings."""
-    levels: int = 3
-    """L, residual levels."""
-    codebook_size: int = 256
-    """K, centroids per level."""
-    kmeans_iters: int = 20
-    """Lloyd iterations per level (FAISS)."""
-
-    def __post_init__(self) -> None:
-        for name in ("input_dim", "levels", "codebook_size", "kmeans_iters"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"model.{name}: must be >= 1, got {getattr(self, name)}")
-
-    @property
-    def latent_dim(self) -> int:
-        """H = D: residual k-means quantizes the raw vector."""
-        return self.input_dim
-
-    code_dim = latent_dim
 
 
 class RQKMeans(PretrainedMixin, nn.Module):

@@ -8,12 +8,22 @@ movie ids, and most-popular. See ``bench.py`` for the protocol and ``generative.
 
 from __future__ import annotations
 
-from .bench import METHODS, METRICS, RetrievalConfig, run_benchmark
-from .generative import GenerativeRetriever, Recommendations
-from .metrics import ndcg_at_k, ranking_metrics, recall_at_k
-from .sasrec import SASRec
-from .sequences import Split, build_split, read_ratings
-from .trie import SidTrie
+import importlib
+from typing import Any
+
+from .config import METHODS, METRICS, RetrievalConfig
+
+_LAZY = {"run_benchmark": "bench", "GenerativeRetriever": "generative", "Recommendations": "generative",
+         "ndcg_at_k": "metrics", "ranking_metrics": "metrics", "recall_at_k": "metrics", "SASRec": "sasrec",
+         "Split": "sequences", "build_split": "sequences", "read_ratings": "sequences", "SidTrie": "trie"}
+
+
+def __getattr__(name: str) -> Any:
+    """The torch/Lightning parts are imported on first use (``movielens-sids --help`` stays fast)."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["METHODS", "METRICS", "GenerativeRetriever", "Recommendations", "RetrievalConfig", "SASRec", "SidTrie",
            "Split", "build_split", "ndcg_at_k", "ranking_metrics", "read_ratings", "recall_at_k", "run_benchmark"]

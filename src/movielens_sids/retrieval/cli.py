@@ -19,8 +19,7 @@ import numpy as np
 
 from ..errors import SidsError
 from ..io import read_parquet, run_lock, write_json, write_text
-from .bench import METHODS, METRICS, RetrievalConfig, run_benchmark, settings_dict
-from .sequences import Split, build_split, read_ratings
+from .config import METHODS, METRICS, RetrievalConfig, settings_dict
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +111,8 @@ def read_sids(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 def resolve_ratings(rcfg: RetrievalConfig, cfg: Any) -> tuple[str, Any]:
     """``(dataset label, ratings DataFrame)`` from ``--ratings``, ``--dataset`` or the run's data settings."""
     if rcfg.ratings:
+        from .sequences import read_ratings
+
         return Path(rcfg.ratings).name, read_ratings(rcfg.ratings)
     from ..data import catalog
 
@@ -205,12 +206,15 @@ def retrieval_stage(run_dir: Path, cfg: Any, rcfg: RetrievalConfig | None = None
     Returns:
         The report (a dict).
     """
+    from .bench import run_benchmark
+    from .sequences import build_split
+
     run_dir = Path(run_dir)
     rcfg = rcfg or RetrievalConfig()
     t0 = time.perf_counter()
     movie_ids, codes = read_sids(run_dir)
     dataset, ratings = resolve_ratings(rcfg, cfg)
-    split: Split = build_split(ratings, movie_ids, min_ratings=rcfg.min_ratings, max_users=rcfg.max_users,
+    split = build_split(ratings, movie_ids, min_ratings=rcfg.min_ratings, max_users=rcfg.max_users,
                                seed=rcfg.seeds[0])
     # Only movies with a SID are targets; the model's catalogue is every movie with a SID.
     item_codes = codes[np.searchsorted(movie_ids, split.movie_ids)]
