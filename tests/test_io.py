@@ -68,9 +68,15 @@ def test_run_lock_sweeps_stale_temp_files(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / ".tmp-sids.parquet.abc").write_text("half-written by a killed process")
+    (run_dir / ".stages").mkdir()
+    (run_dir / ".stages" / ".tmp-embed.json.abc").write_text("{")
+    (run_dir / ".stages" / "embed.json").write_text("{}")
+    (run_dir / ".tmp-model.xyz" / "inner").mkdir(parents=True)
+    (run_dir / ".tmp-model.xyz" / "inner" / ".tmp-w").write_text("w")
     with run_lock(run_dir):
         pass
-    assert not any(p.name.startswith(".tmp-") for p in run_dir.iterdir())
+    assert not [p for p in run_dir.rglob("*") if p.name.startswith(".tmp-")]
+    assert (run_dir / ".stages" / "embed.json").read_text() == "{}"
 
 
 def test_parquet_bytes_are_deterministic(tmp_path):

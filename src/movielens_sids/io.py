@@ -189,12 +189,19 @@ def file_hash(path: str | Path, *, algo: str = "sha256") -> str:
 
 
 def _sweep_temp(run_dir: Path) -> None:
-    """Remove temporary files a killed predecessor left (never read by any stage) from the folder's top level."""
-    for p in run_dir.glob(f"{TMP_PREFIX}*"):
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
+    """Remove temporary files and folders a killed predecessor left anywhere in the run folder (in
+    ``.stages/``, ``model/``, ...; never read by any stage). Called under the lock, so no writer is live."""
+    for top, dirs, files in os.walk(run_dir):  # does not follow links to folders
+        for name in [d for d in dirs if d.startswith(TMP_PREFIX)]:
+            dirs.remove(name)
+            if os.path.islink(os.path.join(top, name)):
+                os.unlink(os.path.join(top, name))
+            else:
+                shutil.rmtree(os.path.join(top, name), ignore_errors=True)
+        for name in files:
+            if name.startswith(TMP_PREFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(top, name))
 
 
 @contextlib.contextmanager
