@@ -29,11 +29,12 @@ def clustered_embeddings(n: int, *, dim: int = 8, clusters: int = 6, seed: int =
 
 
 def tiny_tokenizer(x: np.ndarray, *, levels: int = 2, codebook_size: int = 8, latent_dim: int = 4,
-                   seed: int = 0, encoder: str = "mlp") -> RQVAE:
-    """An untrained RQ-VAE with k-means-initialised codebooks (enough for assign's invariants)."""
+                   seed: int = 0, encoder: str = "mlp", **model: object) -> RQVAE:
+    """An untrained RQ-VAE with k-means-initialised codebooks (enough for assign's invariants);
+    ``model`` passes other ``RQVAEConfig`` fields (balance, beam_width, ...)."""
     torch.manual_seed(seed)
     cfg = RQVAEConfig(input_dim=x.shape[1], hidden_dims=[16], latent_dim=latent_dim, levels=levels,
-                      codebook_size=codebook_size, kmeans_iters=5, encoder=encoder)
+                      codebook_size=codebook_size, kmeans_iters=5, encoder=encoder, **model)
     tok = RQVAE(cfg).eval()
     tok.init_codebooks(torch.from_numpy(x), generator=torch.Generator().manual_seed(seed))
     return tok

@@ -21,6 +21,7 @@ from movielens_sids.assign import (
     greedy_codes,
     make_unique,
     read_sids,
+    reference_codes,
 )
 from movielens_sids.config import load_config
 from movielens_sids.errors import SidsError
@@ -71,6 +72,23 @@ def test_fast_codes_agree_with_the_float64_reference_except_flagged_close_calls(
     # what assign_sids uses as greedy codes is exactly the float64 reference
     tokens, stats = assign_sids(tok, x, np.arange(len(x)), AssignConfig(strategy="suffix"))
     assert np.array_equal(tokens[:, :3], ref)
+
+
+@pytest.mark.parametrize("model", [dict(balance=0.5), dict(beam_width=4), dict(balance=1.0, beam_width=3)])
+def test_fast_codes_follow_the_reference_with_biases_and_beam(model):
+    x, ids = clustered_embeddings(1500, dim=16, seed=5)
+    tok = tiny_tokenizer(x, levels=3, codebook_size=16, **model)
+    tok64 = exact_model(tok)
+    z = exact_latents(tok64, x)
+    ref = reference_codes(z, tok64.codebooks.numpy(), tok64.code_bias.numpy(), tok64.beam_width)
+    with torch.no_grad():  # the reference is the model's own rule, in float64
+        assert np.array_equal(ref, tok64.quantize(torch.from_numpy(z)).numpy())
+    codes, unsure = fast_codes(tok, x, batch_size=256)
+    assert unsure.mean() < 0.2 and np.array_equal(codes[~unsure], ref[~unsure])
+    tokens, _ = assign_sids(tok, x, ids, AssignConfig(strategy="suffix", batch_size=100))
+    assert np.array_equal(tokens[:, :3], ref)
+    sem, stats = assign_sids(tok, x, ids, AssignConfig())
+    assert _unique_rows(sem) and stats["n_suffixed"] == 0
 
 
 def test_float32_decisions_are_flagged_when_the_gap_is_within_float32_error():

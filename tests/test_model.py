@@ -10,7 +10,14 @@ import torch
 
 from movielens_sids.errors import SidsError
 from movielens_sids.model import RQVAE, RQKMeans, RQKMeansConfig, RQVAEConfig, load_tokenizer
-from movielens_sids.model.rqvae import ResidualQuantizer, kmeans, nearest_code, rotate_to
+from movielens_sids.model.rqvae import (
+    ResidualQuantizer,
+    beam_search,
+    kmeans,
+    nearest_code,
+    rotate_to,
+    sinkhorn_bias,
+)
 
 D = 16
 
@@ -224,3 +231,80 @@ def test_residual_encoder_starts_as_the_identity():
     assert model.config.latent_dim == D  # the latent is the embedding space
     codes = model.quantize(x)
     assert torch.equal(model.decode_codes(codes), model.quantizer.lookup(codes))
+
+
+def test_sinkhorn_biases_balance_code_usage():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(900, 4, generator=g) * 0.3, torch.randn(100, 4, generator=g) * 0.3 + 3])  # 9:1
+    codes = kmeans(x, 8, iters=10, generator=g)
+    dist = torch.cdist(x, codes).square()
+    plain = torch.bincount(dist.argmin(1), minlength=8)
+    bias = sinkhorn_bias(dist, eps=0.02 * float(dist.min(1).values.mean()))
+    balanced = torch.bincount((dist + bias).argmin(1), minlength=8)
+    assert abs(float(bias.mean())) < 1e-5
+    assert balanced.max() - balanced.min() < plain.max() - plain.min()
+    assert balanced.min() >= 0.5 * len(x) / 8 and balanced.max() <= 1.5 * len(x) / 8
+
+
+def test_balance_raises_code_usage_perplexity_and_is_kept_by_save_load(tmp_path):
+    from movielens_sids.metrics import perplexity
+    from movielens_sids.model import save_pretrained
+
+    x = clustered(600)
+    plain = init_model(tiny(encoder="identity", levels=2), x)
+    bal = init_model(tiny(encoder="identity", levels=2, balance=1.0), x)
+    assert torch.count_nonzero(plain.code_bias) == 0 and torch.count_nonzero(bal.code_bias) > 0
+    with torch.no_grad():
+        p_plain = perplexity(plain.quantize(plain.encode(x)).numpy(), 8)
+        c_bal = bal.quantize(bal.encode(x))
+    assert perplexity(c_bal.numpy(), 8)[0] > p_plain[0]
+    save_pretrained(bal, tmp_path / "m")
+    back = load_tokenizer(tmp_path / "m")
+    assert torch.equal(back.code_bias, bal.code_bias) and torch.equal(back.quantize(back.encode(x)), c_bal)
+
+
+def test_a_model_folder_written_before_code_biases_loads_with_zero_biases(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from movielens_sids.model import save_pretrained
+
+    x = clustered(300)
+    model = init_model(tiny(), x)
+    save_pretrained(model, tmp_path / "m")
+    state = load_file(str(tmp_path / "m" / "model.safetensors"))
+    del state["quantizer.code_bias"]
+    save_file(state, str(tmp_path / "m" / "model.safetensors"))
+    back = load_tokenizer(tmp_path / "m")
+    assert torch.count_nonzero(back.code_bias) == 0
+    assert torch.equal(back.quantize(back.encode(x)), model.quantize(model.encode(x)))
+
+
+def test_beam_search_never_ends_worse_than_greedy_and_keeps_the_first_code():
+    g = torch.Generator().manual_seed(1)
+    cbs = torch.randn(3, 16, 6, generator=g)
+    z = torch.randn(500, 6, generator=g) * 2
+    q = ResidualQuantizer(levels=3, codebook_size=16, dim=6, beam_width=1)
+    qb = ResidualQuantizer(levels=3, codebook_size=16, dim=6, beam_width=4)
+    with torch.no_grad():
+        q.codebooks.copy_(cbs)
+        qb.codebooks.copy_(cbs)
+    greedy, beam = q.quantize(z), qb.quantize(z)
+    err = lambda c: (z - cbs[torch.arange(3), c].sum(1)).square().sum(1)  # noqa: E731
+    assert torch.equal(beam[:, 0], greedy[:, 0])  # level 1 is always the nearest code
+    assert (err(beam) <= err(greedy) + 1e-5).all() and (err(beam) < err(greedy) - 1e-5).any()
+    # exhaustive check on a few rows: the beam finds the best (c2, c3) when it is wide enough
+    wide = beam_search(z[:20] - cbs[0][greedy[:20, 0]], cbs[1:], torch.zeros(2, 16), width=16)
+    for i in range(20):
+        r = z[i] - cbs[0][greedy[i, 0]]
+        tot = (r[None, None] - cbs[1][:, None] - cbs[2][None]).square().sum(-1)  # (16, 16)
+        assert tot.argmin().item() == wide[i, 0].item() * 16 + wide[i, 1].item()
+
+
+def test_training_step_uses_the_quantizer_rule_with_beam_and_biases():
+    x = clustered(300)
+    model = init_model(tiny(encoder="identity", balance=0.5, beam_width=3), x)
+    out = model(x)
+    with torch.no_grad():
+        assert torch.equal(out.codes, model.quantize(model.encode(x)))
+    out.losses.total.backward()
+    assert model.quantizer.codebooks.grad is not None

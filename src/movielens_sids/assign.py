@@ -149,13 +149,17 @@ def exact_latents(tok64, x: np.ndarray, rows: np.ndarray | None = None, *, batch
 
 def fast_codes(tok, x: np.ndarray, *, device=None, batch_size: int = 16384,
                margin: float = MARGIN) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy codes in float32 on the tokenizer's device, and which rows were close calls.
+    """The tokenizer's codes in float32 on its device, and which rows were close calls.
 
-    A row is a close call ("unsure") when, at some level, another code's squared distance lies within
-    ``margin * (||r||^2 + max ||c||^2)`` of the nearest one. Float32 rounding (encoder and distances)
-    moves distances by far less than that (about 1e-6 of the same scale; ``benchmarks/assign.py``
-    measures it), so every other row's codes are those the float64 reference (``exact_model``) gives;
-    the caller settles the close calls in float64. TF32 is turned off on CUDA for the call.
+    Same rule as ``tok.quantize`` (level 1 the nearest code with its bias; levels 2..L greedily or by
+    a beam of ``tok.beam_width``). A row is a close call ("unsure") when some decision was within
+    ``margin * scale`` of going the other way: the runner-up code at a greedy step (``scale =
+    ||r||^2 + max ||c||^2 + max |bias|`` of that level), or the runner-up final path of the beam or
+    the first path left out of it (``scale = ||r||^2`` entering level 2 plus the code-side terms of
+    levels 2..L). Float32 rounding (encoder and distances) moves distances
+    by far less than that (about 1e-6 of the scale; ``benchmarks/assign.py`` measures it), so every
+    other row's codes are those the float64 reference (``reference_codes`` on ``exact_latents``)
+    gives; the caller settles the close calls in float64. TF32 is turned off on CUDA for the call.
 
     Args:
         tok: the tokenizer, on its device. x: (N, D) float32 embeddings.
@@ -166,10 +170,15 @@ def fast_codes(tok, x: np.ndarray, *, device=None, batch_size: int = 16384,
     import torch
 
     dev = device or next((t.device for t in (*tok.parameters(), *tok.buffers())), torch.device("cpu"))
+    from .model.rqvae import beam_search
+
     cb = tok.codebooks.detach().float()  # (L, K, H)
-    cb_sq = (cb * cb).sum(-1)  # (L, K)
-    cb_max = cb_sq.max(dim=1).values  # (L,)
+    bias = tok.code_bias.detach().float()  # (L, K)
+    const = (cb * cb).sum(-1) + bias  # (L, K): ||c||^2 + bias
     levels = cb.shape[0]
+    width = int(tok.beam_width)
+    # Per level: max ||c||^2 + max |bias|, the code-side part of the scale the margin is relative to.
+    code_scale = (cb * cb).sum(-1).max(dim=1).values + tok.code_bias.detach().float().abs().max(dim=1).values  # (L,)
     n = len(x)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     codes_out = torch.empty(n, levels, dtype=torch.int64)
@@ -184,13 +193,19 @@ def fast_codes(tok, x: np.ndarray, *, device=None, batch_size: int = 16384,
                 unsure = torch.zeros(len(z), dtype=torch.bool, device=z.device)
                 for c in range(0, len(z), _CHUNK):  # cache-sized blocks for the distance matrices
                     r = z[c:c + _CHUNK]  # (b, H)
-                    for level in range(levels):
-                        d = torch.addmm(cb_sq[level][None, :], r, cb[level].T, alpha=-2.0)  # (b, K)
+                    flag = unsure[c:c + _CHUNK]
+                    for level in range(levels if width <= 1 else 1):
+                        d = torch.addmm(const[level][None, :], r, cb[level].T, alpha=-2.0)  # (b, K)
                         best, idx = d.min(dim=1)  # (b,)
-                        tol = margin * ((r * r).sum(1) + cb_max[level])  # (b,)
-                        unsure[c:c + _CHUNK] |= (d <= (best + tol)[:, None]).sum(1) > 1
+                        tol = margin * ((r * r).sum(1) + code_scale[level])  # (b,)
+                        flag |= (d <= (best + tol)[:, None]).sum(1) > 1
                         codes[c:c + _CHUNK, level] = idx
                         r = r - cb[level][idx]
+                    if width > 1 and levels > 1:
+                        tol = margin * ((r * r).sum(1) + code_scale[1:].sum())  # (b,)
+                        deeper, close = beam_search(r, cb[1:], bias[1:], width, tol)
+                        codes[c:c + _CHUNK, 1:] = deeper
+                        flag |= close
                 codes_out[s:s + len(z)] = codes.cpu()
                 unsure_out[s:s + len(z)] = unsure.cpu()
     finally:
@@ -198,18 +213,56 @@ def fast_codes(tok, x: np.ndarray, *, device=None, batch_size: int = 16384,
     return codes_out.numpy(), unsure_out.numpy()
 
 
+def reference_codes(z: np.ndarray, codebooks: np.ndarray, bias: np.ndarray | None = None,
+                    beam_width: int = 1) -> np.ndarray:
+    """The tokenizer's rule in float64 with deterministic ties (lower code index, then lower beam
+    position): level 1 the nearest code with its bias, levels 2..L greedily or by a beam.
+
+    Args:
+        z: (N, H) latents. codebooks: (L, K, H). bias: (L, K) or None (zeros).
+
+    Returns:
+        (N, L) int64 codes.
+    """
+    import torch
+
+    cbs = torch.from_numpy(np.asarray(codebooks, dtype=np.float64))
+    levels, k = cbs.shape[0], cbs.shape[1]
+    bs = torch.zeros(levels, k, dtype=torch.float64) if bias is None else torch.from_numpy(
+        np.asarray(bias, dtype=np.float64))
+    if beam_width <= 1 or levels == 1:
+        return greedy_codes(z, codebooks, bias)[0]
+    const = (cbs * cbs).sum(-1) + bs  # (L, K)
+    out = []
+    for s in range(0, len(z), _CHUNK):
+        r = torch.from_numpy(np.asarray(z[s:s + _CHUNK], dtype=np.float64))  # (B, H)
+        first = torch.addmm(const[0][None, :], r, cbs[0].T, alpha=-2.0).argmin(dim=1)
+        res, score = (r - cbs[0][first])[:, None, :], r.new_zeros(len(r), 1)
+        paths = first[:, None, None]  # (B, 1, 1)
+        for m in range(1, levels):
+            d = (res * res).sum(-1, keepdim=True) - 2 * res @ cbs[m].T + const[m] + score[..., None]
+            idx = _smallest(d.reshape(len(r), -1), 1 if m == levels - 1 else beam_width)
+            beam, code = idx // k, idx % k
+            paths = torch.cat([paths.gather(1, beam[..., None].expand(-1, -1, paths.shape[2])), code[..., None]], 2)
+            res = res.gather(1, beam[..., None].expand(-1, -1, res.shape[2])) - cbs[m][code]
+            score = score.gather(1, beam) + bs[m][code]
+        out.append(paths[:, 0])
+    return torch.cat(out).numpy() if out else np.zeros((0, levels), dtype=np.int64)
+
+
 def _sq_dists(r: torch.Tensor, cb: torch.Tensor, cb_sq: torch.Tensor) -> torch.Tensor:
     """(..., H) residuals x (K, H) codes -> (..., K) squared distances, float64."""
     return ((r * r).sum(-1, keepdim=True) + cb_sq) - 2.0 * (r @ cb.T)
 
 
-def greedy_codes(z: np.ndarray, codebooks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy residual quantization in float64 (the rule of ``tok.quantize``; exact ties go to the
-    lower code index).
+def greedy_codes(z: np.ndarray, codebooks: np.ndarray, bias: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy residual quantization in float64 (``tok.quantize`` with beam width 1; exact ties go to
+    the lower code index).
 
     Args:
         z: (N, H) latents.
-        codebooks: (L, K, H).
+        codebooks: (L, K, H). bias: (L, K) added to the codes' squared distances, or None.
 
     Returns:
         codes (N, L) int64 and the squared norm of the final residual (N,) float64, i.e. the
@@ -220,6 +273,8 @@ def greedy_codes(z: np.ndarray, codebooks: np.ndarray) -> tuple[np.ndarray, np.n
     z64 = torch.from_numpy(np.asarray(z, dtype=np.float64))
     cb64 = torch.from_numpy(np.asarray(codebooks, dtype=np.float64))  # (L, K, H)
     sq64 = (cb64 * cb64).sum(-1)  # (L, K)
+    if bias is not None:
+        sq64 = sq64 + torch.from_numpy(np.asarray(bias, dtype=np.float64))
     levels = cb64.shape[0]
     codes_out, resid_out = [], []
     for s in range(0, len(z64), _CHUNK):
@@ -254,7 +309,7 @@ def _smallest(d: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def candidate_paths(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray, beam_width: int, *,
-                    part: Literal["all", "last", "deeper"] = "all") -> np.ndarray:
+                    part: Literal["all", "last", "deeper"] = "all", bias: np.ndarray | None = None) -> np.ndarray:
     """Alternative code paths for each movie, nearest first within each shared-prefix length.
 
     Order: first the paths that keep the first L - 1 codes (the ``LAST_LEVEL_CANDIDATES`` nearest
@@ -274,7 +329,9 @@ def candidate_paths(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray, bea
 
     zt = torch.from_numpy(np.asarray(z, dtype=np.float64))
     cbs = torch.from_numpy(np.asarray(codebooks, dtype=np.float64))  # (L, K, H)
-    cb_sq = (cbs * cbs).sum(-1)  # (L, K)
+    cb_sq = (cbs * cbs).sum(-1)  # (L, K); with the codes' biases: distances are ranked as the tokenizer ranks them
+    if bias is not None:
+        cb_sq = cb_sq + torch.from_numpy(np.asarray(bias, dtype=np.float64))
     ct = torch.from_numpy(np.asarray(codes, dtype=np.int64))
     m, levels, k = len(zt), cbs.shape[0], cbs.shape[1]
     w = max(1, min(beam_width, k - 1))
@@ -311,7 +368,8 @@ def candidate_paths(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray, bea
     return torch.cat(groups, dim=1).numpy() if groups else np.zeros((m, 0), dtype=np.int64)
 
 
-def _exhaustive_order(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray) -> np.ndarray:
+def _exhaustive_order(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray,
+                      bias: np.ndarray | None = None) -> np.ndarray:
     """Every code path for one movie, by shared prefix with its greedy path (longest first), then by
     distance to the latent. Only for small K^L (<= EXHAUSTIVE_MAX_PATHS)."""
     levels, k, _ = codebooks.shape
@@ -319,6 +377,8 @@ def _exhaustive_order(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray) -
     all_codes = path_codes(all_paths, k, levels)  # (P, L)
     points = codebooks[np.arange(levels)[None, :], all_codes].sum(1)  # (P, H)
     dist = np.square(points - z[None, :]).sum(1)
+    if bias is not None:
+        dist = dist + np.asarray(bias)[np.arange(levels)[None, :], all_codes].sum(1)
     shared = np.cumprod(all_codes == codes[None, :], axis=1).sum(1)
     return all_paths[np.lexsort((all_paths, dist, -shared))]
 
@@ -349,6 +409,7 @@ def make_unique(
     codebooks: np.ndarray | None = None,
     beam_width: int = 8,
     reserved: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
 ) -> Assignment:
     """Turn greedy codes into unique SIDs (pure; deterministic for the same inputs in any order).
 
@@ -363,6 +424,8 @@ def make_unique(
         beam_width: beam of the semantic search.
         reserved: (R, L) or (R, L + 1) tokens of SIDs that must not be issued again (incremental
             runs: kept and retired SIDs).
+        bias: (L, K) the codes' biases (``tok.code_bias``), so alternatives are ranked as the tokenizer
+            ranks codes; None for zeros.
 
     Returns:
         An `Assignment`; tokens have L + 1 columns when a collision token is used (always for
@@ -433,7 +496,7 @@ def make_unique(
         # mover, computed for all at once by deferred acceptance (with one priority order for every
         # path it gives exactly that serial result).
         cands = np.concatenate([  # (M, T), in blocks to bound memory
-            candidate_paths(z[b], codebooks, codes[movers[b]], beam_width, part="last")
+            candidate_paths(z[b], codebooks, codes[movers[b]], beam_width, part="last", bias=bias)
             for b in np.array_split(np.arange(len(movers)), max(1, -(-len(movers) // _CHUNK)))])
         got = _serve_in_order(cands, ~_member(cands, used_arr))  # (M,) path or -1
         # 2. Movers left without one (their whole last level is taken) search deeper, one by one in
@@ -441,10 +504,11 @@ def make_unique(
         used = set(used_arr.tolist()) | set(got[got >= 0].tolist())
         for j in np.flatnonzero(got < 0).tolist():
             if levels > 1:
-                deeper = candidate_paths(z[j:j + 1], codebooks, codes[movers[j:j + 1]], beam_width, part="deeper")[0]
+                deeper = candidate_paths(z[j:j + 1], codebooks, codes[movers[j:j + 1]], beam_width, part="deeper",
+                                         bias=bias)[0]
                 got[j] = next((p for p in deeper.tolist() if p not in used), -1)
             if got[j] < 0 and k ** levels <= EXHAUSTIVE_MAX_PATHS:  # small space: scan it all
-                got[j] = next((p for p in _exhaustive_order(z[j], codebooks, codes[movers[j]]).tolist()
+                got[j] = next((p for p in _exhaustive_order(z[j], codebooks, codes[movers[j]], bias).tolist()
                                if p not in used), -1)
             if got[j] >= 0:
                 used.add(int(got[j]))
@@ -549,13 +613,14 @@ def assign_sids(
     levels, k = int(tok.config.levels), int(tok.config.codebook_size)
     tok64 = exact_model(tok)  # the float64 CPU reference: decides every close call
     codebooks = tok64.codebooks.numpy()  # (L, K, H) float64
+    bias = tok64.code_bias.numpy()  # (L, K) float64
     codes, unsure = fast_codes(tok, x, batch_size=cfg.batch_size)  # float32, on the tokenizer's device
     rows = np.flatnonzero(unsure)
     if len(rows):
-        codes[rows] = greedy_codes(exact_latents(tok64, x, rows), codebooks)[0]
+        codes[rows] = reference_codes(exact_latents(tok64, x, rows), codebooks, bias, int(tok64.beam_width))
     a = make_unique(codes, movie_ids, strategy=cfg.strategy, codebook_size=k,
                     latents=lambda r: exact_latents(tok64, x, r), codebooks=codebooks,
-                    beam_width=cfg.beam_width, reserved=reserved)
+                    beam_width=cfg.beam_width, reserved=reserved, bias=bias)
     stats: dict[str, Any] = {
         "strategy": cfg.strategy,
         "n_movies": int(len(movie_ids)),

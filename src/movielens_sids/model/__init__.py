@@ -82,6 +82,7 @@ def load_tokenizer(directory: str | Path) -> RQVAE | RQKMeans:
     Raises:
         SidsError: a file is missing or unreadable, or the weights do not match ``config.json``.
     """
+    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -103,6 +104,8 @@ def load_tokenizer(directory: str | Path) -> RQVAE | RQKMeans:
         raise SidsError(f"{directory / WEIGHTS_NAME} is not a readable safetensors file ({e})") from e
     model = cls(config)
     expected = model.state_dict()
+    if "quantizer.code_bias" in expected and "quantizer.code_bias" not in state:  # written before biases existed
+        state["quantizer.code_bias"] = torch.zeros_like(expected["quantizer.code_bias"])
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
@@ -110,8 +113,6 @@ def load_tokenizer(directory: str | Path) -> RQVAE | RQKMeans:
         detail = "; ".join(f"{what}: {', '.join(keys[:3])}" for what, keys in
                            (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
         raise SidsError(f"{directory / WEIGHTS_NAME} does not match {CONFIG_NAME} ({detail})")
-    import torch
-
     with torch.no_grad():
         model.load_state_dict(state, strict=True)
     return model.eval()

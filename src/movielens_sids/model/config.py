@@ -45,9 +45,20 @@ class RQVAEConfig:
     0.914 while lowering the error). 1.0 turns it off."""
     kmeans_max_points: int = 65536
     """At most this many movies (a seeded sample) feed the k-means initialisation."""
+    balance: float = 0.0
+    """How far each level's code usage is pushed towards uniform: a residual goes to the code with the
+    smallest ||r - c_k||^2 + b_k (a power diagram), with biases b from semi-discrete optimal transport
+    (Sinkhorn) to uniform usage, scaled by this factor, fitted with the codebooks at initialisation
+    (balanced k-means) and fixed afterwards. 0: plain nearest code. On 87k MiniLM vectors 0.5 (with
+    beam_width 8) took first-token lift from 81 to 96 and unique IDs from 0.92 to 0.937."""
+    beam_width: int = 1
+    """Levels 2..L are encoded jointly by a beam search of this width, minimising the final error
+    (plus the codes' biases); level 1 stays the nearest code, so the first token keeps its meaning.
+    1: greedy, level by level."""
 
     def __post_init__(self) -> None:
-        for name in ("input_dim", "latent_dim", "levels", "codebook_size", "kmeans_iters", "kmeans_max_points"):
+        for name in ("input_dim", "latent_dim", "levels", "codebook_size", "kmeans_iters", "kmeans_max_points",
+                     "beam_width"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"model.{name}: must be >= 1, got {getattr(self, name)}")
         if any(int(h) < 1 for h in self.hidden_dims):
@@ -60,6 +71,8 @@ class RQVAEConfig:
             raise ValueError("model.commitment_weight / model.codebook_weight: must be >= 0")
         if not 0.0 < self.kmeans_clip_quantile <= 1.0:
             raise ValueError(f"model.kmeans_clip_quantile: must be in (0, 1], got {self.kmeans_clip_quantile}")
+        if not 0.0 <= self.balance <= 1.0:
+            raise ValueError(f"model.balance: must be in [0, 1], got {self.balance}")
         if self.dead_code_window < 0:
             raise ValueError(f"model.dead_code_window: must be >= 0, got {self.dead_code_window}")
         self.hidden_dims = [int(h) for h in self.hidden_dims]

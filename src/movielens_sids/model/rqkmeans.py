@@ -60,6 +60,14 @@ class RQKMeans(PretrainedMixin, nn.Module):
         """(L, K, D) the centroids."""
         return self.centroids
 
+    @property
+    def code_bias(self) -> torch.Tensor:
+        """(L, K) zeros: plain nearest centroid (the RQ-VAE's interface)."""
+        return self.centroids.new_zeros(self.centroids.shape[:2])
+
+    beam_width = 1
+    """Greedy, level by level."""
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Identity: x (B, D) -> (B, D)."""
         return x

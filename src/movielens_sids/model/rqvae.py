@@ -37,19 +37,66 @@ from .config import RQVAEConfig
 # k-means, for the codebook initialisation
 
 
-def nearest_code(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest code (squared L2) for each row; distances by one matrix product.
+def nearest_code(x: torch.Tensor, codebook: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Index of the nearest code (squared L2, plus the code's bias if given) for each row; distances by
+    one matrix product.
 
     Args:
         x: (B, H) vectors.
         codebook: (K, H) codes.
+        bias: (K,) added to each code's squared distance (a power diagram; see ``RQVAEConfig.balance``).
 
     Returns:
         (B,) int64 indices.
     """
     # ||x - e||^2 = ||x||^2 - 2 x.e + ||e||^2; ||x||^2 is the same for every code, so it is dropped.
-    dist = torch.addmm((codebook * codebook).sum(1)[None, :], x, codebook.T, alpha=-2.0)  # (B, K)
+    const = (codebook * codebook).sum(1) if bias is None else (codebook * codebook).sum(1) + bias  # (K,)
+    dist = torch.addmm(const[None, :], x, codebook.T, alpha=-2.0)  # (B, K)
     return dist.argmin(dim=1)
+
+
+def beam_search(residual: torch.Tensor, codebooks: torch.Tensor, bias: torch.Tensor, width: int,
+                tol: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Codes for several residual levels at once: the path with the smallest final squared error plus
+    the chosen codes' biases, found by a beam of ``width`` partial paths.
+
+    Distances come from inner products: ``r.C_m`` once per level and code-code tables ``C_j.C_m``, so
+    a beam entry costs O(K) per level instead of O(K H).
+
+    Args:
+        residual: (B, H) what the levels quantize.
+        codebooks: (M, K, H) the levels' codes. bias: (M, K) their biases.
+        width: partial paths kept after each level but the last.
+        tol: (B,) if given, also report the rows where the final choice, or the cut of a beam, was
+            within tol of going the other way (close calls, for callers that re-check them).
+
+    Returns:
+        (B, M) int64 codes, and with ``tol`` the (B,) bool close calls.
+    """
+    b = residual.shape[0]
+    close = torch.zeros(b, dtype=torch.bool, device=residual.device)
+    levels, k = codebooks.shape[0], codebooks.shape[1]
+    sq = (codebooks * codebooks).sum(-1)  # (M, K)
+    # dots[m]: (B, W, K) inner products of each beam entry's residual with level m's codes
+    dots = [(residual @ cb.T)[:, None, :] for cb in codebooks]
+    score = (residual * residual).sum(1)[:, None]  # (B, W): ||residual||^2 + biases of the codes chosen so far
+    paths = torch.zeros(b, 1, 0, dtype=torch.int64, device=residual.device)  # (B, W, m)
+    for m in range(levels):
+        d = score[..., None] - 2 * dots[m] + (sq[m] + bias[m])  # (B, W, K): squared error after this level + biases
+        flat = d.reshape(b, -1)
+        keep = 1 if m == levels - 1 else min(width, flat.shape[1])
+        extra = int(tol is not None and keep < flat.shape[1])  # one more, to see how close the cut was
+        vals, idx = flat.topk(keep + extra, dim=1, largest=False)  # (B, W')
+        if extra:
+            close |= vals[:, keep] - vals[:, keep - 1] <= tol
+            vals, idx = vals[:, :keep], idx[:, :keep]
+        beam, code = idx // k, idx % k
+        paths = torch.cat([paths.gather(1, beam[..., None].expand(-1, -1, paths.shape[2])), code[..., None]], 2)
+        score = vals
+        for j in range(m + 1, levels):  # the residual lost code_m: r.C_j -= C_m[code].C_j
+            table = codebooks[m] @ codebooks[j].T  # (K, K)
+            dots[j] = dots[j].gather(1, beam[..., None].expand(-1, -1, k)) - table[code]
+    return paths[:, 0] if tol is None else (paths[:, 0], close)
 
 
 def kmeans(x: torch.Tensor, k: int, *, iters: int = 20, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -82,6 +129,57 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 20, generator: torch.Generat
             far = err.topk(int(empty.sum())).indices
             centroids[empty] = x[far]
     return centroids
+
+
+def sinkhorn_bias(dist: torch.Tensor, eps: float, iters: int = 50, init: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-code biases b such that assigning each row to argmin_k dist + b gives (nearly) uniform code
+    usage: the dual potentials of entropic semi-discrete optimal transport to the uniform distribution
+    (Cuturi 2013), by fixed-point iterations on the codes' side.
+
+    Args:
+        dist: (N, K) squared distances. eps: entropic temperature, in the units of dist.
+        init: (K,) biases to start from (a warm start).
+
+    Returns:
+        (K,) biases with mean 0.
+    """
+    k = dist.shape[1]
+    b = dist.new_zeros(k) if init is None else init.clone()
+    for _ in range(iters):
+        usage = torch.softmax(-(dist + b) / eps, dim=1).mean(0)  # (K,)
+        b = b + eps * torch.log(usage.clamp_min(1e-12) * k)
+    return b - b.mean()
+
+
+def balanced_kmeans(x: torch.Tensor, k: int, *, iters: int, balance: float, rounds: int = 3,
+                    sample: int = 16384, generator: torch.Generator | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means, then ``rounds`` of: biases towards uniform usage (``sinkhorn_bias`` on a seeded sample of
+    at most ``sample`` points, x ``balance``), reassign every point by ``nearest_code`` with the biases,
+    move each centroid to the mean of its points; the biases are fitted once more at the end.
+
+    Returns:
+        (k, H) centroids and (k,) biases (zeros when ``balance`` is 0).
+    """
+    centroids = kmeans(x, k, iters=iters, generator=generator)
+    bias = x.new_zeros(k)
+    if balance <= 0:
+        return centroids, bias
+    sub = x if len(x) <= sample else x[torch.randperm(len(x), generator=generator)[:sample].to(x.device)]
+    full = x.new_zeros(k)  # the unscaled potentials, warm-started round to round
+    for r in range(rounds + 1):
+        dist = ((sub * sub).sum(1, keepdim=True) + (centroids * centroids).sum(1)[None]
+                - 2 * sub @ centroids.T).clamp_min(0)  # (S, K)
+        eps = 0.02 * float(dist.min(dim=1).values.mean())  # 2% of the typical distance to the nearest code
+        full = sinkhorn_bias(dist, max(eps, 1e-12), iters=50 if r == 0 else 20, init=full)  # later rounds: warm
+        bias = balance * full
+        if r == rounds:
+            break
+        assign = nearest_code(x, centroids, bias)  # (N,)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).to(x.dtype)
+        centroids = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centroids)
+    return centroids, bias
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -134,20 +232,32 @@ class ResidualQuantizer(nn.Module):
     """
 
     def __init__(self, *, levels: int, codebook_size: int, dim: int, gradient: str = "rotation",
-                 dead_code_window: int = 20) -> None:
+                 dead_code_window: int = 20, beam_width: int = 1) -> None:
         super().__init__()
         self.gradient = gradient
         self.dead_code_window = dead_code_window
+        self.beam_width = beam_width
         # Small random codes until init_codebooks puts them on the data (k-means).
         self.codebooks = nn.Parameter(torch.randn(levels, codebook_size, dim) * dim ** -0.5)  # (L, K, H)
         # Steps since each code was last chosen in training; drives dead-code re-seeding.
         self.register_buffer("idle_steps", torch.zeros(levels, codebook_size, dtype=torch.long))  # (L, K)
+        # Added to each code's squared distance when assigning (a power diagram); 0 = nearest code.
+        self.register_buffer("code_bias", torch.zeros(levels, codebook_size))  # (L, K)
 
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
-        """Greedy residual assignment. z: (B, H) -> codes (B, L) int64."""
-        residual, codes = z, []
-        for codebook in self.codebooks:  # (K, H)
-            idx = nearest_code(residual, codebook)  # (B,)
+        """Residual assignment: level 1 by ``nearest_code`` (with the biases), levels 2..L greedily or, with
+        ``beam_width`` > 1, jointly by ``beam_search``. z: (B, H) -> codes (B, L) int64."""
+        cbs, bias = self.codebooks, self.code_bias
+        first = nearest_code(z, cbs[0], bias[0])  # (B,)
+        residual = z - cbs[0][first]
+        if len(cbs) == 1:
+            return first[:, None]
+        if self.beam_width > 1:  # in blocks: the beam's (B, W, K) tables stay in cache
+            rest = torch.cat([beam_search(r, cbs[1:], bias[1:], self.beam_width) for r in residual.split(4096)])
+            return torch.cat([first[:, None], rest], 1)
+        codes = [first]
+        for codebook, b in zip(cbs[1:], bias[1:]):  # (K, H), (K,)
+            idx = nearest_code(residual, codebook, b)  # (B,)
             residual = residual - codebook[idx]
             codes.append(idx)
         return torch.stack(codes, dim=1)  # (B, L)
@@ -159,10 +269,12 @@ class ResidualQuantizer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         residual = z  # (B, H)
+        with torch.no_grad():
+            all_codes = self.quantize(z.detach())  # (B, L)
         codes, residuals = [], []
         codebook_loss = commit_loss = z.new_zeros(())
-        for codebook in self.codebooks:
-            idx = nearest_code(residual.detach(), codebook.detach())  # (B,)
+        for level, codebook in enumerate(self.codebooks):
+            idx = all_codes[:, level]  # (B,)
             e = codebook[idx]  # (B, H), differentiable w.r.t. the codebook
             codebook_loss = codebook_loss + (residual.detach() - e).pow(2).sum(-1).mean()
             commit_loss = commit_loss + (residual - e.detach()).pow(2).sum(-1).mean()
@@ -182,7 +294,7 @@ class ResidualQuantizer(nn.Module):
         return QuantizerOutput(quantized, codes, torch.stack(residuals), codebook_loss, commit_loss)
 
     @torch.no_grad()
-    def init_codebooks(self, z: torch.Tensor, *, iters: int, clip_quantile: float = 1.0,
+    def init_codebooks(self, z: torch.Tensor, *, iters: int, clip_quantile: float = 1.0, balance: float = 0.0,
                        generator: torch.Generator | None = None) -> None:
         """Residual k-means on latents z (N, H): level l's codes are the centroids of level l's residuals.
 
@@ -196,9 +308,11 @@ class ResidualQuantizer(nn.Module):
                 norms = residual.norm(dim=1)  # (N,)
                 cap = torch.quantile(norms, clip_quantile)
                 fit = residual * (cap / norms.clamp_min(1e-12)).clamp(max=1.0)[:, None]
-            centroids = kmeans(fit, self.codebooks.shape[1], iters=iters, generator=generator)  # (K, H)
+            centroids, bias = balanced_kmeans(fit, self.codebooks.shape[1], iters=iters, balance=balance,
+                                              generator=generator)  # (K, H), (K,)
             self.codebooks[level] = centroids
-            residual = residual - centroids[nearest_code(residual, centroids)]
+            self.code_bias[level] = bias
+            residual = residual - centroids[nearest_code(residual, centroids, bias)]
         self.idle_steps.zero_()
 
     @torch.no_grad()
@@ -229,6 +343,7 @@ class ResidualQuantizer(nn.Module):
             slots = torch.nonzero(dead[level]).flatten()
             pick = torch.randint(batch, (len(slots),), generator=generator, device="cpu").to(codes.device)
             self.codebooks[level, slots] = residuals[level, pick]
+            self.code_bias[level, slots] = 0.0  # an average bias: a dead code may have died of a large one
         self.idle_steps.masked_fill_(dead, 0)
         return n_dead
 
@@ -333,12 +448,23 @@ class RQVAE(PretrainedMixin, nn.Module):
             self.encoder = mlp([d, *config.hidden_dims, h])  # D -> ... -> H
             self.decoder = mlp([h, *reversed(config.hidden_dims), d])  # H -> ... -> D
         self.quantizer = ResidualQuantizer(levels=config.levels, codebook_size=config.codebook_size, dim=h,
-                                           gradient=config.gradient, dead_code_window=config.dead_code_window)
+                                           gradient=config.gradient, dead_code_window=config.dead_code_window,
+                                           beam_width=config.beam_width)
 
     @property
     def codebooks(self) -> torch.Tensor:
         """(L, K, H) the code vectors."""
         return self.quantizer.codebooks.detach()
+
+    @property
+    def code_bias(self) -> torch.Tensor:
+        """(L, K) added to each code's squared distance when assigning (0: plain nearest code)."""
+        return self.quantizer.code_bias
+
+    @property
+    def beam_width(self) -> int:
+        """Width of the beam over levels 2..L (1: greedy)."""
+        return self.quantizer.beam_width
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, D) -> latent (B, H)."""
@@ -374,5 +500,5 @@ class RQVAE(PretrainedMixin, nn.Module):
             x = x[torch.randperm(x.shape[0], generator=generator)[: self.config.kmeans_max_points].to(x.device)]
         z = torch.cat([self.encode(chunk) for chunk in x.split(batch_size)])  # (N, H)
         self.quantizer.init_codebooks(z, iters=self.config.kmeans_iters, clip_quantile=self.config.kmeans_clip_quantile,
-                                      generator=generator)
+                                      balance=self.config.balance, generator=generator)
 
