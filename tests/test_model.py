@@ -308,3 +308,13 @@ def test_training_step_uses_the_quantizer_rule_with_beam_and_biases():
         assert torch.equal(out.codes, model.quantize(model.encode(x)))
     out.losses.total.backward()
     assert model.quantizer.codebooks.grad is not None
+
+
+def test_refining_the_deeper_levels_lowers_the_error_and_keeps_level_one():
+    x = clustered(800, centers=30)
+    base = init_model(tiny(encoder="identity", levels=3, beam_width=3), x)
+    refined = init_model(tiny(encoder="identity", levels=3, beam_width=3, refine_rounds=2), x)
+    assert torch.equal(base.codebooks[0], refined.codebooks[0])
+    with torch.no_grad():
+        err = [float((x - m.decode_codes(m.quantize(m.encode(x)))).square().sum(1).mean()) for m in (base, refined)]
+    assert err[1] < err[0]

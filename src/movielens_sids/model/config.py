@@ -51,6 +51,9 @@ class RQVAEConfig:
     (Sinkhorn) to uniform usage, scaled by this factor, fitted with the codebooks at initialisation
     (balanced k-means) and fixed afterwards. 0: plain nearest code. On 87k MiniLM vectors 0.5 (with
     beam_width 8) took first-token lift from 81 to 96 and unique IDs from 0.92 to 0.937."""
+    refine_rounds: int = 0
+    """After the initialisation, rounds of joint refitting of levels 2..L for the actual encoding
+    (``quantize``, beam included): each code becomes the mean of what the other levels leave."""
     beam_width: int = 1
     """Levels 2..L are encoded jointly by a beam search of this width, minimising the final error
     (plus the codes' biases); level 1 stays the nearest code, so the first token keeps its meaning.
@@ -71,6 +74,8 @@ class RQVAEConfig:
             raise ValueError("model.commitment_weight / model.codebook_weight: must be >= 0")
         if not 0.0 < self.kmeans_clip_quantile <= 1.0:
             raise ValueError(f"model.kmeans_clip_quantile: must be in (0, 1], got {self.kmeans_clip_quantile}")
+        if self.refine_rounds < 0:
+            raise ValueError(f"model.refine_rounds: must be >= 0, got {self.refine_rounds}")
         if not 0.0 <= self.balance <= 1.0:
             raise ValueError(f"model.balance: must be in [0, 1], got {self.balance}")
         if self.dead_code_window < 0:

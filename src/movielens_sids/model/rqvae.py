@@ -294,6 +294,26 @@ class ResidualQuantizer(nn.Module):
         return QuantizerOutput(quantized, codes, torch.stack(residuals), codebook_loss, commit_loss)
 
     @torch.no_grad()
+    def refine_codebooks(self, z: torch.Tensor, rounds: int = 1) -> None:
+        """Refit levels 2..L jointly for the encoding ``quantize`` does (beam included): each code moves to
+        the mean of what the other levels leave of the residuals assigned to it (block coordinate descent
+        on the reconstruction error, as additive quantization refines residual k-means; Babenko &
+        Lempitsky 2014). Biases and level 1 stay as they are."""
+        levels = self.codebooks.shape[0]
+        for _ in range(rounds):
+            codes = self.quantize(z)  # (N, L)
+            parts = self.codebooks[torch.arange(levels, device=z.device), codes]  # (N, L, H)
+            for level in range(1, levels):
+                target = z - parts.sum(1) + parts[:, level]  # what the other levels leave, (N, H)
+                idx = codes[:, level]
+                k = self.codebooks.shape[1]
+                sums = torch.zeros_like(self.codebooks[level]).index_add_(0, idx, target)
+                counts = torch.bincount(idx, minlength=k).to(z.dtype)
+                new = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], self.codebooks[level])
+                self.codebooks[level] = new
+                parts[:, level] = new[idx]
+
+    @torch.no_grad()
     def init_codebooks(self, z: torch.Tensor, *, iters: int, clip_quantile: float = 1.0, balance: float = 0.0,
                        generator: torch.Generator | None = None) -> None:
         """Residual k-means on latents z (N, H): level l's codes are the centroids of level l's residuals.
@@ -501,4 +521,6 @@ class RQVAE(PretrainedMixin, nn.Module):
         z = torch.cat([self.encode(chunk) for chunk in x.split(batch_size)])  # (N, H)
         self.quantizer.init_codebooks(z, iters=self.config.kmeans_iters, clip_quantile=self.config.kmeans_clip_quantile,
                                       balance=self.config.balance, generator=generator)
+        if self.config.refine_rounds:
+            self.quantizer.refine_codebooks(z, rounds=self.config.refine_rounds)
 
