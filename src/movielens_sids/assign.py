@@ -213,41 +213,15 @@ def fast_codes(tok, x: np.ndarray, *, device=None, batch_size: int = 16384,
     return codes_out.numpy(), unsure_out.numpy()
 
 
-def reference_codes(z: np.ndarray, codebooks: np.ndarray, bias: np.ndarray | None = None,
-                    beam_width: int = 1) -> np.ndarray:
-    """The tokenizer's rule in float64 with deterministic ties (lower code index, then lower beam
-    position): level 1 the nearest code with its bias, levels 2..L greedily or by a beam.
-
-    Args:
-        z: (N, H) latents. codebooks: (L, K, H). bias: (L, K) or None (zeros).
-
-    Returns:
-        (N, L) int64 codes.
-    """
+def reference_codes(tok64, z: np.ndarray) -> np.ndarray:
+    """The float64 reference's codes for latents z (N, H): ``tok64.quantize`` (``exact_model``) on the
+    CPU, in blocks. Returns (N, L) int64."""
     import torch
 
-    cbs = torch.from_numpy(np.asarray(codebooks, dtype=np.float64))
-    levels, k = cbs.shape[0], cbs.shape[1]
-    bs = torch.zeros(levels, k, dtype=torch.float64) if bias is None else torch.from_numpy(
-        np.asarray(bias, dtype=np.float64))
-    if beam_width <= 1 or levels == 1:
-        return greedy_codes(z, codebooks, bias)[0]
-    const = (cbs * cbs).sum(-1) + bs  # (L, K)
-    out = []
-    for s in range(0, len(z), _CHUNK):
-        r = torch.from_numpy(np.asarray(z[s:s + _CHUNK], dtype=np.float64))  # (B, H)
-        first = torch.addmm(const[0][None, :], r, cbs[0].T, alpha=-2.0).argmin(dim=1)
-        res, score = (r - cbs[0][first])[:, None, :], r.new_zeros(len(r), 1)
-        paths = first[:, None, None]  # (B, 1, 1)
-        for m in range(1, levels):
-            d = (res * res).sum(-1, keepdim=True) - 2 * res @ cbs[m].T + const[m] + score[..., None]
-            idx = _smallest(d.reshape(len(r), -1), 1 if m == levels - 1 else beam_width)
-            beam, code = idx // k, idx % k
-            paths = torch.cat([paths.gather(1, beam[..., None].expand(-1, -1, paths.shape[2])), code[..., None]], 2)
-            res = res.gather(1, beam[..., None].expand(-1, -1, res.shape[2])) - cbs[m][code]
-            score = score.gather(1, beam) + bs[m][code]
-        out.append(paths[:, 0])
-    return torch.cat(out).numpy() if out else np.zeros((0, levels), dtype=np.int64)
+    zt = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float64))
+    with torch.inference_mode():
+        out = [tok64.quantize(b) for b in zt.split(_CHUNK)]
+    return torch.cat(out).numpy() if out else np.zeros((0, int(tok64.codebooks.shape[0])), dtype=np.int64)
 
 
 def _sq_dists(r: torch.Tensor, cb: torch.Tensor, cb_sq: torch.Tensor) -> torch.Tensor:
@@ -458,14 +432,15 @@ def make_unique(
     group_size[order] = np.repeat(sizes, sizes)
     on_reserved = _member(paths, res_set)
     collided = (group_size > 1) | on_reserved
-    if strategy == "semantic" and (group_size > 1).any():
-        # Within a group the keeper is the movie closest to the path's point (ties: smallest movie_id).
+    if strategy == "semantic" and collided.any():
         if latents is None or codebooks is None:
             raise ValueError("the semantic strategy needs latents and codebooks")
-        rows = np.flatnonzero(group_size > 1)
-        z_rows = latents[rows] if isinstance(latents, np.ndarray) else latents(rows)  # (M, H)
+        need = np.flatnonzero(collided)  # every movie whose latent is read below, fetched once
+        z_need = np.asarray(latents[need] if isinstance(latents, np.ndarray) else latents(need), dtype=np.float64)
+        codebooks = np.asarray(codebooks, dtype=np.float64)
+        # Within a group the keeper is the movie closest to the path's point (ties: smallest movie_id).
         resid = np.zeros(n, dtype=np.float64)
-        resid[rows] = path_residuals(z_rows, np.asarray(codebooks, dtype=np.float64), codes[rows])
+        resid[need] = path_residuals(z_need, codebooks, codes[need])
         order = np.lexsort((movie_ids, resid, paths))
     group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
     rank = np.empty(n, dtype=np.int64)
@@ -485,11 +460,7 @@ def make_unique(
     movers = movers[np.argsort(movie_ids[movers], kind="stable")]  # processed in movie_id order
     unresolved: list[int] = []
     if len(movers):
-        if latents is None or codebooks is None:
-            raise ValueError("the semantic strategy needs latents and codebooks")
-        z = latents[movers] if isinstance(latents, np.ndarray) else latents(movers)  # (M, H), row j = movers[j]
-        z = np.asarray(z, dtype=np.float64)
-        codebooks = np.asarray(codebooks, dtype=np.float64)
+        z = z_need[np.searchsorted(need, movers)]  # (M, H), row j = movers[j] (movers are collided)
         used_arr = _unique_sorted(np.concatenate([paths[rank == 0], res_paths]))
         # 1. Nearly every mover finds a free code at the last level. Movers are served in movie_id
         # order, each taking its nearest last-level code that is free and not taken by an earlier
@@ -617,7 +588,7 @@ def assign_sids(
     codes, unsure = fast_codes(tok, x, batch_size=cfg.batch_size)  # float32, on the tokenizer's device
     rows = np.flatnonzero(unsure)
     if len(rows):
-        codes[rows] = reference_codes(exact_latents(tok64, x, rows), codebooks, bias, int(tok64.beam_width))
+        codes[rows] = reference_codes(tok64, exact_latents(tok64, x, rows))
     a = make_unique(codes, movie_ids, strategy=cfg.strategy, codebook_size=k,
                     latents=lambda r: exact_latents(tok64, x, r), codebooks=codebooks,
                     beam_width=cfg.beam_width, reserved=reserved, bias=bias)
