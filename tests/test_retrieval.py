@@ -16,11 +16,13 @@ from movielens_sids.cli import main
 from movielens_sids.errors import SidsError
 from movielens_sids.retrieval.bench import RetrievalConfig, most_popular, random_codes, run_benchmark
 from movielens_sids.retrieval.cli import SECTION_START, replace_section
+from movielens_sids.retrieval.content import content_topk
 from movielens_sids.retrieval.generative import GenerativeRetriever
-from movielens_sids.retrieval.lightning_modules import last_items, training_windows
+from movielens_sids.retrieval.lightning_modules import training_windows
 from movielens_sids.retrieval.metrics import ndcg_at_k, ranking_metrics, recall_at_k, target_ranks
 from movielens_sids.retrieval.sasrec import SASRec
 from movielens_sids.retrieval.sequences import build_split, read_ratings
+from movielens_sids.retrieval.stats import bootstrap, event_scores, paired_differences
 from movielens_sids.retrieval.trie import SidTrie
 
 # --- fixtures ----------------------------------------------------------------------------------
@@ -69,15 +71,18 @@ def test_split_is_leave_one_out_in_time_order():
     movies = np.unique(ratings.movie_id)
     split = build_split(ratings, movies, min_ratings=5)
     assert len(split.users) > 0
+    np.testing.assert_array_equal(split.test.user, np.arange(len(split.users)))  # one test event per user
+    np.testing.assert_array_equal(split.valid.user, np.arange(len(split.users)))
+    test_hist = split.histories(split.test, 50)
     for u, user in enumerate(split.users):
         rows = ratings[ratings.user_id == user].sort_values(["timestamp", "movie_id"])
         seq = np.searchsorted(movies, rows.movie_id.to_numpy())
-        assert split.test[u] == seq[-1]
-        assert split.valid[u] == seq[-2]  # validation is the second to last
-        assert split.test[u] not in split.train[u] and split.test[u] != split.valid[u]
-        assert split.valid[u] not in split.train[u]
+        assert split.test.target[u] == seq[-1]
+        assert split.valid.target[u] == seq[-2]  # validation is the second to last
+        assert split.test.target[u] not in split.train[u] and split.test.target[u] != split.valid.target[u]
+        assert split.valid.target[u] not in split.train[u]
         np.testing.assert_array_equal(split.train[u], seq[:-2])
-        np.testing.assert_array_equal(split.history("test", u), seq[:-1])
+        np.testing.assert_array_equal(test_hist[u][test_hist[u] >= 0], seq[:-1])
 
 
 def test_split_drops_short_users_breaks_ties_by_movie_and_counts_movies_without_sid():
@@ -92,8 +97,8 @@ def test_split_drops_short_users_breaks_ties_by_movie_and_counts_movies_without_
     assert split.info["n_users_dropped_few_ratings"] == 1
     mid = split.movie_ids
     assert mid[split.train[0]].tolist() == [3, 5, 9, 7]  # three ties at t=10, in movie-id order
-    assert mid[split.valid[0]] == 1 and mid[split.test[0]] == 2
-    assert mid[split.test[1]] == 5  # the movie without a SID is never a target
+    assert mid[split.valid.target[0]] == 1 and mid[split.test.target[0]] == 2
+    assert mid[split.test.target[1]] == 5  # the movie without a SID is never a target
 
 
 def test_split_repeat_ratings_never_leak_and_sampling_is_seeded():
@@ -101,7 +106,7 @@ def test_split_repeat_ratings_never_leak_and_sampling_is_seeded():
                             "timestamp": [1, 2, 3, 4, 5, 6, 7]})
     split = build_split(ratings, np.arange(1, 7), min_ratings=5)
     assert split.info["n_repeat_ratings_dropped"] == 1
-    assert split.test[0] not in split.train[0]
+    assert split.test.target[0] not in split.train[0]
     big = synthetic_ratings(n_users=60)
     a = build_split(big, np.unique(big.movie_id), min_ratings=3, max_users=10, seed=1)
     b = build_split(big, np.unique(big.movie_id), min_ratings=3, max_users=10, seed=1)
@@ -131,8 +136,112 @@ def test_training_windows_cover_every_transition_once():
     targets = [int(row[j + 1]) for row in w for j in range(4) if row[j] >= 0]
     assert sorted(targets) == list(range(1, 12))  # every item after the first, exactly once
     assert (w[:, -1] >= 0).all()
-    h = last_items([seq, np.array([3])], 4)
-    assert h.tolist() == [[8, 9, 10, 11], [-1, -1, -1, 3]]
+
+
+def timed_ratings(n_users: int = 50, n_movies: int = 40, seed: int = 0) -> pd.DataFrame:
+    """Ratings spread over time, users starting at different times, some movies only rated late."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(1, n_users + 1):
+        t = int(rng.integers(0, 1000))
+        for m in rng.choice(n_movies, size=int(rng.integers(2, 20)), replace=False):
+            t += int(rng.integers(0, 30))
+            late = t > 1000 and rng.random() < 0.3  # a movie released late: nobody rated it before
+            rows.append((u, n_movies + 1 + int(m) % 5 if late else int(m) + 1, t))
+    rows = pd.DataFrame(rows, columns=["user_id", "movie_id", "timestamp"])
+    return rows.drop_duplicates(["user_id", "movie_id"])
+
+
+def test_temporal_split_keeps_the_future_out_of_training_and_validation():
+    ratings = timed_ratings()
+    movies = np.unique(ratings.movie_id)
+    split = build_split(ratings, movies, protocol="temporal", test_fraction=0.2, valid_fraction=0.1)
+    cut, vstart = split.info["cutoff"], split.info["valid_start"]
+    assert vstart <= cut
+    t_of = lambda ev: np.array([split.times[u][p] for u, p in zip(ev.user, ev.pos)])  # noqa: E731
+    assert (t_of(split.test) >= cut).all()
+    assert ((t_of(split.valid) >= vstart) & (t_of(split.valid) < cut)).all()
+    for u in range(len(split.users)):
+        n = split.n_train[u]
+        assert (split.times[u][:n] < vstart).all() and (split.times[u][n:] >= vstart).all()
+    # every rating at or after the cut-off is a test event, except a user's very first (no history: counted)
+    late = int((ratings.timestamp >= cut).sum())
+    assert len(split.test) + split.info["n_events_dropped_no_history"] >= late > len(split.test) - 1
+    # a validation history holds nothing at or after the cut-off; a test history only what came before it
+    for ev, limit in ((split.valid, cut), (split.test, None)):
+        for u, p in zip(ev.user, ev.pos):
+            before = split.times[u][:p]
+            assert (before <= split.times[u][p]).all() and (limit is None or (before < limit).all())
+    # training windows hold training items only: no (user, item) of a test or validation event
+    train_pairs = {(u, i) for u in range(len(split.users)) for i in split.train[u]}
+    for ev in (split.valid, split.test):
+        assert not train_pairs & set(zip(ev.user.tolist(), ev.target.tolist()))
+
+
+def test_leave_one_out_keeps_the_test_item_out_of_training_and_validation():
+    ratings = timed_ratings()
+    movies = np.unique(ratings.movie_id)
+    split = build_split(ratings, movies, protocol="leave_one_out", min_ratings=3)
+    valid_hist = split.histories(split.valid, 50)
+    for e, u in enumerate(split.test.user):
+        t = split.test.target[e]
+        assert t not in split.train[u] and t not in valid_hist[e]
+        assert split.times[u][split.test.pos[e]] >= split.times[u][: split.test.pos[e]].max()
+
+
+@pytest.mark.parametrize("protocol", ["temporal", "leave_one_out"])
+def test_cold_slice_is_exactly_the_targets_absent_from_training(protocol):
+    ratings = timed_ratings(seed=2)
+    lone = pd.DataFrame({"user_id": [999] * 4, "movie_id": [1, 2, 3, 999], "timestamp": [1, 2, 3, 5000]})
+    ratings = pd.concat([ratings, lone])  # movie 999: rated once, last (a cold test target in both protocols)
+    movies = np.unique(ratings.movie_id)
+    split = build_split(ratings, movies, protocol=protocol, min_ratings=3, test_fraction=0.3)
+    if protocol == "temporal":  # straight from the ratings: movies rated before the validation slice starts
+        trained = set(ratings.movie_id[ratings.timestamp < split.info["valid_start"]])
+    else:
+        trained = {int(split.movie_ids[i]) for t in split.train for i in t}
+    expect = np.array([int(split.movie_ids[t]) not in trained for t in split.test.target])
+    np.testing.assert_array_equal(split.cold(split.test), expect)
+    assert 0 < expect.sum() < len(expect)  # the fixture has both warm and cold events
+
+
+def test_bootstrap_identical_methods_contain_zero_and_a_perfect_method_excludes_it():
+    rng = np.random.default_rng(0)
+    ranks = rng.integers(-1, 30, size=(3, 400))  # (S, E)
+    users = rng.integers(0, 40, size=400)
+    slices = {"all": np.ones(400, bool)}
+    same = paired_differences(ranks, {"twin": ranks.copy()}, ("recall@10", "ndcg@10"), slices, users,
+                              samples=500, seed=0)["twin"]["all"]
+    for m in ("recall@10", "ndcg@10"):
+        assert same[m]["ci_low"] <= 0 <= same[m]["ci_high"] and not same[m]["significant"]
+        assert same[m]["p_value"] == 1.0
+    perfect = np.zeros((1, 400), np.int64)  # the target first on every event
+    d = paired_differences(perfect, {"other": ranks}, ("recall@10",), slices, users, samples=500, seed=0)
+    d = d["other"]["all"]["recall@10"]
+    assert d["ci_low"] > 0 and d["significant"] and d["p_value"] < 0.01
+    # two methods of the same quality, drawn independently: their interval contains 0
+    a, b = rng.random((2, 2000)) < 0.3
+    iv = bootstrap(a.astype(float) - b.astype(float), samples=2000, seed=1)
+    assert iv.low < 0 < iv.high and iv.p_value > 0.05
+
+
+def test_bootstrap_resamples_whole_users():
+    """Events of one user move together: a cluster bootstrap is wider than an event bootstrap when users differ."""
+    users = np.repeat(np.arange(10), 50)
+    values = np.repeat(np.random.default_rng(0).random(10) < 0.5, 50).astype(float)
+    by_user = bootstrap(values, users, samples=2000, seed=0)
+    by_event = bootstrap(values, samples=2000, seed=0)
+    assert by_user.high - by_user.low > 3 * (by_event.high - by_event.low)
+    assert by_user.value == pytest.approx(values.mean())
+
+
+def test_content_topk_ranks_similar_unseen_movies_first():
+    x = np.eye(4, dtype=np.float32)[[0, 0, 1, 2, 3]] + 0.01 * np.arange(5)[:, None]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    hist = np.array([[-1, 0], [3, 4]])
+    top = content_topk(x, hist, [np.array([0]), np.array([3, 4])], window=1, k=3)
+    assert top[0, 0] == 1  # the twin of movie 0, which itself is seen and left out
+    assert 4 not in top[1] and 3 not in top[1]
 
 
 # --- the trie and beam search ------------------------------------------------------------------
@@ -213,7 +322,7 @@ def test_metrics_on_hand_made_cases():
     assert ndcg_at_k(ranks, 4) == pytest.approx(1 / 3)
     m = ranking_metrics(np.tile(np.arange(10), (2, 1)), np.array([2, 11]))
     assert m == pytest.approx({"recall@5": 0.5, "recall@10": 0.5, "ndcg@5": 0.25, "ndcg@10": 0.25})
-    assert most_popular([np.array([3, 3, 1]), np.array([1, 2])], 5, 3).tolist() == [1, 3, 2]
+    assert most_popular(np.array([0, 2, 1, 2, 0]), 3).tolist() == [1, 3, 2]
 
 
 def test_report_section_is_replaced_not_appended():
@@ -231,16 +340,24 @@ def test_bench_learns_a_pattern():
     ratings = synthetic_ratings(n_users=120, n_movies=30)
     movies = np.unique(ratings.movie_id)
     split = build_split(ratings, movies, min_ratings=5)
-    cfg = RetrievalConfig(seeds=[0], max_history=8, d_model=32, n_layers=1, n_heads=2, dropout=0.0, lr=1e-2,
-                          sasrec_lr=1e-2, max_epochs=15, patience=15, batch_size=32, beam_size=10)
+    cfg = RetrievalConfig(seeds=[0], methods=["semantic_id", "random_id", "sasrec_ce", "most_popular"], max_history=8,
+                          d_model=32, n_layers=1, n_heads=2, dropout=0.0, sasrec_dropout=0.0, lr=1e-2, sasrec_lr=1e-2,
+                          max_epochs=15, patience=15, batch_size=32, protocol="leave_one_out")
     res = run_benchmark(split, synthetic_codes(len(movies)), cfg)
-    assert set(res) == {"semantic_id", "random_id", "sasrec", "most_popular"}
-    pop = res["most_popular"]["mean"]["recall@10"]
-    assert res["semantic_id"]["mean"]["recall@10"] > pop
-    assert res["sasrec"]["mean"]["recall@10"] > pop
+    assert set(res) == {"semantic_id", "random_id", "sasrec_ce", "most_popular"}
+    r10 = {name: event_scores(r["ranks"], "recall@10").mean() for name, r in res.items()}
+    assert r10["semantic_id"] > r10["most_popular"] and r10["sasrec_ce"] > r10["most_popular"]
 
 
-def test_cli_end_to_end_writes_report_and_section(tmp_path, capsys):
+def write_embeddings(path, movie_ids: np.ndarray, dim: int = 8, seed: int = 0) -> None:
+    x = np.random.default_rng(seed).normal(size=(len(movie_ids), dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    pq.write_table(pa.table({"movie_id": pa.array(movie_ids, pa.int64()),
+                             "embedding": pa.array(x.tolist(), pa.list_(pa.float32()))}), path)
+
+
+@pytest.mark.parametrize("protocol", ["temporal", "leave_one_out"])
+def test_cli_end_to_end_writes_report_and_section(tmp_path, capsys, protocol):
     ratings = synthetic_ratings(n_users=30)
     ratings.assign(rating=4.0).rename(columns={"user_id": "userId", "movie_id": "movieId"})[
         ["userId", "movieId", "rating", "timestamp"]].to_csv(tmp_path / "ratings.csv", index=False)
@@ -248,21 +365,36 @@ def test_cli_end_to_end_writes_report_and_section(tmp_path, capsys):
     run.mkdir()
     movies = np.unique(ratings.movie_id)
     write_sids(run / "sids.parquet", movies[:-2], synthetic_codes(len(movies) - 2))  # two movies lack a SID
+    write_embeddings(run / "embeddings.parquet", movies)
     (run / "report.md").write_text("# Evaluation\n\nearlier content\n")
     args = ["retrieval", "--run-dir", str(run), "--ratings", str(tmp_path / "ratings.csv"), "--seeds", "0,1",
-            "--max-epochs", "1", "--beam-size", "10", "--retrieval-set", "d_model=16",
-            "--retrieval-set", "max_history=6"]
+            "--protocol", protocol, "--max-epochs", "1", "--set", "retrieval.d_model=16",
+            "--set", "retrieval.max_history=6", "--set", "retrieval.bootstrap_samples=200",
+            "--set", "retrieval.test_fraction=0.3"]
     assert main(args) == 0
     assert main(args) == 0  # a second run replaces its section
     out = capsys.readouterr().out
-    assert "Semantic IDs" in out and "Most popular" in out
+    assert "Semantic IDs" in out and "Most popular" in out and "Content k-NN" in out
     report = json.loads((run / "retrieval" / "report.json").read_text())
-    assert set(report["methods"]) == {"semantic_id", "random_id", "sasrec", "most_popular"}
-    for r in report["methods"].values():
-        assert set(r["per_seed"]) == {"0", "1"} and set(r["mean"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
-    assert report["split"]["n_movies_dropped_no_sid"] == 2 and report["n_users"] > 0
+    assert report["protocol"] == protocol and report["seeds"] == [0, 1]
+    assert set(report["methods"]) == {"semantic_id", "random_id", "sasrec_ce", "most_popular", "content_knn"}
+    sl = report["slices"]
+    assert sl["all"]["events"] == sl["warm"]["events"] + sl["cold"]["events"] > 0
+    for name, r in report["methods"].items():
+        assert len(r["epochs"]) == len(r["train_s"]) == (1 if name in ("most_popular", "content_knn") else 2)
+        for s in ("all", "warm", "cold"):
+            assert set(r[s]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10", "recall@50"}
+            c = r[s]["recall@10"]
+            if sl[s]["events"]:
+                assert c["ci_low"] <= c["mean"] <= c["ci_high"]
+    assert set(report["paired"]) == set(report["methods"]) - {"semantic_id"}
+    d = report["paired"]["random_id"]["all"]["ndcg@10"]
+    assert d["ci_low"] <= d["diff"] <= d["ci_high"] and 0 < d["p_value"] <= 1
+    assert report["cutoff"] > 0 if protocol == "temporal" else "cutoff" not in report
+    assert report["split"]["n_movies_dropped_no_sid"] == 2
+    assert (run / "retrieval" / "recall_at_k.png").stat().st_size > 0
     md = (run / "report.md").read_text()
-    assert md.startswith("# Evaluation") and md.count(SECTION_START) == 1
+    assert md.startswith("# Evaluation") and md.count(SECTION_START) == 1 and "cold" in md
 
 
 def test_cli_bad_input_changes_nothing(tmp_path, capsys):
@@ -278,3 +410,6 @@ def test_cli_bad_input_changes_nothing(tmp_path, capsys):
     assert sorted(p.name for p in run.iterdir()) == ["sids.parquet"]
     assert main(["retrieval", "--run-dir", str(run), "--methods", "semantic_id,bogus"]) == 2
     assert "methods" in capsys.readouterr().err
+    assert main(["retrieval", "--run-dir", str(run), "--set", "retrieval.protocol=future"]) == 2
+    assert "protocol" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["sids.parquet"]

@@ -82,3 +82,22 @@ def write_charts(run_dir: Path, data: dict, names: dict[str, str], *, levels: in
     collision_chart(data["group_sizes"], run_dir / names["collisions"])
     shared_prefix_chart(data["shared_hist"], levels, run_dir / names["shared_prefix"])
     return dict(names)
+
+
+def recall_curve_chart(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
+    """Recall@K for K = 1..len, one line per method, one panel per slice. curves: {slice: {method: [values]}}."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.6), dpi=110, squeeze=False)
+    for ax, (slice_name, by_method) in zip(axes[0], curves.items()):
+        for method, values in by_method.items():
+            ax.plot(np.arange(1, len(values) + 1), values, label=method)
+        ax.set_xlabel("K")
+        ax.set_title(f"{slice_name} events")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("Recall@K")
+    axes[0][-1].legend(fontsize=7)
+    _save(plt, fig, path)

@@ -1,18 +1,29 @@
-"""The four-way generative-retrieval benchmark: do Semantic IDs help a generative recommender?
+"""The generative-retrieval benchmark: do Semantic IDs help a generative recommender?
 
-On one leave-one-out split of the ratings, and for each seed:
+On one split of the ratings (``sequences.py``: temporal or leave-one-out), every method ranks
+movies for the same test events:
 
 - ``semantic_id``: ``GenerativeRetriever`` over the run's Semantic IDs;
 - ``random_id``: the same model and settings over random IDs of the same shape: the run's SIDs
   shuffled across movies (seeded per seed), so L, K per level, uniqueness and even the trie's
   shape are identical and only the link between a movie's content and its tokens is broken;
-- ``sasrec``: SASRec over plain movie ids (full ranking over all movies);
-- ``most_popular``: movies ranked by their number of training interactions.
+- ``sasrec_ce``: SASRec over plain movie ids trained with full softmax cross-entropy over all
+  movies ("SASRec+", Klenitskiy & Vasilev, RecSys 2023), ranking all movies;
+- ``most_popular``: movies ranked by their number of training interactions;
+- ``content_knn``: movies ranked by content-embedding similarity to the user's latest movies
+  (``content.py``), its window chosen on validation.
 
-Metrics are Recall@5/10 and NDCG@5/10 of the held-out last movie of every user. Nothing is
-filtered from the ranked lists (a user's already-rated movies may be recommended: in MovieLens a
-user never rates a movie twice, so this costs every method the same slots); the generative models
-return their top 10 of ``beam_size`` constrained beams, SASRec and most-popular rank all movies.
+Every learned model trains until its validation Recall@10 has not improved for ``patience``
+epochs and keeps its best epoch (``max_epochs`` is only a safety bound, flagged when hit). Each
+method returns the 0-based rank of every test event's target in its top ``MAX_K`` list (-1 when
+absent), per seed; ``stats.py`` turns ranks into metrics and intervals. Nothing is filtered
+from the learned models' lists (a user's already-rated movies may be recommended: in MovieLens a
+user never rates a movie twice, so this costs every learned method the same slots).
+
+ID-based methods (``sasrec_ce``, ``most_popular``) cannot recommend a movie that has no
+training interaction (its embedding is never trained; its count is 0): their cold-slice scores
+are near 0 by construction, not by a flaw of the benchmark. ``random_id`` can generate such a
+movie, but its tokens carry nothing about it.
 """
 
 from __future__ import annotations
@@ -23,14 +34,19 @@ import time
 import numpy as np
 import torch
 
-from .config import METHODS, METRICS, RetrievalConfig, settings_dict  # noqa: F401 (re-exported)
+from .config import RetrievalConfig
+from .content import content_topk
 from .generative import GenerativeRetriever, Recommendations
-from .lightning_modules import fit, last_items, training_windows
-from .metrics import ranking_metrics
+from .lightning_modules import fit, training_windows
+from .metrics import ranking_metrics, target_ranks
 from .sasrec import SASRec
 from .sequences import Split
 
 log = logging.getLogger(__name__)
+
+MAX_K = 50
+"""The longest cut-off: every method ranks this many movies per event."""
+
 
 def random_codes(codes: np.ndarray, seed: int) -> np.ndarray:
     """Random IDs of the same shape: ``codes``' rows shuffled across movies (seeded).
@@ -42,99 +58,104 @@ def random_codes(codes: np.ndarray, seed: int) -> np.ndarray:
     return np.asarray(codes)[perm]
 
 
-def most_popular(windows_items: list[np.ndarray], n_items: int, k: int) -> np.ndarray:
+def most_popular(counts: np.ndarray, k: int) -> np.ndarray:
     """(k,) the ``k`` items with most training interactions, ties broken by item index."""
-    counts = np.bincount(np.concatenate(windows_items) if windows_items else np.empty(0, np.int64),
-                         minlength=n_items)
-    return np.argsort(-counts, kind="stable")[:k]
+    return np.argsort(-np.asarray(counts), kind="stable")[:k]
 
 
 @torch.no_grad()
 def recommend_all(model: torch.nn.Module, history: np.ndarray, *, k: int, beam_size: int, batch_size: int,
                   device: torch.device) -> np.ndarray:
-    """(U, k) top-k items for (U, M) histories, in batches."""
+    """(E, k) top-k items for (E, M) histories, in batches."""
     model.eval().to(device)
     out = []
     for i in range(0, len(history), batch_size):
         h = torch.from_numpy(history[i:i + batch_size]).to(device)
         rec: Recommendations = model.recommend(h, k, beam_size=beam_size)
         out.append(rec.items.cpu().numpy())
-    return np.concatenate(out)
+    return np.concatenate(out) if out else np.empty((0, k), np.int64)
 
 
 def _device(cfg: RetrievalConfig) -> tuple[str, torch.device]:
-    if cfg.device in ("gpu", "cuda") or (cfg.device == "auto" and torch.cuda.is_available()):
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         return "gpu", torch.device("cuda")
     if cfg.device == "mps":
         return "mps", torch.device("mps")
     return "cpu", torch.device("cpu")
 
 
-def _summary(per_seed: dict[int, dict[str, float]]) -> dict:
-    values = {m: np.array([per_seed[s][m] for s in per_seed]) for m in METRICS}
-    return {
-        "mean": {m: float(v.mean()) for m, v in values.items()},
-        "std": {m: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()},
-        "per_seed": {str(s): per_seed[s] for s in per_seed},
-    }
+def _content(vectors: np.ndarray, split: Split, cfg: RetrievalConfig, valid_hist: np.ndarray,
+             test_hist: np.ndarray) -> tuple[np.ndarray, dict]:
+    """content_knn's test lists, with the profile window chosen on validation Recall@10."""
+    curve = {}
+    for w in cfg.content_windows:
+        top = content_topk(vectors, valid_hist, split.seen(split.valid), window=min(w, cfg.max_history), k=10)
+        curve[w] = ranking_metrics(top, split.valid.target, ks=(10,))["recall@10"]
+    best = max(curve, key=lambda w: (curve[w], -w))
+    ranked = content_topk(vectors, test_hist, split.seen(split.test), window=min(best, cfg.max_history), k=MAX_K)
+    return ranked, {"window": int(best), "valid_recall@10_by_window": {str(w): round(v, 4) for w, v in curve.items()}}
 
 
-def run_benchmark(split: Split, codes: np.ndarray, cfg: RetrievalConfig) -> dict:
-    """Train and evaluate every method of ``cfg.methods`` for every seed on ``split``.
+def run_benchmark(split: Split, codes: np.ndarray, cfg: RetrievalConfig, vectors: np.ndarray | None = None) -> dict:
+    """Train and evaluate every method of ``cfg.methods`` for every seed on ``split``'s test events.
 
     Args:
-        split: the leave-one-out split; item ``i`` is ``split.movie_ids[i]``.
+        split: the split; item ``i`` is ``split.movie_ids[i]``.
         codes: (N, L) the Semantic ID of each item of the split, rows distinct.
         cfg: the settings.
+        vectors: (N, D) unit-norm content embeddings of the items (needed by ``content_knn``).
 
     Returns:
-        The ``methods`` part of the report: per method mean/std/per-seed metrics and training facts.
+        ``{method: {"ranks": (S, E) int64 target ranks (S = 1 for seed-free methods), "runs": [per-seed facts]}}``.
     """
     import lightning as L
 
     if len(codes) != len(split.movie_ids):
         raise ValueError(f"codes has {len(codes)} rows for {len(split.movie_ids)} movies")
+    if "content_knn" in cfg.methods and (vectors is None or len(vectors) != len(split.movie_ids)):
+        raise ValueError("content_knn needs one content vector per movie of the split")
     accelerator, device = _device(cfg)
     m = cfg.max_history
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     cap = cfg.max_train_items
     windows = training_windows([t[-cap:] if cap else t for t in split.train], m)
-    valid_hist, valid_tgt = last_items([split.history("valid", u) for u in range(len(split.users))], m), split.valid
-    test_hist, test_tgt = last_items([split.history("test", u) for u in range(len(split.users))], m), split.test
-    log.info("%d users, %d movies, %d training windows of %d movies", len(split.users), len(split.movie_ids),
-             len(windows), m + 1)
-    shape = dict(max_history=m, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, dropout=cfg.dropout)
-    per_seed: dict[str, dict[int, dict[str, float]]] = {name: {} for name in cfg.methods}
-    train_info: dict[str, dict[str, list]] = {name: {} for name in cfg.methods}
+    valid_hist, test_hist = split.histories(split.valid, m), split.histories(split.test, m)
+    log.info("%d users, %d movies, %d training windows of %d movies; %d validation and %d test events",
+             len(split.users), len(split.movie_ids), len(windows), m + 1, len(split.valid), len(split.test))
+    shape = dict(max_history=m, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads)
+    results: dict[str, dict] = {name: {"ranks": [], "runs": []} for name in cfg.methods}
     # Seeds outer, methods inner: an interrupted run still has whole comparisons in its log.
     for seed in cfg.seeds:
         for method in cfg.methods:
+            if method in ("most_popular", "content_knn") and results[method]["runs"]:
+                continue  # no randomness: one run serves every seed
             t0 = time.perf_counter()
             L.seed_everything(seed, workers=False, verbose=False)
-            info: dict = {}
+            info: dict = {"seed": seed}
             if method == "most_popular":
-                top = most_popular(split.train, len(split.movie_ids), 10)
-                ranked = np.broadcast_to(top, (len(test_tgt), 10))
+                top = most_popular(split.train_counts(), MAX_K)
+                ranked = np.broadcast_to(top, (len(split.test), len(top)))
+            elif method == "content_knn":
+                ranked, extra = _content(vectors, split, cfg, valid_hist, test_hist)
+                info.update(extra)
             else:
-                if method == "sasrec":
-                    model = SASRec(len(split.movie_ids), **shape)
-                    lr = cfg.sasrec_lr
+                if method == "sasrec_ce":
+                    model, lr = SASRec(len(split.movie_ids), dropout=cfg.sasrec_dropout, **shape), cfg.sasrec_lr
                 else:
                     ids = codes if method == "semantic_id" else random_codes(codes, seed)
-                    model = GenerativeRetriever(ids, **shape)
-                    lr = cfg.lr
-                info = fit(model, windows, valid_hist, valid_tgt, lr=lr, weight_decay=cfg.weight_decay,
-                           batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-                           max_epochs=cfg.max_epochs, patience=cfg.patience, beam_size=cfg.beam_size,
-                           seed=seed, accelerator=accelerator)
-                ranked = recommend_all(model, test_hist, k=10, beam_size=cfg.beam_size,
+                    model, lr = GenerativeRetriever(ids, dropout=cfg.dropout, **shape), cfg.lr
+                info.update(fit(model, windows, valid_hist, split.valid.target, lr=lr, weight_decay=cfg.weight_decay,
+                                batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
+                                max_epochs=cfg.max_epochs, patience=cfg.patience, beam_size=cfg.valid_beam_size,
+                                seed=seed, accelerator=accelerator))
+                ranked = recommend_all(model, test_hist, k=MAX_K, beam_size=cfg.beam_size,
                                        batch_size=cfg.eval_batch_size, device=device)
-            metrics = per_seed[method][seed] = ranking_metrics(ranked, test_tgt)
-            info["seconds"] = round(time.perf_counter() - t0, 1)
-            for key, value in info.items():
-                train_info[method].setdefault(key, []).append(value)
-            log.info("seed %d %-12s recall@10 %.4f ndcg@10 %.4f (%s)", seed, method, metrics["recall@10"],
-                     metrics["ndcg@10"], ", ".join(f"{k} {v}" for k, v in info.items() if k != "valid_curve"))
-    results = {name: {**_summary(per_seed[name]), "training": train_info[name]} for name in cfg.methods}
-    return results
+            ranks = target_ranks(ranked, split.test.target)
+            info["train_s"] = round(time.perf_counter() - t0, 1)
+            results[method]["ranks"].append(ranks)
+            results[method]["runs"].append(info)
+            r10 = float(((ranks >= 0) & (ranks < 10)).mean())
+            log.info("seed %d %-12s recall@10 %.4f (%s)", seed, method, r10,
+                     ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("valid_curve", "seed")))
+    return {name: {"ranks": np.stack(r["ranks"]), "runs": r["runs"]} for name, r in results.items()}

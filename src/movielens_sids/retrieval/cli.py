@@ -1,7 +1,9 @@
 """``movielens-sids retrieval``: the generative-retrieval benchmark of a run's Semantic IDs.
 
-Reads ``R/sids.parquet`` and a MovieLens ratings file, trains and evaluates the four methods of
-``bench.py`` over several seeds, and writes ``R/retrieval/report.json`` plus a section of
+Reads ``R/sids.parquet``, ``R/embeddings.parquet`` (for the content baseline) and a MovieLens
+ratings file, trains and evaluates the methods of ``bench.py`` over several seeds on the same test
+events, and writes ``R/retrieval/report.json`` (with per-slice intervals and paired differences
+against the Semantic-ID model, ``stats.py``), ``R/retrieval/recall_at_k.png`` and a section of
 ``R/report.md`` (replaced, never duplicated, when the command runs again).
 """
 
@@ -23,16 +25,20 @@ from .config import METHODS, METRICS, RetrievalConfig, settings_dict
 
 log = logging.getLogger(__name__)
 
-HELP = "benchmark the SIDs in a generative recommender vs random IDs, SASRec and most-popular (Recall/NDCG@5,10)"
+HELP = ("benchmark the SIDs in a generative recommender against random IDs, SASRec, most-popular and a content "
+        "baseline (temporal or leave-one-out split; all / warm / cold events; paired bootstrap intervals)")
 
 SECTION_START = "<!-- retrieval:start -->"
 SECTION_END = "<!-- retrieval:end -->"
 LABELS = {
     "semantic_id": "Generative, Semantic IDs",
     "random_id": "Generative, random IDs (same shape)",
-    "sasrec": "SASRec (movie ids)",
+    "sasrec_ce": "SASRec, full cross-entropy (movie ids)",
     "most_popular": "Most popular",
+    "content_knn": "Content k-NN (embeddings)",
 }
+SLICES = ("all", "warm", "cold")
+SHOWN = ("recall@10", "ndcg@10")
 
 
 def _int_list(text: str) -> list[int]:
@@ -57,7 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-epochs", dest="retrieval_max_epochs", type=int, metavar="N",
                    help="upper bound on training epochs per model")
     g.add_argument("--beam-size", dest="retrieval_beam_size", type=int, metavar="W", help="constrained beam width")
-    g.add_argument("--device", dest="retrieval_device", metavar="DEV", help="cpu, gpu or auto")
+    g.add_argument("--device", dest="retrieval_device", metavar="DEV", help="cpu, cuda, mps or auto")
+    g.add_argument("--protocol", dest="retrieval_protocol", choices=("temporal", "leave_one_out"),
+                   help="temporal (global time split, default) or leave_one_out")
     g.add_argument("--threads", dest="retrieval_threads", type=int, metavar="N", help="CPU threads for torch")
     g.add_argument("--retrieval-set", dest="retrieval_set", action="append", metavar="FIELD=VALUE",
                    help="any RetrievalConfig field, e.g. --retrieval-set d_model=128 (repeatable)")
@@ -69,8 +77,8 @@ def _config(args: argparse.Namespace, cfg: Any) -> RetrievalConfig:
 
     base = getattr(cfg, "retrieval", None)
     values = dataclasses.asdict(base) if isinstance(base, RetrievalConfig) else {}
-    for name in ("dataset", "ratings", "seeds", "methods", "max_users", "max_epochs", "beam_size", "device",
-                 "threads"):
+    for name in ("dataset", "ratings", "protocol", "seeds", "methods", "max_users", "max_epochs", "beam_size",
+                 "device", "threads"):
         v = getattr(args, f"retrieval_{name}", None)
         if v is not None:
             values[name] = v
@@ -133,62 +141,139 @@ def resolve_ratings(rcfg: RetrievalConfig, cfg: Any) -> tuple[str, Any]:
     return (data.source or data.dataset), df.astype("int64")
 
 
-def markdown_table(methods: dict[str, dict]) -> str:
-    """The four-way table: mean ± std (sample std over seeds) per metric, and the seed count."""
-    lines = ["| method | " + " | ".join(m.replace("recall", "Recall").replace("ndcg", "NDCG") for m in METRICS)
-             + " | seeds |", "| --- |" + " ---: |" * (len(METRICS) + 1)]
+def content_vectors(run_dir: Path, movie_ids: np.ndarray) -> np.ndarray:
+    """(N, D) float32 unit-norm content embeddings of ``movie_ids`` from ``run_dir/embeddings.parquet``."""
+    from ..evaluate import _embedding_matrix  # TODO(issue 13): the one embeddings reader of artifacts.py
+
+    path = Path(run_dir) / "embeddings.parquet"
+    table = read_parquet(path, "embed")
+    ids = table.column("movie_id").to_numpy().astype(np.int64)
+    x = _embedding_matrix(table, path)
+    order = np.argsort(ids)
+    pos = np.searchsorted(ids[order], movie_ids)
+    if (pos >= len(ids)).any() or (ids[order][np.minimum(pos, len(ids) - 1)] != movie_ids).any():
+        raise SidsError(f"{path} lacks movies that have a SID: run `movielens-sids embed` and `assign` again")
+    x = x[order][pos]
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def summarize(split: Any, results: dict[str, dict], rcfg: RetrievalConfig) -> dict:
+    """The report's ``slices``, ``methods``, ``paired`` and ``recall_curve`` parts from the benchmark's ranks."""
+    from .bench import MAX_K
+    from .stats import paired_differences, recall_curve, slice_metrics
+
+    cold = split.cold(split.test)
+    slices = {"all": np.ones(len(cold), bool), "warm": ~cold, "cold": cold}
+    clusters = split.test.user if rcfg.bootstrap_unit == "user" else np.arange(len(cold))
+    ranks = {name: r["ranks"] for name, r in results.items()}
+    boot = dict(samples=rcfg.bootstrap_samples, seed=0)
+    per_slice = slice_metrics(ranks, METRICS, slices, clusters, **boot)
+    methods = {}
+    for name, r in results.items():
+        runs = r["runs"]
+        methods[name] = {
+            "epochs": [run.get("epochs") for run in runs], "train_s": [run["train_s"] for run in runs],
+            **per_slice[name],
+            "per_seed": {str(run["seed"]): {m: float(v.mean()) for m, v in
+                                            ((m, _scores(ranks[name][i], m)) for m in METRICS)}
+                         for i, run in enumerate(runs)},
+            "runs": runs,
+        }
+    paired = {}
+    if "semantic_id" in ranks:
+        others = {n: v for n, v in ranks.items() if n != "semantic_id"}
+        paired = paired_differences(ranks["semantic_id"], others, METRICS, slices, clusters, **boot) if others else {}
+    curve = {s: {n: recall_curve(v, mask, MAX_K) for n, v in ranks.items()} for s, mask in slices.items()}
+    return {"slices": {s: {"events": int(mask.sum()), "users": int(len(np.unique(split.test.user[mask])))}
+                       for s, mask in slices.items()},
+            "methods": methods, "paired": paired, "recall_curve": curve}
+
+
+def _scores(ranks: np.ndarray, metric: str) -> np.ndarray:
+    from .stats import event_scores
+
+    return event_scores(ranks, metric)
+
+
+def _ci(cell: dict) -> str:
+    return f"{cell['mean']:.4f} [{cell['ci_low']:.4f}, {cell['ci_high']:.4f}]"
+
+
+def markdown_table(methods: dict[str, dict], slices: tuple[str, ...] = SLICES, metrics: tuple[str, ...] = SHOWN) -> str:
+    """Every method's metrics per slice: mean over seeds with its 95 % bootstrap interval."""
+    head = [f"{s} {m.replace('recall', 'Recall').replace('ndcg', 'NDCG')}" for s in slices for m in metrics]
+    lines = ["| method | " + " | ".join(head) + " |", "| --- |" + " ---: |" * len(head)]
     for name in METHODS:
-        if name not in methods:
-            continue
-        r = methods[name]
-        cells = [f"{r['mean'][m]:.4f} ± {r['std'][m]:.4f}" for m in METRICS]
-        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + f" | {len(r['per_seed'])} |")
+        if name in methods:
+            cells = [_ci(methods[name][s][m]) for s in slices for m in metrics]
+            lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def comparison(methods: dict[str, dict]) -> dict | None:
-    """Semantic minus random IDs on Recall@10: mean difference, its per-seed values and the spreads."""
-    if "semantic_id" not in methods or "random_id" not in methods:
-        return None
-    s, r = methods["semantic_id"], methods["random_id"]
-    per_seed = {k: s["per_seed"][k]["recall@10"] - r["per_seed"][k]["recall@10"] for k in s["per_seed"]}
-    diffs = np.array(list(per_seed.values()))
-    return {
-        "metric": "recall@10",
-        "semantic_minus_random": float(diffs.mean()),
-        "relative": float(diffs.mean() / r["mean"]["recall@10"]) if r["mean"]["recall@10"] else None,
-        "per_seed": per_seed,
-        "std_of_difference": float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0,
-        "semantic_std": s["std"]["recall@10"],
-        "random_std": r["std"]["recall@10"],
-        "semantic_wins": bool(diffs.mean() > 0),
-        "semantic_wins_every_seed": bool((diffs > 0).all()),
-    }
+def paired_table(paired: dict[str, dict], slices: tuple[str, ...] = SLICES, metrics: tuple[str, ...] = SHOWN) -> str:
+    """Semantic-ID model minus each method, per event: difference, 95 % interval, p-value; "n.s." when it spans 0."""
+    head = [f"{s} {m.replace('recall', 'Recall').replace('ndcg', 'NDCG')}" for s in slices for m in metrics]
+    lines = ["| Semantic IDs minus | " + " | ".join(head) + " |", "| --- |" + " ---: |" * len(head)]
+    for name in METHODS:
+        if name not in paired:
+            continue
+        cells = []
+        for s in slices:
+            for m in metrics:
+                d = paired[name][s][m]
+                mark = "" if d["significant"] else " n.s."
+                cells.append(f"{d['diff']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] p={d['p_value']:.3g}{mark}")
+        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def training_table(methods: dict[str, dict]) -> str:
+    """Epochs run, best epoch, what stopped training and the time, per method (over seeds)."""
+    lines = ["| method | epochs (per seed) | best epoch | stopped by | validation Recall@10 curve (seed 1) | time s |",
+             "| --- | --- | --- | --- | --- | ---: |"]
+    for name in METHODS:
+        if name not in methods:
+            continue
+        runs = methods[name]["runs"]
+        learned = "epochs" in runs[0]
+        curve = " ".join(f"{v:.3f}" for v in runs[0].get("valid_curve", [])) if learned else (
+            f"window {runs[0]['window']} chosen on validation" if "window" in runs[0] else "no training")
+        lines.append(f"| {LABELS[name]} | {', '.join(str(r.get('epochs', '-')) for r in runs)} | "
+                     f"{', '.join(str(r.get('best_epoch', '-')) for r in runs)} | "
+                     f"{', '.join(sorted({r.get('stopped_by', '-') for r in runs}))} | {curve} | "
+                     f"{sum(r['train_s'] for r in runs):.0f} |")
+    return "\n".join(lines)
 
 
 def report_section(report: dict) -> str:
     """The markdown section for ``report.md`` (between markers, so a rerun replaces it)."""
-    sp, st = report["split"], report["settings"]
+    sp, st, sl = report["split"], report["settings"], report["slices"]
+    if report["protocol"] == "temporal":
+        how = (f"a global time split: the {sl['all']['events']:,} interactions from {sp['cutoff_utc']} on are the "
+               f"test events, each predicted from its user's whole history before it; validation events are those "
+               f"from {sp['valid_start_utc']}; models train on everything before")
+    else:
+        how = ("leave-one-out: each user's last movie is the test event, the one before the validation event, the "
+               f"rest training (users with fewer than {sp['min_ratings']} ratings dropped)")
     lines = [SECTION_START, "## Generative retrieval", "",
-             f"Next-movie prediction on **{report['dataset']}**: {sp['n_users']} users, {sp['n_interactions']:,} "
-             f"ratings of {sp['n_movies_rated']:,} movies; leave-one-out (last movie = test, the one before = "
-             f"validation), users with fewer than {sp['min_ratings']} ratings dropped "
-             f"({sp['n_users_dropped_few_ratings']}), {sp['n_ratings_dropped_no_sid']:,} ratings of "
-             f"{sp['n_movies_dropped_no_sid']:,} movies without a SID dropped. Metrics on every test user; "
-             f"mean ± sample std over {len(st['seeds'])} seeds ({', '.join(map(str, st['seeds']))}).", "",
+             f"Next-movie prediction on **{report['dataset']}**, {sp['n_users']} users, {sp['n_interactions']:,} "
+             f"ratings; {how}. {sl['all']['events']:,} test events of {sl['all']['users']} users: "
+             f"{sl['warm']['events']:,} warm and {sl['cold']['events']:,} cold (the target has no training "
+             f"interaction). Mean over {len(st['seeds'])} seeds with 95 % bootstrap intervals "
+             f"({st['bootstrap_samples']:,} resamples of whole {st['bootstrap_unit']}s).", "",
              markdown_table(report["methods"]), ""]
-    cmp = report.get("semantic_vs_random")
-    if cmp:
-        verdict = "beat" if cmp["semantic_wins"] else "did not beat"
-        lines.append(f"Semantic IDs {verdict} random IDs on Recall@10 by {cmp['semantic_minus_random']:+.4f} "
-                     f"(per seed: {', '.join(f'{v:+.4f}' for v in cmp['per_seed'].values())}; spreads "
-                     f"{cmp['semantic_std']:.4f} and {cmp['random_std']:.4f}).")
-        lines.append("")
-    lines += [f"Models: d_model {st['d_model']}, {st['n_layers']} layers, {st['n_heads']} heads, history "
-              f"{st['max_history']} movies, beam {st['beam_size']}, early stopping on validation Recall@10 "
-              f"(patience {st['patience']}, at most {st['max_epochs']} epochs). No movie is filtered from the "
-              f"ranked lists. Wall time {report['wall_time_s'] / 60:.1f} min. Details: `retrieval/report.json`.",
-              SECTION_END]
+    if report["paired"]:
+        lines += ["Paired differences on the same test events (Semantic-ID model minus each method, per event, "
+                  "averaged over seeds; n.s.: the interval contains 0):", "", paired_table(report["paired"]), ""]
+    lines += ["ID-based methods (SASRec, most popular) cannot recommend a cold movie: it has no trained embedding "
+              "and no count, so their cold scores are 0 or near it by construction. The Semantic-ID model and the "
+              "content baseline score every movie from its content.", "",
+              "![Recall@K](retrieval/recall_at_k.png)", "", training_table(report["methods"]), "",
+              f"Models: d_model {st['d_model']}, {st['n_layers']} layers, {st['n_heads']} heads, history "
+              f"{st['max_history']} movies, test beam {st['beam_size']}; every learned model stops when validation "
+              f"Recall@10 has not improved for {st['patience']} epochs and keeps its best epoch. The content baseline "
+              "leaves out the user's rated movies; no other list is filtered. Wall time "
+              f"{report['wall_time_s'] / 60:.1f} min. Details: `retrieval/report.json`.", SECTION_END]
     return "\n".join(lines) + "\n"
 
 
@@ -201,11 +286,12 @@ def replace_section(text: str, section: str) -> str:
 
 
 def retrieval_stage(run_dir: Path, cfg: Any, rcfg: RetrievalConfig | None = None) -> dict:
-    """Run the benchmark on ``run_dir``'s SIDs and write ``retrieval/report.json`` and the ``report.md`` section.
+    """Run the benchmark on ``run_dir``'s SIDs; write ``retrieval/report.json``, its chart and report.md's section.
 
     Returns:
-        The report (a dict).
+        The report (a dict; its keys are documented in the README).
     """
+    from ..report_charts import recall_curve_chart
     from .bench import run_benchmark
     from .sequences import build_split
 
@@ -214,27 +300,35 @@ def retrieval_stage(run_dir: Path, cfg: Any, rcfg: RetrievalConfig | None = None
     t0 = time.perf_counter()
     movie_ids, codes = read_sids(run_dir)
     dataset, ratings = resolve_ratings(rcfg, cfg)
-    split = build_split(ratings, movie_ids, min_ratings=rcfg.min_ratings, max_users=rcfg.max_users,
-                               seed=rcfg.seeds[0])
-    # Only movies with a SID are targets; the model's catalogue is every movie with a SID.
+    split = build_split(ratings, movie_ids, protocol=rcfg.protocol, min_ratings=rcfg.min_ratings,
+                        test_fraction=rcfg.test_fraction, valid_fraction=rcfg.valid_fraction, cutoff=rcfg.cutoff,
+                        max_valid_events=rcfg.max_valid_events, max_users=rcfg.max_users, seed=rcfg.seeds[0])
+    # Only movies with a SID are targets; the models' catalogue is every movie with a SID.
     item_codes = codes[np.searchsorted(movie_ids, split.movie_ids)]
-    log.info("%s: %d users, %d interactions; %d ratings of %d movies without a SID dropped", dataset,
-             split.info["n_users"], split.info["n_interactions"], split.info["n_ratings_dropped_no_sid"],
-             split.info["n_movies_dropped_no_sid"])
-    methods = run_benchmark(split, item_codes, rcfg)
+    vectors = content_vectors(run_dir, split.movie_ids) if "content_knn" in rcfg.methods else None
+    log.info("%s (%s): %d users, %d interactions, %d test events; %d ratings of %d movies without a SID dropped",
+             dataset, rcfg.protocol, split.info["n_users"], split.info["n_interactions"], len(split.test),
+             split.info["n_ratings_dropped_no_sid"], split.info["n_movies_dropped_no_sid"])
+    results = run_benchmark(split, item_codes, rcfg, vectors)
+    summary = summarize(split, results, rcfg)
     report = {
         "dataset": dataset,
-        "n_users": split.info["n_users"],
-        "split": {**split.info, "protocol": "leave-one-out: last movie test, second to last validation, rest "
-                                            "training; time order, ties by movie id"},
+        "protocol": rcfg.protocol,
+        **({"cutoff": split.info["cutoff"]} if rcfg.protocol == "temporal" else {}),
+        "seeds": list(rcfg.seeds),
+        "slices": summary["slices"],
+        "methods": summary["methods"],
+        "paired": summary["paired"],
+        "recall_curve": summary["recall_curve"],
+        "split": split.info,
         "sids": {"n_movies": int(len(movie_ids)), "length": int(codes.shape[1]),
                  "level_sizes": [int(codes[:, j].max()) + 1 for j in range(codes.shape[1])]},
         "settings": settings_dict(rcfg),
-        "ranking": "no filtering: already-rated movies stay in every method's ranked list",
-        "methods": methods,
-        "semantic_vs_random": comparison(methods),
+        "ranking": "the learned models and most-popular are not filtered (a user's rated movies may be "
+                   "recommended); content_knn leaves them out",
         "wall_time_s": round(time.perf_counter() - t0, 1),
     }
+    recall_curve_chart(summary["recall_curve"], run_dir / "retrieval" / "recall_at_k.png")
     write_json(run_dir / "retrieval" / "report.json", report)
     md = run_dir / "report.md"
     old = md.read_text(encoding="utf-8") if md.exists() else ""
@@ -248,11 +342,12 @@ def command(args: argparse.Namespace, cfg: Any, run_dir: Path) -> int:
         raise SidsError(f"{Path(run_dir) / 'sids.parquet'} not found: run `movielens-sids assign` first")
     with run_lock(run_dir):
         report = retrieval_stage(Path(run_dir), cfg, rcfg)
+    sl = report["slices"]
+    print(f"{report['dataset']}, {report['protocol']}: {sl['all']['events']:,} test events "
+          f"({sl['warm']['events']:,} warm, {sl['cold']['events']:,} cold), {len(report['seeds'])} seeds\n")
     print(markdown_table(report["methods"]))
-    cmp = report.get("semantic_vs_random")
-    if cmp:
-        print(f"\nsemantic - random, Recall@10: {cmp['semantic_minus_random']:+.4f} "
-              f"(per seed {', '.join(f'{v:+.4f}' for v in cmp['per_seed'].values())})")
-    print(f"\n{report['dataset']}: {report['n_users']} users; wall time {report['wall_time_s']:.0f} s; "
-          f"wrote {Path(run_dir) / 'retrieval' / 'report.json'} and the retrieval section of report.md")
+    if report["paired"]:
+        print("\n" + paired_table(report["paired"]))
+    print(f"\nwall time {report['wall_time_s']:.0f} s; wrote {Path(run_dir) / 'retrieval' / 'report.json'} "
+          "and the retrieval section of report.md")
     return 0

@@ -6,8 +6,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-METHODS = ("semantic_id", "random_id", "sasrec", "most_popular")
-METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+METHODS = ("semantic_id", "random_id", "sasrec_ce", "most_popular", "content_knn")
+METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "recall@50")
+PROTOCOLS = ("temporal", "leave_one_out")
+BOOTSTRAP_UNITS = ("user", "event")
 
 
 @dataclass
@@ -18,44 +20,64 @@ class RetrievalConfig:
     """MovieLens variant whose ratings are used (default: the run's `data.dataset`)."""
     ratings: str | None = None
     """A ratings.csv / ratings.dat file to use instead of a named dataset."""
+    protocol: str = "temporal"
+    """temporal (a global time split: every interaction after the cut-off is a test event) or leave_one_out."""
+    test_fraction: float = 0.1
+    """temporal: the cut-off is the time after which this share of the interactions remain."""
+    valid_fraction: float = 0.05
+    """temporal: the share of interactions just before the cut-off that are validation events."""
+    cutoff: int | None = None
+    """temporal: the cut-off as a Unix timestamp, instead of test_fraction."""
     min_ratings: int = 5
-    """Users with fewer ratings (of movies with a SID) are dropped."""
+    """leave_one_out: users with fewer ratings (of movies with a SID) are dropped."""
     max_users: int | None = None
     """Evaluate a seeded random sample of this many users (for ml-20m and larger); None keeps all."""
+    max_valid_events: int | None = 2000
+    """Validate on a seeded sample of this many validation events (None: all); early stopping watches them."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """One full comparison per seed (model init, batch order, the random IDs)."""
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    """Which of semantic_id, random_id, sasrec, most_popular to run."""
+    """Which of semantic_id, random_id, sasrec_ce, most_popular, content_knn to run."""
     max_history: int = 50
     """M: how many past movies the models see."""
     max_train_items: int | None = 100
     """Train on at most this many of each user's most recent training movies (None: all); caps heavy raters."""
     d_model: int = 64
-    """Transformer width (both models)."""
+    """Transformer width (all learned models)."""
     n_layers: int = 2
-    """Transformer blocks (both models)."""
+    """Transformer blocks (all learned models)."""
     n_heads: int = 2
-    """Attention heads (both models)."""
+    """Attention heads (all learned models)."""
     dropout: float = 0.2
-    """Dropout (both models)."""
+    """Dropout of the generative models."""
+    sasrec_dropout: float = 0.2
+    """Dropout of SASRec."""
     lr: float = 3e-3
     """AdamW learning rate of the generative models."""
-    sasrec_lr: float = 3e-3
+    sasrec_lr: float = 1e-3
     """AdamW learning rate of SASRec."""
     weight_decay: float = 0.01
     """AdamW weight decay on the weight matrices."""
     batch_size: int = 64
     """Training windows per step."""
-    max_epochs: int = 8
-    """Upper bound on training epochs."""
-    patience: int = 3
+    max_epochs: int = 200
+    """A safety bound on training epochs; validation decides when to stop (the report flags a run that hit it)."""
+    patience: int = 4
     """Stop after this many epochs without a better validation Recall@10 (the best epoch's weights are kept)."""
-    beam_size: int = 20
-    """Beams of the constrained beam search (>= 10, the largest cut-off)."""
+    beam_size: int = 50
+    """Beams of the constrained beam search at test time (>= 50, the largest cut-off)."""
+    valid_beam_size: int = 20
+    """Beams of the constrained beam search on validation events (>= 10, the monitored cut-off)."""
+    content_windows: list[int] = field(default_factory=lambda: [1, 3, 10, 30])
+    """content_knn: how many of the user's latest movies make the profile; the best on validation is used."""
+    bootstrap_samples: int = 10_000
+    """Bootstrap resamples of every interval."""
+    bootstrap_unit: str = "user"
+    """user (resample whole users with all their events: events of one user are not independent) or event."""
     eval_batch_size: int = 128
     """Users per evaluation batch."""
     device: str = "cpu"
-    """Lightning accelerator: cpu, gpu or auto."""
+    """Lightning accelerator: cpu, cuda, mps or auto."""
     threads: int | None = None
     """CPU threads for torch (None: torch's default); 1 is fastest on a busy machine."""
 
@@ -82,14 +104,34 @@ class RetrievalConfig:
             raise ValueError(f"threads: must be positive, got {self.threads}")
         if self.patience < 0:
             raise ValueError(f"patience: must be >= 0, got {self.patience}")
-        if self.beam_size < 10:
-            raise ValueError(f"beam_size: must be at least 10 (the largest cut-off), got {self.beam_size}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
+        if self.beam_size < 50:
+            raise ValueError(f"beam_size: must be at least 50 (the largest cut-off), got {self.beam_size}")
+        if self.valid_beam_size < 10:
+            raise ValueError(f"valid_beam_size: must be at least 10, got {self.valid_beam_size}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        for name in ("test_fraction", "valid_fraction"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"{name}: must be in (0, 1), got {getattr(self, name)}")
+        if self.test_fraction + self.valid_fraction >= 1.0:
+            raise ValueError("test_fraction + valid_fraction: must be below 1")
+        if self.max_valid_events is not None and self.max_valid_events < 1:
+            raise ValueError(f"max_valid_events: must be positive, got {self.max_valid_events}")
+        if not self.content_windows or min(self.content_windows) < 1:
+            raise ValueError(f"content_windows: give positive window sizes, got {self.content_windows}")
+        if self.bootstrap_samples < 100:
+            raise ValueError(f"bootstrap_samples: need at least 100, got {self.bootstrap_samples}")
+        if self.bootstrap_unit not in BOOTSTRAP_UNITS:
+            raise ValueError(f"bootstrap_unit: expected user or event, got {self.bootstrap_unit!r}")
+        for name in ("dropout", "sasrec_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name}: must be in [0, 1), got {getattr(self, name)}")
         if self.lr <= 0 or self.sasrec_lr <= 0:
             raise ValueError("lr: learning rates must be positive")
-        if self.device not in ("cpu", "gpu", "cuda", "mps", "auto"):
-            raise ValueError(f"device: expected cpu, gpu, cuda, mps or auto, got {self.device!r}")
+        if self.device == "gpu":  # the spelling of earlier versions
+            self.device = "cuda"
+        if self.device not in ("cpu", "cuda", "mps", "auto"):
+            raise ValueError(f"device: expected cpu, cuda, mps or auto, got {self.device!r}")
 
 
 def settings_dict(cfg: RetrievalConfig) -> dict:

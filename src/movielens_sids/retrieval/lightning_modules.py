@@ -46,16 +46,6 @@ def training_windows(sequences: list[np.ndarray], max_history: int) -> np.ndarra
     return np.stack(rows) if rows else np.empty((0, width), dtype=np.int64)
 
 
-def last_items(sequences: list[np.ndarray], max_history: int) -> np.ndarray:
-    """(U, M) int64: each sequence's last ``M`` items, right-aligned, -1 pads on the left."""
-    out = np.full((len(sequences), max_history), -1, dtype=np.int64)
-    for u, seq in enumerate(sequences):
-        tail = seq[-max_history:]
-        if len(tail):
-            out[u, max_history - len(tail):] = tail
-    return out
-
-
 class NextItemModule(L.LightningModule):
     """Trains a next-movie model; validation logs ``valid/recall@10`` (what early stopping watches).
 
@@ -115,6 +105,7 @@ class KeepBest(L.Callback):
             return
         value = float(value)
         self.history.append(value)
+        log.debug("epoch %d: %s %.4f", trainer.current_epoch + 1, self.monitor, value)
         if value > self.best:
             self.best, self.best_epoch = value, trainer.current_epoch
             self.state = copy.deepcopy(pl_module.model.state_dict())
@@ -126,7 +117,8 @@ def fit(model: nn.Module, windows: np.ndarray, valid_history: np.ndarray, valid_
     """Train ``model`` in place, restore its best validation epoch, and return what happened.
 
     Returns:
-        ``{"epochs": trained epochs, "best_epoch": ..., "best_valid_recall@10": ..., "valid_curve": [...]}``.
+        ``{"epochs": trained epochs, "best_epoch": ..., "best_valid_recall@10": ..., "stopped_by": "patience" or
+        "max_epochs", "valid_curve": [...]}``.
     """
     from lightning.pytorch.callbacks import EarlyStopping
 
@@ -140,11 +132,13 @@ def fit(model: nn.Module, windows: np.ndarray, valid_history: np.ndarray, valid_
     trainer = L.Trainer(
         max_epochs=max_epochs, accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, deterministic=False,
-        callbacks=[EarlyStopping(monitor=monitor, mode="max", patience=patience), keep],
+        callbacks=[stopper := EarlyStopping(monitor=monitor, mode="max", patience=patience), keep],
     )
     trainer.fit(module, train_dl, valid_dl)
     if keep.state is not None:
         model.load_state_dict(keep.state)
     model.eval()
     return {"epochs": trainer.current_epoch, "best_epoch": keep.best_epoch + 1,
-            "best_valid_recall@10": keep.best, "valid_curve": [round(v, 4) for v in keep.history]}
+            "best_valid_recall@10": round(keep.best, 4),
+            "stopped_by": "patience" if stopper.stopped_epoch else "max_epochs",
+            "valid_curve": [round(v, 4) for v in keep.history]}

@@ -63,8 +63,8 @@ class SASRec(nn.Module):
 
     @torch.no_grad()
     def recommend(self, history: torch.Tensor, k: int, *, beam_size: int | None = None) -> Recommendations:
-        """Top ``k`` of all N movies after (B, M) right-aligned histories (``beam_size`` is ignored)."""
+        """Top ``k`` (at most N) of all N movies after (B, M) right-aligned histories (``beam_size`` is ignored)."""
         h = self._hidden(history)[:, -1]  # (B, d)
         scores = F.log_softmax(h @ self.item.weight[: self.n_items].T, -1)  # (B, N)
-        top, items = scores.topk(k, dim=1)
+        top, items = scores.topk(min(k, self.n_items), dim=1)
         return Recommendations(items=items, scores=top)

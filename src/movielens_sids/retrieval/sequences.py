@@ -1,10 +1,21 @@
-"""Ratings -> per-user, time-ordered movie sequences with the leave-one-out split.
+"""Ratings -> per-user, time-ordered movie sequences, split into training items and prediction events.
 
-The protocol is the one of SASRec (Kang & McAuley, 2018) and HSTU (Zhai et al., 2024): every
-user's rated movies in time order (ties broken by movie id, so the order is reproducible), users
-with fewer than ``min_ratings`` ratings dropped, the last movie held out for test, the one before
-for validation, the rest for training. Only movies that have a Semantic ID can be targets, so
-ratings of other movies are removed first (and counted) -- every method sees the same sequences.
+Two protocols, both over every user's rated movies in time order (ties broken by movie id, so the
+order is reproducible; a movie rated twice counts once, at its first rating):
+
+- ``leave_one_out``, the one of SASRec (Kang & McAuley, 2018) and HSTU (Zhai et al., 2024): users
+  with fewer than ``min_ratings`` ratings dropped, each user's last movie is a test event, the one
+  before a validation event, the rest is training. One test event per user.
+- ``temporal``, a global time split: every interaction at or after the cut-off time (by default
+  the time after which ``test_fraction`` of the interactions remain) is a test event, predicted
+  from the user's whole history before it; the ``valid_fraction`` of interactions just before the
+  cut-off are validation events; models train on everything before those. No interaction at or
+  after a slice's start, of any user, reaches the slices before it, so nothing from the future
+  shapes training. An event with no earlier interaction of its user cannot be predicted from a
+  history and is dropped (counted).
+
+Only movies that have a Semantic ID can be targets, so ratings of other movies are removed first
+(and counted) -- every method sees the same sequences and the same events.
 """
 
 from __future__ import annotations
@@ -62,71 +73,136 @@ def read_ratings(path: str | Path) -> pd.DataFrame:
     return df
 
 
+PROTOCOLS = ("leave_one_out", "temporal")
+
+
+@dataclass
+class Events:
+    """Prediction events: user ``user[e]``'s item at position ``pos[e]`` of its sequence, from the items before it."""
+
+    user: np.ndarray
+    """(E,) int64 user index into ``Split.users``."""
+    pos: np.ndarray
+    """(E,) int64 position of the target in that user's sequence (>= 1: there is a history)."""
+    target: np.ndarray
+    """(E,) int64 the item to predict."""
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def subset(self, keep: np.ndarray) -> Events:
+        return Events(user=self.user[keep], pos=self.pos[keep], target=self.target[keep])
+
+
 @dataclass
 class Split:
-    """The leave-one-out split of every kept user; item ids are dense indices ``0..N-1`` into ``movie_ids``."""
+    """Sequences of every kept user, their training prefixes and the validation and test events.
 
+    Item ids are dense indices ``0..N-1`` into ``movie_ids``. Every user's training items are a
+    prefix of its sequence, and every event lies after that prefix.
+    """
+
+    protocol: str
+    """``leave_one_out`` or ``temporal``."""
     movie_ids: np.ndarray
     """(N,) int64 MovieLens ids of the movies that can appear (those with a SID), sorted."""
     users: np.ndarray
     """(U,) int64 user ids, sorted."""
-    train: list[np.ndarray]
-    """Per user, the training items in time order (all but the last two)."""
-    valid: np.ndarray
-    """(U,) the second-to-last item of each user."""
-    test: np.ndarray
-    """(U,) the last item of each user."""
+    sequences: list[np.ndarray]
+    """Per user, every item in time order."""
+    times: list[np.ndarray]
+    """Per user, the timestamp of each item of ``sequences``."""
+    n_train: np.ndarray
+    """(U,) how many of each user's first items are training items."""
+    valid: Events
+    """The validation events (what early stopping watches)."""
+    test: Events
+    """The test events."""
     info: dict = field(default_factory=dict)
-    """Counts for the report (ratings, dropped ratings and users, sampling)."""
+    """Counts and cut-offs for the report."""
 
-    def history(self, stage: str, u: int) -> np.ndarray:
-        """The items a model sees before predicting ``stage`` ("valid" or "test") for user index ``u``."""
-        if stage == "valid":
-            return self.train[u]
-        if stage == "test":
-            return np.append(self.train[u], self.valid[u])
-        raise ValueError(f"stage must be 'valid' or 'test', got {stage!r}")
+    @property
+    def train(self) -> list[np.ndarray]:
+        """Per user, the training items in time order."""
+        return [s[:n] for s, n in zip(self.sequences, self.n_train)]
 
-    def targets(self, stage: str) -> np.ndarray:
-        return self.valid if stage == "valid" else self.test
+    def histories(self, events: Events, max_history: int) -> np.ndarray:
+        """(E, M) int64: the last ``M`` items before each event, right-aligned, -1 pads on the left."""
+        out = np.full((len(events), max_history), -1, dtype=np.int64)
+        for e, (u, p) in enumerate(zip(events.user, events.pos)):
+            tail = self.sequences[u][max(0, p - max_history):p]
+            out[e, max_history - len(tail):] = tail
+        return out
+
+    def seen(self, events: Events) -> list[np.ndarray]:
+        """Per event, every item of the user's history before it (for methods that exclude seen movies)."""
+        return [self.sequences[u][:p] for u, p in zip(events.user, events.pos)]
+
+    def train_counts(self) -> np.ndarray:
+        """(N,) number of training interactions of each item."""
+        train = self.train
+        items = np.concatenate(train) if train else np.empty(0, np.int64)
+        return np.bincount(items, minlength=len(self.movie_ids))
+
+    def cold(self, events: Events) -> np.ndarray:
+        """(E,) bool: the event's target has no interaction in the training items."""
+        return self.train_counts()[events.target] == 0
 
 
-def build_split(ratings: pd.DataFrame, movie_ids: np.ndarray, *, min_ratings: int = 5,
-                max_users: int | None = None, seed: int = 0) -> Split:
-    """Turn ratings into the leave-one-out split.
+def _time_cut(times: np.ndarray, fraction: float) -> int:
+    """The smallest timestamp ``t`` such that about ``fraction`` of ``times`` are ``>= t``."""
+    ordered = np.sort(times)
+    return int(ordered[min(len(ordered) - 1, int(np.floor(len(ordered) * (1.0 - fraction))))])
+
+
+def build_split(ratings: pd.DataFrame, movie_ids: np.ndarray, *, protocol: str = "leave_one_out",
+                min_ratings: int = 5, test_fraction: float = 0.1, valid_fraction: float = 0.05,
+                cutoff: int | None = None, max_valid_events: int | None = None, max_users: int | None = None,
+                seed: int = 0) -> Split:
+    """Turn ratings into the split of ``protocol``.
 
     Args:
         ratings: columns ``user_id``, ``movie_id``, ``timestamp``.
         movie_ids: the movies with a Semantic ID; ratings of any other movie are dropped (counted).
-        min_ratings: users with fewer ratings (after that filter) are dropped; at least 3.
+        protocol: ``leave_one_out`` or ``temporal``.
+        min_ratings: leave-one-out: users with fewer ratings (after that filter) are dropped; at least 3.
+        test_fraction: temporal: the share of interactions at or after the cut-off.
+        valid_fraction: temporal: the share of interactions in the validation slice before the cut-off.
+        cutoff: temporal: the cut-off as a Unix timestamp, instead of ``test_fraction``.
+        max_valid_events: keep a seeded sample of this many validation events (None: all).
         max_users: keep a seeded random sample of this many users (for ml-20m/25m/32m); None keeps all.
-        seed: seed of the user sample.
+        seed: seed of the user and validation samples.
 
     Returns:
         A ``Split``; movies are re-indexed densely over ``movie_ids``.
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if min_ratings < 3:
         raise ValueError(f"min_ratings: need at least 3 (train, valid, test), got {min_ratings}")
     movie_ids = np.unique(np.asarray(movie_ids, dtype=np.int64))
-    n_ratings = len(ratings)
     known = ratings["movie_id"].isin(movie_ids)
     df = ratings[known]
     info = {
-        "n_ratings": int(n_ratings),
+        "protocol": protocol,
+        "n_ratings": int(len(ratings)),
         "n_ratings_dropped_no_sid": int((~known).sum()),
         "n_movies_dropped_no_sid": int(ratings.loc[~known, "movie_id"].nunique()),
         "n_users_total": int(ratings["user_id"].nunique()),
     }
-    counts = df.groupby("user_id")["movie_id"].nunique()
-    keep = counts.index[counts >= min_ratings].to_numpy()
+    keep = np.unique(df["user_id"].to_numpy())
+    if protocol == "leave_one_out":
+        counts = df.groupby("user_id")["movie_id"].nunique()
+        keep = counts.index[counts >= min_ratings].to_numpy()
+        info["min_ratings"] = int(min_ratings)
     info["n_users_dropped_few_ratings"] = int(info["n_users_total"] - len(keep))
     if max_users is not None and len(keep) > max_users:
-        rng = np.random.default_rng(seed)
-        keep = np.sort(rng.choice(keep, size=max_users, replace=False))
+        keep = np.sort(np.random.default_rng(seed).choice(keep, size=max_users, replace=False))
         info["user_sample"] = {"max_users": int(max_users), "seed": int(seed)}
     df = df[df["user_id"].isin(keep)]
     if df.empty:
-        raise SidsError(f"no user has at least {min_ratings} ratings of movies with a Semantic ID")
+        raise SidsError(f"no user has at least {min_ratings} ratings of movies with a Semantic ID"
+                        if protocol == "leave_one_out" else "no ratings of movies with a Semantic ID")
     # Time order, ties broken by movie id: the same file always gives the same sequences. A movie
     # rated twice by one user counts once (its first rating), so a test movie is never in training.
     df = df.sort_values(["user_id", "timestamp", "movie_id"], kind="stable")
@@ -134,14 +210,39 @@ def build_split(ratings: pd.DataFrame, movie_ids: np.ndarray, *, min_ratings: in
     df = df.drop_duplicates(["user_id", "movie_id"], keep="first")
     info["n_repeat_ratings_dropped"] = int(n_before - len(df))
     items = np.searchsorted(movie_ids, df["movie_id"].to_numpy())
+    stamps = df["timestamp"].to_numpy().astype(np.int64)
     users, starts = np.unique(df["user_id"].to_numpy(), return_index=True)
     bounds = np.append(starts, len(df))
-    train, valid, test = [], np.empty(len(users), np.int64), np.empty(len(users), np.int64)
-    for u in range(len(users)):
-        seq = items[bounds[u]:bounds[u + 1]]
-        train.append(seq[:-2].copy())
-        valid[u], test[u] = seq[-2], seq[-1]
-    info.update(n_users=int(len(users)), n_interactions=int(len(df)),
-                n_movies=int(len(movie_ids)), n_movies_rated=int(len(np.unique(items))),
-                min_ratings=int(min_ratings))
-    return Split(movie_ids=movie_ids, users=users, train=train, valid=valid, test=test, info=info)
+    sequences = [items[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:])]
+    times = [stamps[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:])]
+    lengths = np.diff(bounds)
+    user_of = np.repeat(np.arange(len(users)), lengths)  # (n,) user index of every interaction
+    pos_of = np.arange(len(df)) - np.repeat(starts, lengths)  # (n,) position in its user's sequence
+    if protocol == "leave_one_out":
+        n_train = lengths - 2
+        is_valid, is_test = pos_of == np.repeat(lengths - 2, lengths), pos_of == np.repeat(lengths - 1, lengths)
+    else:
+        t_test = int(cutoff) if cutoff is not None else _time_cut(stamps, test_fraction)
+        t_valid = _time_cut(stamps[stamps < t_test], valid_fraction / max(1e-12, 1.0 - test_fraction)) \
+            if (stamps < t_test).any() else t_test
+        is_test, is_valid = stamps >= t_test, (stamps >= t_valid) & (stamps < t_test)
+        # Sequences are in time order, so the training items (before t_valid) are each sequence's prefix.
+        n_train = np.bincount(user_of, weights=stamps < t_valid, minlength=len(users)).astype(np.int64)
+        info.update(cutoff=t_test, valid_start=t_valid, cutoff_utc=str(pd.Timestamp(t_test, unit="s")),
+                    valid_start_utc=str(pd.Timestamp(t_valid, unit="s")), test_fraction=float(test_fraction),
+                    valid_fraction=float(valid_fraction))
+    has_history = pos_of >= 1
+    info["n_events_dropped_no_history"] = int(((is_test | is_valid) & ~has_history).sum())
+    valid, test = (Events(user=user_of[m], pos=pos_of[m], target=items[m])
+                   for m in (is_valid & has_history, is_test & has_history))
+    info["n_valid_events_total"] = len(valid)
+    if max_valid_events is not None and len(valid) > max_valid_events:
+        pick = np.sort(np.random.default_rng(seed).choice(len(valid), size=max_valid_events, replace=False))
+        valid = valid.subset(pick)
+    if not len(test):
+        raise SidsError("the split has no test event; lower the cut-off or use more ratings")
+    info.update(n_users=int(len(users)), n_interactions=int(len(df)), n_train_interactions=int(n_train.sum()),
+                n_valid_events=len(valid), n_test_events=len(test), n_movies=int(len(movie_ids)),
+                n_movies_rated=int(len(np.unique(items))))
+    return Split(protocol=protocol, movie_ids=movie_ids, users=users, sequences=sequences, times=times,
+                 n_train=n_train, valid=valid, test=test, info=info)
