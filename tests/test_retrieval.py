@@ -393,6 +393,10 @@ def test_cli_end_to_end_writes_report_and_section(tmp_path, capsys, protocol):
     assert report["cutoff"] > 0 if protocol == "temporal" else "cutoff" not in report
     assert report["split"]["n_movies_dropped_no_sid"] == 2
     assert (run / "retrieval" / "recall_at_k.png").stat().st_size > 0
+    events = pq.read_table(run / "retrieval" / "events.parquet").to_pandas()
+    assert len(events) == sl["all"]["events"] and events["cold"].sum() == sl["cold"]["events"]
+    hits = ((events["rank/semantic_id/seed0"] >= 0) & (events["rank/semantic_id/seed0"] < 10)).mean()
+    assert hits == pytest.approx(report["methods"]["semantic_id"]["per_seed"]["0"]["recall@10"])
     md = (run / "report.md").read_text()
     assert md.startswith("# Evaluation") and md.count(SECTION_START) == 1 and "cold" in md
 

@@ -3,7 +3,8 @@
 Reads ``R/sids.parquet``, ``R/embeddings.parquet`` (for the content baseline) and a MovieLens
 ratings file, trains and evaluates the methods of ``bench.py`` over several seeds on the same test
 events, and writes ``R/retrieval/report.json`` (with per-slice intervals and paired differences
-against the Semantic-ID model, ``stats.py``), ``R/retrieval/recall_at_k.png`` and a section of
+against the Semantic-ID model, ``stats.py``), ``R/retrieval/events.parquet`` (every method's rank of
+every test event's target, per seed), ``R/retrieval/recall_at_k.png`` and a section of
 ``R/report.md`` (replaced, never duplicated, when the command runs again).
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SidsError
-from ..io import read_parquet, run_lock, write_json, write_text
+from ..io import read_parquet, run_lock, write_json, write_parquet, write_text
 from .config import METHODS, METRICS, RetrievalConfig, settings_dict
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,23 @@ def summarize(split: Any, results: dict[str, dict], rcfg: RetrievalConfig) -> di
             "methods": methods, "paired": paired, "recall_curve": curve}
 
 
+def events_table(split: Any, results: dict[str, dict]) -> Any:
+    """One row per test event: who, which movie, when, cold or not, and each method's rank of it per seed.
+
+    With it, any interval or slice can be recomputed without re-training (``stats.py`` takes these ranks).
+    """
+    import pyarrow as pa
+
+    ev = split.test
+    cols = {"user_id": split.users[ev.user], "movie_id": split.movie_ids[ev.target],
+            "timestamp": np.array([split.times[u][p] for u, p in zip(ev.user, ev.pos)], dtype=np.int64),
+            "cold": split.cold(ev)}
+    for name, r in results.items():
+        for run, ranks in zip(r["runs"], r["ranks"]):
+            cols[f"rank/{name}/seed{run['seed']}"] = ranks.astype(np.int32)  # 0-based, -1: not in the top 50
+    return pa.table(cols)
+
+
 def _scores(ranks: np.ndarray, metric: str) -> np.ndarray:
     from .stats import event_scores
 
@@ -302,7 +320,8 @@ def retrieval_stage(run_dir: Path, cfg: Any, rcfg: RetrievalConfig | None = None
     dataset, ratings = resolve_ratings(rcfg, cfg)
     split = build_split(ratings, movie_ids, protocol=rcfg.protocol, min_ratings=rcfg.min_ratings,
                         test_fraction=rcfg.test_fraction, valid_fraction=rcfg.valid_fraction, cutoff=rcfg.cutoff,
-                        max_valid_events=rcfg.max_valid_events, max_users=rcfg.max_users, seed=rcfg.seeds[0])
+                        max_valid_events=rcfg.max_valid_events, max_test_events=rcfg.max_test_events,
+                        max_users=rcfg.max_users, seed=rcfg.seeds[0])
     # Only movies with a SID are targets; the models' catalogue is every movie with a SID.
     item_codes = codes[np.searchsorted(movie_ids, split.movie_ids)]
     vectors = content_vectors(run_dir, split.movie_ids) if "content_knn" in rcfg.methods else None
@@ -329,6 +348,7 @@ def retrieval_stage(run_dir: Path, cfg: Any, rcfg: RetrievalConfig | None = None
         "wall_time_s": round(time.perf_counter() - t0, 1),
     }
     recall_curve_chart(summary["recall_curve"], run_dir / "retrieval" / "recall_at_k.png")
+    write_parquet(run_dir / "retrieval" / "events.parquet", events_table(split, results))
     write_json(run_dir / "retrieval" / "report.json", report)
     md = run_dir / "report.md"
     old = md.read_text(encoding="utf-8") if md.exists() else ""

@@ -34,6 +34,8 @@ class RetrievalConfig:
     """Evaluate a seeded random sample of this many users (for ml-20m and larger); None keeps all."""
     max_valid_events: int | None = 2000
     """Validate on a seeded sample of this many validation events (None: all); early stopping watches them."""
+    max_test_events: int | None = None
+    """Score a seeded sample of this many test events (None: all); for ml-20m and larger."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """One full comparison per seed (model init, batch order, the random IDs)."""
     methods: list[str] = field(default_factory=lambda: list(METHODS))
@@ -115,8 +117,9 @@ class RetrievalConfig:
                 raise ValueError(f"{name}: must be in (0, 1), got {getattr(self, name)}")
         if self.test_fraction + self.valid_fraction >= 1.0:
             raise ValueError("test_fraction + valid_fraction: must be below 1")
-        if self.max_valid_events is not None and self.max_valid_events < 1:
-            raise ValueError(f"max_valid_events: must be positive, got {self.max_valid_events}")
+        for name in ("max_valid_events", "max_test_events"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
         if not self.content_windows or min(self.content_windows) < 1:
             raise ValueError(f"content_windows: give positive window sizes, got {self.content_windows}")
         if self.bootstrap_samples < 100:

@@ -157,8 +157,8 @@ def _time_cut(times: np.ndarray, fraction: float) -> int:
 
 def build_split(ratings: pd.DataFrame, movie_ids: np.ndarray, *, protocol: str = "leave_one_out",
                 min_ratings: int = 5, test_fraction: float = 0.1, valid_fraction: float = 0.05,
-                cutoff: int | None = None, max_valid_events: int | None = None, max_users: int | None = None,
-                seed: int = 0) -> Split:
+                cutoff: int | None = None, max_valid_events: int | None = None, max_test_events: int | None = None,
+                max_users: int | None = None, seed: int = 0) -> Split:
     """Turn ratings into the split of ``protocol``.
 
     Args:
@@ -170,6 +170,7 @@ def build_split(ratings: pd.DataFrame, movie_ids: np.ndarray, *, protocol: str =
         valid_fraction: temporal: the share of interactions in the validation slice before the cut-off.
         cutoff: temporal: the cut-off as a Unix timestamp, instead of ``test_fraction``.
         max_valid_events: keep a seeded sample of this many validation events (None: all).
+        max_test_events: keep a seeded sample of this many test events (None: all; for the largest variants).
         max_users: keep a seeded random sample of this many users (for ml-20m/25m/32m); None keeps all.
         seed: seed of the user and validation samples.
 
@@ -235,10 +236,12 @@ def build_split(ratings: pd.DataFrame, movie_ids: np.ndarray, *, protocol: str =
     info["n_events_dropped_no_history"] = int(((is_test | is_valid) & ~has_history).sum())
     valid, test = (Events(user=user_of[m], pos=pos_of[m], target=items[m])
                    for m in (is_valid & has_history, is_test & has_history))
-    info["n_valid_events_total"] = len(valid)
+    info.update(n_valid_events_total=len(valid), n_test_events_total=len(test))
+    rng = np.random.default_rng(seed)
     if max_valid_events is not None and len(valid) > max_valid_events:
-        pick = np.sort(np.random.default_rng(seed).choice(len(valid), size=max_valid_events, replace=False))
-        valid = valid.subset(pick)
+        valid = valid.subset(np.sort(rng.choice(len(valid), size=max_valid_events, replace=False)))
+    if max_test_events is not None and len(test) > max_test_events:
+        test = test.subset(np.sort(rng.choice(len(test), size=max_test_events, replace=False)))
     if not len(test):
         raise SidsError("the split has no test event; lower the cut-off or use more ratings")
     info.update(n_users=int(len(users)), n_interactions=int(len(df)), n_train_interactions=int(n_train.sum()),
