@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from movielens_sids.cli import main
 from movielens_sids.errors import SidsError
 from movielens_sids.retrieval.bench import RetrievalConfig, most_popular, random_codes, run_benchmark
-from movielens_sids.retrieval.cli import SECTION_START, replace_section
 from movielens_sids.retrieval.content import content_topk
 from movielens_sids.retrieval.generative import GenerativeRetriever
 from movielens_sids.retrieval.lightning_modules import training_windows
 from movielens_sids.retrieval.metrics import ndcg_at_k, ranking_metrics, recall_at_k, target_ranks
+from movielens_sids.retrieval.report import SECTION_START, replace_section
 from movielens_sids.retrieval.sasrec import SASRec
 from movielens_sids.retrieval.sequences import build_split, read_ratings
 from movielens_sids.retrieval.stats import bootstrap, event_scores, paired_differences

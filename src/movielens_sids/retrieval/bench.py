@@ -34,7 +34,7 @@ import time
 import numpy as np
 import torch
 
-from .config import RetrievalConfig
+from .config import MAX_K, RetrievalConfig
 from .content import content_topk
 from .generative import GenerativeRetriever, Recommendations
 from .lightning_modules import fit, training_windows
@@ -43,10 +43,6 @@ from .sasrec import SASRec
 from .sequences import Split
 
 log = logging.getLogger(__name__)
-
-MAX_K = 50
-"""The longest cut-off: every method ranks this many movies per event."""
-
 
 def random_codes(codes: np.ndarray, seed: int) -> np.ndarray:
     """Random IDs of the same shape: ``codes``' rows shuffled across movies (seeded).

@@ -9,6 +9,8 @@ from typing import ClassVar
 METHODS = ("semantic_id", "random_id", "sasrec_ce", "most_popular", "content_knn")
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "recall@50")
 PROTOCOLS = ("temporal", "leave_one_out")
+MAX_K = 50
+"""The longest cut-off: every method ranks this many movies per event."""
 BOOTSTRAP_UNITS = ("user", "event")
 
 

@@ -1,0 +1,180 @@
+"""The benchmark's report: metrics per slice with intervals, paired differences, and their markdown.
+
+``summarize`` turns the ranks of ``bench.run_benchmark`` into the ``retrieval/report.json`` parts;
+``report_section`` renders the report as the ``report.md`` section (between markers, so a rerun
+replaces it); ``events_table`` keeps every rank for later analysis.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from .config import MAX_K, METHODS, METRICS, RetrievalConfig
+from .sequences import Split
+from .stats import event_scores, paired_differences, recall_curve, slice_metrics
+
+SECTION_START = "<!-- retrieval:start -->"
+SECTION_END = "<!-- retrieval:end -->"
+LABELS = {
+    "semantic_id": "Generative, Semantic IDs",
+    "random_id": "Generative, random IDs (same shape)",
+    "sasrec_ce": "SASRec, full cross-entropy (movie ids)",
+    "most_popular": "Most popular",
+    "content_knn": "Content k-NN (embeddings)",
+}
+SLICES = ("all", "warm", "cold")
+SHOWN = ("recall@10", "ndcg@10")
+
+
+def summarize(split: Split, results: dict[str, dict], rcfg: RetrievalConfig) -> dict:
+    """The report's ``slices``, ``methods``, ``paired`` and ``recall_curve`` parts from the benchmark's ranks."""
+    cold = split.cold(split.test)
+    slices = {"all": np.ones(len(cold), bool), "warm": ~cold, "cold": cold}
+    clusters = split.test.user if rcfg.bootstrap_unit == "user" else np.arange(len(cold))
+    ranks = {name: r["ranks"] for name, r in results.items()}
+    boot = dict(samples=rcfg.bootstrap_samples, seed=0)
+    per_slice = slice_metrics(ranks, METRICS, slices, clusters, **boot)
+    methods = {}
+    for name, r in results.items():
+        runs = r["runs"]
+        methods[name] = {
+            "epochs": [run.get("epochs") for run in runs], "train_s": [run["train_s"] for run in runs],
+            **per_slice[name],
+            "per_seed": {str(run["seed"]): {m: float(event_scores(ranks[name][i], m).mean()) for m in METRICS}
+                         for i, run in enumerate(runs)},
+            "runs": runs,
+        }
+    paired = {}
+    if "semantic_id" in ranks:
+        others = {n: v for n, v in ranks.items() if n != "semantic_id"}
+        paired = paired_differences(ranks["semantic_id"], others, METRICS, slices, clusters, **boot) if others else {}
+    curve = {s: {n: recall_curve(v, mask, MAX_K) for n, v in ranks.items()} for s, mask in slices.items()}
+    return _no_nan({"slices": {s: {"events": int(mask.sum()), "users": int(len(np.unique(split.test.user[mask])))}
+                               for s, mask in slices.items()},
+                    "methods": methods, "paired": paired, "recall_curve": curve})
+
+
+def _no_nan(obj: Any) -> Any:
+    """``obj`` with every NaN (a metric of an empty slice) as None, so the JSON stays valid."""
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_no_nan(v) for v in obj]
+    return None if isinstance(obj, float) and obj != obj else obj
+
+
+def events_table(split: Split, results: dict[str, dict]) -> Any:
+    """One row per test event: who, which movie, when, cold or not, and each method's rank of it per seed.
+
+    With it, any interval or slice can be recomputed without re-training (``stats.py`` takes these ranks).
+    """
+    import pyarrow as pa
+
+    ev = split.test
+    cols = {"user_id": split.users[ev.user], "movie_id": split.movie_ids[ev.target],
+            "timestamp": np.array([split.times[u][p] for u, p in zip(ev.user, ev.pos)], dtype=np.int64),
+            "cold": split.cold(ev)}
+    for name, r in results.items():
+        for run, ranks in zip(r["runs"], r["ranks"]):
+            cols[f"rank/{name}/seed{run['seed']}"] = ranks.astype(np.int32)  # 0-based, -1: not in the top 50
+    return pa.table(cols)
+
+
+def _ci(cell: dict) -> str:
+    if cell["mean"] is None:
+        return "–"
+    return f"{cell['mean']:.4f} [{cell['ci_low']:.4f}, {cell['ci_high']:.4f}]"
+
+
+def markdown_table(methods: dict[str, dict], slices: tuple[str, ...] = SLICES, metrics: tuple[str, ...] = SHOWN) -> str:
+    """Every method's metrics per slice: mean over seeds with its 95 % bootstrap interval."""
+    head = [f"{s} {m.replace('recall', 'Recall').replace('ndcg', 'NDCG')}" for s in slices for m in metrics]
+    lines = ["| method | " + " | ".join(head) + " |", "| --- |" + " ---: |" * len(head)]
+    for name in METHODS:
+        if name in methods:
+            cells = [_ci(methods[name][s][m]) for s in slices for m in metrics]
+            lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_table(paired: dict[str, dict], slices: tuple[str, ...] = SLICES, metrics: tuple[str, ...] = SHOWN) -> str:
+    """Semantic-ID model minus each method, per event: difference, 95 % interval, p-value; "n.s." when it spans 0."""
+    head = [f"{s} {m.replace('recall', 'Recall').replace('ndcg', 'NDCG')}" for s in slices for m in metrics]
+    lines = ["| Semantic IDs minus | " + " | ".join(head) + " |", "| --- |" + " ---: |" * len(head)]
+    for name in METHODS:
+        if name not in paired:
+            continue
+        cells = []
+        for s in slices:
+            for m in metrics:
+                d = paired[name][s][m]
+                if d["diff"] is None:
+                    cells.append("–")
+                    continue
+                mark = "" if d["significant"] else " n.s."
+                cells.append(f"{d['diff']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] p={d['p_value']:.3g}{mark}")
+        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def training_table(methods: dict[str, dict]) -> str:
+    """Epochs run, best epoch, what stopped training and the time, per method (over seeds)."""
+    lines = ["| method | epochs (per seed) | best epoch | stopped by | validation Recall@10 curve (seed 1) | time s |",
+             "| --- | --- | --- | --- | --- | ---: |"]
+    for name in METHODS:
+        if name not in methods:
+            continue
+        runs = methods[name]["runs"]
+        learned = "epochs" in runs[0]
+        curve = " ".join(f"{v:.3f}" for v in runs[0].get("valid_curve", [])) if learned else (
+            f"window {runs[0]['window']} chosen on validation" if "window" in runs[0] else "no training")
+        lines.append(f"| {LABELS[name]} | {', '.join(str(r.get('epochs', '-')) for r in runs)} | "
+                     f"{', '.join(str(r.get('best_epoch', '-')) for r in runs)} | "
+                     f"{', '.join(sorted({r.get('stopped_by', '-') for r in runs}))} | {curve} | "
+                     f"{sum(r['train_s'] for r in runs):.0f} |")
+    return "\n".join(lines)
+
+
+def report_section(report: dict) -> str:
+    """The markdown section for ``report.md`` (between markers, so a rerun replaces it)."""
+    sp, st, sl = report["split"], report["settings"], report["slices"]
+    if report["protocol"] == "temporal":
+        how = (f"a global time split: the {sl['all']['events']:,} interactions from {sp['cutoff_utc']} on are the "
+               f"test events, each predicted from its user's whole history before it; validation events are those "
+               f"from {sp['valid_start_utc']}; models train on everything before")
+    else:
+        how = ("leave-one-out: each user's last movie is the test event, the one before the validation event, the "
+               f"rest training (users with fewer than {sp['min_ratings']} ratings dropped)")
+    lines = [SECTION_START, "## Generative retrieval", "",
+             f"Next-movie prediction on **{report['dataset']}**, {sp['n_users']} users, {sp['n_interactions']:,} "
+             f"ratings; {how}. {sl['all']['events']:,} test events of {sl['all']['users']} users: "
+             f"{sl['warm']['events']:,} warm and {sl['cold']['events']:,} cold (the target has no training "
+             f"interaction). Mean over {len(st['seeds'])} seeds with 95 % bootstrap intervals "
+             f"({st['bootstrap_samples']:,} resamples of whole {st['bootstrap_unit']}s).", "",
+             markdown_table(report["methods"]), ""]
+    if report["paired"]:
+        lines += ["Paired differences on the same test events (Semantic-ID model minus each method, per event, "
+                  "averaged over seeds; n.s.: the interval contains 0):", "", paired_table(report["paired"]), ""]
+    lines += ["ID-based methods (SASRec, most popular) cannot recommend a cold movie: it has no trained embedding "
+              "and no count, so their cold scores are 0 or near it by construction. The Semantic-ID model and the "
+              "content baseline score every movie from its content.", "",
+              "![Recall@K](retrieval/recall_at_k.png)", "", training_table(report["methods"]), "",
+              f"Models: d_model {st['d_model']}, {st['n_layers']} layers, {st['n_heads']} heads, history "
+              f"{st['max_history']} movies, test beam {st['beam_size']}; every learned model stops when validation "
+              f"Recall@10 has not improved for {st['patience']} epochs and keeps its best epoch. The content baseline "
+              "leaves out the user's rated movies; no other list is filtered. Wall time "
+              f"{report['wall_time_s'] / 60:.1f} min. Details: `retrieval/report.json`.", SECTION_END]
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(text: str, section: str) -> str:
+    """``text`` with its retrieval section replaced by ``section`` (appended when it has none)."""
+    pattern = re.compile(re.escape(SECTION_START) + r".*?" + re.escape(SECTION_END) + r"\n?", re.S)
+    if pattern.search(text):
+        return pattern.sub(lambda _: section, text, count=1)
+    return (text.rstrip("\n") + "\n\n" if text.strip() else "") + section
+
+
