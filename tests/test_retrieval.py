@@ -239,7 +239,7 @@ def test_content_topk_ranks_similar_unseen_movies_first():
     x = np.eye(4, dtype=np.float32)[[0, 0, 1, 2, 3]] + 0.01 * np.arange(5)[:, None]
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     hist = np.array([[-1, 0], [3, 4]])
-    top = content_topk(x, hist, [np.array([0]), np.array([3, 4])], window=1, k=3)
+    top = content_topk(x, hist, np.array([[0, -1], [3, 4]]), window=1, k=3)
     assert top[0, 0] == 1  # the twin of movie 0, which itself is seen and left out
     assert 4 not in top[1] and 3 not in top[1]
 
@@ -271,6 +271,22 @@ def test_constrained_beam_returns_distinct_real_movies(beam):
     for row, scores in zip(rec.items, rec.scores):
         assert (row >= 0).all() and len(set(row.tolist())) == 5  # real and distinct
         assert (scores[:-1] >= scores[1:]).all()  # best first
+
+
+def test_excluded_movies_are_never_recommended_and_the_rest_keep_their_order():
+    torch.manual_seed(0)
+    codes = synthetic_codes(30)
+    history = torch.tensor([[-1, 3, 4, 5], [0, 1, 2, 3]])
+    exclude = torch.zeros(2, 30, dtype=torch.bool)
+    exclude[0, [3, 4, 5]] = True
+    for model in (GenerativeRetriever(codes, max_history=4, d_model=16, n_layers=1, n_heads=2).eval(),
+                  SASRec(30, max_history=4, d_model=16, n_layers=1, n_heads=2).eval()):
+        full = model.recommend(history, k=30, beam_size=30).items
+        kept = model.recommend(history, k=10, beam_size=30, exclude=exclude).items
+        assert not set(kept[0].tolist()) & {3, 4, 5}
+        expect = [i for i in full[0].tolist() if i not in (3, 4, 5)][:10]
+        assert kept[0].tolist() == expect  # exhaustive beam: the same ranking, minus the excluded
+        assert kept[1].tolist() == full[1, :10].tolist()  # nothing excluded for the second user
 
 
 def test_full_beam_is_exact_search():
@@ -322,7 +338,9 @@ def test_metrics_on_hand_made_cases():
     assert ndcg_at_k(ranks, 4) == pytest.approx(1 / 3)
     m = ranking_metrics(np.tile(np.arange(10), (2, 1)), np.array([2, 11]))
     assert m == pytest.approx({"recall@5": 0.5, "recall@10": 0.5, "ndcg@5": 0.25, "ndcg@10": 0.25})
-    assert most_popular(np.array([0, 2, 1, 2, 0]), 3).tolist() == [1, 3, 2]
+    assert most_popular(np.array([0, 2, 1, 2, 0]), 3).tolist() == [[1, 3, 2]]
+    seen = np.array([[3, -1], [1, 2]])  # per event, already rated
+    assert most_popular(np.array([0, 2, 1, 2, 0]), 3, seen).tolist() == [[1, 2, 0], [3, 0, 4]]
 
 
 def test_report_section_is_replaced_not_appended():

@@ -16,9 +16,11 @@ movies for the same test events:
 Every learned model trains until its validation Recall@10 has not improved for ``patience``
 epochs and keeps its best epoch (``max_epochs`` is only a safety bound, flagged when hit). Each
 method returns the 0-based rank of every test event's target in its top ``MAX_K`` list (-1 when
-absent), per seed; ``stats.py`` turns ranks into metrics and intervals. Nothing is filtered
-from the learned models' lists (a user's already-rated movies may be recommended: in MovieLens a
-user never rates a movie twice, so this costs every learned method the same slots).
+absent), per seed; ``stats.py`` turns ranks into metrics and intervals. With ``exclude_seen``
+(the default) no method recommends a movie the user has already rated (in MovieLens nobody rates
+a movie twice, so such a slot is always a miss): SASRec and most-popular mask those movies'
+scores, the generative models mask them at the beam search's last level, and the content
+baseline, whose profile is made of them, always leaves them out.
 
 ID-based methods (``sasrec_ce``, ``most_popular``) cannot recommend a movie that has no
 training interaction (its embedding is never trained; its count is 0): their cold-slice scores
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 
 from .config import MAX_K, RetrievalConfig
-from .content import content_topk
+from .content import content_topk, seen_mask
 from .generative import GenerativeRetriever, Recommendations
 from .lightning_modules import fit, training_windows
 from .metrics import ranking_metrics, target_ranks
@@ -54,20 +56,32 @@ def random_codes(codes: np.ndarray, seed: int) -> np.ndarray:
     return np.asarray(codes)[perm]
 
 
-def most_popular(counts: np.ndarray, k: int) -> np.ndarray:
-    """(k,) the ``k`` items with most training interactions, ties broken by item index."""
-    return np.argsort(-np.asarray(counts), kind="stable")[:k]
+def most_popular(counts: np.ndarray, k: int, seen: np.ndarray | None = None, *, batch_size: int = 1024) -> np.ndarray:
+    """(E, k) the ``k`` items with most training interactions (ties by item index), or (1, k) when ``seen`` is None.
+
+    ``seen``: (E, S) items to leave out per event, -1 padded.
+    """
+    order = np.argsort(-np.asarray(counts), kind="stable")
+    if seen is None:
+        return order[None, :k]
+    rank = torch.empty(len(order), dtype=torch.float32)
+    rank[torch.from_numpy(order)] = -torch.arange(len(order), dtype=torch.float32)  # higher is more popular
+    out = [rank.expand(len(b), -1).masked_fill(seen_mask(b, len(order)), -torch.inf).topk(min(k, len(order)), dim=1)
+           .indices.numpy() for b in (seen[i:i + batch_size] for i in range(0, len(seen), batch_size))]
+    return np.concatenate(out)
 
 
 @torch.no_grad()
 def recommend_all(model: torch.nn.Module, history: np.ndarray, *, k: int, beam_size: int, batch_size: int,
-                  device: torch.device) -> np.ndarray:
-    """(E, k) top-k items for (E, M) histories, in batches."""
+                  device: torch.device, seen: np.ndarray | None = None) -> np.ndarray:
+    """(E, k) top-k items for (E, M) histories, in batches; ``seen`` (E, S), -1 padded: items to leave out."""
     model.eval().to(device)
     out = []
     for i in range(0, len(history), batch_size):
         h = torch.from_numpy(history[i:i + batch_size]).to(device)
-        rec: Recommendations = model.recommend(h, k, beam_size=beam_size)
+        exclude = None if seen is None else seen_mask(torch.from_numpy(seen[i:i + batch_size]).to(device),
+                                                      model.n_items)
+        rec: Recommendations = model.recommend(h, k, beam_size=beam_size, exclude=exclude)
         out.append(rec.items.cpu().numpy())
     return np.concatenate(out) if out else np.empty((0, k), np.int64)
 
@@ -82,10 +96,11 @@ def _device(cfg: RetrievalConfig) -> tuple[str, torch.device]:
 
 def _content(vectors: np.ndarray, split: Split, cfg: RetrievalConfig, valid_hist: np.ndarray,
              test_hist: np.ndarray) -> tuple[np.ndarray, dict]:
-    """content_knn's test lists, with the profile window chosen on validation Recall@10."""
+    """content_knn's test lists, its profile window chosen on validation Recall@10 (seen movies always left out)."""
     curve = {}
+    valid_seen = split.seen(split.valid)
     for w in cfg.content_windows:
-        top = content_topk(vectors, valid_hist, split.seen(split.valid), window=min(w, cfg.max_history), k=10)
+        top = content_topk(vectors, valid_hist, valid_seen, window=min(w, cfg.max_history), k=10)
         curve[w] = ranking_metrics(top, split.valid.target, ks=(10,))["recall@10"]
     best = max(curve, key=lambda w: (curve[w], -w))
     ranked = content_topk(vectors, test_hist, split.seen(split.test), window=min(best, cfg.max_history), k=MAX_K)
@@ -117,6 +132,7 @@ def run_benchmark(split: Split, codes: np.ndarray, cfg: RetrievalConfig, vectors
     cap = cfg.max_train_items
     windows = training_windows([t[-cap:] if cap else t for t in split.train], m)
     valid_hist, test_hist = split.histories(split.valid, m), split.histories(split.test, m)
+    valid_seen, test_seen = (split.seen(split.valid), split.seen(split.test)) if cfg.exclude_seen else (None, None)
     log.info("%d users, %d movies, %d training windows of %d movies; %d validation and %d test events",
              len(split.users), len(split.movie_ids), len(windows), m + 1, len(split.valid), len(split.test))
     shape = dict(max_history=m, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads)
@@ -130,8 +146,8 @@ def run_benchmark(split: Split, codes: np.ndarray, cfg: RetrievalConfig, vectors
             L.seed_everything(seed, workers=False, verbose=False)
             info: dict = {"seed": seed}
             if method == "most_popular":
-                top = most_popular(split.train_counts(), MAX_K)
-                ranked = np.broadcast_to(top, (len(split.test), len(top)))
+                top = most_popular(split.train_counts(), MAX_K, test_seen)
+                ranked = np.broadcast_to(top, (len(split.test), top.shape[1]))
             elif method == "content_knn":
                 ranked, extra = _content(vectors, split, cfg, valid_hist, test_hist)
                 info.update(extra)
@@ -141,12 +157,13 @@ def run_benchmark(split: Split, codes: np.ndarray, cfg: RetrievalConfig, vectors
                 else:
                     ids = codes if method == "semantic_id" else random_codes(codes, seed)
                     model, lr = GenerativeRetriever(ids, dropout=cfg.dropout, **shape), cfg.lr
-                info.update(fit(model, windows, valid_hist, split.valid.target, lr=lr, weight_decay=cfg.weight_decay,
+                info.update(fit(model, windows, valid_hist, split.valid.target, valid_seen, lr=lr,
+                                weight_decay=cfg.weight_decay,
                                 batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
                                 max_epochs=cfg.max_epochs, patience=cfg.patience, beam_size=cfg.valid_beam_size,
                                 seed=seed, accelerator=accelerator))
                 ranked = recommend_all(model, test_hist, k=MAX_K, beam_size=cfg.beam_size,
-                                       batch_size=cfg.eval_batch_size, device=device)
+                                       batch_size=cfg.eval_batch_size, device=device, seen=test_seen)
             ranks = target_ranks(ranked, split.test.target)
             info["train_s"] = round(time.perf_counter() - t0, 1)
             results[method]["ranks"].append(ranks)

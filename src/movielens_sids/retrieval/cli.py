@@ -185,8 +185,8 @@ def retrieval_stage(run_dir: Path, cfg: Any, rcfg: RetrievalConfig | None = None
         "sids": {"n_movies": int(len(movie_ids)), "length": int(codes.shape[1]),
                  "level_sizes": [int(codes[:, j].max()) + 1 for j in range(codes.shape[1])]},
         "settings": settings_dict(rcfg),
-        "ranking": "the learned models and most-popular are not filtered (a user's rated movies may be "
-                   "recommended); content_knn leaves them out",
+        "ranking": ("no method recommends a movie the user rated before the event" if rcfg.exclude_seen else
+                    "only content_knn leaves out the movies the user rated before the event"),
         "wall_time_s": round(time.perf_counter() - t0, 1),
     }
     recall_curve_chart(summary["recall_curve"], run_dir / "retrieval" / "recall_at_k.png")

@@ -58,7 +58,7 @@ class RetrievalConfig:
     """Dropout of SASRec."""
     lr: float = 3e-3
     """AdamW learning rate of the generative models."""
-    sasrec_lr: float = 1e-3
+    sasrec_lr: float = 3e-3
     """AdamW learning rate of SASRec."""
     weight_decay: float = 0.01
     """AdamW weight decay on the weight matrices."""
@@ -68,6 +68,8 @@ class RetrievalConfig:
     """A safety bound on training epochs; validation decides when to stop (the report flags a run that hit it)."""
     patience: int = 4
     """Stop after this many epochs without a better validation Recall@10 (the best epoch's weights are kept)."""
+    exclude_seen: bool = True
+    """Never recommend a movie the user has already rated (every method; MovieLens has no repeat ratings)."""
     beam_size: int = 50
     """Beams of the constrained beam search at test time (>= 50, the largest cut-off)."""
     valid_beam_size: int = 20

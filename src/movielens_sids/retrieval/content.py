@@ -16,14 +16,22 @@ import torch
 
 
 @torch.no_grad()
-def content_topk(vectors: np.ndarray, histories: np.ndarray, seen: list[np.ndarray], *, window: int, k: int,
+def seen_mask(seen: np.ndarray | torch.Tensor, n_items: int) -> torch.Tensor:
+    """(B, S) item indices, -1 padded -> (B, N) bool, True at every listed item."""
+    seen = torch.as_tensor(seen)
+    mask = torch.zeros(len(seen), n_items + 1, dtype=torch.bool, device=seen.device)  # last column: padding
+    mask.scatter_(1, seen.masked_fill(seen < 0, n_items), True)
+    return mask[:, :n_items]
+
+
+def content_topk(vectors: np.ndarray, histories: np.ndarray, seen: np.ndarray, *, window: int, k: int,
                  batch_size: int = 1024) -> np.ndarray:
     """(E, k) the top ``k`` movies for each event, best first, by similarity to its latest ``window`` movies.
 
     Args:
         vectors: (N, D) unit-norm content embeddings, row ``i`` is item ``i``.
         histories: (E, M) right-aligned item histories, -1 pads on the left (M >= window).
-        seen: per event, every item the user has rated before it (excluded from the ranking).
+        seen: (E, S) every item the user has rated before each event, -1 padded (excluded from the ranking).
         window: how many of the latest history items make the profile.
         k: the list length (at most N).
         batch_size: events scored at once.
@@ -36,8 +44,6 @@ def content_topk(vectors: np.ndarray, histories: np.ndarray, seen: list[np.ndarr
         valid = (h >= 0).float()[..., None]  # (b, w, 1)
         profile = (x[h.clamp(min=0)] * valid).sum(1)  # (b, D)
         profile = profile / profile.norm(dim=1, keepdim=True).clamp(min=1e-12)
-        scores = profile @ x.T  # (b, N)
-        for i, items in enumerate(seen[start:start + batch_size]):
-            scores[i, torch.from_numpy(items)] = -torch.inf
+        scores = (profile @ x.T).masked_fill(seen_mask(seen[start:start + batch_size], len(x)), -torch.inf)  # (b, N)
         out[start:start + batch_size] = scores.topk(k, dim=1).indices.numpy()
     return out

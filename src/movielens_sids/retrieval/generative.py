@@ -111,7 +111,7 @@ class GenerativeRetriever(nn.Module):
         super().__init__()
         codes = torch.as_tensor(np.asarray(item_codes), dtype=torch.long)  # (N, L)
         self.trie = SidTrie(codes.numpy())
-        self.levels = codes.shape[1]
+        self.levels, self.n_items = codes.shape[1], codes.shape[0]
         self.max_history = max_history
         offsets = torch.tensor([0, *np.cumsum(self.trie.level_sizes).tolist()])
         self.vocab = int(offsets[-1])
@@ -160,13 +160,16 @@ class GenerativeRetriever(nn.Module):
         return total / self.levels
 
     @torch.no_grad()
-    def recommend(self, history: torch.Tensor, k: int, *, beam_size: int | None = None) -> Recommendations:
+    def recommend(self, history: torch.Tensor, k: int, *, beam_size: int | None = None,
+                  exclude: torch.Tensor | None = None) -> Recommendations:
         """Beam search over the trie of existing SIDs.
 
         Args:
             history: (B, M) item indices, right-aligned, -1 pads on the left.
             k: how many items to return (the best ``k`` of ``beam_size`` beams).
             beam_size: W >= k (default k).
+            exclude: (B, N) bool, items never to return (e.g. already rated); masked at the last level,
+                so the W beams are the best SIDs that are allowed.
 
         Returns:
             ``Recommendations`` with (B, k) distinct items, best first.
@@ -183,7 +186,10 @@ class GenerativeRetriever(nn.Module):
         for level in range(self.levels):
             nb = scores.shape[1]
             logp = F.log_softmax(self._level_logits(state, level), -1)  # (B, W', K_l)
-            allowed = self.trie.allowed(level, nodes).view(b, nb, -1)
+            child = self.trie.children(level, nodes).view(b, nb, -1)  # (B, W', K_l)
+            allowed = child >= 0
+            if exclude is not None and level == self.levels - 1:  # children are items here
+                allowed &= ~exclude.gather(1, child.clamp(min=0).view(b, -1)).view_as(child)
             kl = logp.shape[-1]
             cand = (scores[..., None] + logp.masked_fill(~allowed, -torch.inf)).view(b, nb * kl)  # (B, W' K_l)
             scores, flat = cand.topk(min(w, nb * kl), dim=1)  # (B, W)

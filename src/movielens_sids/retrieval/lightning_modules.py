@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from .content import seen_mask
 from .metrics import ranking_metrics
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,9 @@ class NextItemModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
-        history, target = batch
-        items = self.model.recommend(history, self.k, beam_size=max(self.beam_size, self.k)).items
+        history, target, *seen = batch  # seen: (B, S) already rated items, -1 padded (when they are left out)
+        exclude = seen_mask(seen[0], self.model.n_items) if seen else None
+        items = self.model.recommend(history, self.k, beam_size=max(self.beam_size, self.k), exclude=exclude).items
         self._val.append((items.cpu().numpy(), target.cpu().numpy()))
 
     def on_validation_epoch_end(self) -> None:
@@ -111,10 +113,13 @@ class KeepBest(L.Callback):
             self.state = copy.deepcopy(pl_module.model.state_dict())
 
 
-def fit(model: nn.Module, windows: np.ndarray, valid_history: np.ndarray, valid_target: np.ndarray, *,
+def fit(model: nn.Module, windows: np.ndarray, valid_history: np.ndarray, valid_target: np.ndarray,
+        valid_seen: np.ndarray | None = None, *,
         lr: float, weight_decay: float, batch_size: int, eval_batch_size: int, max_epochs: int, patience: int,
         beam_size: int, seed: int, accelerator: str = "cpu") -> dict:
     """Train ``model`` in place, restore its best validation epoch, and return what happened.
+
+    ``valid_seen`` (E, S), -1 padded: items left out of each validation event's list (None: nothing left out).
 
     Returns:
         ``{"epochs": trained epochs, "best_epoch": ..., "best_valid_recall@10": ..., "stopped_by": "patience" or
@@ -125,8 +130,8 @@ def fit(model: nn.Module, windows: np.ndarray, valid_history: np.ndarray, valid_
     monitor = "valid/recall@10"
     g = torch.Generator().manual_seed(seed)
     train_dl = DataLoader(TensorDataset(torch.from_numpy(windows)), batch_size=batch_size, shuffle=True, generator=g)
-    valid_dl = DataLoader(TensorDataset(torch.from_numpy(valid_history), torch.from_numpy(valid_target)),
-                          batch_size=eval_batch_size)
+    valid = [valid_history, valid_target] + ([] if valid_seen is None else [valid_seen])
+    valid_dl = DataLoader(TensorDataset(*map(torch.from_numpy, valid)), batch_size=eval_batch_size)
     module = NextItemModule(model, lr=lr, weight_decay=weight_decay, beam_size=beam_size)
     keep = KeepBest(monitor)
     trainer = L.Trainer(

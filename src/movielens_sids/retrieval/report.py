@@ -164,8 +164,9 @@ def report_section(report: dict) -> str:
               "![Recall@K](retrieval/recall_at_k.png)", "", training_table(report["methods"]), "",
               f"Models: d_model {st['d_model']}, {st['n_layers']} layers, {st['n_heads']} heads, history "
               f"{st['max_history']} movies, test beam {st['beam_size']}; every learned model stops when validation "
-              f"Recall@10 has not improved for {st['patience']} epochs and keeps its best epoch. The content baseline "
-              "leaves out the user's rated movies; no other list is filtered. Wall time "
+              f"Recall@10 has not improved for {st['patience']} epochs and keeps its best epoch. "
+              + ("No method recommends a movie the user has already rated. " if st["exclude_seen"] else
+                 "Only the content baseline leaves out the user's rated movies. ") + "Wall time "
               f"{report['wall_time_s'] / 60:.1f} min. Details: `retrieval/report.json`.", SECTION_END]
     return "\n".join(lines) + "\n"
 

@@ -62,9 +62,15 @@ class SASRec(nn.Module):
         return F.cross_entropy(logits, tgt[keep])
 
     @torch.no_grad()
-    def recommend(self, history: torch.Tensor, k: int, *, beam_size: int | None = None) -> Recommendations:
-        """Top ``k`` (at most N) of all N movies after (B, M) right-aligned histories (``beam_size`` is ignored)."""
+    def recommend(self, history: torch.Tensor, k: int, *, beam_size: int | None = None,
+                  exclude: torch.Tensor | None = None) -> Recommendations:
+        """Top ``k`` (at most N) of all N movies after (B, M) right-aligned histories (``beam_size`` is ignored).
+
+        ``exclude``: (B, N) bool, items never to return (e.g. already rated).
+        """
         h = self._hidden(history)[:, -1]  # (B, d)
         scores = F.log_softmax(h @ self.item.weight[: self.n_items].T, -1)  # (B, N)
+        if exclude is not None:
+            scores = scores.masked_fill(exclude, -torch.inf)
         top, items = scores.topk(min(k, self.n_items), dim=1)
-        return Recommendations(items=items, scores=top)
+        return Recommendations(items=items.masked_fill(top == -torch.inf, -1), scores=top)

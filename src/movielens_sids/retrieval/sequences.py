@@ -134,9 +134,12 @@ class Split:
             out[e, max_history - len(tail):] = tail
         return out
 
-    def seen(self, events: Events) -> list[np.ndarray]:
-        """Per event, every item of the user's history before it (for methods that exclude seen movies)."""
-        return [self.sequences[u][:p] for u, p in zip(events.user, events.pos)]
+    def seen(self, events: Events) -> np.ndarray:
+        """(E, S) int64: every item of each event's user's history before it, -1 padded (S: the longest)."""
+        out = np.full((len(events), max(1, int(events.pos.max(initial=0)))), -1, dtype=np.int64)
+        for e, (u, p) in enumerate(zip(events.user, events.pos)):
+            out[e, :p] = self.sequences[u][:p]
+        return out
 
     def train_counts(self) -> np.ndarray:
         """(N,) number of training interactions of each item."""

@@ -72,15 +72,16 @@ class SidTrie:
         """(batch,) root node ids."""
         return torch.zeros(batch, dtype=torch.long, device=self.items.device)
 
-    def allowed(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
-        """Which tokens may follow each prefix.
+    def children(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
+        """Where each token leads from each prefix.
 
         Args:
             level: the level of the next token (0 for the first).
             nodes: (M,) level-``level`` node ids (``-1``: a dead beam, nothing allowed).
 
         Returns:
-            (M, K_level) bool mask.
+            (M, K_level) int64: the child node of each (prefix, token), ``-1`` where that prefix does not
+            exist; at the last level the children are item indices.
         """
         off = self.offsets[level]
         alive = nodes >= 0
@@ -89,9 +90,13 @@ class SidTrie:
         rows = torch.repeat_interleave(torch.arange(len(nodes), device=nodes.device), count)  # (E,)
         first = torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
         edges = torch.repeat_interleave(start, count) + torch.arange(len(rows), device=nodes.device) - first
-        mask = torch.zeros(len(nodes), self.level_sizes[level], dtype=torch.bool, device=nodes.device)
-        mask[rows, self.tokens[level][edges]] = True
-        return mask
+        out = torch.full((len(nodes), self.level_sizes[level]), -1, dtype=torch.long, device=nodes.device)
+        out[rows, self.tokens[level][edges]] = self.items[edges] if level == self.levels - 1 else edges
+        return out
+
+    def allowed(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
+        """(M, K_level) bool: which tokens may follow each of the (M,) level-``level`` prefixes (``-1``: dead)."""
+        return self.children(level, nodes) >= 0
 
     def step(self, level: int, nodes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Follow one token: (M,) level-``level`` nodes and (M,) tokens -> (M,) child nodes (``-1`` if absent).
