@@ -9,8 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sids_fixtures import clustered_embeddings, tiny_tokenizer, write_embeddings, write_run
 
-from movielens_sids.assign import (
-    AssignConfig,
+from movielens_sids import artifacts
+from movielens_sids.config import load_config
+from movielens_sids.errors import SidsError
+from movielens_sids.io import file_hash
+from movielens_sids.model import load_tokenizer, save_pretrained
+from movielens_sids.settings import AssignConfig
+from movielens_sids.sid import format_sid, path_ids
+from movielens_sids.stages.assign import (
     _serve_in_order,
     assign_sids,
     assign_stage,
@@ -20,14 +26,14 @@ from movielens_sids.assign import (
     fast_codes,
     greedy_codes,
     make_unique,
-    read_sids,
     reference_codes,
 )
-from movielens_sids.config import load_config
-from movielens_sids.errors import SidsError
-from movielens_sids.io import file_hash
-from movielens_sids.model import load_tokenizer, save_pretrained
-from movielens_sids.sid import format_sid, path_ids
+
+
+def read_sids(path):
+    """(movie ids, tokens, metadata) of a ``sids.parquet``, through the package's one reader."""
+    s = artifacts.read_sids(path.parent)
+    return s.movie_ids, s.tokens, s.metadata
 
 
 def _cfg(**assign):

@@ -12,11 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from movielens_sids import embed as embed_mod
 from movielens_sids.documents import build_documents, document_hash
-from movielens_sids.embed import CACHE_DIR, EmbedConfig, embed_stage, resolve_model
 from movielens_sids.errors import SidsError
 from movielens_sids.io import parquet_metadata
+from movielens_sids.settings import EmbedConfig
+from movielens_sids.stages import embed as embed_mod
+from movielens_sids.stages.embed import CACHE_DIR, embed_stage, resolve_model
 
 DIM = 16
 

@@ -19,11 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from movielens_sids import visualize as viz
 from movielens_sids.config import Config
 from movielens_sids.errors import SidsError
 from movielens_sids.io import write_parquet
-from movielens_sids.visualize import VisualizeConfig, sample_indices, visualize_stage
+from movielens_sids.settings import VisualizeConfig
+from movielens_sids.stages import visualize as viz
+from movielens_sids.stages.visualize import sample_indices, visualize_stage
 
 XSS = "<img src=x onerror=alert(1)>"
 BREAKOUT = "</script><script>window.__pwned=1</script>"

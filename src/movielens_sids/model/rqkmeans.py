@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from .config import RQKMeansConfig
-from .rqvae import Losses, PretrainedMixin, TokenizerOutput, nearest_code
+from .rqvae import Losses, TokenizerOutput, nearest_code
 
 
-class RQKMeans(PretrainedMixin, nn.Module):
+class RQKMeans(nn.Module):
     """Residual k-means tokenizer (greedy residual assignment, centroids fitted by FAISS).
 
     Example:

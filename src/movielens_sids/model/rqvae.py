@@ -1,6 +1,6 @@
 """The RQ-VAE tokenizer: MLP encoder -> residual vector quantizer (L levels x K codes) -> MLP decoder.
 
-Pure torch: no paths, devices, prints or Hub calls (saving and loading live in ``model/__init__.py``).
+Pure torch: no paths, devices, prints or Hub calls (saving and loading live in ``serialization.py``).
 Reads top to bottom: config, k-means, the quantizer, the encoder/decoder, the RQ-VAE.
 
 Shapes: B batch, N movies, D embedding dim, H latent dim, L levels, K codebook size.
@@ -419,29 +419,7 @@ class TokenizerOutput(NamedTuple):
     """(L, B, H) what each level quantized (detached)."""
 
 
-class PretrainedMixin:
-    """``save_pretrained`` / ``from_pretrained`` for both tokenizers (``config.json`` + ``model.safetensors``)."""
-
-    def save_pretrained(self, directory) -> None:
-        """Write ``config.json`` and ``model.safetensors`` to ``directory`` (see ``movielens_sids.model``)."""
-        from . import save_pretrained
-
-        save_pretrained(self, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory):
-        """Load a folder written by ``save_pretrained``; a missing or mismatched folder is a ``SidsError``."""
-        from . import load_tokenizer
-
-        model = load_tokenizer(directory)
-        if not isinstance(model, cls):
-            from ..errors import SidsError
-
-            raise SidsError(f"{directory} holds a {model.tokenizer} tokenizer, not {cls.tokenizer}")
-        return model
-
-
-class RQVAE(PretrainedMixin, nn.Module):
+class RQVAE(nn.Module):
     """RQ-VAE tokenizer (Lee et al. 2022; TIGER, Rajput et al. 2023): x -> z -> codes -> z_q -> x_hat.
 
     Example:

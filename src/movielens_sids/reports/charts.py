@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_path
+from ..io import atomic_path
 
 
 def _figure():

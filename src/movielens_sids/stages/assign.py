@@ -29,27 +29,29 @@ disappeared (kept in the file's ``retired`` metadata; a movie that comes back ge
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .errors import SidsError
-from .sid import format_sids, path_codes, path_ids
+from ..artifacts import read_embeddings, read_model, read_sids
+from ..devices import resolve_device
+from ..errors import SidsError
+from ..io import write_parquet
+from ..settings import AssignConfig
+from ..sid import format_sids, path_codes, path_ids
 
 if TYPE_CHECKING:
     import torch
 
-    from .config import Config
+    from ..config import Config
 
 log = logging.getLogger(__name__)
 
-HELP = "give every movie a unique Semantic ID (sids.parquet); --incremental keeps the existing ones"
 
 ALIGN = 64
 """Float64 encoder batches are zero-padded to a multiple of this many rows (row-invariant CPU kernels)."""
@@ -63,54 +65,9 @@ _CHUNK = 4096
 """Rows per float64 distance block (fits in cache; not a setting: it never changes the result)."""
 
 
-@dataclass
-class AssignConfig:
-    """How codes become unique Semantic IDs."""
-
-    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"device", "batch_size"})
-
-    strategy: Literal["semantic", "suffix"] = "semantic"
-    """semantic: move colliding movies to their nearest free code path; suffix: TIGER's extra token."""
-    beam_width: int = 8
-    """Beam width of the semantic strategy's search over earlier levels' alternatives."""
-    incremental: bool = False
-    """Keep every SID already in sids.parquet and give only new movies new SIDs."""
-    device: str = "auto"
-    """auto, cpu, cuda, cuda:N or mps: where the encoder runs (codes are always settled on the CPU)."""
-    batch_size: int = 16384
-    """Movies per encoder batch (rounded up to a multiple of 64); never changes the result."""
-
-    def __post_init__(self) -> None:
-        if self.strategy not in ("semantic", "suffix"):
-            raise ValueError(f"strategy: must be semantic or suffix, got {self.strategy!r}")
-        if self.beam_width < 1:
-            raise ValueError(f"beam_width: must be >= 1, got {self.beam_width}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
-
-
 # ----------------------------------------------------------------------------------------------
 # Pure functions (numpy / torch, no I/O)
 # ----------------------------------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available, else mps, else cpu; anything else as given."""
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise SidsError(f"setting assign.device: {name!r} is not a device (auto, cpu, cuda, cuda:N, mps)") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SidsError(f"setting assign.device: {name!r} requested but CUDA is not available")
-    return dev
 
 
 def exact_model(tok):
@@ -170,7 +127,7 @@ def fast_codes(tok, x: np.ndarray, *, device=None, batch_size: int = 16384,
     import torch
 
     dev = device or next((t.device for t in (*tok.parameters(), *tok.buffers())), torch.device("cpu"))
-    from .model.rqvae import beam_search
+    from ..model.rqvae import beam_search  # torch: imported only when assigning
 
     cb = tok.codebooks.detach().float()  # (L, K, H)
     bias = tok.code_bias.detach().float()  # (L, K)
@@ -659,47 +616,6 @@ def _move_cost(tok64, x: np.ndarray, before: np.ndarray, after: np.ndarray, move
 # ----------------------------------------------------------------------------------------------
 
 
-def read_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``embeddings.parquet`` -> movie ids (N,) int64 and vectors (N, D) float32, validated."""
-    from .io import read_parquet
-
-    table = read_parquet(path, "embed")
-    for col in ("movie_id", "embedding"):
-        if col not in table.column_names:
-            raise SidsError(f"{path} has no {col!r} column; run `movielens-sids embed` again")
-    ids = table.column("movie_id").to_numpy().astype(np.int64)
-    emb = table.column("embedding").combine_chunks()
-    n = len(ids)
-    if n == 0:
-        raise SidsError(f"{path} has no movies")
-    if emb.null_count:
-        raise SidsError(f"{path}: {emb.null_count} movies have no embedding")
-    flat = emb.flatten().to_numpy(zero_copy_only=False)
-    if len(flat) % n:
-        raise SidsError(f"{path}: embeddings do not all have the same dimension")
-    x = flat.reshape(n, -1).astype(np.float32, copy=False)
-    if not np.isfinite(x).all():
-        bad = ids[~np.isfinite(x).all(axis=1)]
-        raise SidsError(f"{path}: NaN or infinite embeddings for {len(bad)} movies (first movie_id {bad[0]})")
-    if len(_unique_sorted(ids)) != n:
-        raise SidsError(f"{path}: duplicate movie_id values")
-    return ids, x
-
-
-def _load_model(run_dir: Path, dim: int):
-    from .model import load_tokenizer
-
-    model_dir = run_dir / "model"
-    for f in ("config.json", "model.safetensors"):
-        if not (model_dir / f).exists():
-            raise SidsError(f"{model_dir / f} not found: run `movielens-sids train` first")
-    tok = load_tokenizer(model_dir)
-    if int(tok.config.input_dim) != dim:
-        raise SidsError(f"embeddings have dimension {dim} but the model in {model_dir} expects "
-                        f"{tok.config.input_dim}; retrain the model or re-embed")
-    return tok
-
-
 def model_fingerprint(tok) -> str:
     """sha256 of the tensors that decide the codes (parameters and codebooks, by name), not of the file:
     a save/load round trip keeps it."""
@@ -713,25 +629,6 @@ def model_fingerprint(tok) -> str:
         h.update(name.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()
-
-
-def read_sids(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """``sids.parquet`` -> movie ids (N,), tokens (N, T) int64, and its decoded metadata."""
-    from .io import parquet_metadata, read_parquet
-
-    table = read_parquet(path, "assign")
-    ids = table.column("movie_id").to_numpy().astype(np.int64)
-    col = table.column("semantic_id").combine_chunks()
-    n = len(ids)
-    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-    tokens = flat.reshape(n, -1) if n else np.zeros((0, 0), dtype=np.int64)
-    meta = {}
-    for key, v in parquet_metadata(path).items():
-        try:
-            meta[key] = json.loads(v)
-        except ValueError:
-            meta[key] = v
-    return ids, tokens, meta
 
 
 def sids_table(movie_ids: np.ndarray, tokens: np.ndarray):
@@ -753,12 +650,11 @@ def assign_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
         A summary: the dedup statistics, plus (incremental) kept/new/retired counts and the
         ids of movies that disappeared.
     """
-    from .io import write_parquet
-
     run_dir = Path(run_dir)
     acfg: AssignConfig = cfg.assign
-    ids, x = read_embeddings(run_dir / "embeddings.parquet")
-    tok = _load_model(run_dir, x.shape[1]).to(resolve_device(acfg.device))
+    emb = read_embeddings(run_dir)
+    ids, x = emb.movie_ids, emb.x
+    tok = read_model(run_dir, input_dim=x.shape[1]).to(resolve_device(acfg.device, "assign.device"))
     levels, k = int(tok.config.levels), int(tok.config.codebook_size)
     sids_path = run_dir / "sids.parquet"
     retired_ids = np.zeros(0, dtype=np.int64)
@@ -768,7 +664,8 @@ def assign_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
         if not sids_path.exists():
             raise SidsError(f"{sids_path} not found: --incremental extends existing SIDs; run "
                             "`movielens-sids assign` without it first")
-        old_ids, old_tok, meta = read_sids(sids_path)
+        old = read_sids(run_dir)
+        old_ids, old_tok, meta = old.movie_ids, old.tokens, old.metadata
         info = meta.get("assign") or {}
         if info.get("levels") != levels or info.get("codebook_size") != k:
             raise SidsError(f"{sids_path} was made with {info.get('levels')} levels x {info.get('codebook_size')} "
@@ -825,23 +722,4 @@ def assign_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
              stats["n_movies"], stats["n_collided_before"], stats["n_moved"], stats["n_suffixed"], acfg.strategy,
              all_tok.shape[1])
     return {**stats, **result}
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .config import flag
-
-    flag(p, "--strategy", key="assign.strategy", choices=["semantic", "suffix"],
-         help="semantic (default): move colliding movies to the nearest free code path; "
-              "suffix: TIGER's extra collision token")
-    flag(p, "--incremental", key="assign.incremental", action="store_true",
-         help="keep every SID already in sids.parquet; give only new movies new SIDs")
-    flag(p, "--beam-width", key="assign.beam_width", type=int, help="beam of the semantic search (default 8)")
-    flag(p, "--device", key="assign.device", type=str, help="auto, cpu, cuda, cuda:N or mps")
-    flag(p, "--batch-size", key="assign.batch_size", type=int, help="movies per encoder batch")
-
-
-def command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> None:
-    from .stages import execute
-
-    execute("assign", cfg, run_dir)
 
