@@ -48,7 +48,7 @@ def test_shapes(encoder):
     model = init_model(cfg, clustered())
     x = clustered(n=5, seed=1)
     out = model(x)
-    h = cfg.code_dim
+    h = cfg.latent_dim
     assert h == (8 if encoder == "mlp" else D)
     assert model.encode(x).shape == (5, h)
     assert model.codebooks.shape == (3, 8, h)
@@ -293,7 +293,7 @@ def test_beam_search_never_ends_worse_than_greedy_and_keeps_the_first_code():
     assert torch.equal(beam[:, 0], greedy[:, 0])  # level 1 is always the nearest code
     assert (err(beam) <= err(greedy) + 1e-5).all() and (err(beam) < err(greedy) - 1e-5).any()
     # exhaustive check on a few rows: the beam finds the best (c2, c3) when it is wide enough
-    wide = beam_search(z[:20] - cbs[0][greedy[:20, 0]], cbs[1:], torch.zeros(2, 16), width=16)
+    wide = beam_search(z[:20] - cbs[0][greedy[:20, 0]], cbs[1:], torch.zeros(2, 16), width=16).codes
     for i in range(20):
         r = z[i] - cbs[0][greedy[i, 0]]
         tot = (r[None, None] - cbs[1][:, None] - cbs[2][None]).square().sum(-1)  # (16, 16)

@@ -18,8 +18,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-import torch
 import safetensors.torch
+import torch
 from safetensors import SafetensorError
 
 from ..errors import SidsError

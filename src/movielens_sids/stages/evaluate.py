@@ -404,7 +404,7 @@ def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None) -
         "n_movies": n,
         "levels": levels,
         "codebook_size": k_codes,
-        "latent_dim": int(getattr(tcfg, "code_dim", tcfg.latent_dim)),  # identity encoder: H = D
+        "latent_dim": int(tcfg.latent_dim),  # H (= D unless the encoder is mlp)
         "embedding_dim": int(inp.x.shape[1]),
         "embedding_model": inp.embedding_model,
         "reconstruction": {
