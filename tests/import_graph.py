@@ -8,6 +8,7 @@ Only imports at module level count as edges (imports inside functions are listed
 from __future__ import annotations
 
 import ast
+import functools
 import sys
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def scan(path: Path, modules: set[str]) -> tuple[set[str], set[str]]:
     return top, inner
 
 
+@functools.lru_cache(maxsize=1)
 def graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     files = sorted(ROOT.rglob("*.py"))
     modules = {module_name(p) for p in files}

@@ -27,7 +27,10 @@ def tiny_model(tmp_path_factory) -> str:
     """A 1-layer, 16-d BERT with a character WordPiece vocabulary, saved as a sentence-transformers folder."""
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Pooling, Transformer
+    try:  # where sentence-transformers keeps its modules now; the old path warns
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:  # older sentence-transformers
+        from sentence_transformers.models import Pooling, Transformer
     from transformers import BertConfig, BertModel, BertTokenizer
 
     root = tmp_path_factory.mktemp("tiny-model")

@@ -187,6 +187,7 @@ def test_assign_on_a_model_folder_holding_a_pickle_never_runs_it(tmp_path, capsy
     assert not marker.exists() and not (run / "sids.parquet").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4:UserWarning")  # the crafted file's own protocol
 def test_training_never_unpickles_a_crafted_resume_checkpoint(tmp_path):
     from movielens_sids.model import RQVAEConfig
     from movielens_sids.stages import train

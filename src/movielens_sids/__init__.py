@@ -2,6 +2,8 @@
 
 The Python API mirrors the CLI: stage functions live in their modules (``movielens_sids.embed``,
 ``movielens_sids.train``, ...); ``lookup`` functions are re-exported here.
+
+May import: nothing at import time (``lookup`` is loaded on first use of its functions).
 """
 
 from __future__ import annotations

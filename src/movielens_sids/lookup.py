@@ -15,6 +15,8 @@ fit about equally well, a one-line error lists them with their ids so the user c
 Neighbours are ranked by the length of the prefix they share with the movie's SID (longest first),
 then by the distance between the two SIDs' decoded vectors (``tok.decode_codes`` of their first L
 tokens), then by ``movie_id``: the order a generative retriever sees.
+
+May import: artifacts, sid, errors; rapidfuzz on first use. Not a stage: it only reads.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Shapes: N movies, D embedding dim, L levels, K codebook size.
 All functions take NumPy arrays (or anything ``np.asarray`` accepts) and return Python floats/lists.
+
+May import: numpy only (pure functions over arrays).
 """
 
 from __future__ import annotations

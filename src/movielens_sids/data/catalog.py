@@ -19,6 +19,8 @@ One row per movie, sorted by ``movie_id`` (SPEC section 3)::
 Files are read with pyarrow (typed, multithreaded); when that fast path meets anything odd, the
 file is re-read row by row to report the exact line numbers of the rows that cannot be parsed
 (or to drop them with ``--skip-bad-rows``).
+
+May import: data.registry, data.fetch, errors, settings; pandas and pyarrow.
 """
 
 from __future__ import annotations

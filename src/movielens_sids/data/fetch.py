@@ -11,6 +11,9 @@ Environment:
     MOVIELENS_SIDS_DATA: the cache folder (default: the user cache dir, e.g. ``~/.cache/movielens-sids``).
     MOVIELENS_SIDS_BASE_URL: download from this base URL instead of files.grouplens.org.
     MOVIELENS_SIDS_MD5: the MD5 to verify against (same as ``--md5``).
+
+May import: data.registry, io, errors and the standard library (the only network I/O besides
+``hub``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """The tokenizers' settings (torch-free, so that reading a config does not import torch).
 
 ``RQVAEConfig`` shapes the RQ-VAE (``rqvae.py``), ``RQKMeansConfig`` residual k-means (``rqkmeans.py``).
+
+May import: the standard library only (torch-free: ``config`` reads it).
 """
 
 from __future__ import annotations

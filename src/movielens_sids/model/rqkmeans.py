@@ -5,6 +5,8 @@ No encoder or decoder (H = D): ``encode`` is the identity and a movie's reconstr
 its codes' centroids. Fitting uses ``faiss.Kmeans`` (seeded); everything after fitting is torch.
 
 Shapes: B batch, N movies, D embedding dim (= H), L levels, K codebook size.
+
+May import: torch, numpy, faiss (inside ``fit``), model.config and model.rqvae (pure math).
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ identity so that training starts exactly where residual k-means ends: measured o
 a 32-d MLP latent cannot reach the reconstruction of 3 x 256 residual k-means on the raw vector,
 since 32 principal components alone leave 54% of the variance), and ``identity`` (the original's
 design: quantize the raw vector).
+
+May import: torch and model.config, nothing else (pure math).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The PNG charts of ``report.md`` (matplotlib, Agg backend: no display needed)."""
+"""The PNG charts of ``report.md`` (matplotlib, Agg backend: no display needed).
+
+May import: io; matplotlib on first use (Agg backend).
+"""
 
 from __future__ import annotations
 

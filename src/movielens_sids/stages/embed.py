@@ -13,6 +13,9 @@ Chunks and batches are cut from the documents sorted by token count, longest fir
 less padding than ``encode``'s sort by characters), in an order that depends only on the
 documents, so a resumed run encodes exactly the batches the uninterrupted run would have and
 yields the same bits.
+
+May import: artifacts, devices, documents, io, errors, settings; sentence-transformers and torch
+on first use. Never another stage.
 """
 
 from __future__ import annotations

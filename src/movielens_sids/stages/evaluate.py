@@ -19,6 +19,9 @@ that group (a few hundred movies at most for a healthy codebook) instead of the 
 
 The exact embedding k-NN (FAISS, ~20 s for 87,585 x 384 on two cores) is cached in
 ``.cache/knn-<embeddings hash>-k10.npy``, so re-evaluating after a retrain skips it.
+
+May import: artifacts, metrics, io, errors, settings, reports.charts, reports.markdown; torch and
+faiss on first use. Never another stage.
 """
 
 from __future__ import annotations

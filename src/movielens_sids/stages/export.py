@@ -9,6 +9,8 @@ a whole (``atomic_dir``). ``model/README.md`` is the model card; the weights are
 to two repos, one commit each, tagged with the experiment name (see `movielens_sids.hub`);
 ``--dry-run`` lists what would be uploaded. Smoke runs (a catalog built with ``--limit``) go to
 repos suffixed ``-smoke-test`` so they never overwrite the real ones.
+
+May import: artifacts, hub, io, errors, settings, reports.cards. Never another stage.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ The embedding matrix lives on the training device as a buffer of the LightningMo
 yields only row indices, so no batch is copied from the host. In-progress checkpoints and logs go to
 ``<run>/.train/`` (kept when training is interrupted; the same command with the same settings resumes
 from ``last.ckpt``); ``<run>/model/`` is written at the end, in one atomic swap.
+
+May import: artifacts, devices, metrics, model, io, errors, settings; Lightning and torch (and
+``lightning_module``) on first use. Never another stage.
 """
 
 from __future__ import annotations

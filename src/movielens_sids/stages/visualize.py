@@ -13,6 +13,9 @@ UMAP (seeded, cosine) runs on the first ``pca_dims`` principal components of the
 (default 50): on 87,585 x 384 vectors and two cores that keeps the whole stage near two minutes,
 and the map's neighbourhoods barely change. The coordinates are cached in ``.cache/`` keyed by
 the embeddings' hash and the UMAP settings, so re-running after a new ``assign`` only redraws.
+
+May import: artifacts, io, errors, settings, reports.map_page; umap and sklearn on first use.
+Never another stage.
 """
 
 from __future__ import annotations
