@@ -72,6 +72,7 @@ def _payload(page: str) -> dict:
     return json.loads(m.group(1))
 
 
+@pytest.mark.slow  # UMAP (numba compiles on first use): minutes on a loaded CPU
 def test_page_is_self_contained_and_escapes_titles(mapped):
     run_dir, result = mapped
     page = (run_dir / "visualization.html").read_text(encoding="utf-8")
@@ -93,6 +94,7 @@ def test_page_is_self_contained_and_escapes_titles(mapped):
     assert np.isfinite(data["x"]).all() and len(set(data["tokens"][0])) == 6
 
 
+@pytest.mark.slow
 def test_umap_coordinates_are_cached(mapped, monkeypatch):
     run_dir, _ = mapped
     before = _payload((run_dir / "visualization.html").read_text())
