@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from movielens_sids.artifacts import read_embeddings
+from movielens_sids.dedup import make_unique
 from movielens_sids.model import load_tokenizer
 from movielens_sids.settings import AssignConfig
 from movielens_sids.stages.assign import (
@@ -38,8 +39,7 @@ from movielens_sids.stages.assign import (
     exact_latents,
     exact_model,
     fast_codes,
-    greedy_codes,
-    make_unique,
+    reference_codes,
 )
 
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     cb = tok64.codebooks.numpy()
     t_fast, (codes, unsure) = median_time(lambda: fast_codes(tok, x, batch_size=args.batch_size), args.repeats)
     rows_unsure = np.flatnonzero(unsure)
-    t_settle, settled = median_time(lambda: greedy_codes(exact_latents(tok64, x, rows_unsure), cb)[0], args.repeats)
+    t_settle, settled = median_time(lambda: reference_codes(tok64, exact_latents(tok64, x, rows_unsure)), args.repeats)
     codes[rows_unsure] = settled
     rows.append(("  part: float32 codes + close-call flags", t_fast))
     rows.append((f"  part: float64 settling of {len(rows_unsure):,} close calls ({unsure.mean():.2%})", t_settle))

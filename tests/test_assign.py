@@ -7,25 +7,22 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sids_fixtures import clustered_embeddings, tiny_tokenizer, write_embeddings, write_run
+from sids_fixtures import clustered_embeddings, greedy_codes, tiny_tokenizer, write_embeddings, write_run
 
 from movielens_sids import artifacts
 from movielens_sids.config import load_config
+from movielens_sids.dedup import _serve_in_order, candidate_paths, make_unique
 from movielens_sids.errors import SidsError
 from movielens_sids.io import file_hash
 from movielens_sids.model import load_tokenizer, save_pretrained
 from movielens_sids.settings import AssignConfig
 from movielens_sids.sid import format_sid, path_ids
 from movielens_sids.stages.assign import (
-    _serve_in_order,
     assign_sids,
     assign_stage,
-    candidate_paths,
     exact_latents,
     exact_model,
     fast_codes,
-    greedy_codes,
-    make_unique,
     reference_codes,
 )
 

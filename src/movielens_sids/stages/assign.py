@@ -34,22 +34,20 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..artifacts import read_embeddings, read_model, read_sids
+from ..dedup import CHUNK, make_unique, unique_sorted
 from ..devices import resolve_device
 from ..errors import SidsError
 from ..io import write_parquet
 from ..settings import AssignConfig
-from ..sid import format_sids, path_codes, path_ids
+from ..sid import format_sids, path_ids
 
 if TYPE_CHECKING:
-    import torch
 
     from ..config import Config
 
@@ -60,14 +58,6 @@ ALIGN = 64
 """Float64 encoder batches are zero-padded to a multiple of this many rows (row-invariant CPU kernels)."""
 MARGIN = 1e-4
 """A float32 decision closer than this (relative to ||r||^2 + max ||c||^2) is settled again in float64."""
-EXHAUSTIVE_MAX_PATHS = 1 << 18
-"""Below this many code paths (K^L) the free-path search ends with an exhaustive scan."""
-LAST_LEVEL_CANDIDATES = 64
-"""How many other last-level codes the semantic search tries before changing an earlier level."""
-_CHUNK = 4096
-"""Rows per float64 distance block (fits in cache; not a setting: it never changes the result)."""
-
-
 # ----------------------------------------------------------------------------------------------
 # Pure functions (numpy / torch, no I/O)
 # ----------------------------------------------------------------------------------------------
@@ -151,20 +141,20 @@ def fast_codes(tok, x: np.ndarray, *, device=None, batch_size: int = 16384,
                 z = tok.encode(xt[s:s + batch_size].to(dev)).float()  # (B, H)
                 codes = torch.empty(len(z), levels, dtype=torch.int64, device=z.device)
                 unsure = torch.zeros(len(z), dtype=torch.bool, device=z.device)
-                for c in range(0, len(z), _CHUNK):  # cache-sized blocks for the distance matrices
-                    r = z[c:c + _CHUNK]  # (b, H)
-                    flag = unsure[c:c + _CHUNK]
+                for c in range(0, len(z), CHUNK):  # cache-sized blocks for the distance matrices
+                    r = z[c:c + CHUNK]  # (b, H)
+                    flag = unsure[c:c + CHUNK]
                     for level in range(levels if width <= 1 else 1):
                         d = torch.addmm(const[level][None, :], r, cb[level].T, alpha=-2.0)  # (b, K)
                         best, idx = d.min(dim=1)  # (b,)
                         tol = margin * ((r * r).sum(1) + code_scale[level])  # (b,)
                         flag |= (d <= (best + tol)[:, None]).sum(1) > 1
-                        codes[c:c + _CHUNK, level] = idx
+                        codes[c:c + CHUNK, level] = idx
                         r = r - cb[level][idx]
                     if width > 1 and levels > 1:
                         tol = margin * ((r * r).sum(1) + code_scale[1:].sum())  # (b,)
                         deeper, close = beam_search(r, cb[1:], bias[1:], width, tol)
-                        codes[c:c + _CHUNK, 1:] = deeper
+                        codes[c:c + CHUNK, 1:] = deeper
                         flag |= close
                 codes_out[s:s + len(z)] = codes.cpu()
                 unsure_out[s:s + len(z)] = unsure.cpu()
@@ -180,341 +170,8 @@ def reference_codes(tok64, z: np.ndarray) -> np.ndarray:
 
     zt = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float64))
     with torch.inference_mode():
-        out = [tok64.quantize(b) for b in zt.split(_CHUNK)]
+        out = [tok64.quantize(b) for b in zt.split(CHUNK)]
     return torch.cat(out).numpy() if out else np.zeros((0, int(tok64.codebooks.shape[0])), dtype=np.int64)
-
-
-def _sq_dists(r: torch.Tensor, cb: torch.Tensor, cb_sq: torch.Tensor) -> torch.Tensor:
-    """(..., H) residuals x (K, H) codes -> (..., K) squared distances, float64."""
-    return ((r * r).sum(-1, keepdim=True) + cb_sq) - 2.0 * (r @ cb.T)
-
-
-def greedy_codes(z: np.ndarray, codebooks: np.ndarray, bias: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy residual quantization in float64 (``tok.quantize`` with beam width 1; exact ties go to
-    the lower code index).
-
-    Args:
-        z: (N, H) latents.
-        codebooks: (L, K, H). bias: (L, K) added to the codes' squared distances, or None.
-
-    Returns:
-        codes (N, L) int64 and the squared norm of the final residual (N,) float64, i.e. the
-        squared distance from each latent to its path's quantized point.
-    """
-    import torch
-
-    z64 = torch.from_numpy(np.asarray(z, dtype=np.float64))
-    cb64 = torch.from_numpy(np.asarray(codebooks, dtype=np.float64))  # (L, K, H)
-    sq64 = (cb64 * cb64).sum(-1)  # (L, K)
-    if bias is not None:
-        sq64 = sq64 + torch.from_numpy(np.asarray(bias, dtype=np.float64))
-    levels = cb64.shape[0]
-    codes_out, resid_out = [], []
-    for s in range(0, len(z64), _CHUNK):
-        r = z64[s:s + _CHUNK].clone()  # (B, H)
-        codes = []
-        for level in range(levels):
-            c = torch.addmm(sq64[level][None, :], r, cb64[level].T, alpha=-2.0).argmin(dim=1)  # (B,)
-            codes.append(c)
-            r -= cb64[level][c]
-        codes_out.append(torch.stack(codes, dim=1))
-        resid_out.append((r * r).sum(1))
-    if not codes_out:
-        return np.zeros((0, levels), dtype=np.int64), np.zeros(0, dtype=np.float64)
-    return torch.cat(codes_out).numpy(), torch.cat(resid_out).numpy()
-
-
-def path_residuals(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Squared distance from each latent to its path's quantized point, float64. z (M, H), codes (M, L) -> (M,)."""
-    levels = codebooks.shape[0]
-    q = codebooks[np.arange(levels)[None, :], codes].sum(1) if len(codes) else np.zeros_like(z)  # (M, H)
-    return np.square(np.asarray(z, dtype=np.float64) - q).sum(1)
-
-
-def _smallest(d: torch.Tensor, n: int) -> torch.Tensor:
-    """Column indices of the n smallest values of each row, ascending; equal values by index. (M, X) -> (M, n)."""
-    import torch
-
-    vals, idx = torch.topk(d, min(n, d.shape[1]), dim=1, largest=False, sorted=False)
-    o = idx.argsort(dim=1)
-    idx, vals = idx.gather(1, o), vals.gather(1, o)
-    return idx.gather(1, vals.argsort(dim=1, stable=True))
-
-
-def candidate_paths(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray, beam_width: int, *,
-                    part: Literal["all", "last", "deeper"] = "all", bias: np.ndarray | None = None) -> np.ndarray:
-    """Alternative code paths for each movie, nearest first within each shared-prefix length.
-
-    Order: first the paths that keep the first L - 1 codes (the ``LAST_LEVEL_CANDIDATES`` nearest
-    other last-level codes, ranked by the squared distance of the final residual), then those that keep L - 2 codes
-    (another code at level L - 1 among the ``beam_width`` nearest, then a beam search over the
-    remaining levels), and so on down to level 1. Ties in distance go to the lower code index.
-
-    Args:
-        z: (M, H) latents. codebooks: (L, K, H). codes: (M, L) the greedy codes.
-        part: ``last`` gives only the paths that keep L - 1 codes, ``deeper`` only the others
-            (``all`` = ``last`` then ``deeper``), so callers can compute the costly part on demand.
-
-    Returns:
-        (M, T) int64 path ids (``sid.path_ids`` numbering), T = min(K - 1, 64) + (L - 1) * min(beam_width, K - 1).
-    """
-    import torch
-
-    zt = torch.from_numpy(np.asarray(z, dtype=np.float64))
-    cbs = torch.from_numpy(np.asarray(codebooks, dtype=np.float64))  # (L, K, H)
-    cb_sq = (cbs * cbs).sum(-1)  # (L, K); with the codes' biases: distances are ranked as the tokenizer ranks them
-    if bias is not None:
-        cb_sq = cb_sq + torch.from_numpy(np.asarray(bias, dtype=np.float64))
-    ct = torch.from_numpy(np.asarray(codes, dtype=np.int64))
-    m, levels, k = len(zt), cbs.shape[0], cbs.shape[1]
-    w = max(1, min(beam_width, k - 1))
-    # residual entering each level along the greedy path: (M, L, H)
-    res = [zt]
-    for level in range(levels - 1):
-        res.append(res[-1] - cbs[level][ct[:, level]])
-    prefix = torch.zeros(m, dtype=torch.int64)  # path id of codes[:, :d]
-    prefixes = [prefix]
-    for level in range(levels - 1):
-        prefix = prefix * k + ct[:, level]
-        prefixes.append(prefix)
-    groups = []
-    depths = {"all": range(levels - 1, -1, -1), "last": range(levels - 1, levels - 2, -1),
-              "deeper": range(levels - 2, -1, -1)}[part]
-    for d in depths:  # d = the first level that differs from the greedy path
-        dist = _sq_dists(res[d], cbs[d], cb_sq[d])  # (M, K)
-        dist.scatter_(1, ct[:, d:d + 1], float("inf"))
-        keep = min(k - 1, LAST_LEVEL_CANDIDATES) if d == levels - 1 else w
-        order = _smallest(dist, keep)  # (M, W)
-        paths = prefixes[d][:, None] * k + order  # partial path ids, (M, W)
-        if d < levels - 1:
-            r = res[d][:, None, :] - cbs[d][order]  # (M, W, H)
-        for e in range(d + 1, levels):
-            de = _sq_dists(r, cbs[e], cb_sq[e])  # (M, W, K): squared norm of the next residual
-            wb = de.shape[1]
-            flat = de.reshape(m, wb * k)
-            idx = _smallest(flat, w)  # (M, W')
-            beam, code = idx // k, idx % k
-            paths = torch.gather(paths, 1, beam) * k + code
-            if e < levels - 1:
-                r = torch.gather(r, 1, beam[:, :, None].expand(-1, -1, r.shape[2])) - cbs[e][code]
-        groups.append(paths)
-    return torch.cat(groups, dim=1).numpy() if groups else np.zeros((m, 0), dtype=np.int64)
-
-
-def _exhaustive_order(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray,
-                      bias: np.ndarray | None = None) -> np.ndarray:
-    """Every code path for one movie, by shared prefix with its greedy path (longest first), then by
-    distance to the latent. Only for small K^L (<= EXHAUSTIVE_MAX_PATHS)."""
-    levels, k, _ = codebooks.shape
-    all_paths = np.arange(k ** levels, dtype=np.int64)
-    all_codes = path_codes(all_paths, k, levels)  # (P, L)
-    points = codebooks[np.arange(levels)[None, :], all_codes].sum(1)  # (P, H)
-    dist = np.square(points - z[None, :]).sum(1)
-    if bias is not None:
-        dist = dist + np.asarray(bias)[np.arange(levels)[None, :], all_codes].sum(1)
-    shared = np.cumprod(all_codes == codes[None, :], axis=1).sum(1)
-    return all_paths[np.lexsort((all_paths, dist, -shared))]
-
-
-@dataclass
-class Assignment:
-    """The result of `make_unique` for the movies it was given (in the given order)."""
-
-    tokens: np.ndarray
-    """(N, L) or (N, L + 1) int64: the SIDs' tokens."""
-    moved: np.ndarray
-    """(N,) bool: moved away from its greedy path (semantic strategy)."""
-    suffixed: np.ndarray
-    """(N,) bool: needed a non-zero collision token."""
-    shared_prefix: np.ndarray
-    """(N,) int: how many leading codes the final path shares with the greedy one (L if not moved)."""
-    n_collided: int
-    """Movies whose greedy path was shared with another movie (or with a reserved SID)."""
-
-
-def make_unique(
-    codes: np.ndarray,
-    movie_ids: np.ndarray,
-    *,
-    strategy: str,
-    codebook_size: int,
-    latents: np.ndarray | Callable[[np.ndarray], np.ndarray] | None = None,
-    codebooks: np.ndarray | None = None,
-    beam_width: int = 8,
-    reserved: np.ndarray | None = None,
-    bias: np.ndarray | None = None,
-) -> Assignment:
-    """Turn greedy codes into unique SIDs (pure; deterministic for the same inputs in any order).
-
-    Args:
-        codes: (N, L) greedy codes.
-        movie_ids: (N,) int64, distinct.
-        strategy: ``semantic`` or ``suffix``.
-        codebook_size: K.
-        latents, codebooks: the (N, H) float64 latents, or a function giving the rows it is passed
-            (only the movies that share a path are asked for), and the (L, K, H) codebooks
-            (``semantic`` only).
-        beam_width: beam of the semantic search.
-        reserved: (R, L) or (R, L + 1) tokens of SIDs that must not be issued again (incremental
-            runs: kept and retired SIDs).
-        bias: (L, K) the codes' biases (``tok.code_bias``), so alternatives are ranked as the tokenizer
-            ranks codes; None for zeros.
-
-    Returns:
-        An `Assignment`; tokens have L + 1 columns when a collision token is used (always for
-        ``suffix``; for ``semantic`` only if some movie found no free path or ``reserved`` has them).
-    """
-    codes = np.asarray(codes, dtype=np.int64)
-    n, levels = codes.shape
-    movie_ids = np.asarray(movie_ids, dtype=np.int64)
-    k = codebook_size
-    reserved = np.zeros((0, levels), dtype=np.int64) if reserved is None else np.asarray(reserved, dtype=np.int64)
-    res_paths = path_ids(reserved[:, :levels], k)
-    res_set = _unique_sorted(res_paths)
-    # Highest collision token already issued on each reserved path (-1 where no token).
-    res_suffix = reserved[:, levels] if reserved.shape[1] > levels else np.zeros(len(reserved), dtype=np.int64)
-    res_top: dict[int, int] = {}
-    for p, s in zip(res_paths.tolist(), res_suffix.tolist()):
-        res_top[p] = max(res_top.get(p, -1), s)
-
-    paths = path_ids(codes, k)  # (N,)
-    final = paths.copy()
-    moved = np.zeros(n, dtype=bool)
-    shared = np.full(n, levels, dtype=np.int64)
-    # Group by path (sorted by path, then movie_id).
-    order = np.lexsort((movie_ids, paths))
-    sp = paths[order]
-    first = np.ones(n, dtype=bool)
-    first[1:] = sp[1:] != sp[:-1]
-    sizes = np.diff(np.flatnonzero(np.r_[first, True]))
-    group_size = np.empty(n, dtype=np.int64)
-    group_size[order] = np.repeat(sizes, sizes)
-    on_reserved = _member(paths, res_set)
-    collided = (group_size > 1) | on_reserved
-    if strategy == "semantic" and collided.any():
-        if latents is None or codebooks is None:
-            raise ValueError("the semantic strategy needs latents and codebooks")
-        need = np.flatnonzero(collided)  # every movie whose latent is read below, fetched once
-        z_need = np.asarray(latents[need] if isinstance(latents, np.ndarray) else latents(need), dtype=np.float64)
-        codebooks = np.asarray(codebooks, dtype=np.float64)
-        # Within a group the keeper is the movie closest to the path's point (ties: smallest movie_id).
-        resid = np.zeros(n, dtype=np.float64)
-        resid[need] = path_residuals(z_need, codebooks, codes[need])
-        order = np.lexsort((movie_ids, resid, paths))
-    group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n) - group_start  # position in its group
-    suffix = np.zeros(n, dtype=np.int64)
-
-    if strategy == "suffix":
-        base = np.array([res_top.get(p, -1) + 1 for p in paths.tolist()], dtype=np.int64) if len(res_top) \
-            else np.zeros(n, dtype=np.int64)
-        suffix = base + rank
-        tokens = np.concatenate([codes, suffix[:, None]], axis=1)
-        return Assignment(tokens, moved, suffix > 0, shared, int(collided.sum()))
-
-    if strategy != "semantic":
-        raise ValueError(f"unknown strategy {strategy!r}")
-    movers = np.flatnonzero((rank > 0) | on_reserved)
-    movers = movers[np.argsort(movie_ids[movers], kind="stable")]  # processed in movie_id order
-    unresolved: list[int] = []
-    if len(movers):
-        z = z_need[np.searchsorted(need, movers)]  # (M, H), row j = movers[j] (movers are collided)
-        used_arr = _unique_sorted(np.concatenate([paths[rank == 0], res_paths]))
-        # 1. Nearly every mover finds a free code at the last level. Movers are served in movie_id
-        # order, each taking its nearest last-level code that is free and not taken by an earlier
-        # mover, computed for all at once by deferred acceptance (with one priority order for every
-        # path it gives exactly that serial result).
-        cands = np.concatenate([  # (M, T), in blocks to bound memory
-            candidate_paths(z[b], codebooks, codes[movers[b]], beam_width, part="last", bias=bias)
-            for b in np.array_split(np.arange(len(movers)), max(1, -(-len(movers) // _CHUNK)))])
-        got = _serve_in_order(cands, ~_member(cands, used_arr))  # (M,) path or -1
-        # 2. Movers left without one (their whole last level is taken) search deeper, one by one in
-        # movie_id order, among paths nobody holds.
-        used = set(used_arr.tolist()) | set(got[got >= 0].tolist())
-        for j in np.flatnonzero(got < 0).tolist():
-            if levels > 1:
-                deeper = candidate_paths(z[j:j + 1], codebooks, codes[movers[j:j + 1]], beam_width, part="deeper",
-                                         bias=bias)[0]
-                got[j] = next((p for p in deeper.tolist() if p not in used), -1)
-            if got[j] < 0 and k ** levels <= EXHAUSTIVE_MAX_PATHS:  # small space: scan it all
-                got[j] = next((p for p in _exhaustive_order(z[j], codebooks, codes[movers[j]], bias).tolist()
-                               if p not in used), -1)
-            if got[j] >= 0:
-                used.add(int(got[j]))
-        ok = got >= 0
-        final[movers[ok]] = got[ok]
-        moved[movers[ok]] = True
-        unresolved = movers[~ok].tolist()
-    new_codes = path_codes(final, k, levels) if moved.any() else codes
-    shared[moved] = np.cumprod(new_codes[moved] == codes[moved], axis=1).sum(1)
-    suffixed = np.zeros(n, dtype=bool)
-    if unresolved or reserved.shape[1] > levels:
-        # No free path left for some movies (or the kept SIDs carry a collision token): number the
-        # movies on each path after the ones already there, in movie_id order.
-        settled = np.ones(n, dtype=bool)
-        settled[unresolved] = False
-        held = set(final[settled].tolist())  # each holds its path with token 0
-        for i in sorted(unresolved, key=lambda i: movie_ids[i]):
-            p = int(final[i])
-            top = max(res_top.get(p, -1), 0 if p in held else -1)
-            suffix[i] = top + 1
-            res_top[p] = top + 1
-        suffixed = suffix > 0
-        tokens = np.concatenate([new_codes, suffix[:, None]], axis=1)
-    else:
-        tokens = new_codes
-    return Assignment(tokens, moved, suffixed, shared, int(collided.sum()))
-
-
-def _unique_sorted(a: np.ndarray) -> np.ndarray:
-    """Sorted distinct values of an int array (sort-based: numpy's hash-based ``unique`` is slower here)."""
-    a = np.sort(np.asarray(a).ravel())
-    return a[np.r_[True, a[1:] != a[:-1]]] if len(a) else a
-
-
-def _member(a: np.ndarray, sorted_unique: np.ndarray) -> np.ndarray:
-    """``np.isin(a, sorted_unique)`` by binary search (``sorted_unique`` from `_unique_sorted`)."""
-    if len(sorted_unique) == 0:
-        return np.zeros(np.shape(a), dtype=bool)
-    idx = np.minimum(np.searchsorted(sorted_unique, a), len(sorted_unique) - 1)
-    return sorted_unique[idx] == a
-
-
-def _serve_in_order(cands: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """Serial dictatorship, vectorized: row 0 takes its first allowed candidate, row 1 its first allowed
-    one not taken by row 0, and so on. Computed by deferred acceptance (every path prefers the lower
-    row; with one priority order this gives exactly the serial result) in a few array passes.
-
-    Args:
-        cands: (M, T) int64 candidates per row, in preference order (distinct within a row).
-        ok: (M, T) bool, which candidates are allowed at all.
-
-    Returns:
-        (M,) the path each row gets, -1 where none is left.
-    """
-    m = len(cands)
-    got = np.full(m, -1, dtype=np.int64)
-    if m == 0:
-        return got
-    pref = np.take_along_axis(cands, np.argsort(~ok, axis=1, kind="stable"), axis=1)  # allowed ones first
-    n_ok = ok.sum(1)
-    ptr = np.zeros(m, dtype=np.int64)
-    while True:
-        asking = np.flatnonzero((got < 0) & (ptr < n_ok))
-        if len(asking) == 0:
-            return got
-        holders = np.flatnonzero(got >= 0)
-        who = np.concatenate([holders, asking])
-        want = np.concatenate([got[holders], pref[asking, ptr[asking]]])
-        o = np.lexsort((who, want))
-        who, want = who[o], want[o]
-        win = np.r_[True, want[1:] != want[:-1]]  # the lowest row asking for each path
-        lose = who[~win]
-        got[lose] = -1
-        ptr[lose] += 1  # a loser's pointer was on the path it lost: try the next one
-        got[who[win]] = want[win]
 
 
 def _sig(v: float) -> float:
@@ -559,7 +216,7 @@ def assign_sids(
         "codebook_size": k,
         "sid_length": int(a.tokens.shape[1]),
         "n_collided_before": a.n_collided,
-        "unique_paths_before": int(len(_unique_sorted(path_ids(codes, k)))),
+        "unique_paths_before": int(len(unique_sorted(path_ids(codes, k)))),
         "n_moved": int(a.moved.sum()),
         "n_suffixed": int(a.suffixed.sum()),
     }
@@ -709,7 +366,7 @@ def assign_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
     else:
         all_ids = ids
         all_tok, stats = assign_sids(tok, x, ids, acfg)
-    if len(_unique_sorted(path_ids(all_tok, max(k, int(all_tok.max()) + 1)))) != len(all_ids):
+    if len(unique_sorted(path_ids(all_tok, max(k, int(all_tok.max()) + 1)))) != len(all_ids):
         raise AssertionError("assign produced duplicate SIDs")  # guarded by make_unique; never expected
     info = {"strategy": acfg.strategy, "levels": levels, "codebook_size": k, "sid_length": int(all_tok.shape[1]),
             "collision_token": bool(all_tok.shape[1] > levels), "semantic_id_dtype": "int32",
