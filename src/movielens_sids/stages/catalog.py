@@ -53,13 +53,13 @@ def build_catalog(cfg: DataConfig) -> tuple[pa.Table, dict[str, Any]]:
         src.close()
 
 
-def _build(src: MovieLensSource, cfg: DataConfig) -> tuple[pa.Table, dict[str, Any]]:
-    skip = cfg.skip_bad_rows
-    movies = read_table(src, MOVIES, skip_bad_rows=skip)
+def _movies(src: MovieLensSource, cfg: DataConfig) -> tuple[pd.DataFrame, int]:
+    """The movies file without repeated ids, sorted by id, sampled by ``limit``; and how many it held."""
+    movies = read_table(src, MOVIES, skip_bad_rows=cfg.skip_bad_rows)
     dup = movies["movieId"].duplicated()
     if dup.any():
         ids = ", ".join(map(str, movies.loc[dup, "movieId"].head(MAX_REPORTED)))
-        if not skip:
+        if not cfg.skip_bad_rows:
             raise SidsError(f"{src.describe('movies')}: {int(dup.sum())} movieId(s) appear more than once ({ids}); "
                             "fix the file or pass --skip-bad-rows to keep the first of each")
         log.warning("%s: dropped %d repeated movieId(s) (%s)", src.describe("movies"), int(dup.sum()), ids)
@@ -72,17 +72,15 @@ def _build(src: MovieLensSource, cfg: DataConfig) -> tuple[pa.Table, dict[str, A
         rng = np.random.default_rng(cfg.seed)
         keep = np.sort(rng.choice(n_all, size=cfg.limit, replace=False))
         movies = movies.iloc[keep].reset_index(drop=True)
-    ids = movies["movieId"].to_numpy(dtype=np.int64)
+    return movies, n_all
 
-    cat = parse_titles(movies["title"])
-    cat.insert(0, "movie_id", ids)
-    genres = split_genres(movies["genres"])
 
+def _ids_and_tags(src: MovieLensSource, cat: pd.DataFrame, ids: np.ndarray, skip: bool) -> pa.ListArray:
+    """Adds the link columns (``_imdb_number``, ``tmdb_id``, ``imdb_id``) to ``cat``; returns the tags."""
     if src.has("tags"):
         tags = aggregate_tags(read_table(src, TAGS, skip_bad_rows=skip), ids)
     else:
         tags = pa.ListArray.from_arrays(pa.array(np.zeros(len(ids) + 1, np.int32)), pa.array([], pa.string()))
-
     imdb = pd.Series(pd.NA, index=cat.index, dtype="Int64")
     tmdb = pd.Series(pd.NA, index=cat.index, dtype="Int64")
     if src.has("links"):
@@ -92,15 +90,40 @@ def _build(src: MovieLensSource, cfg: DataConfig) -> tuple[pa.Table, dict[str, A
     cat["_imdb_number"] = imdb  # the join key of --enrich files that carry imdbId
     cat["tmdb_id"] = tmdb
     cat["imdb_id"] = imdb_strings(imdb)
+    return tags
 
-    extra_cols: dict[str, pa.Array] = {}
-    if cfg.rating_stats:
-        if not src.has("ratings"):
-            raise SidsError(f"--rating-stats needs a ratings file, and {src.label} has none")
-        r = read_table(src, RATINGS, skip_bad_rows=skip)
-        g = r.groupby("movieId")["rating"].agg(["size", "mean"]).reindex(ids)
-        extra_cols["n_ratings"] = pa.array(g["size"].fillna(0).to_numpy(np.int64))
-        extra_cols["mean_rating"] = pa.array(g["mean"].to_numpy(np.float64), from_pandas=True)
+
+def _rating_columns(src: MovieLensSource, ids: np.ndarray, skip: bool) -> dict[str, pa.Array]:
+    """``n_ratings`` and ``mean_rating`` per movie (``--rating-stats``)."""
+    if not src.has("ratings"):
+        raise SidsError(f"--rating-stats needs a ratings file, and {src.label} has none")
+    r = read_table(src, RATINGS, skip_bad_rows=skip)
+    g = r.groupby("movieId")["rating"].agg(["size", "mean"]).reindex(ids)
+    return {"n_ratings": pa.array(g["size"].fillna(0).to_numpy(np.int64)),
+            "mean_rating": pa.array(g["mean"].to_numpy(np.float64), from_pandas=True)}
+
+
+def _nullable_int(values: pd.Series) -> pa.Array:
+    return pa.array(values.to_numpy(dtype=np.float64, na_value=np.nan), pa.float64(), from_pandas=True).cast(pa.int64())
+
+
+def _enrichment_column(col: pd.Series) -> pa.Array:
+    text = col.dtype == object or pd.api.types.is_string_dtype(col)
+    if text and len(col) and col.map(lambda v: isinstance(v, list)).all():
+        return pa.array(col.tolist(), pa.list_(pa.string()))
+    if text:
+        return pa.array(col.tolist(), pa.string(), from_pandas=True)
+    return pa.array(col, from_pandas=True)
+
+
+def _build(src: MovieLensSource, cfg: DataConfig) -> tuple[pa.Table, dict[str, Any]]:
+    movies, n_all = _movies(src, cfg)
+    ids = movies["movieId"].to_numpy(dtype=np.int64)
+    cat = parse_titles(movies["title"])
+    cat.insert(0, "movie_id", ids)
+    genres = split_genres(movies["genres"])
+    tags = _ids_and_tags(src, cat, ids, cfg.skip_bad_rows)
+    extra_cols = _rating_columns(src, ids, cfg.skip_bad_rows) if cfg.rating_stats else {}
 
     summary: dict[str, Any] = {"source": src.label, "format": src.fmt, "movies_in_source": n_all}
     enrich_cols: list[str] = []
@@ -117,32 +140,20 @@ def _build(src: MovieLensSource, cfg: DataConfig) -> tuple[pa.Table, dict[str, A
         "movie_id": pa.array(ids, pa.int64()),
         "title": pa.array(cat["title"].tolist(), pa.string()),
         "display_title": pa.array(cat["display_title"].tolist(), pa.string()),
-        "year": pa.array(cat["year"].to_numpy(dtype=np.float64, na_value=np.nan), pa.float64(),
-                         from_pandas=True).cast(pa.int64()),
+        "year": _nullable_int(cat["year"]),
         "genres": genres,
         "tags": tags,
         "imdb_id": pa.array(cat["imdb_id"].tolist(), pa.string(), from_pandas=True),
-        "tmdb_id": pa.array(cat["tmdb_id"].to_numpy(dtype=np.float64, na_value=np.nan), pa.float64(),
-                            from_pandas=True).cast(pa.int64()),
+        "tmdb_id": _nullable_int(cat["tmdb_id"]),
         **extra_cols,
+        **{str(c): _enrichment_column(cat[c]) for c in enrich_cols},
     }
-    for c in enrich_cols:
-        col = cat[c]
-        text = col.dtype == object or pd.api.types.is_string_dtype(col)
-        if text and len(col) and col.map(lambda v: isinstance(v, list)).all():
-            columns[str(c)] = pa.array(col.tolist(), pa.list_(pa.string()))
-        elif text:
-            columns[str(c)] = pa.array(col.tolist(), pa.string(), from_pandas=True)
-        else:
-            columns[str(c)] = pa.array(col, from_pandas=True)
     table = pa.table(columns)
-
-    n_tags = int((pc.list_value_length(tags).to_numpy() > 0).sum()) if len(tags) else 0
     summary.update({
         "n_movies": table.num_rows,
         "with_year": int(table.num_rows - table.column("year").null_count),
         "with_genres": int((pc.list_value_length(genres).to_numpy() > 0).sum()),
-        "with_tags": n_tags,
+        "with_tags": int((pc.list_value_length(tags).to_numpy() > 0).sum()) if len(tags) else 0,
         "with_imdb_id": int(table.num_rows - table.column("imdb_id").null_count),
         "with_tmdb_id": int(table.num_rows - table.column("tmdb_id").null_count),
     })

@@ -324,6 +324,67 @@ def _probe_neighbors(i: int, tokens: np.ndarray, dec: np.ndarray, x: np.ndarray,
     return by_sid, by_emb
 
 
+def _probes(inp: _Inputs, cfg: EvaluateConfig, dec_final_n: np.ndarray, xn: np.ndarray
+            ) -> tuple[dict[str, list[str]], dict[str, Any], list[str]]:
+    """The probes' nearest titles by SID, the details (by SID next to by embedding), and the probes not found.
+
+    Args:
+        dec_final_n: (N, D) normalised decoded vectors of the final SIDs. xn: (N, D) normalised embeddings.
+    """
+    final = inp.sid_tokens
+    probes: dict[str, list[str]] = {}
+    details: dict[str, Any] = {}
+    skipped: list[str] = []
+    index = _probe_index(inp.titles)
+
+    def neighbour(i: int, j: int, **extra: Any) -> dict[str, Any]:
+        return {"title": inp.titles[j], "sid": inp.sid_strings[j], **extra,
+                "shared_prefix": int(shared_prefix_lengths(final, np.array(i), np.array(j)))}
+
+    for title in cfg.all_probes():
+        i = index.get(title, index.get(title.casefold()))
+        if i is None:
+            skipped.append(title)
+            log.warning("probe %r is not in the catalog; skipped", title)
+            continue
+        by_sid, by_emb = _probe_neighbors(i, final, dec_final_n, xn, cfg.probe_neighbors)
+        name = inp.titles[i]
+        probes[name] = [inp.titles[j] for j in by_sid]
+        details[name] = {
+            "movie_id": int(inp.movie_ids[i]),
+            "sid": inp.sid_strings[i],
+            "by_sid": [neighbour(i, j) for j in by_sid],
+            "by_embedding": [neighbour(i, j, cosine=round(float(xn[i] @ xn[j]), 4)) for j in by_emb],
+            "overlap": len(set(by_sid.tolist()) & set(by_emb.tolist())) / cfg.probe_neighbors,
+        }
+    return probes, details, skipped
+
+
+def _embedding_neighbours(inp: _Inputs, cfg: EvaluateConfig, cache_dir: Path | None) -> tuple[np.ndarray, float]:
+    """The exact embedding k-NN (N, K_NEIGHBORS), cached per embeddings file, and the seconds it took."""
+    t0 = time.perf_counter()
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = cache_dir / f"knn-{file_hash(inp.embeddings_path)[:20]}-k{K_NEIGHBORS}.npy"
+    emb_nn = embedding_knn(inp.x, K_NEIGHBORS, cache_file=cache_file, batch_size=cfg.batch_size)
+    return emb_nn, time.perf_counter() - t0
+
+
+def _dedup_section(inp: _Inputs, raw: np.ndarray, dec_final: np.ndarray, levels: int, *, rel_mse_raw: float,
+                   overlap_raw: float, overlap: float) -> dict[str, Any]:
+    """What making the IDs unique cost: movies moved or suffixed, error and overlap of raw vs final codes."""
+    moved = (inp.sid_tokens[:, :levels] != raw).any(axis=1)
+    return {
+        "assign_stats": inp.assign_stats,
+        "n_changed_codes": int(moved.sum()),
+        "n_suffixed": int((inp.sid_lengths > levels).sum()),
+        "relative_mse_raw": rel_mse_raw,
+        "relative_mse_final": metrics.relative_mse(inp.x, dec_final),
+        "overlap_at_10_raw": overlap_raw,
+        "overlap_at_10_final": overlap,
+    }
+
+
 def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None) -> tuple[dict[str, Any], dict]:
     """Compute the report (SPEC section 4 plus extras) and the arrays its charts plot."""
     tok = inp.tokenizer
@@ -337,13 +398,7 @@ def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None) -
     log.info("tokenizer on %d movies in %.1fs", n, time.perf_counter() - t0)
     final = inp.sid_tokens
 
-    t0 = time.perf_counter()
-    cache_file = None
-    if cache_dir is not None:
-        cache_file = cache_dir / f"knn-{file_hash(inp.embeddings_path)[:20]}-k{K_NEIGHBORS}.npy"
-    emb_nn = embedding_knn(inp.x, K_NEIGHBORS, cache_file=cache_file, batch_size=cfg.batch_size)
-    t_knn = time.perf_counter() - t0
-
+    emb_nn, t_knn = _embedding_neighbours(inp, cfg, cache_dir)
     t0 = time.perf_counter()
     xn = _normalize(inp.x)
     dec_final_n, recon_n = _normalize(dec_final), _normalize(recon)
@@ -365,43 +420,10 @@ def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None) -
     purity, purity_base, majority_genres = genre_purity(final[:, 0], inp.genres)
 
     rel_mse_raw = metrics.relative_mse(inp.x, recon)
-    moved = (final[:, :levels] != raw).any(axis=1)
-    suffixed = inp.sid_lengths > levels
-    dedup: dict[str, Any] = {
-        "assign_stats": inp.assign_stats,
-        "n_changed_codes": int(moved.sum()),
-        "n_suffixed": int(suffixed.sum()),
-        "relative_mse_raw": rel_mse_raw,
-        "relative_mse_final": metrics.relative_mse(inp.x, dec_final),
-        "overlap_at_10_raw": overlap_raw,
-        "overlap_at_10_final": overlap,
-    }
+    dedup = _dedup_section(inp, raw, dec_final, levels, rel_mse_raw=rel_mse_raw, overlap_raw=overlap_raw,
+                           overlap=overlap)
 
-    probes: dict[str, list[str]] = {}
-    details: dict[str, Any] = {}
-    skipped: list[str] = []
-    index = _probe_index(inp.titles)
-    for title in cfg.all_probes():
-        i = index.get(title, index.get(title.casefold()))
-        if i is None:
-            skipped.append(title)
-            log.warning("probe %r is not in the catalog; skipped", title)
-            continue
-        by_sid, by_emb = _probe_neighbors(i, final, dec_final_n, xn, cfg.probe_neighbors)
-        name = inp.titles[i]
-        probes[name] = [inp.titles[j] for j in by_sid]
-        details[name] = {
-            "movie_id": int(inp.movie_ids[i]),
-            "sid": inp.sid_strings[i],
-            "by_sid": [{"title": inp.titles[j], "sid": inp.sid_strings[j],
-                        "shared_prefix": int(shared_prefix_lengths(final, np.array(i), np.array(j)))}
-                       for j in by_sid],
-            "by_embedding": [{"title": inp.titles[j], "sid": inp.sid_strings[j],
-                              "cosine": round(float(xn[i] @ xn[j]), 4),
-                              "shared_prefix": int(shared_prefix_lengths(final, np.array(i), np.array(j)))}
-                             for j in by_emb],
-            "overlap": len(set(by_sid.tolist()) & set(by_emb.tolist())) / cfg.probe_neighbors,
-        }
+    probes, details, skipped = _probes(inp, cfg, dec_final_n, xn)
 
     report: dict[str, Any] = {
         "n_movies": n,
