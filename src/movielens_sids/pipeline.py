@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from .artifacts import MODEL_FILES, RECORDS, read_record
 from .data.catalog import input_files
 from .io import file_hash, run_lock, write_json, write_text
 from .settings import decisive
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RECORDS = ".stages"
-MODEL_FILES = ["model/config.json", "model/model.safetensors"]
 
 
 @dataclass(frozen=True)
@@ -117,14 +116,6 @@ def _external_hashes(stage: Stage, cfg: Config) -> dict[str, str | None]:
     return {str(p): _hash(Path(p)) for p in stage.external_inputs(cfg)}
 
 
-def read_record(run_dir: Path, name: str) -> dict[str, Any] | None:
-    p = Path(run_dir) / RECORDS / f"{name}.json"
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def why_stale(name: str, cfg: Config, run_dir: Path) -> str | None:
     """``None`` when the stage's outputs are up to date with its inputs and settings, else the reason."""
     stage = STAGES[name]
@@ -169,16 +160,6 @@ def execute(name: str, cfg: Config, run_dir: Path, *, lock: bool = True) -> dict
     write_json(run_dir / RECORDS / f"{name}.json", record)
     log.info("%s done in %.1fs", name, seconds)
     return {**result, "seconds": seconds}
-
-
-def stage_seconds(run_dir: Path) -> dict[str, float]:
-    """The recorded wall time of every stage that has run in ``run_dir``."""
-    out = {}
-    for name in ORDER:
-        rec = read_record(run_dir, name)
-        if rec is not None:
-            out[name] = rec.get("seconds")
-    return out
 
 
 def run(cfg: Config, run_dir: Path, *, force: str | None = None, until: str | None = None) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from ..artifacts import (
     EMBEDDINGS,
     SIDS,
     check_same_movies,
+    decoded_metadata,
     read_catalog,
     require_columns,
     require_model,
@@ -91,15 +92,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _provenance(run_dir: Path) -> dict[str, Any]:
     """How the run was made, read from its artifacts (the truth) rather than from today's settings."""
     def meta(name: str) -> dict[str, Any]:
-        out = {}
-        p = run_dir / name
-        if p.exists():
-            for k, v in parquet_metadata(p).items():
-                try:
-                    out[k] = json.loads(v)
-                except ValueError:
-                    out[k] = v
-        return out
+        return decoded_metadata(run_dir / name) if (run_dir / name).exists() else {}
 
     model_cfg = _read_json(run_dir / "model" / "config.json") or {}
     return {"catalog": meta("catalog.parquet"), "embeddings": meta("embeddings.parquet"),
