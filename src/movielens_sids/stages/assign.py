@@ -303,6 +303,63 @@ def sids_table(movie_ids: np.ndarray, tokens: np.ndarray):
     return pa.table({"movie_id": pa.array(ids, pa.int64()), "semantic_id": semantic_id, "sid": format_sids(tok)})
 
 
+def _extend(run_dir: Path, tok, x: np.ndarray, ids: np.ndarray, acfg: AssignConfig) -> tuple[
+        np.ndarray, np.ndarray, dict[str, Any], dict[str, Any], np.ndarray, np.ndarray]:
+    """``--incremental``: keep every SID in ``sids.parquet``, restore those of movies that came back, give
+    new movies SIDs that collide with none of them nor with a retired one.
+
+    Returns:
+        movie ids (N,), tokens (N, T), the merged statistics, the kept/new/retired counts, and the
+        retired movies' ids and tokens.
+    """
+    sids_path = run_dir / "sids.parquet"
+    levels, k = int(tok.config.levels), int(tok.config.codebook_size)
+    result: dict[str, Any] = {}
+    if not sids_path.exists():
+        raise SidsError(f"{sids_path} not found: --incremental extends existing SIDs; run "
+                        "`movielens-sids assign` without it first")
+    old = read_sids(run_dir)
+    old_ids, old_tok, meta = old.movie_ids, old.tokens, old.metadata
+    info = meta.get("assign") or {}
+    if info.get("levels") != levels or info.get("codebook_size") != k:
+        raise SidsError(f"{sids_path} was made with {info.get('levels')} levels x {info.get('codebook_size')} "
+                        f"codes but the model has {levels} x {k}; run assign without --incremental")
+    if info.get("strategy") != acfg.strategy:
+        raise SidsError(f"{sids_path} was made with strategy {info.get('strategy')!r}; --incremental must "
+                        f"use the same (got {acfg.strategy!r})")
+    if info.get("model_fingerprint") != model_fingerprint(tok):
+        log.warning("the model changed since %s was written: existing SIDs are kept, new movies get codes "
+                    "from the new model", sids_path.name)
+    ret = meta.get("retired") or []
+    r_ids = np.array([r[0] for r in ret], dtype=np.int64)
+    r_tok = np.array([r[1] for r in ret], dtype=np.int64).reshape(len(ret), old_tok.shape[1])
+    # Movies that came back get their old SID again.
+    back = np.isin(r_ids, ids)
+    old_ids = np.concatenate([old_ids, r_ids[back]])
+    old_tok = np.concatenate([old_tok, r_tok[back]])
+    keep = np.isin(old_ids, ids)
+    gone = ~keep
+    retired_ids = np.concatenate([r_ids[~back], old_ids[gone]])
+    retired_tok = np.concatenate([r_tok[~back], old_tok[gone]])
+    new = ~np.isin(ids, old_ids)
+    if gone.any():
+        log.warning("%d movies are no longer in embeddings.parquet; their SIDs are retired, never reused "
+                    "(first movie_ids: %s)", int(gone.sum()), ", ".join(map(str, np.sort(old_ids[gone])[:10])))
+    reserved = np.concatenate([old_tok[keep], retired_tok])
+    new_tok, stats = assign_sids(tok, x[new], ids[new], acfg, reserved=reserved)
+    if new_tok.shape[1] != old_tok.shape[1]:
+        raise SidsError(f"{int(new.sum())} new movies need a collision token but the existing SIDs have "
+                        f"{old_tok.shape[1]} tokens; run assign without --incremental (gives new SIDs)")
+    all_ids = np.concatenate([old_ids[keep], ids[new]])
+    all_tok = np.concatenate([old_tok[keep], new_tok])
+    result.update(n_kept=int(keep.sum()), n_new=int(new.sum()), n_restored=int(back.sum()),
+                  n_retired=int(len(retired_ids)), disappeared=np.sort(old_ids[gone]).tolist())
+    stats = merge_stats(meta.get("assign_stats") or {}, stats, n_movies=len(all_ids))
+    log.info("incremental: %d SIDs kept, %d restored, %d new, %d retired", int(keep.sum()) - int(back.sum()),
+             int(back.sum()), int(new.sum()), len(retired_ids))
+    return all_ids, all_tok, stats, result, retired_ids, retired_tok
+
+
 def assign_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
     """The `assign` stage: embeddings.parquet + model/ -> sids.parquet.
 
@@ -321,48 +378,7 @@ def assign_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
     retired_tok = None
     result: dict[str, Any] = {}
     if acfg.incremental:
-        if not sids_path.exists():
-            raise SidsError(f"{sids_path} not found: --incremental extends existing SIDs; run "
-                            "`movielens-sids assign` without it first")
-        old = read_sids(run_dir)
-        old_ids, old_tok, meta = old.movie_ids, old.tokens, old.metadata
-        info = meta.get("assign") or {}
-        if info.get("levels") != levels or info.get("codebook_size") != k:
-            raise SidsError(f"{sids_path} was made with {info.get('levels')} levels x {info.get('codebook_size')} "
-                            f"codes but the model has {levels} x {k}; run assign without --incremental")
-        if info.get("strategy") != acfg.strategy:
-            raise SidsError(f"{sids_path} was made with strategy {info.get('strategy')!r}; --incremental must "
-                            f"use the same (got {acfg.strategy!r})")
-        if info.get("model_fingerprint") != model_fingerprint(tok):
-            log.warning("the model changed since %s was written: existing SIDs are kept, new movies get codes "
-                        "from the new model", sids_path.name)
-        ret = meta.get("retired") or []
-        r_ids = np.array([r[0] for r in ret], dtype=np.int64)
-        r_tok = np.array([r[1] for r in ret], dtype=np.int64).reshape(len(ret), old_tok.shape[1])
-        # Movies that came back get their old SID again.
-        back = np.isin(r_ids, ids)
-        old_ids = np.concatenate([old_ids, r_ids[back]])
-        old_tok = np.concatenate([old_tok, r_tok[back]])
-        keep = np.isin(old_ids, ids)
-        gone = ~keep
-        retired_ids = np.concatenate([r_ids[~back], old_ids[gone]])
-        retired_tok = np.concatenate([r_tok[~back], old_tok[gone]])
-        new = ~np.isin(ids, old_ids)
-        if gone.any():
-            log.warning("%d movies are no longer in embeddings.parquet; their SIDs are retired, never reused "
-                        "(first movie_ids: %s)", int(gone.sum()), ", ".join(map(str, np.sort(old_ids[gone])[:10])))
-        reserved = np.concatenate([old_tok[keep], retired_tok])
-        new_tok, stats = assign_sids(tok, x[new], ids[new], acfg, reserved=reserved)
-        if new_tok.shape[1] != old_tok.shape[1]:
-            raise SidsError(f"{int(new.sum())} new movies need a collision token but the existing SIDs have "
-                            f"{old_tok.shape[1]} tokens; run assign without --incremental (gives new SIDs)")
-        all_ids = np.concatenate([old_ids[keep], ids[new]])
-        all_tok = np.concatenate([old_tok[keep], new_tok])
-        result.update(n_kept=int(keep.sum()), n_new=int(new.sum()), n_restored=int(back.sum()),
-                      n_retired=int(len(retired_ids)), disappeared=np.sort(old_ids[gone]).tolist())
-        stats = merge_stats(meta.get("assign_stats") or {}, stats, n_movies=len(all_ids))
-        log.info("incremental: %d SIDs kept, %d restored, %d new, %d retired", int(keep.sum()) - int(back.sum()),
-                 int(back.sum()), int(new.sum()), len(retired_ids))
+        all_ids, all_tok, stats, result, retired_ids, retired_tok = _extend(run_dir, tok, x, ids, acfg)
     else:
         all_ids = ids
         all_tok, stats = assign_sids(tok, x, ids, acfg)
