@@ -29,18 +29,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from movielens_sids.assign import (
+from movielens_sids.artifacts import read_embeddings
+from movielens_sids.dedup import make_unique
+from movielens_sids.model import load_tokenizer
+from movielens_sids.settings import AssignConfig
+from movielens_sids.stages.assign import (
     MARGIN,
-    AssignConfig,
     assign_sids,
     exact_latents,
     exact_model,
     fast_codes,
-    greedy_codes,
-    make_unique,
-    read_embeddings,
+    reference_codes,
 )
-from movielens_sids.model import load_tokenizer
 
 
 def median_time(fn, repeats: int) -> tuple[float, object]:
@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    ids, x = read_embeddings(args.run_dir / "embeddings.parquet")
+    emb = read_embeddings(args.run_dir)
+    ids, x = emb.movie_ids, emb.x
     tok = load_tokenizer(args.run_dir / "model")
     n = len(ids)
     levels, k = int(tok.config.levels), int(tok.config.codebook_size)
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     cb = tok64.codebooks.numpy()
     t_fast, (codes, unsure) = median_time(lambda: fast_codes(tok, x, batch_size=args.batch_size), args.repeats)
     rows_unsure = np.flatnonzero(unsure)
-    t_settle, settled = median_time(lambda: greedy_codes(exact_latents(tok64, x, rows_unsure), cb)[0], args.repeats)
+    t_settle, settled = median_time(lambda: reference_codes(tok64, exact_latents(tok64, x, rows_unsure)), args.repeats)
     codes[rows_unsure] = settled
     rows.append(("  part: float32 codes + close-call flags", t_fast))
     rows.append((f"  part: float64 settling of {len(rows_unsure):,} close calls ({unsure.mean():.2%})", t_settle))
@@ -125,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                  f"of the scale; margin {MARGIN:g} ({MARGIN / max(worst, 1e-300):,.0f}x the worst error)")
 
     if args.stage:
-        from movielens_sids.assign import assign_stage
         from movielens_sids.config import load_config
+        from movielens_sids.stages.assign import assign_stage
 
         with tempfile.TemporaryDirectory() as tmp:
             run = Path(tmp)

@@ -43,7 +43,7 @@ def build_catalog(data: Path, run_dir: Path) -> str:
     """``catalog.parquet`` via the catalog stage when it is implemented, else a minimal parse of movies.csv."""
     try:
         from movielens_sids.config import load_config
-        from movielens_sids.stages import execute
+        from movielens_sids.pipeline import execute
 
         execute("catalog", load_config(None, {"data.source": str(data)}), run_dir)
         return "movielens_sids catalog stage"
@@ -105,8 +105,8 @@ def main() -> None:
 
     from movielens_sids.config import load_config
     from movielens_sids.documents import build_documents
-    from movielens_sids.embed import load_model, resolve_model
-    from movielens_sids.stages import execute
+    from movielens_sids.pipeline import execute
+    from movielens_sids.stages.embed import load_model, resolve_model
 
     shutil.rmtree(args.work, ignore_errors=True)
     results: dict = {"model": args.model, "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),

@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 
 from movielens_sids.config import Config
-from movielens_sids.evaluate import evaluate_stage
-from movielens_sids.visualize import visualize_stage
+from movielens_sids.stages.evaluate import evaluate_stage
+from movielens_sids.stages.visualize import visualize_stage
 
 INPUTS = ("catalog.parquet", "embeddings.parquet", "sids.parquet", "model", ".stages")
 

@@ -38,9 +38,10 @@ import numpy as np
 import torch
 
 from movielens_sids import metrics as M
+from movielens_sids.artifacts import read_embeddings
 from movielens_sids.config import load_config
 from movielens_sids.model import RQKMeans, RQKMeansConfig
-from movielens_sids.train import fit_rqvae, read_embeddings, tokenize
+from movielens_sids.stages.train import fit_rqvae, tokenize
 
 log = logging.getLogger("benchmark")
 
@@ -54,7 +55,7 @@ def load_vectors(paths: list[Path]) -> tuple[np.ndarray, Path]:
         if p.exists():
             if p.suffix == ".npy":
                 return np.ascontiguousarray(np.load(p), dtype=np.float32), p
-            return read_embeddings(p)[1], p
+            return read_embeddings(p.parent).x, p  # p: a run folder's embeddings.parquet
     sys.exit(f"none of the embeddings files exist: {', '.join(map(str, paths))}")
 
 
@@ -152,7 +153,7 @@ def main() -> None:
     here = Path(__file__).resolve().parent
     sys.path[:] = [q for q in sys.path if Path(q or ".").resolve() != here]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "movielens_sids.train"):
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "movielens_sids.stages.train"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     x, source = load_vectors(args.embeddings)
     if args.limit:

@@ -73,3 +73,38 @@ def write_run(run_dir: Path, x: np.ndarray, ids: np.ndarray, **tok_kwargs) -> RQ
     tok = tiny_tokenizer(x, **tok_kwargs)
     save_pretrained(tok, run_dir / "model")
     return tok
+
+
+# An independent oracle for the tests: greedy residual quantization written out in float64.
+def greedy_codes(z: np.ndarray, codebooks: np.ndarray, bias: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy residual quantization in float64 (``tok.quantize`` with beam width 1; exact ties go to
+    the lower code index).
+
+    Args:
+        z: (N, H) latents.
+        codebooks: (L, K, H). bias: (L, K) added to the codes' squared distances, or None.
+
+    Returns:
+        codes (N, L) int64 and the squared norm of the final residual (N,) float64, i.e. the
+        squared distance from each latent to its path's quantized point.
+    """
+    z64 = torch.from_numpy(np.asarray(z, dtype=np.float64))
+    cb64 = torch.from_numpy(np.asarray(codebooks, dtype=np.float64))  # (L, K, H)
+    sq64 = (cb64 * cb64).sum(-1)  # (L, K)
+    if bias is not None:
+        sq64 = sq64 + torch.from_numpy(np.asarray(bias, dtype=np.float64))
+    levels = cb64.shape[0]
+    codes_out, resid_out = [], []
+    for s in range(0, len(z64), 4096):
+        r = z64[s:s + 4096].clone()  # (B, H)
+        codes = []
+        for level in range(levels):
+            c = torch.addmm(sq64[level][None, :], r, cb64[level].T, alpha=-2.0).argmin(dim=1)  # (B,)
+            codes.append(c)
+            r -= cb64[level][c]
+        codes_out.append(torch.stack(codes, dim=1))
+        resid_out.append((r * r).sum(1))
+    if not codes_out:
+        return np.zeros((0, levels), dtype=np.int64), np.zeros(0, dtype=np.float64)
+    return torch.cat(codes_out).numpy(), torch.cat(resid_out).numpy()

@@ -16,15 +16,10 @@ from movielens_fixtures import LATIN1_MOVIES, LINKS, MOVIES, RATINGS, TAGS, writ
 
 from movielens_sids.cli import main
 from movielens_sids.data import catalog as cat_mod
-from movielens_sids.data.catalog import (
-    DataConfig,
-    MovieLensSource,
-    build_catalog,
-    display_titles,
-    input_files,
-    parse_titles,
-)
+from movielens_sids.data.catalog import MovieLensSource, display_titles, input_files, parse_titles
 from movielens_sids.errors import SidsError
+from movielens_sids.settings import DataConfig
+from movielens_sids.stages.catalog import build_catalog
 
 
 def _catalog(tmp_path: Path, *args: str, run: str = "run") -> pd.DataFrame:

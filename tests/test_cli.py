@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from movielens_sids.cli import COMMANDS, main
+from movielens_sids.cli import COMMANDS, build_parser, main, overrides_from_args
+from movielens_sids.errors import SidsError
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -46,5 +47,27 @@ def test_retrieval_settings_are_a_config_section():
 
     rcfg = _config(argparse.Namespace(retrieval_max_epochs=3), cfg)  # a command flag overrides the section
     assert (rcfg.d_model, rcfg.seeds, rcfg.max_epochs) == (128, [4], 3)
-    with pytest.raises(Exception, match="d_model"):
+    with pytest.raises(SidsError, match="d_model"):
         load_config("demo", {"retrieval.d_model": 0})
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["run", "--dataset", "ml-1m", "--limit", "3", "--model", "m", "--device", "cpu", "--tokenizer", "rqkmeans",
+      "--accelerator", "cpu", "--devices", "1", "--strategy", "ddp", "--push-to-hub"],
+     {"data.dataset": "ml-1m", "data.limit": 3, "embed.model": "m", "embed.device": "cpu",
+      "train.tokenizer": "rqkmeans", "train.accelerator": "cpu", "train.devices": "1", "train.strategy": "ddp",
+      "export.push_to_hub": True}),
+    (["assign", "--strategy", "suffix", "--device", "cpu", "--batch-size", "64"],
+     {"assign.strategy": "suffix", "assign.device": "cpu", "assign.batch_size": 64}),
+    (["train", "--strategy", "ddp", "--seed", "3", "--latent-dim", "16", "--no-progress-bar"],
+     {"train.strategy": "ddp", "train.seed": 3, "model.latent_dim": 16, "train.progress_bar": False}),
+    (["catalog", "--seed", "2", "--skip-bad-rows"], {"data.seed": 2, "data.skip_bad_rows": True}),
+    (["embed", "--from", "v.npy", "--ids", "i.txt", "--no-normalize"],
+     {"embed.from_file": "v.npy", "embed.from_ids": "i.txt", "embed.normalize": False}),
+    (["evaluate", "--probe", "A (1999)", "--probe", "B (2000)", "--no-charts", "--set", "model.levels=4"],
+     {"evaluate.extra_probes": ["A (1999)", "B (2000)"], "evaluate.charts": False, "model.levels": 4}),
+    (["visualize", "--seed", "5", "--sample", "100"], {"visualize.seed": 5, "visualize.sample": 100}),
+])
+def test_a_flag_sets_its_setting_and_nothing_else(argv, expected):
+    """The same flag name sets a different setting per command (--seed, --strategy, --device), each declared once."""
+    assert overrides_from_args(build_parser().parse_args(argv)) == expected

@@ -12,11 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from movielens_sids import embed as embed_mod
 from movielens_sids.documents import build_documents, document_hash
-from movielens_sids.embed import CACHE_DIR, EmbedConfig, embed_stage, resolve_model
 from movielens_sids.errors import SidsError
 from movielens_sids.io import parquet_metadata
+from movielens_sids.settings import EmbedConfig
+from movielens_sids.stages import embed as embed_mod
+from movielens_sids.stages.embed import CACHE_DIR, embed_stage, resolve_model
 
 DIM = 16
 
@@ -26,7 +27,10 @@ def tiny_model(tmp_path_factory) -> str:
     """A 1-layer, 16-d BERT with a character WordPiece vocabulary, saved as a sentence-transformers folder."""
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Pooling, Transformer
+    try:  # where sentence-transformers keeps its modules now; the old path warns
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:  # older sentence-transformers
+        from sentence_transformers.models import Pooling, Transformer
     from transformers import BertConfig, BertModel, BertTokenizer
 
     root = tmp_path_factory.mktemp("tiny-model")

@@ -17,17 +17,16 @@ import torch
 from movielens_sids import metrics
 from movielens_sids.config import Config
 from movielens_sids.errors import SidsError
-from movielens_sids.evaluate import (
-    DEFAULT_PROBES,
-    EvaluateConfig,
-    compare_runs,
+from movielens_sids.io import write_parquet
+from movielens_sids.reports.markdown import compare_runs
+from movielens_sids.settings import DEFAULT_PROBES, EvaluateConfig
+from movielens_sids.stages.evaluate import (
     evaluate_stage,
     genre_purity,
     neighbor_overlap,
     shared_prefix_lengths,
     sid_knn,
 )
-from movielens_sids.io import write_parquet
 
 SPEC_KEYS = {"n_movies", "levels", "codebook_size", "latent_dim", "embedding_model", "reconstruction", "utilization",
              "perplexity", "collisions", "neighbors", "genre_purity_level1", "probes", "timings_s"}
@@ -311,8 +310,8 @@ def test_default_probes_are_the_original_four():
 
 
 def test_probe_flag_adds_probes_to_the_config():
-    from movielens_sids.cli import build_parser
-    from movielens_sids.config import load_config, overrides_from_args
+    from movielens_sids.cli import build_parser, overrides_from_args
+    from movielens_sids.config import load_config
 
     args = build_parser().parse_args(["evaluate", "--probe", "Alien (1979)", "--probe", "Heat (1995)", "--no-charts"])
     cfg = load_config(None, overrides_from_args(args))
@@ -340,13 +339,29 @@ def test_dedup_section_measures_what_moving_cost(run):
     assert d["relative_mse_final"] == pytest.approx(metrics.relative_mse(x.numpy(), dec))
 
 
-def test_re_evaluating_keeps_the_retrieval_section(run):
+def _retrieval_report() -> dict:
+    """The smallest ``retrieval/report.json`` the retrieval section renders (one method, one seed)."""
+    scores = {"recall@5": 0.05, "recall@10": 0.1234, "ndcg@5": 0.03, "ndcg@10": 0.04}
+    return {"dataset": "ml-latest-small", "wall_time_s": 60.0, "semantic_vs_random": None,
+            "split": {"n_users": 10, "n_interactions": 100, "n_movies_rated": 50, "min_ratings": 5,
+                      "n_users_dropped_few_ratings": 0, "n_ratings_dropped_no_sid": 0, "n_movies_dropped_no_sid": 0},
+            "settings": {"seeds": [0], "d_model": 8, "n_layers": 1, "n_heads": 1, "max_history": 5, "beam_size": 4,
+                         "patience": 1, "max_epochs": 1},
+            "methods": {"semantic_id": {"mean": scores, "std": dict.fromkeys(scores, 0.0), "per_seed": {"0": scores}}}}
+
+
+def test_report_md_is_one_page_from_the_json_reports(run):
+    """report.md has one writer: re-evaluating rebuilds it from report.json and retrieval/report.json, so the
+    retrieval section is there exactly once, after the evaluation, and a stale hand edit is gone."""
     run_dir, tok = run
     evaluate_stage(run_dir, _cfg(), tokenizer=tok)
     md = run_dir / "report.md"
-    md.write_text(md.read_text() + "\n<!-- retrieval:start -->\n## Retrieval\nR@10 0.1\n<!-- retrieval:end -->\n")
+    assert "<!-- retrieval:start -->" not in md.read_text()
+    (run_dir / "retrieval").mkdir()
+    (run_dir / "retrieval" / "report.json").write_text(json.dumps(_retrieval_report()))
+    md.write_text(md.read_text() + "\n<!-- retrieval:start -->\nstale\n<!-- retrieval:end -->\n")
     evaluate_stage(run_dir, _cfg(), tokenizer=tok)
     evaluate_stage(run_dir, _cfg(), tokenizer=tok)
     text = md.read_text()
-    assert text.count("<!-- retrieval:start -->") == 1 and "R@10 0.1" in text
+    assert text.count("<!-- retrieval:start -->") == 1 and "0.1234" in text and "stale" not in text
     assert text.index("# Evaluation report") < text.index("<!-- retrieval:start -->")

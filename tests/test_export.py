@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 from sids_fixtures import clustered_embeddings, write_catalog, write_run
 
-from movielens_sids.assign import assign_stage
 from movielens_sids.config import load_config
 from movielens_sids.errors import SidsError
-from movielens_sids.export import export_stage, repo_ids, write_shards
 from movielens_sids.hub import resolve_token
 from movielens_sids.io import file_hash, write_parquet
+from movielens_sids.stages.assign import assign_stage
+from movielens_sids.stages.export import export_stage, repo_ids, write_shards
 
 SECRET = "hf_TESTSECRETtoken1234567890abcdefXYZ"
 

@@ -5,13 +5,13 @@ a real signal at a few points of the stage (chosen from the stage's own duration
 what a user relies on: every artifact under its final name still parses, the artifacts of earlier
 stages are byte-for-byte unchanged, and the same command run again succeeds and gives the result of
 an uninterrupted run (bit for bit for the deterministic stages; same shapes for training).
-``benchmarks/faults.py`` runs the big campaign (real model, many random points, strace).
+``tests/stress_faults.py`` runs the big campaign (real model, many random points, strace); the
+helpers that check a run folder are shared with it (``fault_checks.py``).
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import signal
@@ -19,50 +19,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
+from fault_checks import PREVIOUS, owned, snapshot, validate
 from movielens_fixtures import write_movielens
 
 from movielens_sids.cli import main
-from movielens_sids.io import TMP_PREFIX, file_hash
+from movielens_sids.io import TMP_PREFIX
 
 N = 48
 SETTINGS = ["--set", "model.levels=2", "--set", "model.codebook_size=4", "--set", "model.latent_dim=4",
             "--set", "model.hidden_dims=[16]", "--set", "train.max_epochs=3", "--set", "train.batch_size=16",
             "--set", "train.progress_bar=false", "--set", "train.accelerator=cpu", "--set", "assign.device=cpu"]
-OWN = {"embed": ("embeddings.parquet", ".embed-cache"), "train": ("model", ".train"), "assign": ("sids.parquet",),
-       "evaluate": ("report",), "export": ("dataset", "model/README.md")}
-
-
-def _state(run: Path) -> dict[str, str]:
-    return {p.relative_to(run).as_posix(): file_hash(p) for p in sorted(run.rglob("*"))
-            if p.is_file() and p.name != ".lock"
-            and not any(s.startswith(TMP_PREFIX) for s in p.relative_to(run).parts)}
-
-
-def _owned(stage: str, rel: str) -> bool:
-    return rel.startswith(".stages/") or rel.startswith(OWN[stage])
-
-
-def _validate(run: Path) -> None:
-    """Every artifact under its final name parses."""
-    from movielens_sids.model import load_tokenizer
-
-    for name in ("catalog.parquet", "embeddings.parquet", "sids.parquet"):
-        if (run / name).exists():
-            pq.read_table(run / name)
-    for p in run.rglob("*.json"):
-        if not any(s.startswith(TMP_PREFIX) for s in p.relative_to(run).parts):
-            json.loads(p.read_text())
-    if (run / "model").exists():
-        load_tokenizer(run / "model")
-    if (run / "dataset").exists():
-        shards = list((run / "dataset" / "data").glob("*.parquet"))
-        assert shards and (run / "dataset" / "README.md").is_file()
-        for s in shards:
-            pq.read_table(s)
-
-
 def _args(stage: str, run: Path, tmp: Path) -> list[str]:
     extra = ["--from", str(tmp / "v.npy"), "--ids", str(tmp / "ids.npy")] if stage == "embed" else []
     return [stage, "--run-dir", str(run), *extra, *SETTINGS]
@@ -89,7 +56,7 @@ def reference(tmp_path_factory) -> dict:
         seconds[stage] = time.perf_counter() - t0
         snaps[stage] = tmp / f"after-{stage}"
         shutil.copytree(run, snaps[stage])
-    return {"tmp": tmp, "snaps": snaps, "seconds": seconds, "final": _state(run)}
+    return {"tmp": tmp, "snaps": snaps, "seconds": seconds, "final": snapshot(run)}
 
 
 def _kill_at(argv: list[str], run: Path, sig: signal.Signals, delay: float) -> tuple[bool, int]:
@@ -126,9 +93,6 @@ def _kill_at(argv: list[str], run: Path, sig: signal.Signals, delay: float) -> t
     return code != 0, code  # 0: it finished in the instant before the signal
 
 
-PREVIOUS = {"embed": "catalog", "train": "embed", "assign": "train", "export": "evaluate"}
-
-
 @pytest.mark.parametrize("stage", ["embed", "train", "assign", "export"])
 def test_killed_stage_leaves_whole_artifacts_and_a_rerun_gives_the_uninterrupted_result(reference, stage, tmp_path):
     tmp, snaps = reference["tmp"], reference["snaps"]
@@ -139,21 +103,21 @@ def test_killed_stage_leaves_whole_artifacts_and_a_rerun_gives_the_uninterrupted
         run = tmp_path / f"trial{i}" / "run"
         start = snaps[stage] if (i == 2 and stage != "embed") else snaps[PREVIOUS[stage]]  # or overwrite
         shutil.copytree(start, run)
-        before = _state(run)
+        before = snapshot(run)
         hit, code = _kill_at(_args(stage, run, tmp), run, sig, frac * reference["seconds"][stage])
         landed += hit
         if hit and sig == signal.SIGINT:  # the CLI's own message and exit status, or Lightning's exit(1)
             assert code in (130, 1), f"Ctrl-C ended {stage} with exit {code}"
         if hit and sig == signal.SIGKILL:
             assert code == -signal.SIGKILL
-        _validate(run)  # nothing half-written under a final name
-        after = _state(run)
-        changed = [k for k, v in before.items() if not _owned(stage, k) and after.get(k) != v]
+        assert validate(run) == []  # nothing half-written under a final name
+        after = snapshot(run)
+        changed = [k for k, v in before.items() if not owned(stage, k) and after.get(k) != v]
         assert not changed, f"earlier artifacts changed by the interrupted {stage}: {changed}"
         # The same command again finishes the job, from whatever the kill left.
         assert main(_args(stage, run, tmp)) == 0
-        _validate(run)
-        final, ref = _state(run), reference["final"]
+        assert validate(run) == []
+        final, ref = snapshot(run), reference["final"]
         # The next command sweeps what a kill left at the top of the folder (see io.run_lock).
         assert not list(run.glob(f"{TMP_PREFIX}*")), "temporary files left after a successful rerun"
         if stage == "train":  # not bit-for-bit after a resume: same architecture and a working model
@@ -163,7 +127,7 @@ def test_killed_stage_leaves_whole_artifacts_and_a_rerun_gives_the_uninterrupted
             shape = tuple(load_tokenizer(snaps["train"] / "model").codebooks.shape)
             assert tuple(load_tokenizer(run / "model").codebooks.shape) == shape
         else:
-            mine = {k: v for k, v in ref.items() if _owned(stage, k) and not k.startswith((".stages/", ".train",
+            mine = {k: v for k, v in ref.items() if owned(stage, k) and not k.startswith((".stages/", ".train",
                                                                                              ".embed-cache"))}
             assert {k: final.get(k) for k in mine} == mine, f"{stage} rerun differs from the uninterrupted run"
     assert landed >= 1, f"no signal landed while {stage} ran"
@@ -189,14 +153,14 @@ def test_full_disk_is_a_clear_error_and_earlier_artifacts_stay_intact(reference,
     run = tmp_path / "run"
     # Over an existing result (the stage's earlier output must survive too).
     shutil.copytree(reference["snaps"][stage], run)
-    before = _state(run)
+    before = snapshot(run)
     module, name = target.rsplit(".", 1)
     monkeypatch.setattr(importlib.import_module(module), name, _enospc)
     extra = ["--no-normalize"] if stage == "embed" else []  # different vectors, so embed has to write
     assert main([*_args(stage, run, reference["tmp"]), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "no space left" in err[0].lower(), err
-    after = _state(run)
+    after = snapshot(run)
     assert {k: v for k, v in after.items() if not k.startswith((".stages/", ".train"))} == \
         {k: v for k, v in before.items() if not k.startswith((".stages/", ".train"))}
     assert not list(run.rglob(f"{TMP_PREFIX}*")), "a failed write left temporary files"

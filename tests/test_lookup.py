@@ -10,11 +10,11 @@ import torch
 from sids_fixtures import write_catalog
 
 from movielens_sids import lookup_movie, lookup_prefix, neighbors
-from movielens_sids.assign import sids_table
 from movielens_sids.errors import SidsError
 from movielens_sids.io import write_parquet
 from movielens_sids.model import RQVAE, RQVAEConfig, save_pretrained
 from movielens_sids.sid import format_sid, parse_sid, parse_sid_prefix
+from movielens_sids.stages.assign import sids_table
 
 MOVIES = [
     # movie_id, title, display_title, year, codes

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from movielens_sids import stages
+from movielens_sids import artifacts
+from movielens_sids import pipeline as stages
 from movielens_sids.config import load_config
 from movielens_sids.io import write_text
 from movielens_sids.pipeline import run
@@ -47,9 +48,7 @@ def fake_stages(monkeypatch):
         real = stages.STAGES[name]
         outputs = tuple("dataset/part.txt" if o == "dataset" else o for o in real.outputs)
         fn = _fake(name, real.inputs, outputs, settings_of)
-        globals()[f"_fn_{name}"] = fn
-        monkeypatch.setitem(stages.STAGES, name, stages.Stage(
-            name, f"{__name__}:_fn_{name}", real.sections, real.inputs, real.outputs))
+        monkeypatch.setitem(stages.STAGES, name, stages.Stage(name, fn, real.sections, real.inputs, real.outputs))
     yield
 
 
@@ -110,4 +109,4 @@ def test_records_hold_settings_hashes_and_time(fake_stages, tmp_path):
     assert "batch_size" not in rec["settings"]["embed"]  # runtime-only
     assert set(rec["inputs"]) == {"catalog.parquet"} and rec["inputs"]["catalog.parquet"]
     assert rec["seconds"] >= 0
-    assert stages.stage_seconds(tmp_path / "r").keys() == set(stages.ORDER)
+    assert artifacts.stage_seconds(tmp_path / "r", stages.ORDER).keys() == set(stages.ORDER)

@@ -187,9 +187,10 @@ def test_assign_on_a_model_folder_holding_a_pickle_never_runs_it(tmp_path, capsy
     assert not marker.exists() and not (run / "sids.parquet").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4:UserWarning")  # the crafted file's own protocol
 def test_training_never_unpickles_a_crafted_resume_checkpoint(tmp_path):
-    from movielens_sids import train
     from movielens_sids.model import RQVAEConfig
+    from movielens_sids.stages import train
 
     x, _ = clustered_embeddings(48, dim=8)
     work = tmp_path / train.WORK_DIR
@@ -331,7 +332,7 @@ def test_hub_token_never_appears_in_outputs_logs_artifacts_or_errors(tmp_path, m
         assert rc == (0 if fail_on is None else 2)
         try:  # the exception a caller of the stage function sees
             from movielens_sids.config import load_config
-            from movielens_sids.export import export_stage
+            from movielens_sids.stages.export import export_stage
 
             cfg = load_config(None, {"model.levels": 2, "model.codebook_size": 2, "export.push_to_hub": True})
             export_stage(run, cfg)

@@ -14,7 +14,7 @@ from movielens_sids.config import load_config
 from movielens_sids.errors import SidsError
 from movielens_sids.io import write_parquet
 from movielens_sids.model import RQVAE, RQKMeans, load_tokenizer
-from movielens_sids.train import train_stage
+from movielens_sids.stages.train import train_stage
 
 N, D = 300, 16
 

@@ -1,7 +1,10 @@
 """movielens-sids: Semantic IDs for every movie of a MovieLens catalog.
 
-The Python API mirrors the CLI: stage functions live in their modules (``movielens_sids.embed``,
-``movielens_sids.train``, ...); ``lookup`` functions are re-exported here.
+The Python API mirrors the CLI: stage functions live in ``movielens_sids.stages`` (``stages.embed``,
+``stages.train``, ...), the artifact readers in ``movielens_sids.artifacts``; ``lookup`` functions are
+re-exported here. ARCHITECTURE.md shows the layers.
+
+May import: nothing at import time (``lookup`` is loaded on first use of its functions).
 """
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+"""``python -m movielens_sids``: the console script (see ``cli``). May import: cli."""
+
 import sys
 
 from .cli import main

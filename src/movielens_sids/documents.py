@@ -22,6 +22,8 @@ A field outside brackets must be a catalog column; one inside may be absent (its
 left out). Brackets cannot be nested and cannot appear literally in the template text (values may contain
 anything). Rendering is deterministic: the same catalog and settings give the same bytes; runs
 of spaces are collapsed and the result is stripped.
+
+May import: the standard library only (``settings`` validates templates with it).
 """
 
 from __future__ import annotations

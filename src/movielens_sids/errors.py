@@ -1,4 +1,7 @@
-"""The one exception type users see: a one-line message that names the bad input."""
+"""The one exception type users see: a one-line message that names the bad input.
+
+May import: nothing (the bottom of the package).
+"""
 
 from __future__ import annotations
 

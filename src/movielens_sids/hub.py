@@ -8,6 +8,9 @@
   upload; the experiment name becomes a tag on that commit. The account is checked (``whoami``)
   before anything is created, so no network or a bad token uploads nothing.
 - ``dry_run`` lists exactly the files, sizes and destinations, and uploads nothing.
+
+May import: errors; huggingface_hub and python-dotenv on first use (the only network I/O besides
+``data.fetch``).
 """
 
 from __future__ import annotations

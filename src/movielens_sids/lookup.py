@@ -15,26 +15,22 @@ fit about equally well, a one-line error lists them with their ids so the user c
 Neighbours are ranked by the length of the prefix they share with the movie's SID (longest first),
 then by the distance between the two SIDs' decoded vectors (``tok.decode_codes`` of their first L
 tokens), then by ``movie_id``: the order a generative retriever sees.
+
+May import: artifacts, sid, errors; rapidfuzz on first use. Not a stage: it only reads.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from .artifacts import read_catalog, read_model, read_sids
 from .errors import SidsError
-
-if TYPE_CHECKING:
-    from .config import Config
-
-HELP = "find a movie's SID (--movie), the movies under a SID prefix (--sid), or a movie's nearest by SID (--neighbors)"
+from .sid import parse_sid_prefix
 
 FUZZY_MIN_SCORE = 60.0
 """Below this score (0-100: mean of rapidfuzz token_set_ratio and ratio) a title is not a match at all."""
@@ -71,9 +67,7 @@ class SidIndex:
 
     def tokenizer(self):
         if self._tok is None:
-            from .model import load_tokenizer
-
-            self._tok = load_tokenizer(self.run_dir / "model")
+            self._tok = read_model(self.run_dir)
         return self._tok
 
 
@@ -105,9 +99,6 @@ def load_index(run_dir: str | Path) -> SidIndex:
     Raises:
         SidsError: a file is missing or unreadable, or the two files do not hold the same movies.
     """
-    from .assign import read_sids
-    from .io import read_parquet
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SidsError(f"run folder {run_dir} not found")
@@ -116,13 +107,10 @@ def load_index(run_dir: str | Path) -> SidIndex:
     key = (str(run_dir.resolve()), stamp)
     if key in _CACHE:
         return _CACHE[key]
-    ids, tokens, meta = read_sids(sids_path)
-    levels = int((meta.get("assign") or {}).get("levels", tokens.shape[1]))
-    sid_col = read_parquet(sids_path, "assign").column("sid").to_pylist()
-    cat = read_parquet(cat_path, "catalog")
-    for col in ("movie_id", "title"):
-        if col not in cat.column_names:
-            raise SidsError(f"{cat_path} has no {col!r} column; run `movielens-sids catalog` again")
+    sids = read_sids(run_dir)
+    ids, tokens, sid_col = sids.movie_ids, sids.tokens, sids.strings
+    levels = int((sids.metadata.get("assign") or {}).get("levels", tokens.shape[1]))
+    cat = read_catalog(run_dir, ("movie_id", "title"))
     cat_ids = cat.column("movie_id").to_numpy().astype(np.int64)
     pos = {int(m): i for i, m in enumerate(cat_ids.tolist())}
     missing = [int(m) for m in ids.tolist() if int(m) not in pos]
@@ -218,8 +206,6 @@ def lookup_prefix(run_dir: str | Path, prefix: str | tuple[int, ...] | list[int]
                   limit: int | None = None) -> list[dict[str, Any]]:
     """The movies whose SID starts with ``prefix`` (``"12"``, ``"12,201"``, ``"<a_12><b_201>"`` or a tuple),
     ordered by SID then movie_id; at most ``limit`` of them."""
-    from .sid import parse_sid_prefix
-
     index = load_index(run_dir)
     p = parse_sid_prefix(prefix)
     if len(p) > index.tokens.shape[1]:
@@ -280,7 +266,7 @@ def neighbors(run_dir: str | Path, query: str | int, k: int = 10) -> list[dict[s
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def _table(records: list[dict[str, Any]], extra: list[str]) -> str:
+def render_table(records: list[dict[str, Any]], extra: list[str]) -> str:
     cols = ["movie_id", "sid", *extra, "title", "genres"]
     rows = []
     for r in records:
@@ -297,29 +283,3 @@ def _table(records: list[dict[str, Any]], extra: list[str]) -> str:
     line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
     return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, rows)])
 
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--movie", metavar="TITLE_OR_ID", help="a movie's SID (id, exact title, or fuzzy title)")
-    what.add_argument("--sid", metavar="PREFIX", help="the movies under a SID prefix: 12, 12,201 or <a_12><b_201>")
-    what.add_argument("--neighbors", metavar="TITLE_OR_ID", help="the movies nearest to this one by SID")
-    p.add_argument("--k", type=int, default=10, help="how many neighbours (default 10)")
-    p.add_argument("--limit", type=int, default=None, help="at most this many movies for --sid (default: all)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
-def command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
-    if args.movie is not None:
-        records, extra = [lookup_movie(run_dir, args.movie)], []
-    elif args.sid is not None:
-        records, extra = lookup_prefix(run_dir, args.sid, limit=args.limit), []
-    else:
-        records, extra = neighbors(run_dir, args.neighbors, k=args.k), ["shared_prefix", "distance"]
-    if args.json:
-        out = records[0] if args.movie is not None else records
-        sys.stdout.write(json.dumps(out, ensure_ascii=False, indent=2) + "\n")
-    elif not records:
-        print(f"no movies under SID prefix {args.sid}", file=sys.stderr)
-    else:
-        print(_table(records, extra))
-    return 0

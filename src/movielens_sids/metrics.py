@@ -2,9 +2,13 @@
 
 Shapes: N movies, D embedding dim, L levels, K codebook size.
 All functions take NumPy arrays (or anything ``np.asarray`` accepts) and return Python floats/lists.
+
+May import: numpy only (pure functions over arrays).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -122,3 +126,16 @@ def random_first_token_match(codes: np.ndarray) -> float:
     counts = np.bincount(first).astype(np.float64)
     n = counts.sum()
     return float(((counts * (counts - 1)).sum()) / max(n * (n - 1), 1.0))
+
+
+def tokenizer_metrics(x: np.ndarray, x_hat: np.ndarray, codes: np.ndarray, codebook_size: int) -> dict[str, Any]:
+    """Reconstruction, per-level utilization/perplexity and collisions of codes (N, L) for x (N, D)."""
+    col = collision_stats(codes)
+    return {
+        "relative_mse": relative_mse(x, x_hat),
+        "mean_cosine": mean_cosine(x, x_hat),
+        "utilization": utilization(codes, codebook_size),
+        "perplexity": perplexity(codes, codebook_size),
+        "unique_fraction": col["unique_fraction"],
+        "max_group_size": col["max_group_size"],
+    }

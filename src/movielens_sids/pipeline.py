@@ -1,52 +1,165 @@
-"""``run``: every stage in order, each skipped when its artifact is up to date.
+"""The pipeline: the stage registry, freshness records, and ``run`` (every stage in order).
 
-A stage is up to date when its record (``.stages/<name>.json``) holds the same settings and the
-same content hashes of its inputs and outputs as now (see ``stages.why_stale``). Changing only the
-RQ-VAE settings therefore re-trains and re-assigns but does not re-embed. An interrupted run started
-again skips finished stages; embedding resumes from its last chunk and training from its last
-checkpoint (those stages keep their own progress).
+Every stage is a plain function ``fn(run_dir, cfg) -> dict`` (``movielens_sids.stages``) that reads
+artifacts, calls pure code and writes artifacts. ``execute`` wraps it with the run-folder lock, a
+timer and a record (``.stages/<name>.json``: the content hashes of its inputs, its settings, the
+hashes of its outputs and its time). A stage is up to date when its record holds the same settings
+and the same content hashes as now (``why_stale``): changing only the RQ-VAE settings therefore
+re-trains and re-assigns but does not re-embed. An interrupted run started again skips finished
+stages; embedding resumes from its last chunk and training from its last checkpoint (those stages
+keep their own progress).
+
+May import: settings, io, errors, data.catalog (the catalog stage's source files) and the stage
+modules. Only ``cli`` imports this module.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .config import flag
-from .errors import SidsError
-from .io import run_lock, write_text
-from .stages import ORDER, STAGES, execute, read_record, why_stale
+from .artifacts import MODEL_FILES, RECORDS, read_record
+from .data.catalog import input_files
+from .io import file_hash, run_lock, write_json, write_text
+from .settings import decisive
+from .stages import assign, catalog, embed, evaluate, export, train, visualize
 
 if TYPE_CHECKING:
     from .config import Config
 
 log = logging.getLogger(__name__)
 
-HELP = "run every stage in order (catalog, embed, train, assign, evaluate, export, visualize), skipping up-to-date ones"
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--force", metavar="STAGE", choices=ORDER,
-                   help=f"re-run from this stage on, even if up to date ({', '.join(ORDER)})")
-    p.add_argument("--until", metavar="STAGE", choices=ORDER, help="stop after this stage")
-    flag(p, "--dataset", key="data.dataset", help="MovieLens variant by name (default from the config)")
-    flag(p, "--source", key="data.source", help="a local MovieLens folder or official zip instead of --dataset")
-    flag(p, "--enrich", key="data.enrich", help="CSV/Parquet/JSONL with plot, director, stars ... to join")
-    flag(p, "--limit", key="data.limit", type=int, help="keep N movies, chosen reproducibly (smoke runs)")
-    flag(p, "--model", key="embed.model", help="sentence-transformers model: Hub id or local folder")
-    flag(p, "--device", key="embed.device", help="device for embedding: auto, cpu, cuda, mps")
-    flag(p, "--tokenizer", key="train.tokenizer", choices=["rqvae", "rqkmeans"], help="rqvae or rqkmeans")
-    flag(p, "--accelerator", key="train.accelerator", help="Lightning accelerator for training")
-    flag(p, "--devices", key="train.devices", help="Lightning devices for training")
-    flag(p, "--strategy", key="train.strategy", help="Lightning strategy for training (e.g. ddp)")
-    flag(p, "--push-to-hub", key="export.push_to_hub", action="store_true",
-         help="upload the model and dataset to the Hugging Face Hub at the end")
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage."""
+
+    name: str
+    function: Callable[[Path, Config], dict] = field(compare=False)
+    """The stage function ``fn(run_dir, cfg) -> dict``."""
+    sections: tuple[str, ...]
+    """Config sections whose values decide the stage's output."""
+    inputs: tuple[str, ...] = ()
+    """Run-folder files the stage reads (hashed to decide whether it is up to date)."""
+    outputs: tuple[str, ...] = ()
+    """Run-folder files or folders the stage writes."""
+    external_inputs: Callable[[Config], list[Path]] | None = field(default=None, compare=False)
+    """Files outside the run folder the stage reads (the MovieLens files, an --enrich or --from file)."""
+
+
+def _catalog_inputs(cfg: Config) -> list[Path]:
+    return input_files(cfg.data)
+
+
+def _embed_inputs(cfg: Config) -> list[Path]:
+    return [Path(p) for p in (cfg.embed.from_file, cfg.embed.from_ids) if p]
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in [
+    Stage("catalog", catalog.catalog_stage, ("data",),
+          outputs=("catalog.parquet",), external_inputs=_catalog_inputs),
+    Stage("embed", embed.embed_stage, ("embed",),
+          inputs=("catalog.parquet",), outputs=("embeddings.parquet",), external_inputs=_embed_inputs),
+    Stage("train", train.train_stage, ("model", "train"),
+          inputs=("embeddings.parquet",), outputs=tuple(MODEL_FILES)),
+    Stage("assign", assign.assign_stage, ("assign",),
+          inputs=("embeddings.parquet", *MODEL_FILES), outputs=("sids.parquet",)),
+    Stage("evaluate", evaluate.evaluate_stage, ("evaluate",),
+          inputs=("catalog.parquet", "embeddings.parquet", "sids.parquet", *MODEL_FILES),
+          outputs=("report.json", "report.md")),
+    Stage("export", export.export_stage, ("export",),
+          inputs=("catalog.parquet", "embeddings.parquet", "sids.parquet", "report.json", *MODEL_FILES),
+          outputs=("dataset",)),
+    Stage("visualize", visualize.visualize_stage, ("visualize",),
+          inputs=("catalog.parquet", "embeddings.parquet", "sids.parquet"), outputs=("visualization.html",)),
+]}
+ORDER = list(STAGES)
+
+
+def _settings(stage: Stage, cfg: Config) -> dict[str, Any]:
+    """The settings that decide a stage's output; a section's ``RUNTIME_FIELDS`` (device, batch size,
+    dry-run, ...) change how a stage runs, not what it writes, and are left out."""
+    return {s: decisive(getattr(cfg, s)) for s in stage.sections}
+
+
+_HASH_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def _hash(p: Path) -> str | None:
+    """Content hash of a file or folder, memoised per (path, size, mtime) for files within a process."""
+    if not p.exists():
+        return None
+    if p.is_dir():
+        return file_hash(p)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_MEMO:
+        _HASH_MEMO[key] = file_hash(p)
+    return _HASH_MEMO[key]
+
+
+def _hashes(run_dir: Path, names: tuple[str, ...] | list[str]) -> dict[str, str | None]:
+    return {n: _hash(run_dir / n) for n in names}
+
+
+def _external_hashes(stage: Stage, cfg: Config) -> dict[str, str | None]:
+    if stage.external_inputs is None:
+        return {}
+    return {str(p): _hash(Path(p)) for p in stage.external_inputs(cfg)}
+
+
+def why_stale(name: str, cfg: Config, run_dir: Path) -> str | None:
+    """``None`` when the stage's outputs are up to date with its inputs and settings, else the reason."""
+    stage = STAGES[name]
+    rec = read_record(run_dir, name)
+    if rec is None:
+        return "never ran"
+    if rec.get("settings") != json.loads(json.dumps(_settings(stage, cfg), default=str)):
+        return "settings changed"
+    if rec.get("inputs") != _hashes(run_dir, stage.inputs):
+        return "inputs changed"
+    if rec.get("external_inputs") != _external_hashes(stage, cfg):
+        return "source files changed"
+    if rec.get("outputs") != _hashes(run_dir, stage.outputs):
+        return "outputs missing or modified"
+    return None
+
+
+def execute(name: str, cfg: Config, run_dir: Path, *, lock: bool = True) -> dict[str, Any]:
+    """Run one stage under the run-folder lock and record what it read, wrote and took.
+
+    Returns:
+        The stage function's result dict, plus ``seconds``.
+    """
+    stage = STAGES[name]
+    run_dir = Path(run_dir)
+    if lock:
+        with run_lock(run_dir):
+            return execute(name, cfg, run_dir, lock=False)
+    t0 = time.perf_counter()
+    result = stage.function(run_dir, cfg) or {}
+    seconds = time.perf_counter() - t0
+    record = {
+        "stage": name,
+        "settings": _settings(stage, cfg),
+        "inputs": _hashes(run_dir, stage.inputs),
+        "external_inputs": _external_hashes(stage, cfg),
+        "outputs": _hashes(run_dir, stage.outputs),
+        "seconds": round(seconds, 3),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "result": result,
+    }
+    write_json(run_dir / RECORDS / f"{name}.json", record)
+    log.info("%s done in %.1fs", name, seconds)
+    return {**result, "seconds": seconds}
 
 
 def run(cfg: Config, run_dir: Path, *, force: str | None = None, until: str | None = None) -> dict[str, Any]:
@@ -115,11 +228,3 @@ def summary(run_dir: Path, outcome: dict[str, Any]) -> str:
     lines.append("outputs: " + ", ".join(str(run_dir / o) for o in present))
     lines.append(f"total {outcome['total_seconds']:.1f}s")
     return "\n".join(lines)
-
-
-def command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
-    if args.force and args.until and ORDER.index(args.force) > ORDER.index(args.until):
-        raise SidsError(f"--force {args.force} comes after --until {args.until}")
-    outcome = run(cfg, run_dir, force=args.force, until=args.until)
-    print(summary(run_dir, outcome))
-    return 0

@@ -3,6 +3,8 @@
 Positions are named by letters (``a`` for level 1, ``b`` for level 2, ..., the optional collision
 token after the last level gets the next letter), as in the TIGER-style token vocabularies that
 language models are fine-tuned on: every position has its own token namespace.
+
+May import: errors, numpy, pyarrow (pure formatting and parsing of SIDs).
 """
 
 from __future__ import annotations

@@ -1,2 +1,6 @@
-"""The MovieLens data layer: the variant table (``registry``), downloads (``fetch``) and ``catalog.parquet``
-(``catalog``). Network I/O happens only in ``fetch``."""
+"""The MovieLens data layer: the variant table (``registry``), downloads (``fetch``) and the readers of the
+MovieLens files (``catalog``; the stage that writes ``catalog.parquet`` is ``stages.catalog``). Network
+I/O happens only in ``fetch``.
+
+May import: nothing.
+"""

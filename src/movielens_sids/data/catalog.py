@@ -19,11 +19,12 @@ One row per movie, sorted by ``movie_id`` (SPEC section 3)::
 Files are read with pyarrow (typed, multithreaded); when that fast path meets anything odd, the
 file is re-read row by row to report the exact line numbers of the rows that cannot be parsed
 (or to drop them with ``--skip-bad-rows``).
+
+May import: data.registry, data.fetch, errors, settings; pandas and pyarrow.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import io
@@ -45,46 +46,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import SidsError
-from . import registry
+from ..settings import DataConfig
+from . import fetch, registry
+from .fetch import check_zip_entries, open_zip
 
 log = logging.getLogger(__name__)
 
-HELP = "build catalog.parquet from --dataset NAME or --source PATH (folder or official zip)"
 
 CATALOG_COLUMNS = ("movie_id", "title", "display_title", "year", "genres", "tags", "imdb_id", "tmdb_id")
 NO_GENRES = "(no genres listed)"
 LIST_COLUMNS = frozenset({"stars", "cast", "actors", "directors", "writers", "keywords", "countries",
                           "languages", "companies", "creators"})
 """Enrichment columns read as lists even when a CSV gives them as ``a|b|c`` strings."""
-_MAX_REPORTED = 5
-
-
-@dataclass
-class DataConfig:
-    """Which MovieLens files become the catalog."""
-
-    dataset: str = "ml-latest-small"
-    """A MovieLens variant by name (see `fetch`); ignored when `source` is given."""
-    source: str | None = None
-    """A local folder or official zip with movies.csv / movies.dat (and optionally links, tags, ratings)."""
-    enrich: str | None = None
-    """A CSV, Parquet or JSONL file joined on movieId, imdbId or tmdbId that adds text columns."""
-    data_dir: str | None = None
-    """Where downloads are cached (default: $MOVIELENS_SIDS_DATA or the user cache dir)."""
-    limit: int | None = None
-    """Keep only this many movies, chosen reproducibly (smoke runs)."""
-    seed: int = 0
-    """Seed for `limit`'s sample."""
-    skip_bad_rows: bool = False
-    """Drop rows that cannot be parsed (with a count) instead of failing."""
-    rating_stats: bool = False
-    """Add n_ratings and mean_rating columns from the ratings file (reads all ratings: slow on big sets)."""
-
-    def __post_init__(self) -> None:
-        if self.source is None and self.dataset not in registry.VARIANTS:
-            raise ValueError(f"dataset: unknown dataset {self.dataset!r}; known: {', '.join(registry.VARIANTS)}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit: must be at least 1, got {self.limit}")
+MAX_REPORTED = 5
 
 
 # --- where the files are ------------------------------------------------------------------------
@@ -109,8 +83,6 @@ class MovieLensSource:
             names = [p.relative_to(self.path).as_posix() for p in self.path.glob("*") if p.is_file()]
             names += [p.relative_to(self.path).as_posix() for p in self.path.glob("*/*") if p.is_file()]
         else:
-            from .fetch import check_zip_entries, open_zip
-
             self._zip = open_zip(self.path)
             try:
                 check_zip_entries(self._zip)  # the same rules as for a download, though nothing is extracted
@@ -178,8 +150,6 @@ def open_source(cfg: DataConfig, *, download: bool = True) -> MovieLensSource | 
     """
     if cfg.source:
         return MovieLensSource(cfg.source)
-    from . import fetch
-
     if cfg.dataset == registry.BUNDLED:
         return MovieLensSource(fetch.bundled_path(), label=f"{registry.BUNDLED} (bundled)")
     folder = fetch.cached_dataset(cfg.dataset, cfg.data_dir)
@@ -258,8 +228,8 @@ def read_table(src: MovieLensSource, spec: _Spec, *, skip_bad_rows: bool = False
     else:
         df, bad = _read_dat_rows(src, spec)
     if bad:
-        shown = "; ".join(f"line {n}: {why}" for n, why in bad[:_MAX_REPORTED])
-        more = f"; and {len(bad) - _MAX_REPORTED} more" if len(bad) > _MAX_REPORTED else ""
+        shown = "; ".join(f"line {n}: {why}" for n, why in bad[:MAX_REPORTED])
+        more = f"; and {len(bad) - MAX_REPORTED} more" if len(bad) > MAX_REPORTED else ""
         if not skip_bad_rows:
             raise SidsError(f"{what}: {len(bad)} row(s) cannot be parsed ({shown}{more}); fix them or pass "
                             "--skip-bad-rows to drop them")
@@ -686,152 +656,3 @@ def enrich_catalog(cat: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, dict[st
 
 
 # --- the stage --------------------------------------------------------------------------------
-
-
-def build_catalog(cfg: DataConfig) -> tuple[pa.Table, dict[str, Any]]:
-    """Read the MovieLens files ``cfg`` names and return the catalog table and a summary.
-
-    Writes nothing. Raises ``SidsError`` on any bad input (SPEC section 5).
-    """
-    src = open_source(cfg)
-    assert src is not None
-    try:
-        return _build(src, cfg)
-    finally:
-        src.close()
-
-
-def _build(src: MovieLensSource, cfg: DataConfig) -> tuple[pa.Table, dict[str, Any]]:
-    skip = cfg.skip_bad_rows
-    movies = read_table(src, MOVIES, skip_bad_rows=skip)
-    dup = movies["movieId"].duplicated()
-    if dup.any():
-        ids = ", ".join(map(str, movies.loc[dup, "movieId"].head(_MAX_REPORTED)))
-        if not skip:
-            raise SidsError(f"{src.describe('movies')}: {int(dup.sum())} movieId(s) appear more than once ({ids}); "
-                            "fix the file or pass --skip-bad-rows to keep the first of each")
-        log.warning("%s: dropped %d repeated movieId(s) (%s)", src.describe("movies"), int(dup.sum()), ids)
-        movies = movies[~dup]
-    if movies.empty:
-        raise SidsError(f"{src.describe('movies')} holds no movies: the catalog would be empty")
-    movies = movies.sort_values("movieId", kind="stable").reset_index(drop=True)
-    n_all = len(movies)
-    if cfg.limit is not None and cfg.limit < n_all:
-        rng = np.random.default_rng(cfg.seed)
-        keep = np.sort(rng.choice(n_all, size=cfg.limit, replace=False))
-        movies = movies.iloc[keep].reset_index(drop=True)
-    ids = movies["movieId"].to_numpy(dtype=np.int64)
-
-    cat = parse_titles(movies["title"])
-    cat.insert(0, "movie_id", ids)
-    genres = split_genres(movies["genres"])
-
-    if src.has("tags"):
-        tags = aggregate_tags(read_table(src, TAGS, skip_bad_rows=skip), ids)
-    else:
-        tags = pa.ListArray.from_arrays(pa.array(np.zeros(len(ids) + 1, np.int32)), pa.array([], pa.string()))
-
-    imdb = pd.Series(pd.NA, index=cat.index, dtype="Int64")
-    tmdb = pd.Series(pd.NA, index=cat.index, dtype="Int64")
-    if src.has("links"):
-        links = read_table(src, LINKS, skip_bad_rows=skip).drop_duplicates("movieId").set_index("movieId")
-        imdb = links["imdbId"].reindex(ids).reset_index(drop=True)
-        tmdb = links["tmdbId"].reindex(ids).reset_index(drop=True)
-    cat["_imdb_number"] = imdb  # the join key of --enrich files that carry imdbId
-    cat["tmdb_id"] = tmdb
-    cat["imdb_id"] = imdb_strings(imdb)
-
-    extra_cols: dict[str, pa.Array] = {}
-    if cfg.rating_stats:
-        if not src.has("ratings"):
-            raise SidsError(f"--rating-stats needs a ratings file, and {src.label} has none")
-        r = read_table(src, RATINGS, skip_bad_rows=skip)
-        g = r.groupby("movieId")["rating"].agg(["size", "mean"]).reindex(ids)
-        extra_cols["n_ratings"] = pa.array(g["size"].fillna(0).to_numpy(np.int64))
-        extra_cols["mean_rating"] = pa.array(g["mean"].to_numpy(np.float64), from_pandas=True)
-
-    summary: dict[str, Any] = {"source": src.label, "format": src.fmt, "movies_in_source": n_all}
-    enrich_cols: list[str] = []
-    if cfg.enrich:
-        cat, stats = enrich_catalog(cat, Path(cfg.enrich).expanduser())
-        summary.update(stats)
-        enrich_cols = stats["enrich_columns"]
-        log.info("--enrich: %d of %d rows matched a movie (%d unmatched, %d without a usable %s); "
-                 "%d of %d movies enriched", stats["enrich_rows_matched"], stats["enrich_rows"],
-                 stats["enrich_rows_unmatched"], stats["enrich_rows_bad_key"], stats["enrich_key"],
-                 stats["movies_enriched"], len(cat))
-
-    columns: dict[str, pa.Array] = {
-        "movie_id": pa.array(ids, pa.int64()),
-        "title": pa.array(cat["title"].tolist(), pa.string()),
-        "display_title": pa.array(cat["display_title"].tolist(), pa.string()),
-        "year": pa.array(cat["year"].to_numpy(dtype=np.float64, na_value=np.nan), pa.float64(),
-                         from_pandas=True).cast(pa.int64()),
-        "genres": genres,
-        "tags": tags,
-        "imdb_id": pa.array(cat["imdb_id"].tolist(), pa.string(), from_pandas=True),
-        "tmdb_id": pa.array(cat["tmdb_id"].to_numpy(dtype=np.float64, na_value=np.nan), pa.float64(),
-                            from_pandas=True).cast(pa.int64()),
-        **extra_cols,
-    }
-    for c in enrich_cols:
-        col = cat[c]
-        text = col.dtype == object or pd.api.types.is_string_dtype(col)
-        if text and len(col) and col.map(lambda v: isinstance(v, list)).all():
-            columns[str(c)] = pa.array(col.tolist(), pa.list_(pa.string()))
-        elif text:
-            columns[str(c)] = pa.array(col.tolist(), pa.string(), from_pandas=True)
-        else:
-            columns[str(c)] = pa.array(col, from_pandas=True)
-    table = pa.table(columns)
-
-    n_tags = int((pc.list_value_length(tags).to_numpy() > 0).sum()) if len(tags) else 0
-    summary.update({
-        "n_movies": table.num_rows,
-        "with_year": int(table.num_rows - table.column("year").null_count),
-        "with_genres": int((pc.list_value_length(genres).to_numpy() > 0).sum()),
-        "with_tags": n_tags,
-        "with_imdb_id": int(table.num_rows - table.column("imdb_id").null_count),
-        "with_tmdb_id": int(table.num_rows - table.column("tmdb_id").null_count),
-    })
-    if cfg.limit is not None:
-        summary["limit"], summary["seed"] = cfg.limit, cfg.seed
-    return table, summary
-
-
-def catalog_stage(run_dir: Path, cfg) -> dict:
-    """Build ``run_dir/catalog.parquet`` from ``cfg.data``; nothing is written when the input is bad."""
-    from ..io import write_parquet
-
-    data: DataConfig = cfg.data
-    table, summary = build_catalog(data)
-    write_parquet(Path(run_dir) / "catalog.parquet", table,
-                  metadata={"source": summary["source"], "summary": json.dumps(summary, sort_keys=True)})
-    log.info("catalog: %d movies from %s (%d with year, %d with tags, %d with an IMDb id)", summary["n_movies"],
-             summary["source"], summary["with_year"], summary["with_tags"], summary["with_imdb_id"])
-    return summary
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..config import flag
-
-    flag(p, "--dataset", key="data.dataset", type=str,
-         help=f"a MovieLens variant: {', '.join(registry.names())} (downloaded once, then cached)")
-    flag(p, "--source", key="data.source", type=str, metavar="PATH",
-         help="a local MovieLens folder or official zip (only movies.csv/movies.dat is required)")
-    flag(p, "--enrich", key="data.enrich", type=str, metavar="FILE",
-         help="CSV, Parquet or JSONL joined on movieId, imdbId or tmdbId; adds its columns")
-    flag(p, "--data-dir", key="data.data_dir", type=str, metavar="DIR", help="download cache folder")
-    flag(p, "--limit", key="data.limit", type=int, metavar="N", help="keep N movies, chosen reproducibly")
-    flag(p, "--seed", key="data.seed", type=int, help="seed of --limit's sample")
-    flag(p, "--skip-bad-rows", key="data.skip_bad_rows", action="store_true",
-         help="drop rows that cannot be parsed (counted) instead of failing")
-    flag(p, "--rating-stats", key="data.rating_stats", action="store_true",
-         help="add n_ratings and mean_rating columns from the ratings file")
-
-
-def command(args: argparse.Namespace, cfg, run_dir: Path) -> int:
-    from ..stages import execute
-
-    execute("catalog", cfg, run_dir)
-    return 0

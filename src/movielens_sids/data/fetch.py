@@ -11,11 +11,13 @@ Environment:
     MOVIELENS_SIDS_DATA: the cache folder (default: the user cache dir, e.g. ``~/.cache/movielens-sids``).
     MOVIELENS_SIDS_BASE_URL: download from this base URL instead of files.grouplens.org.
     MOVIELENS_SIDS_MD5: the MD5 to verify against (same as ``--md5``).
+
+May import: data.registry, io, errors and the standard library (the only network I/O besides
+``hub``).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -35,13 +37,13 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
+from .. import __version__
 from ..errors import SidsError
 from ..io import atomic_dir, write_json
 from . import registry
 
 log = logging.getLogger(__name__)
 
-HELP = "download a MovieLens variant from GroupLens, verify its MD5, extract it (a verified copy is reused)"
 
 DATA_DIR_ENV = "MOVIELENS_SIDS_DATA"
 MD5_ENV = "MOVIELENS_SIDS_MD5"
@@ -220,8 +222,6 @@ def _with_retries(fn, *, what: str, name: str, url: str, retries: int, backoff_s
 
 
 def _request(url: str, headers: dict[str, str] | None = None) -> urllib.request.Request:
-    from .. import __version__
-
     return urllib.request.Request(url, headers={"User-Agent": f"movielens-sids/{__version__}", **(headers or {})})
 
 
@@ -355,25 +355,3 @@ def extract_zip(zip_path: Path, target: Path, *, folder: str, required: str, mar
 
 # --- CLI --------------------------------------------------------------------------------------
 
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..config import flag
-
-    flag(p, "--dataset", key="data.dataset", type=str,
-         help=f"the variant to download: {', '.join(registry.names())} (default from the config)")
-    flag(p, "--data-dir", key="data.data_dir", type=str, metavar="DIR",
-         help=f"cache folder (default: ${DATA_DIR_ENV} or the user cache dir)")
-    p.add_argument("--md5", metavar="HEX", help=f"verify against this MD5 instead of the published one (or ${MD5_ENV})")
-    p.add_argument("--force", action="store_true", help="download again even if a verified copy exists")
-
-
-def command(args: argparse.Namespace, cfg, run_dir: Path) -> int:
-    name = cfg.data.dataset
-    if name == registry.BUNDLED and not args.force:
-        path = bundled_path()
-        log.info("%s ships with the package (no download needed); use --force to download the current "
-                 "release into the cache", name)
-    else:
-        path = fetch_dataset(name, cfg.data.data_dir, md5=args.md5, force=args.force)
-    print(path)
-    return 0

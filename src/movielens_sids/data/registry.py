@@ -3,6 +3,8 @@
 The archives live at ``https://files.grouplens.org/datasets/movielens/<name>.zip`` and GroupLens
 publishes each one's MD5 beside it at ``<name>.zip.md5``. Set ``MOVIELENS_SIDS_BASE_URL`` to
 download from a mirror (or, in tests, a local server) instead; names and checksums stay the same.
+
+May import: errors (a table of constants; ``settings`` reads the dataset names from it).
 """
 
 from __future__ import annotations

@@ -1,118 +1,31 @@
-"""The tokenizers (pure torch math in ``rqvae.py`` / ``rqkmeans.py``) and their model folder.
-
-A model folder holds ``config.json`` (``{"tokenizer": "rqvae" | "rqkmeans", "config": {...}}``) and
-``model.safetensors``. ``load_tokenizer`` reads it back with ``safetensors`` only (never pickle) and
-refuses, with a one-line ``SidsError``, a folder that is missing a file or whose weights do not match
-its ``config.json``.
-
-We write the folder ourselves rather than through ``huggingface_hub.PyTorchModelHubMixin``: its
-``from_pretrained`` falls back to downloading from the Hub when a local folder is missing and loads
-weights non-strictly by default, while a model folder here must load offline and exactly.
+"""The tokenizers: pure torch math (``rqvae.py``, ``rqkmeans.py``) and their model folder (``serialization.py``).
 
 Example:
+    >>> from movielens_sids.model import load_tokenizer
     >>> tok = load_tokenizer("runs/demo/model")
     >>> codes = tok.quantize(tok.encode(x))          # x (B, D) -> (B, L)
     >>> x_hat = tok.decode_codes(codes)               # (B, D)
+
+May import: model.config only, at module level. The torch parts are looked up on first use (below), so
+that ``import movielens_sids.config`` (which reads ``model.config``) does not import torch.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+import importlib
+from typing import Any
 
-from ..errors import SidsError
 from .config import RQKMeansConfig, RQVAEConfig
-
-if TYPE_CHECKING:
-    from .rqkmeans import RQKMeans
-    from .rqvae import RQVAE
 
 __all__ = ["RQVAE", "RQVAEConfig", "RQKMeans", "RQKMeansConfig", "load_tokenizer", "save_pretrained",
            "TOKENIZERS"]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+_LAZY = {"RQVAE": "rqvae", "RQKMeans": "rqkmeans", "load_tokenizer": "serialization",
+         "save_pretrained": "serialization", "TOKENIZERS": "serialization"}
 
 
 def __getattr__(name: str) -> Any:
-    """The torch modules are imported on first use, so that ``import movielens_sids.model`` (and reading
-    a config) stays light."""
-    if name == "RQVAE":
-        from .rqvae import RQVAE
-
-        return RQVAE
-    if name == "RQKMeans":
-        from .rqkmeans import RQKMeans
-
-        return RQKMeans
-    if name == "TOKENIZERS":
-        from .rqkmeans import RQKMeans
-        from .rqvae import RQVAE
-
-        return {"rqvae": (RQVAE, RQVAEConfig), "rqkmeans": (RQKMeans, RQKMeansConfig)}
+    """Import the torch modules on first use (keeps ``import movielens_sids.config`` torch-free)."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def save_pretrained(model: RQVAE | RQKMeans, directory: str | Path) -> None:
-    """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed).
-
-    Callers that replace a run's ``model/`` write into ``movielens_sids.io.atomic_dir`` so the folder
-    is swapped in whole.
-    """
-    from safetensors.torch import save_file
-
-    from ..io import atomic_path, write_json
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_json(directory / CONFIG_NAME, {"tokenizer": model.tokenizer, "config": dataclasses.asdict(model.config)})
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata={"tokenizer": model.tokenizer, "format": "pt"})
-
-
-def load_tokenizer(directory: str | Path) -> RQVAE | RQKMeans:
-    """Load a tokenizer folder; returns the model in eval mode (on CPU).
-
-    Args:
-        directory: a folder written by ``save_pretrained`` (e.g. ``run_dir / "model"``).
-
-    Raises:
-        SidsError: a file is missing or unreadable, or the weights do not match ``config.json``.
-    """
-    import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        if not (directory / name).is_file():
-            raise SidsError(f"model folder {directory} is missing {name}: run `movielens-sids train` first")
-    try:
-        meta = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
-        kind = meta["tokenizer"]
-        cls, config_cls = __getattr__("TOKENIZERS")[kind]
-        names = {f.name for f in dataclasses.fields(config_cls)}
-        config = config_cls(**{k: v for k, v in meta["config"].items() if k in names})
-    except (ValueError, KeyError, TypeError) as e:
-        raise SidsError(f"{directory / CONFIG_NAME} is not a valid tokenizer config ({type(e).__name__}: {e})") from e
-    try:
-        state = load_file(str(directory / WEIGHTS_NAME))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise SidsError(f"{directory / WEIGHTS_NAME} is not a readable safetensors file ({e})") from e
-    model = cls(config)
-    expected = model.state_dict()
-    if "quantizer.code_bias" in expected and "quantizer.code_bias" not in state:  # written before biases existed
-        state["quantizer.code_bias"] = torch.zeros_like(expected["quantizer.code_bias"])
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        detail = "; ".join(f"{what}: {', '.join(keys[:3])}" for what, keys in
-                           (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
-        raise SidsError(f"{directory / WEIGHTS_NAME} does not match {CONFIG_NAME} ({detail})")
-    with torch.no_grad():
-        model.load_state_dict(state, strict=True)
-    return model.eval()

@@ -1,6 +1,8 @@
 """The tokenizers' settings (torch-free, so that reading a config does not import torch).
 
 ``RQVAEConfig`` shapes the RQ-VAE (``rqvae.py``), ``RQKMeansConfig`` residual k-means (``rqkmeans.py``).
+
+May import: the standard library only (torch-free: ``config`` reads it).
 """
 
 from __future__ import annotations
@@ -81,13 +83,8 @@ class RQVAEConfig:
         if self.dead_code_window < 0:
             raise ValueError(f"model.dead_code_window: must be >= 0, got {self.dead_code_window}")
         self.hidden_dims = [int(h) for h in self.hidden_dims]
-        if self.encoder != "mlp":  # the latent is the embedding's own space
+        if self.encoder != "mlp":  # H = D (see the field): one name for the width, stored as it is used
             self.latent_dim = self.input_dim
-
-    @property
-    def code_dim(self) -> int:
-        """The width the codebooks live in: H (equal to D unless the encoder is mlp)."""
-        return self.latent_dim
 
 
 @dataclass
@@ -112,5 +109,3 @@ class RQKMeansConfig:
     def latent_dim(self) -> int:
         """H = D: residual k-means quantizes the raw vector."""
         return self.input_dim
-
-    code_dim = latent_dim

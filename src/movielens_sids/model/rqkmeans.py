@@ -5,6 +5,8 @@ No encoder or decoder (H = D): ``encode`` is the identity and a movie's reconstr
 its codes' centroids. Fitting uses ``faiss.Kmeans`` (seeded); everything after fitting is torch.
 
 Shapes: B batch, N movies, D embedding dim (= H), L levels, K codebook size.
+
+May import: torch, numpy, faiss (inside ``fit``), model.config and model.rqvae (pure math).
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import torch
 from torch import nn
 
 from .config import RQKMeansConfig
-from .rqvae import Losses, PretrainedMixin, TokenizerOutput, nearest_code
+from .rqvae import Losses, TokenizerOutput, nearest_code
 
 
-class RQKMeans(PretrainedMixin, nn.Module):
+class RQKMeans(nn.Module):
     """Residual k-means tokenizer (greedy residual assignment, centroids fitted by FAISS).
 
     Example:
@@ -92,7 +94,11 @@ class RQKMeans(PretrainedMixin, nn.Module):
         recon = (x - x_hat).pow(2).sum(-1).mean()
         zero = recon.new_zeros(())
         levels = torch.arange(codes.shape[1], device=codes.device)
-        partial = self.centroids[levels, codes].cumsum(dim=1)  # (B, L, D) after each level
+        chosen = self.centroids[levels, codes]  # (B, L, D)
+        partial = chosen.cumsum(dim=1)  # (B, L, D) after each level
         residuals = torch.cat([x[:, None], x[:, None] - partial[:, :-1]], dim=1).transpose(0, 1)  # (L, B, D)
-        return TokenizerOutput(x_hat, codes, Losses(recon, recon, zero, recon), x, residuals)
+        # Commitment: how far each level's residual is from its centroid, summed over levels (as in RQVAE).
+        commit = (residuals - chosen.transpose(0, 1)).pow(2).sum(-1).mean(-1).sum()
+        # Nothing is trained by gradient: the total is the reconstruction error, and no codebook loss.
+        return TokenizerOutput(x_hat, codes, Losses(recon, recon, zero, commit), x, residuals)
 

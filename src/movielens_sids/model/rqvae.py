@@ -1,6 +1,6 @@
 """The RQ-VAE tokenizer: MLP encoder -> residual vector quantizer (L levels x K codes) -> MLP decoder.
 
-Pure torch: no paths, devices, prints or Hub calls (saving and loading live in ``model/__init__.py``).
+Pure torch: no paths, devices, prints or Hub calls (saving and loading live in ``serialization.py``).
 Reads top to bottom: config, k-means, the quantizer, the encoder/decoder, the RQ-VAE.
 
 Shapes: B batch, N movies, D embedding dim, H latent dim, L levels, K codebook size.
@@ -21,6 +21,8 @@ identity so that training starts exactly where residual k-means ends: measured o
 a 32-d MLP latent cannot reach the reconstruction of 3 x 256 residual k-means on the raw vector,
 since 32 principal components alone leave 54% of the variance), and ``identity`` (the original's
 design: quantize the raw vector).
+
+May import: torch and model.config, nothing else (pure math).
 """
 
 from __future__ import annotations
@@ -55,8 +57,16 @@ def nearest_code(x: torch.Tensor, codebook: torch.Tensor, bias: torch.Tensor | N
     return dist.argmin(dim=1)
 
 
+class Beam(NamedTuple):
+    codes: torch.Tensor
+    """(B, M) int64 the best path's codes."""
+    close: torch.Tensor
+    """(B,) bool: the final choice, or the cut of a beam, was within ``tol`` of going the other way
+    (all False when no ``tol`` is given)."""
+
+
 def beam_search(residual: torch.Tensor, codebooks: torch.Tensor, bias: torch.Tensor, width: int,
-                tol: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                tol: torch.Tensor | None = None) -> Beam:
     """Codes for several residual levels at once: the path with the smallest final squared error plus
     the chosen codes' biases, found by a beam of ``width`` partial paths.
 
@@ -71,7 +81,7 @@ def beam_search(residual: torch.Tensor, codebooks: torch.Tensor, bias: torch.Ten
             within tol of going the other way (close calls, for callers that re-check them).
 
     Returns:
-        (B, M) int64 codes, and with ``tol`` the (B,) bool close calls.
+        ``Beam(codes (B, M) int64, close (B,) bool)``.
     """
     b = residual.shape[0]
     close = torch.zeros(b, dtype=torch.bool, device=residual.device)
@@ -96,7 +106,7 @@ def beam_search(residual: torch.Tensor, codebooks: torch.Tensor, bias: torch.Ten
         for j in range(m + 1, levels):  # the residual lost code_m: r.C_j -= C_m[code].C_j
             table = codebooks[m] @ codebooks[j].T  # (K, K)
             dots[j] = dots[j].gather(1, beam[..., None].expand(-1, -1, k)) - table[code]
-    return paths[:, 0] if tol is None else (paths[:, 0], close)
+    return Beam(paths[:, 0], close)
 
 
 def kmeans(x: torch.Tensor, k: int, *, iters: int = 20, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -253,7 +263,7 @@ class ResidualQuantizer(nn.Module):
         if len(cbs) == 1:
             return first[:, None]
         if self.beam_width > 1:  # in blocks: the beam's (B, W, K) tables stay in cache
-            rest = torch.cat([beam_search(r, cbs[1:], bias[1:], self.beam_width) for r in residual.split(4096)])
+            rest = torch.cat([beam_search(r, cbs[1:], bias[1:], self.beam_width).codes for r in residual.split(4096)])
             return torch.cat([first[:, None], rest], 1)
         codes = [first]
         for codebook, b in zip(cbs[1:], bias[1:]):  # (K, H), (K,)
@@ -419,29 +429,7 @@ class TokenizerOutput(NamedTuple):
     """(L, B, H) what each level quantized (detached)."""
 
 
-class PretrainedMixin:
-    """``save_pretrained`` / ``from_pretrained`` for both tokenizers (``config.json`` + ``model.safetensors``)."""
-
-    def save_pretrained(self, directory) -> None:
-        """Write ``config.json`` and ``model.safetensors`` to ``directory`` (see ``movielens_sids.model``)."""
-        from . import save_pretrained
-
-        save_pretrained(self, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory):
-        """Load a folder written by ``save_pretrained``; a missing or mismatched folder is a ``SidsError``."""
-        from . import load_tokenizer
-
-        model = load_tokenizer(directory)
-        if not isinstance(model, cls):
-            from ..errors import SidsError
-
-            raise SidsError(f"{directory} holds a {model.tokenizer} tokenizer, not {cls.tokenizer}")
-        return model
-
-
-class RQVAE(PretrainedMixin, nn.Module):
+class RQVAE(nn.Module):
     """RQ-VAE tokenizer (Lee et al. 2022; TIGER, Rajput et al. 2023): x -> z -> codes -> z_q -> x_hat.
 
     Example:
@@ -457,7 +445,7 @@ class RQVAE(PretrainedMixin, nn.Module):
     def __init__(self, config: RQVAEConfig) -> None:
         super().__init__()
         self.config = config
-        d, h = config.input_dim, config.code_dim
+        d, h = config.input_dim, config.latent_dim
         if config.encoder == "identity":
             self.encoder: nn.Module = nn.Identity()
             self.decoder: nn.Module = nn.Identity()

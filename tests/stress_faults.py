@@ -33,9 +33,12 @@ into ``embed --from`` (``.npy`` + ids, Parquet): every outcome must be exit 0 wi
 exception, or an exception escaping ``main``) counts as a traceback. A failed command must leave the
 run folder's earlier artifacts unchanged.
 
+A stress test, not a benchmark (it times nothing): ``tests/test_stress.py`` runs a small campaign
+of each kind in CI (marked ``stress``); the full campaign runs by hand:
+
 Usage:
-    python benchmarks/faults.py [--out /tmp/faults] [--limit 600] [--points 5] [--fuzz 1000] [--seed 0]
-    python benchmarks/faults.py --fuzz-only         # only the fuzz campaign (about a minute)
+    python tests/stress_faults.py [--out /tmp/faults] [--limit 600] [--points 5] [--fuzz 1000] [--seed 0]
+    python tests/stress_faults.py --fuzz-only         # only the fuzz campaign (about a minute)
 
 Prints: faults injected, recoveries, artifacts lost (must be 0), inputs fuzzed, tracebacks (must
 be 0); writes ``report.json`` (every trial) under ``--out``. Exit 1 when either count is not 0.
@@ -61,99 +64,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-# Run as `python benchmarks/faults.py`, this folder comes first on sys.path, where a sibling module
-# (benchmarks/tokenizers.py) would shadow the `tokenizers` package that sentence-transformers imports.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+from fault_checks import PREVIOUS, owned, snapshot, validate  # noqa: E402
 
 STAGES = ["catalog", "embed", "train", "assign", "evaluate", "export"]
 CAMPAIGN = ["embed", "train", "assign", "export"]
-PREVIOUS = {"embed": "catalog", "train": "embed", "assign": "train", "export": "evaluate"}
-OWN = {  # what a stage writes (besides its record in .stages/): may differ after a kill
-    "catalog": ["catalog.parquet"],
-    "embed": ["embeddings.parquet", ".embed-cache"],
-    "train": ["model", ".train"],
-    "assign": ["sids.parquet"],
-    "evaluate": ["report.json", "report.md", "report-"],
-    "export": ["dataset", "model/README.md"],
-}
 DETERMINISTIC = {"embed", "assign", "export"}
-SCRATCH = (".lock", ".cache")
-"""Not artifacts: the lock file and library caches."""
 TRAIN_TOL = {"relative_mse": 0.05, "unique_fraction": 0.10}
 
 log = logging.getLogger("faults")
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def _is_tmp(rel: str) -> bool:
-    return any(part.startswith(".tmp-") for part in rel.split("/"))
-
-
-def snapshot(run_dir: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file under its final name (temporary files and the lock left out)."""
-    from movielens_sids.io import file_hash
-
-    out = {}
-    for p in sorted(run_dir.rglob("*")):
-        rel = p.relative_to(run_dir).as_posix()
-        if p.is_file() and not _is_tmp(rel) and not rel.startswith(SCRATCH):
-            out[rel] = file_hash(p)
-    return out
-
-
-def _owned(stage: str, rel: str) -> bool:
-    if rel == f".stages/{stage}.json":
-        return True
-    return any(rel == o or rel.startswith(o if o.endswith("-") else o + "/") for o in OWN[stage])
-
-
-def validate(run_dir: Path) -> list[str]:
-    """Every artifact under its final name parses; returns the problems found."""
-    import pyarrow.parquet as pq
-    import torch
-
-    from movielens_sids.model import load_tokenizer
-
-    problems: list[str] = []
-
-    def check(what: str, fn) -> None:
-        try:
-            fn()
-        except Exception as e:  # any failure to parse is a corrupt artifact
-            problems.append(f"{what}: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
-
-    for name in ("catalog.parquet", "embeddings.parquet", "sids.parquet"):
-        if (run_dir / name).exists():
-            check(name, lambda n=name: pq.read_table(run_dir / n))
-    for p in sorted(run_dir.rglob("*.json")):
-        rel = p.relative_to(run_dir).as_posix()
-        if not _is_tmp(rel) and not rel.startswith(SCRATCH):
-            check(rel, lambda p=p: json.loads(p.read_text(encoding="utf-8")))
-    model = run_dir / "model"
-    if model.exists():
-        have = [(model / f).is_file() for f in ("config.json", "model.safetensors")]
-        if not all(have):
-            problems.append(f"model/ is incomplete (config.json, model.safetensors present: {have})")
-        else:
-            check("model/", lambda: load_tokenizer(model))
-    dataset = run_dir / "dataset"
-    if dataset.exists():
-        shards = sorted((dataset / "data").glob("*.parquet"))
-        if not shards or not (dataset / "README.md").is_file():
-            problems.append("dataset/ is incomplete (no shard or no README.md)")
-        for s in shards:
-            check(f"dataset/{s.name}", lambda s=s: pq.read_table(s))
-    for ckpt in sorted(run_dir.glob(".train/checkpoints/*.ckpt")):
-        if not _is_tmp(ckpt.name):
-            check(f".train/checkpoints/{ckpt.name}",
-                  lambda c=ckpt: torch.load(c, map_location="cpu", weights_only=True))
-    for chunk in sorted(run_dir.glob(".embed-cache/*/*.npz")):
-        if not _is_tmp(chunk.name):
-            check(f".embed-cache/{chunk.name}", lambda c=chunk: dict(np.load(c, allow_pickle=False)))
-    return problems
 
 
 _CALL_RE = re.compile(r'^(\d+)\s+(open|openat|mkdir|mkdirat|rename|renameat2?|rmdir|unlinkat)\((?:AT_FDCWD, )?'
@@ -276,7 +197,7 @@ def compare(stage: str, got: Path, ref: Path, ref_hashes: dict[str, str], before
             ) -> tuple[list[str], bool]:
     """Problems of the rerun's outputs against the reference, and whether they are byte-for-byte equal."""
     new = snapshot(got)
-    mine = {k: v for k, v in ref_hashes.items() if _owned(stage, k) and not k.startswith((".stages/", ".train/",
+    mine = {k: v for k, v in ref_hashes.items() if owned(stage, k) and not k.startswith((".stages/", ".train/",
                                                                                             ".embed-cache/"))}
     if stage == "train":
         mine = {k: v for k, v in mine.items() if k in ("model/config.json", "model/model.safetensors")}
@@ -296,7 +217,7 @@ def compare(stage: str, got: Path, ref: Path, ref_hashes: dict[str, str], before
         for k, tol in TRAIN_TOL.items():
             if abs(a[k] - b[k]) > tol:
                 problems.append(f"{k} {a[k]:.4f} vs {b[k]:.4f} (tolerance {tol})")
-    others = {k: v for k, v in before.items() if not _owned(stage, k) and not k.startswith(".stages/")}
+    others = {k: v for k, v in before.items() if not owned(stage, k) and not k.startswith(".stages/")}
     problems += [f"{k} (an input) changed" for k, v in others.items() if new.get(k) != v]
     return problems, bitwise
 
@@ -387,7 +308,7 @@ def one_trial(stage: str, sig: signal.Signals, point: float, start_from: Path, t
     res["problems"] += [f"after the kill: {p}" for p in validate(run_dir)]
     after = snapshot(run_dir)
     for rel, h in before.items():
-        if _owned(stage, rel):
+        if owned(stage, rel):
             continue
         if rel.startswith(".stages/"):
             continue
@@ -892,7 +813,7 @@ def fuzz_campaign(n: int, seed: int, work: Path) -> dict[str, Any]:
                 if argv[0] == "catalog":
                     bad = check_catalog(artifact)
                 else:
-                    from movielens_sids.embed import read_vectors
+                    from movielens_sids.stages.embed import read_vectors
 
                     ids, vec = read_vectors(artifact)
                     bad = [] if (np.array_equal(np.sort(ids), np.sort(cat_ids)) and np.isfinite(vec).all()) \

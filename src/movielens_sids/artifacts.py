@@ -1,0 +1,268 @@
+"""One reader and validator per run-folder artifact: catalog, embeddings, SIDs, the model folder, stage records.
+
+Every stage reads what an earlier stage wrote through these functions, so every reader checks the
+same things and fails with the same one-line ``SidsError`` that names the file and the command to
+run again. Readers return arrays sorted by ``movie_id`` (the order every stage writes).
+
+May import: errors, io, model (for the model folder). Never a stage module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import model as tokenizers  # torch is imported on first use of tokenizers.load_tokenizer
+from .errors import SidsError
+from .io import parquet_metadata, read_parquet
+
+if TYPE_CHECKING:
+    from .model import RQVAE, RQKMeans
+
+log = logging.getLogger(__name__)
+
+CATALOG = "catalog.parquet"
+EMBEDDINGS = "embeddings.parquet"
+SIDS = "sids.parquet"
+MODEL = "model"
+MODEL_FILES = ("model/config.json", "model/model.safetensors")
+RECORDS = ".stages"
+"""Run-folder subfolder of the stage records (``<stage>.json``) that ``pipeline`` writes."""
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def require_columns(table: pa.Table, path: Path, columns: tuple[str, ...], stage: str) -> None:
+    """A ``SidsError`` naming the first missing column and the command that writes the file."""
+    for c in columns:
+        if c not in table.column_names:
+            raise SidsError(f"{path} has no {c!r} column: run `movielens-sids {stage}` again")
+
+
+def sorted_by_id(table: pa.Table) -> pa.Table:
+    """``table`` sorted by ``movie_id`` (stable; returned as is when it already is)."""
+    ids = table.column("movie_id").to_numpy()
+    if len(ids) > 1 and (np.diff(ids) <= 0).any():
+        return table.take(np.argsort(ids, kind="stable"))
+    return table
+
+
+def movie_ids(table: pa.Table, path: Path, stage: str) -> np.ndarray:
+    """The ``movie_id`` column (N,) int64, checked: integers, no nulls, no repeats."""
+    col = table.column("movie_id")
+    if not pa.types.is_integer(col.type) or col.null_count:
+        raise SidsError(f"{path}: movie_id must be a non-null integer column, got {col.type}")
+    ids = col.to_numpy().astype(np.int64)
+    if len(ids) > 1 and (np.diff(np.sort(ids)) == 0).any():
+        raise SidsError(f"{path}: duplicate movie_id values: run `movielens-sids {stage}` again")
+    return ids
+
+
+def check_same_movies(ids: np.ndarray, path: Path, other: np.ndarray, other_path: Path, stage: str) -> None:
+    """A ``SidsError`` naming the stage to re-run when ``other`` (sorted ids) are not ``ids`` (sorted ids)."""
+    if len(other) != len(ids) or not np.array_equal(other, ids):
+        n_missing, n_extra = len(np.setdiff1d(ids, other)), len(np.setdiff1d(other, ids))
+        raise SidsError(f"{other_path} does not hold the movies of {path.name} ({n_missing} missing, {n_extra} "
+                        f"extra): run `movielens-sids {stage}` again")
+
+
+def vector_matrix(column: pa.ChunkedArray | pa.Array, what: str) -> np.ndarray:
+    """A list / fixed-size-list column of numbers -> (N, D) float32 (writable); mixed lengths and nulls
+    are ``SidsError``s naming ``what``."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    t = arr.type
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
+        raise SidsError(f"{what}: expected a list of numbers per movie, got {t}")
+    if not (pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type)):
+        raise SidsError(f"{what}: expected numbers, got lists of {t.value_type}")
+    n = len(arr)
+    if arr.null_count:
+        raise SidsError(f"{what}: {arr.null_count} movies have no vector (null)")
+    if pa.types.is_fixed_size_list(t):
+        dim = t.list_size
+    else:
+        dims = np.unique(pc.list_value_length(arr).to_numpy(zero_copy_only=False))
+        if len(dims) > 1:
+            raise SidsError(f"{what}: vectors of mixed dimensions ({', '.join(map(str, dims[:5]))}); "
+                            "every vector must have the same length")
+        dim = int(dims[0]) if n else 0
+    if n and dim == 0:
+        raise SidsError(f"{what}: vectors are empty (dimension 0)")
+    flat = arr.flatten()
+    if flat.null_count:
+        raise SidsError(f"{what}: {flat.null_count} vector entries are null")
+    with np.errstate(over="ignore"):  # a float64 beyond float32 becomes inf, which the callers reject by name
+        x = flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, dim)
+    return np.require(x, dtype=np.float32, requirements=["C", "W"])  # torch wants writable memory
+
+
+def decoded_metadata(path: Path) -> dict[str, Any]:
+    """A Parquet file's key-value metadata, JSON values decoded (others kept as strings)."""
+    meta = {}
+    for key, v in parquet_metadata(path).items():
+        try:
+            meta[key] = json.loads(v)
+        except ValueError:
+            meta[key] = v
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------- catalog
+
+
+def read_catalog(run_dir: Path, columns: tuple[str, ...] = ("movie_id",)) -> pa.Table:
+    """``catalog.parquet``, sorted by movie_id, with ``columns`` present, at least one movie, unique ids."""
+    path = Path(run_dir) / CATALOG
+    table = read_parquet(path, "catalog")
+    require_columns(table, path, columns, "catalog")
+    if table.num_rows == 0:
+        raise SidsError(f"{path} is empty: the catalog holds no movie; run `movielens-sids catalog` again")
+    movie_ids(table, path, "catalog")
+    return sorted_by_id(table)
+
+
+# ---------------------------------------------------------------------------------------------- embeddings
+
+
+@dataclass
+class Embeddings:
+    """``embeddings.parquet``: one vector per movie, sorted by movie_id."""
+
+    movie_ids: np.ndarray  # (N,) int64
+    x: np.ndarray  # (N, D) float32
+    model: str | None  # the sentence-transformers model recorded in the file's metadata
+    path: Path
+
+
+def read_embeddings(run_dir: Path) -> Embeddings:
+    """``embeddings.parquet``, validated: at least one movie, unique ids, one dimension, finite values."""
+    path = Path(run_dir) / EMBEDDINGS
+    table = read_parquet(path, "embed")
+    require_columns(table, path, ("movie_id", "embedding"), "embed")
+    if table.num_rows == 0:
+        raise SidsError(f"{path} holds no movies: run `movielens-sids embed` again")
+    table = sorted_by_id(table)
+    ids = movie_ids(table, path, "embed")
+    x = vector_matrix(table.column("embedding"), str(path))
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise SidsError(f"{path}: NaN or infinite embeddings for {int(bad.sum())} movies (first movie_id "
+                        f"{ids[np.argmax(bad)]}): run `movielens-sids embed` again")
+    return Embeddings(ids, x, parquet_metadata(path).get("model"), path)
+
+
+# ---------------------------------------------------------------------------------------------- SIDs
+
+
+@dataclass
+class Sids:
+    """``sids.parquet``: one Semantic ID per movie, sorted by movie_id."""
+
+    movie_ids: np.ndarray  # (N,) int64
+    tokens: np.ndarray  # (N, T) int64, -1 past a movie's length (T = L, or L + 1 with a collision token)
+    lengths: np.ndarray  # (N,) int64
+    strings: list[str]  # N, "<a_12><b_201><c_7>"
+    metadata: dict[str, Any]  # the file's metadata, JSON values decoded (assign, assign_stats, retired)
+    path: Path
+
+
+def _token_matrix(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(N, T) int64 tokens padded with -1 and (N,) lengths of a list<int> column (vectorised)."""
+    lengths = np.asarray(pc.list_value_length(col).fill_null(0), dtype=np.int64)
+    values = col.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    tokens = np.full((len(col), int(lengths.max(initial=0))), -1, dtype=np.int64)
+    rows = np.repeat(np.arange(len(col)), lengths)
+    tokens[rows, np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)] = values
+    return tokens, lengths
+
+
+def read_sids(run_dir: Path, *, levels: int | None = None, codebook_size: int | None = None) -> Sids:
+    """``sids.parquet``, validated: list<int> tokens, none empty or negative; with ``levels`` and
+    ``codebook_size`` (the model's), every SID has L or L + 1 tokens and its first L are codes of the model."""
+    path = Path(run_dir) / SIDS
+    table = sorted_by_id(read_parquet(path, "assign"))
+    require_columns(table, path, ("movie_id", "semantic_id", "sid"), "assign")
+    ids = movie_ids(table, path, "assign")
+    col = table.column("semantic_id").combine_chunks()
+    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type)):
+        raise SidsError(f"{path}: 'semantic_id' must be a list of integers, got {col.type}")
+    tokens, lengths = _token_matrix(col)
+    if col.null_count or (len(lengths) and lengths.min() == 0):
+        raise SidsError(f"{path}: some movies have an empty semantic_id: run `movielens-sids assign` again")
+    if (tokens[np.arange(tokens.shape[1]) < lengths[:, None]] < 0).any():
+        raise SidsError(f"{path}: negative tokens in semantic_id: run `movielens-sids assign` again")
+    if levels is not None and codebook_size is not None:
+        _check_against_model(tokens, lengths, path, levels, codebook_size)
+    return Sids(ids, tokens, lengths, [str(s) for s in table.column("sid").to_pylist()], decoded_metadata(path),
+                path)
+
+
+def _check_against_model(tokens: np.ndarray, lengths: np.ndarray, path: Path, levels: int,
+                         codebook_size: int) -> None:
+    if ((lengths != levels) & (lengths != levels + 1)).any():
+        bad = sorted(set(lengths.tolist()) - {levels, levels + 1})
+        raise SidsError(f"{path}: semantic_id lengths {bad} do not match the model's {levels} levels "
+                        "(sids.parquet is older than model/?): run `movielens-sids assign` again")
+    if (tokens[:, :levels] >= codebook_size).any():
+        raise SidsError(f"{path}: semantic_id codes outside 0..{codebook_size - 1} for this model "
+                        "(sids.parquet is older than model/?): run `movielens-sids assign` again")
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def require_model(run_dir: Path) -> Path:
+    """``run_dir/model``, after checking that its config and weights are there."""
+    for f in MODEL_FILES:
+        if not (Path(run_dir) / f).is_file():
+            raise SidsError(f"{Path(run_dir) / f} not found: run `movielens-sids train` first")
+    return Path(run_dir) / MODEL
+
+
+def read_model(run_dir: Path, *, input_dim: int | None = None) -> RQVAE | RQKMeans:
+    """The tokenizer of ``run_dir/model/`` (eval mode, CPU); with ``input_dim``, checked against the
+    embeddings' dimension D."""
+    model_dir = require_model(run_dir)
+    tok = tokenizers.load_tokenizer(model_dir)
+    if input_dim is not None and int(tok.config.input_dim) != input_dim:
+        raise SidsError(f"embeddings have dimension {input_dim} but the model in {model_dir} expects "
+                        f"{tok.config.input_dim}; retrain the model (`movielens-sids train`) or re-embed")
+    return tok
+
+
+# ---------------------------------------------------------------------------------------------- records
+
+
+def read_record(run_dir: Path, name: str) -> dict[str, Any] | None:
+    """The record ``pipeline.execute`` wrote for stage ``name`` (None when it never ran or is unreadable)."""
+    try:
+        return json.loads((Path(run_dir) / RECORDS / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def stage_seconds(run_dir: Path, names: list[str]) -> dict[str, float]:
+    """The recorded wall time of each of ``names`` that has run in ``run_dir``."""
+    out = {}
+    for name in names:
+        rec = read_record(run_dir, name)
+        if rec is not None:
+            out[name] = rec.get("seconds")
+    return out
+
+
+def movielens_titles(catalog: pa.Table) -> list[str]:
+    """The MovieLens form of each catalog title: ``"Matrix, The (1999)"``, or the bare title when the year
+    is unknown (the form probes and lookups are written in)."""
+    titles, years = catalog.column("title").to_pylist(), catalog.column("year").to_pylist()
+    return [t if y is None or (isinstance(y, float) and math.isnan(y)) else f"{t} ({int(y)})"
+            for t, y in zip(titles, years)]

@@ -1,0 +1,333 @@
+"""The unique-ID algorithm: codes (N, L) -> unique Semantic IDs, by one of two strategies (pure numpy/torch).
+
+- ``suffix`` (TIGER, Rajput et al. 2023): an extra token numbers the movies sharing a code path, in
+  ``movie_id`` order; every SID gets it.
+- ``semantic``: in each group of movies sharing a path, the movie closest to the path's quantized
+  point keeps it (ties: smallest ``movie_id``); the others, served in ``movie_id`` order, move to
+  their nearest free path: first another last-level code, then paths that change an earlier level
+  (a small beam over the residual distances), then, when K^L is small, an exhaustive scan. Only a
+  movie with no free path falls back to a collision token (and then every SID gets one).
+
+No I/O, no device choice: ``stages.assign`` computes the codes and latents and writes the file.
+
+May import: numpy, sid; torch inside the functions (so that importing the stages stays cheap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from .sid import path_codes, path_ids
+
+if TYPE_CHECKING:
+    import torch
+
+EXHAUSTIVE_MAX_PATHS = 1 << 18
+"""Below this many code paths (K^L) the free-path search ends with an exhaustive scan."""
+LAST_LEVEL_CANDIDATES = 64
+"""How many other last-level codes the semantic search tries before changing an earlier level."""
+CHUNK = 4096
+"""Rows per float64 distance block (fits in cache; not a setting: it never changes the result)."""
+
+
+def _sq_dists(r: torch.Tensor, cb: torch.Tensor, cb_sq: torch.Tensor) -> torch.Tensor:
+    """(..., H) residuals x (K, H) codes -> (..., K) squared distances, float64."""
+    return ((r * r).sum(-1, keepdim=True) + cb_sq) - 2.0 * (r @ cb.T)
+
+
+def path_residuals(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Squared distance from each latent to its path's quantized point, float64. z (M, H), codes (M, L) -> (M,)."""
+    levels = codebooks.shape[0]
+    q = codebooks[np.arange(levels)[None, :], codes].sum(1) if len(codes) else np.zeros_like(z)  # (M, H)
+    return np.square(np.asarray(z, dtype=np.float64) - q).sum(1)
+
+
+def _smallest(d: torch.Tensor, n: int) -> torch.Tensor:
+    """Column indices of the n smallest values of each row, ascending; equal values by index. (M, X) -> (M, n)."""
+    import torch
+
+    vals, idx = torch.topk(d, min(n, d.shape[1]), dim=1, largest=False, sorted=False)
+    o = idx.argsort(dim=1)
+    idx, vals = idx.gather(1, o), vals.gather(1, o)
+    return idx.gather(1, vals.argsort(dim=1, stable=True))
+
+
+def candidate_paths(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray, beam_width: int, *,
+                    part: Literal["all", "last", "deeper"] = "all", bias: np.ndarray | None = None) -> np.ndarray:
+    """Alternative code paths for each movie, nearest first within each shared-prefix length.
+
+    Order: first the paths that keep the first L - 1 codes (the ``LAST_LEVEL_CANDIDATES`` nearest
+    other last-level codes, ranked by the squared distance of the final residual), then those that keep L - 2 codes
+    (another code at level L - 1 among the ``beam_width`` nearest, then a beam search over the
+    remaining levels), and so on down to level 1. Ties in distance go to the lower code index.
+
+    Args:
+        z: (M, H) latents. codebooks: (L, K, H). codes: (M, L) the greedy codes.
+        part: ``last`` gives only the paths that keep L - 1 codes, ``deeper`` only the others
+            (``all`` = ``last`` then ``deeper``), so callers can compute the costly part on demand.
+
+    Returns:
+        (M, T) int64 path ids (``sid.path_ids`` numbering), T = min(K - 1, 64) + (L - 1) * min(beam_width, K - 1).
+    """
+    import torch
+
+    zt = torch.from_numpy(np.asarray(z, dtype=np.float64))
+    cbs = torch.from_numpy(np.asarray(codebooks, dtype=np.float64))  # (L, K, H)
+    cb_sq = (cbs * cbs).sum(-1)  # (L, K); with the codes' biases: distances are ranked as the tokenizer ranks them
+    if bias is not None:
+        cb_sq = cb_sq + torch.from_numpy(np.asarray(bias, dtype=np.float64))
+    ct = torch.from_numpy(np.asarray(codes, dtype=np.int64))
+    m, levels, k = len(zt), cbs.shape[0], cbs.shape[1]
+    w = max(1, min(beam_width, k - 1))
+    # residual entering each level along the greedy path: (M, L, H)
+    res = [zt]
+    for level in range(levels - 1):
+        res.append(res[-1] - cbs[level][ct[:, level]])
+    prefix = torch.zeros(m, dtype=torch.int64)  # path id of codes[:, :d]
+    prefixes = [prefix]
+    for level in range(levels - 1):
+        prefix = prefix * k + ct[:, level]
+        prefixes.append(prefix)
+    groups = []
+    depths = {"all": range(levels - 1, -1, -1), "last": range(levels - 1, levels - 2, -1),
+              "deeper": range(levels - 2, -1, -1)}[part]
+    for d in depths:  # d = the first level that differs from the greedy path
+        dist = _sq_dists(res[d], cbs[d], cb_sq[d])  # (M, K)
+        dist.scatter_(1, ct[:, d:d + 1], float("inf"))
+        keep = min(k - 1, LAST_LEVEL_CANDIDATES) if d == levels - 1 else w
+        order = _smallest(dist, keep)  # (M, W)
+        paths = prefixes[d][:, None] * k + order  # partial path ids, (M, W)
+        if d < levels - 1:
+            r = res[d][:, None, :] - cbs[d][order]  # (M, W, H)
+        for e in range(d + 1, levels):
+            de = _sq_dists(r, cbs[e], cb_sq[e])  # (M, W, K): squared norm of the next residual
+            wb = de.shape[1]
+            flat = de.reshape(m, wb * k)
+            idx = _smallest(flat, w)  # (M, W')
+            beam, code = idx // k, idx % k
+            paths = torch.gather(paths, 1, beam) * k + code
+            if e < levels - 1:
+                r = torch.gather(r, 1, beam[:, :, None].expand(-1, -1, r.shape[2])) - cbs[e][code]
+        groups.append(paths)
+    return torch.cat(groups, dim=1).numpy() if groups else np.zeros((m, 0), dtype=np.int64)
+
+
+def _exhaustive_order(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray,
+                      bias: np.ndarray | None = None) -> np.ndarray:
+    """Every code path for one movie, by shared prefix with its greedy path (longest first), then by
+    distance to the latent. Only for small K^L (<= EXHAUSTIVE_MAX_PATHS)."""
+    levels, k, _ = codebooks.shape
+    all_paths = np.arange(k ** levels, dtype=np.int64)
+    all_codes = path_codes(all_paths, k, levels)  # (P, L)
+    points = codebooks[np.arange(levels)[None, :], all_codes].sum(1)  # (P, H)
+    dist = np.square(points - z[None, :]).sum(1)
+    if bias is not None:
+        dist = dist + np.asarray(bias)[np.arange(levels)[None, :], all_codes].sum(1)
+    shared = np.cumprod(all_codes == codes[None, :], axis=1).sum(1)
+    return all_paths[np.lexsort((all_paths, dist, -shared))]
+
+
+@dataclass
+class Assignment:
+    """The result of `make_unique` for the movies it was given (in the given order)."""
+
+    tokens: np.ndarray
+    """(N, L) or (N, L + 1) int64: the SIDs' tokens."""
+    moved: np.ndarray
+    """(N,) bool: moved away from its greedy path (semantic strategy)."""
+    suffixed: np.ndarray
+    """(N,) bool: needed a non-zero collision token."""
+    shared_prefix: np.ndarray
+    """(N,) int: how many leading codes the final path shares with the greedy one (L if not moved)."""
+    n_collided: int
+    """Movies whose greedy path was shared with another movie (or with a reserved SID)."""
+
+
+def make_unique(
+    codes: np.ndarray,
+    movie_ids: np.ndarray,
+    *,
+    strategy: str,
+    codebook_size: int,
+    latents: np.ndarray | Callable[[np.ndarray], np.ndarray] | None = None,
+    codebooks: np.ndarray | None = None,
+    beam_width: int = 8,
+    reserved: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+) -> Assignment:
+    """Turn greedy codes into unique SIDs (pure; deterministic for the same inputs in any order).
+
+    Args:
+        codes: (N, L) greedy codes.
+        movie_ids: (N,) int64, distinct.
+        strategy: ``semantic`` or ``suffix``.
+        codebook_size: K.
+        latents, codebooks: the (N, H) float64 latents, or a function giving the rows it is passed
+            (only the movies that share a path are asked for), and the (L, K, H) codebooks
+            (``semantic`` only).
+        beam_width: beam of the semantic search.
+        reserved: (R, L) or (R, L + 1) tokens of SIDs that must not be issued again (incremental
+            runs: kept and retired SIDs).
+        bias: (L, K) the codes' biases (``tok.code_bias``), so alternatives are ranked as the tokenizer
+            ranks codes; None for zeros.
+
+    Returns:
+        An `Assignment`; tokens have L + 1 columns when a collision token is used (always for
+        ``suffix``; for ``semantic`` only if some movie found no free path or ``reserved`` has them).
+    """
+    codes = np.asarray(codes, dtype=np.int64)
+    n, levels = codes.shape
+    movie_ids = np.asarray(movie_ids, dtype=np.int64)
+    k = codebook_size
+    reserved = np.zeros((0, levels), dtype=np.int64) if reserved is None else np.asarray(reserved, dtype=np.int64)
+    res_paths = path_ids(reserved[:, :levels], k)
+    res_set = unique_sorted(res_paths)
+    # Highest collision token already issued on each reserved path (-1 where no token).
+    res_suffix = reserved[:, levels] if reserved.shape[1] > levels else np.zeros(len(reserved), dtype=np.int64)
+    res_top: dict[int, int] = {}
+    for p, s in zip(res_paths.tolist(), res_suffix.tolist()):
+        res_top[p] = max(res_top.get(p, -1), s)
+
+    paths = path_ids(codes, k)  # (N,)
+    final = paths.copy()
+    moved = np.zeros(n, dtype=bool)
+    shared = np.full(n, levels, dtype=np.int64)
+    # Group by path (sorted by path, then movie_id).
+    order = np.lexsort((movie_ids, paths))
+    sp = paths[order]
+    first = np.ones(n, dtype=bool)
+    first[1:] = sp[1:] != sp[:-1]
+    sizes = np.diff(np.flatnonzero(np.r_[first, True]))
+    group_size = np.empty(n, dtype=np.int64)
+    group_size[order] = np.repeat(sizes, sizes)
+    on_reserved = member(paths, res_set)
+    collided = (group_size > 1) | on_reserved
+    if strategy == "semantic" and collided.any():
+        if latents is None or codebooks is None:
+            raise ValueError("the semantic strategy needs latents and codebooks")
+        need = np.flatnonzero(collided)  # every movie whose latent is read below, fetched once
+        z_need = np.asarray(latents[need] if isinstance(latents, np.ndarray) else latents(need), dtype=np.float64)
+        codebooks = np.asarray(codebooks, dtype=np.float64)
+        # Within a group the keeper is the movie closest to the path's point (ties: smallest movie_id).
+        resid = np.zeros(n, dtype=np.float64)
+        resid[need] = path_residuals(z_need, codebooks, codes[need])
+        order = np.lexsort((movie_ids, resid, paths))
+    group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - group_start  # position in its group
+    suffix = np.zeros(n, dtype=np.int64)
+
+    if strategy == "suffix":
+        base = np.array([res_top.get(p, -1) + 1 for p in paths.tolist()], dtype=np.int64) if len(res_top) \
+            else np.zeros(n, dtype=np.int64)
+        suffix = base + rank
+        tokens = np.concatenate([codes, suffix[:, None]], axis=1)
+        return Assignment(tokens, moved, suffix > 0, shared, int(collided.sum()))
+
+    if strategy != "semantic":
+        raise ValueError(f"unknown strategy {strategy!r}")
+    movers = np.flatnonzero((rank > 0) | on_reserved)
+    movers = movers[np.argsort(movie_ids[movers], kind="stable")]  # processed in movie_id order
+    unresolved: list[int] = []
+    if len(movers):
+        z = z_need[np.searchsorted(need, movers)]  # (M, H), row j = movers[j] (movers are collided)
+        used_arr = unique_sorted(np.concatenate([paths[rank == 0], res_paths]))
+        # 1. Nearly every mover finds a free code at the last level. Movers are served in movie_id
+        # order, each taking its nearest last-level code that is free and not taken by an earlier
+        # mover, computed for all at once by deferred acceptance (with one priority order for every
+        # path it gives exactly that serial result).
+        cands = np.concatenate([  # (M, T), in blocks to bound memory
+            candidate_paths(z[b], codebooks, codes[movers[b]], beam_width, part="last", bias=bias)
+            for b in np.array_split(np.arange(len(movers)), max(1, -(-len(movers) // CHUNK)))])
+        got = _serve_in_order(cands, ~member(cands, used_arr))  # (M,) path or -1
+        # 2. Movers left without one (their whole last level is taken) search deeper, one by one in
+        # movie_id order, among paths nobody holds.
+        used = set(used_arr.tolist()) | set(got[got >= 0].tolist())
+        for j in np.flatnonzero(got < 0).tolist():
+            if levels > 1:
+                deeper = candidate_paths(z[j:j + 1], codebooks, codes[movers[j:j + 1]], beam_width, part="deeper",
+                                         bias=bias)[0]
+                got[j] = next((p for p in deeper.tolist() if p not in used), -1)
+            if got[j] < 0 and k ** levels <= EXHAUSTIVE_MAX_PATHS:  # small space: scan it all
+                got[j] = next((p for p in _exhaustive_order(z[j], codebooks, codes[movers[j]], bias).tolist()
+                               if p not in used), -1)
+            if got[j] >= 0:
+                used.add(int(got[j]))
+        ok = got >= 0
+        final[movers[ok]] = got[ok]
+        moved[movers[ok]] = True
+        unresolved = movers[~ok].tolist()
+    new_codes = path_codes(final, k, levels) if moved.any() else codes
+    shared[moved] = np.cumprod(new_codes[moved] == codes[moved], axis=1).sum(1)
+    suffixed = np.zeros(n, dtype=bool)
+    if unresolved or reserved.shape[1] > levels:
+        # No free path left for some movies (or the kept SIDs carry a collision token): number the
+        # movies on each path after the ones already there, in movie_id order.
+        settled = np.ones(n, dtype=bool)
+        settled[unresolved] = False
+        held = set(final[settled].tolist())  # each holds its path with token 0
+        for i in sorted(unresolved, key=lambda i: movie_ids[i]):
+            p = int(final[i])
+            top = max(res_top.get(p, -1), 0 if p in held else -1)
+            suffix[i] = top + 1
+            res_top[p] = top + 1
+        suffixed = suffix > 0
+        tokens = np.concatenate([new_codes, suffix[:, None]], axis=1)
+    else:
+        tokens = new_codes
+    return Assignment(tokens, moved, suffixed, shared, int(collided.sum()))
+
+
+def unique_sorted(a: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an int array (sort-based: numpy's hash-based ``unique`` is slower here)."""
+    a = np.sort(np.asarray(a).ravel())
+    return a[np.r_[True, a[1:] != a[:-1]]] if len(a) else a
+
+
+def member(a: np.ndarray, sorted_unique: np.ndarray) -> np.ndarray:
+    """``np.isin(a, sorted_unique)`` by binary search (``sorted_unique`` from `unique_sorted`)."""
+    if len(sorted_unique) == 0:
+        return np.zeros(np.shape(a), dtype=bool)
+    idx = np.minimum(np.searchsorted(sorted_unique, a), len(sorted_unique) - 1)
+    return sorted_unique[idx] == a
+
+
+def _serve_in_order(cands: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Serial dictatorship, vectorized: row 0 takes its first allowed candidate, row 1 its first allowed
+    one not taken by row 0, and so on. Computed by deferred acceptance (every path prefers the lower
+    row; with one priority order this gives exactly the serial result) in a few array passes.
+
+    Args:
+        cands: (M, T) int64 candidates per row, in preference order (distinct within a row).
+        ok: (M, T) bool, which candidates are allowed at all.
+
+    Returns:
+        (M,) the path each row gets, -1 where none is left.
+    """
+    m = len(cands)
+    got = np.full(m, -1, dtype=np.int64)
+    if m == 0:
+        return got
+    pref = np.take_along_axis(cands, np.argsort(~ok, axis=1, kind="stable"), axis=1)  # allowed ones first
+    n_ok = ok.sum(1)
+    ptr = np.zeros(m, dtype=np.int64)
+    while True:
+        asking = np.flatnonzero((got < 0) & (ptr < n_ok))
+        if len(asking) == 0:
+            return got
+        holders = np.flatnonzero(got >= 0)
+        who = np.concatenate([holders, asking])
+        want = np.concatenate([got[holders], pref[asking, ptr[asking]]])
+        o = np.lexsort((who, want))
+        who, want = who[o], want[o]
+        win = np.r_[True, want[1:] != want[:-1]]  # the lowest row asking for each path
+        lose = who[~win]
+        got[lose] = -1
+        ptr[lose] += 1  # a loser's pointer was on the path it lost: try the next one
+        got[who[win]] = want[win]
+
+

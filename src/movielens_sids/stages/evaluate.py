@@ -1,0 +1,509 @@
+"""``evaluate``: how well do the Semantic IDs keep the meaning of the embeddings? (SPEC section 4)
+
+Everything is measured on the whole catalog, with no sampling:
+
+- the tokenizer's own quality on the *raw* codes (before the IDs were made unique): reconstruction,
+  per-level utilization and perplexity, collisions;
+- what the user-facing *final* SIDs (``sids.parquet``) keep of the embedding space: the overlap
+  between a movie's 10 nearest neighbours by embedding and by SID, how often embedding neighbours
+  share the first token (against the chance rate), how pure the first-level clusters are in genre,
+  and the nearest movies of a few probe titles by SID next to those by embedding;
+- what making the IDs unique cost (the ``dedup`` section: the assign stage's statistics plus the
+  reconstruction error and neighbour overlap of the raw codes against the final SIDs).
+
+Neighbours by SID rank movies by the length of the SID prefix they share with the query, then by
+cosine similarity of their decoded vectors (the decoder's output for each movie's first L tokens).
+They are computed group by group over the SIDs sorted lexicographically: a movie's 10 nearest all
+lie in the deepest prefix group that holds at least 11 movies, so each movie is compared only with
+that group (a few hundred movies at most for a healthy codebook) instead of the whole catalog.
+
+The exact embedding k-NN (FAISS, ~20 s for 87,585 x 384 on two cores) is cached in
+``.cache/knn-<embeddings hash>-k10.npy``, so re-evaluating after a retrain skips it.
+
+May import: artifacts, metrics, io, errors, settings, reports.charts, reports.markdown; torch and
+faiss on first use. Never another stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import metrics
+from ..artifacts import (
+    check_same_movies,
+    movielens_titles,
+    read_catalog,
+    read_embeddings,
+    read_model,
+    read_sids,
+    stage_seconds,
+)
+from ..errors import SidsError
+from ..io import atomic_path, file_hash, write_json
+from ..reports.charts import write_charts
+from ..reports.markdown import write_page
+from ..settings import EvaluateConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..config import Config
+
+log = logging.getLogger(__name__)
+
+
+K_NEIGHBORS = 10
+"""The k of every neighbour metric in the report (the SPEC's keys say ``_at_10``)."""
+CACHE_DIR = ".cache"
+CHARTS = {
+    "code_usage": "report-code-usage.png",
+    "collisions": "report-collisions.png",
+    "shared_prefix": "report-shared-prefix.png",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass
+class _Inputs:
+    """Everything the report reads, aligned by movie (sorted by movie_id)."""
+
+    movie_ids: np.ndarray  # (N,) int64
+    titles: list[str]  # N MovieLens-form titles, "Matrix, The (1999)"
+    genres: list[list[str]]  # N genre lists
+    x: np.ndarray  # (N, D) float32 embeddings
+    sid_tokens: np.ndarray  # (N, T) int64 final SID tokens, -1 past a movie's length (T = L or L+1)
+    sid_lengths: np.ndarray  # (N,) int64
+    sid_strings: list[str]  # N
+    assign_stats: dict[str, Any] | None
+    embedding_model: str | None
+    embeddings_path: Path
+    tokenizer: Any
+
+
+def load_inputs(run_dir: Path, tokenizer: Any = None) -> _Inputs:
+    """Read and cross-check the catalog, embeddings, SIDs and model of a run folder (writes nothing)."""
+    run_dir = Path(run_dir)
+    catalog = read_catalog(run_dir, ("movie_id", "title", "year", "genres"))
+    emb = read_embeddings(run_dir)
+    if tokenizer is None:
+        tokenizer = read_model(run_dir)
+    tcfg = tokenizer.config
+    sids = read_sids(run_dir, levels=tcfg.levels, codebook_size=tcfg.codebook_size)
+    ids = catalog.column("movie_id").to_numpy().astype(np.int64)
+    cat_path = run_dir / "catalog.parquet"
+    check_same_movies(ids, cat_path, emb.movie_ids, emb.path, "embed")
+    check_same_movies(ids, cat_path, sids.movie_ids, sids.path, "assign")
+    if emb.x.shape[1] != tcfg.input_dim:
+        raise SidsError(f"{emb.path} has {emb.x.shape[1]}-d embeddings but the model expects {tcfg.input_dim}: "
+                        "run `movielens-sids train` again")
+    stats = sids.metadata.get("assign_stats")
+    if not isinstance(stats, dict):
+        if stats is not None:
+            log.warning("%s: unreadable assign_stats metadata, ignored", sids.path)
+        stats = None
+    titles = movielens_titles(catalog)
+    genres = [g or [] for g in catalog.column("genres").to_pylist()]
+    return _Inputs(
+        movie_ids=ids, titles=titles, genres=genres, x=emb.x, sid_tokens=sids.tokens, sid_lengths=sids.lengths,
+        sid_strings=sids.strings, assign_stats=stats, embedding_model=emb.model, embeddings_path=emb.path,
+        tokenizer=tokenizer,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Computation (pure: arrays in, arrays out)
+
+
+def run_tokenizer(tok: Any, x: np.ndarray, sid_tokens: np.ndarray, *, batch_size: int = 8192
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The raw codes and reconstructions of ``x``, and the decoded vectors of the final SIDs.
+
+    Args:
+        tok: the tokenizer (``encode``, ``quantize``, ``decode_codes``).
+        x: (N, D) embeddings.
+        sid_tokens: (N, T) final SID tokens; only the first L are decoded (a suffix token has no vector).
+
+    Returns:
+        raw codes (N, L) int64, reconstruction of the raw codes (N, D), decoded final SIDs (N, D).
+    """
+    import torch
+
+    levels = tok.config.levels
+    dev = next((t.device for t in (*tok.parameters(), *tok.buffers())), torch.device("cpu"))
+    codes, recon = [], []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            xb = torch.from_numpy(x[start:start + batch_size]).to(dev)  # (B, D)
+            c = tok.quantize(tok.encode(xb))  # (B, L)
+            codes.append(c.cpu().numpy().astype(np.int64))
+            recon.append(_f32(tok.decode_codes(c)))  # (B, D)
+        raw, rec = np.concatenate(codes), np.concatenate(recon)
+        # Only movies that dedup moved have final codes other than their raw ones: decode just those.
+        dec = rec.copy()
+        moved = np.flatnonzero((sid_tokens[:, :levels] != raw).any(axis=1))
+        for start in range(0, len(moved), batch_size):
+            rows = moved[start:start + batch_size]
+            final = torch.from_numpy(np.ascontiguousarray(sid_tokens[rows, :levels])).to(dev)  # (B, L)
+            dec[rows] = _f32(tok.decode_codes(final))  # (B, D)
+    return raw, rec, dec
+
+
+def _f32(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+def _normalize(v: np.ndarray) -> np.ndarray:
+    return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def shared_prefix_lengths(tokens: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """How many leading tokens ``tokens[a]`` and ``tokens[b]`` share (elementwise; -1 padding never matches).
+
+    Args:
+        tokens: (N, T) int64 tokens, -1 past a movie's length.
+        a, b: index arrays of the same shape S.
+
+    Returns:
+        int64 array of shape S.
+    """
+    ta, tb = tokens[a], tokens[b]  # (*S, T)
+    eq = (ta == tb) & (ta >= 0)
+    return np.cumprod(eq, axis=-1).sum(axis=-1)
+
+
+def sid_knn(tokens: np.ndarray, vectors: np.ndarray, k: int, *, max_block: int = 1 << 22) -> np.ndarray:
+    """Every movie's k nearest movies by SID: longest shared prefix first, then decoded-vector cosine.
+
+    Sorting the SIDs makes each prefix group a contiguous block. Let d be the deepest prefix length
+    whose group around a movie has more than k members. Every movie outside that group shares a
+    shorter prefix, so the k nearest lie inside it; the movies of the next-deeper group (at most
+    k - 1 of them) are all among the k nearest; the rest of the group share exactly d tokens and are
+    ranked by cosine. So each movie is scored against one block (a few hundred movies for a healthy
+    codebook) with one matrix product, instead of against the whole catalog.
+
+    Args:
+        tokens: (N, T) int64 SID tokens, -1 past a movie's length.
+        vectors: (N, D) decoded vectors, L2-normalised.
+        k: neighbours per movie (< N).
+        max_block: largest (queries x members) score matrix built at once.
+
+    Returns:
+        (N, k) int64 indices, nearest first (ties: the smaller index first).
+    """
+    n, t = tokens.shape
+    if not 0 < k < n:
+        raise ValueError(f"k must be in 1..{n - 1}, got {k}")
+    order = np.lexsort(tokens.T[::-1])  # (N,) sorted by first token, then second, ...
+    st = tokens[order]
+    sv = np.ascontiguousarray(vectors[order], dtype=np.float32)
+    # gid[d]: id of each sorted row's group of movies sharing its first d tokens (d = 0..T).
+    differs = np.ones((n, t), dtype=bool)
+    differs[1:] = st[1:] != st[:-1]
+    new_group = np.logical_or.accumulate(differs, axis=1)  # (N, T): differs within the first d+1 tokens
+    gid = np.zeros((t + 1, n), dtype=np.int64)
+    gid[1:] = np.cumsum(new_group.T, axis=1) - 1
+    bounds = []  # per depth: (start, end) in sorted order of each row's group
+    for g in gid:
+        starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+        ends = np.r_[starts[1:], n]
+        bounds.append((starts[g], ends[g]))
+    sizes = np.stack([e - s for s, e in bounds])  # (T+1, N)
+    depth = (sizes > k).sum(axis=0) - 1  # deepest d whose group has more than k members (sizes shrink with d)
+    out = np.empty((n, k), dtype=np.int64)
+    for d in range(t + 1):
+        rows = np.flatnonzero(depth == d)  # sorted
+        if not len(rows):
+            continue
+        lo_all, hi_all = bounds[d][0][rows], bounds[d][1][rows]
+        cut = np.flatnonzero(np.r_[True, lo_all[1:] != lo_all[:-1]])  # rows sharing a group are contiguous
+        for a, b in zip(cut, np.r_[cut[1:], len(rows)]):
+            lo, hi = lo_all[a], hi_all[a]
+            m = hi - lo
+            step = max(1, max_block // m)
+            for s in range(a, b, step):
+                q = rows[s:min(s + step, b)]
+                score = sv[q] @ sv[lo:hi].T  # (Q, M) cosine
+                if d < t:  # the deeper group's members outrank everyone else
+                    cols = np.arange(m)
+                    inner = (cols >= (bounds[d + 1][0][q] - lo)[:, None]) & (cols < (bounds[d + 1][1][q] - lo)[:, None])
+                    score[inner] = np.inf
+                score[np.arange(len(q)), q - lo] = -np.inf  # not its own neighbour
+                top = np.argpartition(-score, k - 1, axis=1)[:, :k] + lo  # (Q, k) unordered, sorted positions
+                # Exact order of the k: shared prefix (deeper levels agree), then cosine, then index.
+                shared = np.zeros(top.shape, dtype=np.int64)
+                for dd in range(d + 1, t + 1):
+                    shared += gid[dd][top] == gid[dd][q][:, None]
+                sim = np.einsum("qd,qkd->qk", sv[q], sv[top])
+                movie = order[top]
+                top = np.take_along_axis(top, np.lexsort((movie, -sim, -shared), axis=-1), axis=1)
+                out[q] = top
+    # Back from sorted positions to movie indices.
+    result = np.empty_like(out)
+    result[order] = order[out]
+    return result
+
+
+def neighbor_overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over movies of |a_i ∩ b_i| / k for two (N, k) neighbour index arrays."""
+    return float((a[:, :, None] == b[:, None, :]).any(axis=2).sum(axis=1).mean() / a.shape[1])
+
+
+def genre_purity(level1: np.ndarray, genres: list[list[str]]) -> tuple[float, float, dict[str, int]]:
+    """Share of movies whose level-1 code's majority genre is one of their genres.
+
+    Movies without genres count as misses (they can match no majority genre). The baseline is the
+    same share when every code's majority genre is the catalog's most common genre.
+
+    Returns:
+        purity, baseline, and the number of level-1 codes whose majority genre is each genre.
+    """
+    names = sorted({g for gs in genres for g in gs})
+    if not names:
+        return 0.0, 0.0, {}
+    col = {g: i for i, g in enumerate(names)}
+    has = np.zeros((len(genres), len(names)), dtype=np.float64)  # (N, G)
+    for i, gs in enumerate(genres):
+        has[i, [col[g] for g in gs]] = 1.0
+    codes, inverse = np.unique(level1, return_inverse=True)
+    counts = np.zeros((len(codes), len(names)))  # (codes, G)
+    np.add.at(counts, inverse, has)
+    majority = counts.argmax(axis=1)  # ties: first genre alphabetically
+    purity = float(has[np.arange(len(genres)), majority[inverse]].mean())
+    baseline = float(has[:, has.sum(axis=0).argmax()].mean())
+    per_genre = np.bincount(majority, minlength=len(names))
+    return purity, baseline, {names[i]: int(c) for i, c in enumerate(per_genre) if c}
+
+
+def embedding_knn(x: np.ndarray, k: int, *, cache_file: Path | None, batch_size: int) -> np.ndarray:
+    """Exact cosine k-NN of the embeddings, read from ``cache_file`` when it holds a valid result."""
+    n = len(x)
+    if cache_file is not None and cache_file.is_file():
+        try:
+            cached = np.load(cache_file, allow_pickle=False)
+            if cached.shape == (n, k) and cached.dtype == np.int64 and 0 <= cached.min() and cached.max() < n:
+                log.info("embedding %d-NN read from %s", k, cache_file)
+                return cached
+        except (OSError, ValueError):
+            pass
+        log.info("ignoring invalid cache %s", cache_file)
+    t0 = time.perf_counter()
+    nbrs = metrics.knn(x, k, batch_size=batch_size)
+    log.info("exact embedding %d-NN of %d movies in %.1fs", k, n, time.perf_counter() - t0)
+    if cache_file is not None:
+        with atomic_path(cache_file) as tmp, open(tmp, "wb") as f:
+            np.save(f, nbrs)
+    return nbrs
+
+
+def _probe_index(titles: list[str]) -> dict[str, int]:
+    index: dict[str, int] = {}
+    for i, t in enumerate(titles):
+        index.setdefault(t, i)  # duplicates: the smallest movie_id wins
+        index.setdefault(t.casefold(), i)
+    return index
+
+
+def _probe_neighbors(i: int, tokens: np.ndarray, dec: np.ndarray, x: np.ndarray, n: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` nearest of movie ``i`` by SID (prefix, then decoded cosine) and by embedding cosine."""
+    others = np.delete(np.arange(len(x)), i)
+    shared = shared_prefix_lengths(tokens, np.full(len(others), i), others)
+    sim_dec = dec[others] @ dec[i]
+    by_sid = others[np.lexsort((others, -sim_dec, -shared))[:n]]
+    sim_emb = x[others] @ x[i]
+    by_emb = others[np.lexsort((others, -sim_emb))[:n]]
+    return by_sid, by_emb
+
+
+def _probes(inp: _Inputs, cfg: EvaluateConfig, dec_final_n: np.ndarray, xn: np.ndarray
+            ) -> tuple[dict[str, list[str]], dict[str, Any], list[str]]:
+    """The probes' nearest titles by SID, the details (by SID next to by embedding), and the probes not found.
+
+    Args:
+        dec_final_n: (N, D) normalised decoded vectors of the final SIDs. xn: (N, D) normalised embeddings.
+    """
+    final = inp.sid_tokens
+    probes: dict[str, list[str]] = {}
+    details: dict[str, Any] = {}
+    skipped: list[str] = []
+    index = _probe_index(inp.titles)
+
+    def neighbour(i: int, j: int, **extra: Any) -> dict[str, Any]:
+        return {"title": inp.titles[j], "sid": inp.sid_strings[j], **extra,
+                "shared_prefix": int(shared_prefix_lengths(final, np.array(i), np.array(j)))}
+
+    for title in cfg.all_probes():
+        i = index.get(title, index.get(title.casefold()))
+        if i is None:
+            skipped.append(title)
+            log.warning("probe %r is not in the catalog; skipped", title)
+            continue
+        by_sid, by_emb = _probe_neighbors(i, final, dec_final_n, xn, cfg.probe_neighbors)
+        name = inp.titles[i]
+        probes[name] = [inp.titles[j] for j in by_sid]
+        details[name] = {
+            "movie_id": int(inp.movie_ids[i]),
+            "sid": inp.sid_strings[i],
+            "by_sid": [neighbour(i, j) for j in by_sid],
+            "by_embedding": [neighbour(i, j, cosine=round(float(xn[i] @ xn[j]), 4)) for j in by_emb],
+            "overlap": len(set(by_sid.tolist()) & set(by_emb.tolist())) / cfg.probe_neighbors,
+        }
+    return probes, details, skipped
+
+
+def _embedding_neighbours(inp: _Inputs, cfg: EvaluateConfig, cache_dir: Path | None) -> tuple[np.ndarray, float]:
+    """The exact embedding k-NN (N, K_NEIGHBORS), cached per embeddings file, and the seconds it took."""
+    t0 = time.perf_counter()
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = cache_dir / f"knn-{file_hash(inp.embeddings_path)[:20]}-k{K_NEIGHBORS}.npy"
+    emb_nn = embedding_knn(inp.x, K_NEIGHBORS, cache_file=cache_file, batch_size=cfg.batch_size)
+    return emb_nn, time.perf_counter() - t0
+
+
+def _dedup_section(inp: _Inputs, raw: np.ndarray, dec_final: np.ndarray, levels: int, *, rel_mse_raw: float,
+                   overlap_raw: float, overlap: float) -> dict[str, Any]:
+    """What making the IDs unique cost: movies moved or suffixed, error and overlap of raw vs final codes."""
+    moved = (inp.sid_tokens[:, :levels] != raw).any(axis=1)
+    return {
+        "assign_stats": inp.assign_stats,
+        "n_changed_codes": int(moved.sum()),
+        "n_suffixed": int((inp.sid_lengths > levels).sum()),
+        "relative_mse_raw": rel_mse_raw,
+        "relative_mse_final": metrics.relative_mse(inp.x, dec_final),
+        "overlap_at_10_raw": overlap_raw,
+        "overlap_at_10_final": overlap,
+    }
+
+
+def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None) -> tuple[dict[str, Any], dict]:
+    """Compute the report (SPEC section 4 plus extras) and the arrays its charts plot."""
+    tok = inp.tokenizer
+    tcfg = tok.config
+    levels, k_codes = int(tcfg.levels), int(tcfg.codebook_size)
+    n = len(inp.x)
+    if n <= K_NEIGHBORS:
+        raise SidsError(f"the catalog has {n} movies; the neighbour metrics need more than {K_NEIGHBORS}")
+    t0 = time.perf_counter()
+    raw, recon, dec_final = run_tokenizer(tok, inp.x, inp.sid_tokens, batch_size=cfg.batch_size)
+    log.info("tokenizer on %d movies in %.1fs", n, time.perf_counter() - t0)
+    final = inp.sid_tokens
+
+    emb_nn, t_knn = _embedding_neighbours(inp, cfg, cache_dir)
+    t0 = time.perf_counter()
+    xn = _normalize(inp.x)
+    dec_final_n, recon_n = _normalize(dec_final), _normalize(recon)
+    sid_nn = sid_knn(final, dec_final_n, K_NEIGHBORS)
+    raw_nn = sid_knn(raw, recon_n, K_NEIGHBORS)
+    t_sid = time.perf_counter() - t0
+    log.info("SID %d-NN (final and raw codes) in %.1fs", K_NEIGHBORS, t_sid)
+
+    overlap = neighbor_overlap(emb_nn, sid_nn)
+    overlap_raw = neighbor_overlap(emb_nn, raw_nn)
+    ftm = metrics.first_token_match(final, emb_nn)
+    rnd = metrics.random_first_token_match(final)
+    shared = shared_prefix_lengths(final, np.repeat(np.arange(n)[:, None], K_NEIGHBORS, axis=1), emb_nn)
+    shared_hist = np.bincount(shared.ravel(), minlength=final.shape[1] + 1)
+
+    before = metrics.collision_stats(raw)
+    after = metrics.collision_stats(final)
+    _, group_sizes = np.unique(raw, axis=0, return_counts=True)
+    purity, purity_base, majority_genres = genre_purity(final[:, 0], inp.genres)
+
+    rel_mse_raw = metrics.relative_mse(inp.x, recon)
+    dedup = _dedup_section(inp, raw, dec_final, levels, rel_mse_raw=rel_mse_raw, overlap_raw=overlap_raw,
+                           overlap=overlap)
+
+    probes, details, skipped = _probes(inp, cfg, dec_final_n, xn)
+
+    report: dict[str, Any] = {
+        "n_movies": n,
+        "levels": levels,
+        "codebook_size": k_codes,
+        "latent_dim": int(tcfg.latent_dim),  # H (= D unless the encoder is mlp)
+        "embedding_dim": int(inp.x.shape[1]),
+        "embedding_model": inp.embedding_model,
+        "reconstruction": {
+            "relative_mse": rel_mse_raw,
+            "mean_cosine": metrics.mean_cosine(inp.x, recon),
+        },
+        "utilization": metrics.utilization(raw, k_codes),
+        "perplexity": metrics.perplexity(raw, k_codes),
+        "collisions": {
+            "unique_fraction_before_dedup": before["unique_fraction"],
+            "max_group_size": before["max_group_size"],
+            "n_distinct_before_dedup": before["n_groups"],
+            "unique_fraction_after_dedup": after["unique_fraction"],
+        },
+        "neighbors": {
+            "overlap_at_10": overlap,
+            "first_token_match_at_10": ftm,
+            "random_first_token_match": rnd,
+            "first_token_lift": ftm / rnd if rnd > 0 else None,
+            "shared_prefix_histogram": shared_hist.tolist(),
+        },
+        "genre_purity_level1": purity,
+        "genre_purity_level1_baseline": purity_base,
+        "level1_majority_genres": majority_genres,
+        "dedup": dedup,
+        "probes": probes,
+        "probe_details": details,
+        "probes_skipped": skipped,
+        "sid_lengths": {str(int(v)): int(c) for v, c in zip(*np.unique(inp.sid_lengths, return_counts=True))},
+        "compute_s": {"embedding_knn": round(t_knn, 3), "sid_knn": round(t_sid, 3)},
+    }
+    chart_data = {
+        "code_counts": metrics.code_counts(raw, k_codes),
+        "group_sizes": group_sizes,
+        "shared_hist": shared_hist,
+    }
+    return report, chart_data
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage
+
+
+def evaluate_stage(run_dir: Path, cfg: Config, *, tokenizer: Any = None) -> dict[str, Any]:
+    """Compute the report of a run folder and write ``report.json``, ``report.md`` and the charts.
+
+    Args:
+        run_dir: the run folder (catalog, embeddings, sids and model must be there).
+        cfg: the run's settings (``cfg.evaluate`` is used).
+        tokenizer: a loaded tokenizer to use instead of ``run_dir/model`` (tests).
+
+    Returns:
+        The headline numbers.
+    """
+    t_start = time.perf_counter()
+    run_dir = Path(run_dir)
+    ecfg: EvaluateConfig = cfg.evaluate
+    inp = load_inputs(run_dir, tokenizer)  # validates everything before anything is written
+    report, chart_data = build_report(inp, ecfg, cache_dir=(run_dir / CACHE_DIR) if ecfg.cache else None)
+    recorded = stage_seconds(run_dir, ["catalog", "embed", "train", "assign", "export", "visualize"])
+    timings = {s: recorded.get(s) for s in ("catalog", "embed", "train", "assign")}
+    timings.update({s: v for s, v in recorded.items() if s not in timings and s != "evaluate"})
+    charts: dict[str, str] = {}
+    if ecfg.charts:
+        charts = write_charts(run_dir, chart_data, CHARTS, levels=report["levels"])
+    timings["evaluate"] = round(time.perf_counter() - t_start, 3)
+    report["timings_s"] = timings
+    report["charts"] = charts
+    write_json(run_dir / "report.json", report)
+    write_page(run_dir)
+    n = report["neighbors"]
+    return {
+        "overlap_at_10": round(n["overlap_at_10"], 4),
+        "first_token_match_at_10": round(n["first_token_match_at_10"], 4),
+        "random_first_token_match": round(n["random_first_token_match"], 4),
+        "unique_fraction_after_dedup": report["collisions"]["unique_fraction_after_dedup"],
+    }

@@ -1,0 +1,124 @@
+"""The LightningModule that trains an ``RQVAE``: one shared step, epoch-end metrics on the whole validation set.
+
+At module level (not built inside a function) and in its own module: only ``train.fit_rqvae``
+imports it, on first use, so that importing the stages (and ``movielens-sids --help``) does not
+import Lightning.
+
+May import: lightning, torch, model, metrics, settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import lightning as L
+import torch
+
+from ..metrics import tokenizer_metrics
+from ..model.config import RQVAEConfig
+from ..model.rqvae import RQVAE
+from ..settings import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+class RQVAEModule(L.LightningModule):
+    """Trains an ``RQVAE`` on rows of a data matrix held on the module's device."""
+
+    def __init__(self, model_config: dict, train_config: dict, data: torch.Tensor,
+                 val_idx: torch.Tensor, init_idx: torch.Tensor) -> None:
+        super().__init__()
+        self.save_hyperparameters({"model": model_config, "train": train_config})
+        self.model = RQVAE(RQVAEConfig(**model_config))
+        self.train_cfg = TrainConfig(**train_config)
+        # The whole embedding matrix and the split on the device; not part of the checkpoint.
+        self.register_buffer("data", data, persistent=False)  # (N, D)
+        self.register_buffer("val_idx", val_idx, persistent=False)
+        self.register_buffer("init_idx", init_idx, persistent=False)
+        # Saved in checkpoints so a resumed run does not redo the k-means initialisation.
+        self.register_buffer("initialized", torch.tensor(False))
+        self.reseed_rng = torch.Generator().manual_seed(self.train_cfg.seed + 1)
+        self.last_val: dict[str, Any] = {}
+
+    def on_fit_start(self) -> None:
+        if self.initialized.item():
+            return
+        if self.train_cfg.kmeans_init:
+            gen = torch.Generator().manual_seed(self.train_cfg.seed)
+            t0 = time.perf_counter()
+            self.model.init_codebooks(self.data[self.init_idx], generator=gen)
+            log.info("codebooks initialised by residual k-means in %.1fs", time.perf_counter() - t0)
+        # Every process must start from the same codes (they may differ in the last bits on GPUs).
+        cb = self.trainer.strategy.broadcast(self.model.quantizer.codebooks.data, src=0)
+        self.model.quantizer.codebooks.data.copy_(cb)
+        self.initialized.fill_(True)
+
+    def shared_step(self, idx: torch.Tensor, stage: str):
+        x = self.data[idx]  # (B, D)
+        out = self.model(x)
+        k = self.model.config.codebook_size
+        used = torch.zeros(out.codes.shape[1], k, device=x.device).scatter_(1, out.codes.T, 1.0)  # (L, K)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", out.losses.total, on_step=on_step, on_epoch=True, prog_bar=True,
+                 batch_size=len(idx))
+        self.log(f"{stage}/recon", out.losses.recon, on_step=on_step, on_epoch=True, batch_size=len(idx))
+        self.log(f"{stage}/commit", out.losses.commit, on_step=on_step, on_epoch=True, batch_size=len(idx))
+        self.log(f"{stage}/codebook", out.losses.codebook, on_step=on_step, on_epoch=True, batch_size=len(idx))
+        self.log(f"{stage}/utilization", used.mean(), on_step=on_step, on_epoch=True, batch_size=len(idx))
+        return out
+
+    def training_step(self, idx: torch.Tensor, batch_idx: int):
+        out = self.shared_step(idx, "train")
+        return {"loss": out.losses.total, "codes": out.codes, "residuals": out.residuals}
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        codes, residuals = outputs["codes"], outputs["residuals"]  # (B, L), (L, B, H)
+        if self.trainer.world_size > 1:  # every process re-seeds the same codes from the same residuals
+            codes = self.all_gather(codes).flatten(0, 1)
+            residuals = self.all_gather(residuals).transpose(0, 1).flatten(1, 2)
+        n = self.model.quantizer.reseed_dead_codes(codes, residuals, generator=self.reseed_rng)
+        if n:
+            self.log("train/reseeded", float(n), on_step=True, on_epoch=False, reduce_fx="sum")
+
+    def validation_step(self, idx: torch.Tensor, batch_idx: int) -> None:
+        self.shared_step(idx, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        x = self.data[self.val_idx]
+        with torch.no_grad():
+            codes = self.model.quantize(self.model.encode(x))
+            x_hat = self.model.decode_codes(codes)
+        m = tokenizer_metrics(x.float().cpu().numpy(), x_hat.float().cpu().numpy(), codes.cpu().numpy(),
+                              self.model.config.codebook_size)
+        self.last_val = m
+        flat = {"val/mean_cosine": m["mean_cosine"],
+                "val/unique_fraction": m["unique_fraction"]}
+        for level, (u, p) in enumerate(zip(m["utilization"], m["perplexity"]), 1):
+            flat[f"val/utilization_l{level}"] = u
+            flat[f"val/perplexity_l{level}"] = p
+        # Identical on every process (whole validation set), so no reduction is needed.
+        self.log_dict(flat, prog_bar=False, sync_dist=False, rank_zero_only=False)
+        self.log("val/relative_mse", m["relative_mse"], prog_bar=True)
+
+    def configure_optimizers(self):
+        cfg = self.train_cfg
+        codebooks = [self.model.quantizer.codebooks]
+        weights = [p for n, p in self.model.named_parameters() if not n.startswith("quantizer.")]
+        groups = [{"params": weights, "weight_decay": cfg.weight_decay},
+                  {"params": codebooks, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.lr * cfg.lr_min_ratio)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["reseed_rng_state"] = self.reseed_rng.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("reseed_rng_state")
+        if state is not None:
+            self.reseed_rng.set_state(state)
