@@ -37,16 +37,19 @@ def test_help_and_config_do_not_import_torch():
 
 
 def test_retrieval_settings_are_a_config_section():
+    from movielens_sids.cli import build_parser, overrides_from_args
     from movielens_sids.config import load_config
     from movielens_sids.retrieval import RetrievalConfig
-    from movielens_sids.retrieval.cli import _config
 
     cfg = load_config("demo", {"retrieval.d_model": 128, "retrieval.seeds": [4]})
     assert isinstance(cfg.retrieval, RetrievalConfig) and cfg.retrieval.d_model == 128
-    import argparse
-
-    rcfg = _config(argparse.Namespace(retrieval_max_epochs=3), cfg)  # a command flag overrides the section
-    assert (rcfg.d_model, rcfg.seeds, rcfg.max_epochs) == (128, [4], 3)
+    args = build_parser().parse_args(["retrieval", "--max-epochs", "3", "--seeds", "1,2", "--protocol",
+                                      "leave_one_out", "--set", "retrieval.d_model=32"])
+    assert overrides_from_args(args) == {"retrieval.max_epochs": 3, "retrieval.seeds": [1, 2],
+                                         "retrieval.protocol": "leave_one_out", "retrieval.d_model": 32}
+    cfg = load_config("demo", overrides_from_args(args))  # a command flag sets its setting, nothing else
+    assert (cfg.retrieval.max_epochs, cfg.retrieval.seeds, cfg.train.max_epochs) == (3, [1, 2],
+                                                                                    load_config("demo").train.max_epochs)
     with pytest.raises(SidsError, match="d_model"):
         load_config("demo", {"retrieval.d_model": 0})
 

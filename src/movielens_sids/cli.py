@@ -26,9 +26,12 @@ from .config import Config, load_config
 from .data import registry
 from .data.fetch import DATA_DIR_ENV, MD5_ENV, bundled_path, fetch_dataset
 from .errors import SidsError
+from .io import run_lock
 from .lookup import lookup_movie, lookup_prefix, neighbors, render_table
 from .reports.markdown import compare_runs
-from .retrieval import cli as retrieval_cli
+from .retrieval.config import METHODS as RETRIEVAL_METHODS
+from .retrieval.report import markdown_table, paired_table
+from .retrieval.stage import retrieval_stage
 from .settings import OFFLINE_MODEL
 
 log = logging.getLogger("movielens_sids")
@@ -137,7 +140,34 @@ FLAGS = _flags(
          type=int, metavar="N"),
     Flag("--n-neighbors", "visualize.n_neighbors", "UMAP neighbourhood size (default 15)", type=int),
     Flag("--seed", "visualize.seed", "seed of PCA, UMAP and the sample (default 0)", type=int),
+    # retrieval (the benchmark)
+    Flag("--dataset", "retrieval.dataset", "MovieLens variant whose ratings to use (default: the run's "
+                                           "data.dataset)"),
+    Flag("--ratings", "retrieval.ratings", "a ratings.csv or ratings.dat file to use instead of a named dataset",
+         metavar="FILE"),
+    Flag("--protocol", "retrieval.protocol", "temporal (a global time split, the default) or leave_one_out",
+         choices=("temporal", "leave_one_out")),
+    Flag("--seeds", "retrieval.seeds", "seeds, comma-separated (default 0,1,2)", type=lambda v: _csv(v, int),
+         metavar="0,1,2"),
+    Flag("--methods", "retrieval.methods", f"comma-separated subset of {','.join(RETRIEVAL_METHODS)} (default: all)",
+         type=lambda v: _csv(v, str), metavar="LIST"),
+    Flag("--max-users", "retrieval.max_users", "evaluate a seeded sample of N users (for ml-20m and larger)",
+         type=int, metavar="N"),
+    Flag("--max-epochs", "retrieval.max_epochs", "a safety bound on training epochs per model (validation "
+                                                 "decides when to stop)", type=int, metavar="N"),
+    Flag("--beam-size", "retrieval.beam_size", "beams of the constrained beam search at test time (>= 50)",
+         type=int, metavar="W"),
+    Flag("--device", "retrieval.device", "cpu (default), cuda, mps or auto"),
+    Flag("--threads", "retrieval.threads", "CPU threads for torch", type=int, metavar="N"),
 )
+
+
+def _csv(text: str, kind: Callable[[str], Any]) -> list[Any]:
+    """A comma-separated flag value -> a list (``0,1,2`` -> [0, 1, 2])."""
+    try:
+        return [kind(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
 
 
 def _add(parser: argparse.ArgumentParser, *keys: str) -> None:
@@ -283,6 +313,27 @@ def lookup_command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     return 0
 
 
+def retrieval_arguments(p: argparse.ArgumentParser) -> None:
+    _add(p, "retrieval.dataset", "retrieval.ratings", "retrieval.protocol", "retrieval.seeds", "retrieval.methods",
+         "retrieval.max_users", "retrieval.max_epochs", "retrieval.beam_size", "retrieval.device",
+         "retrieval.threads")
+
+
+def retrieval_command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
+    if not (run_dir / "sids.parquet").exists():  # before taking the lock: a bad run folder is not created
+        raise SidsError(f"{run_dir / 'sids.parquet'} not found: run `movielens-sids assign` first")
+    with run_lock(run_dir):
+        report = retrieval_stage(run_dir, cfg)
+    sl = report["slices"]
+    print(f"{report['dataset']}, {report['protocol']}: {sl['all']['events']:,} test events "
+          f"({sl['warm']['events']:,} warm, {sl['cold']['events']:,} cold), {len(report['seeds'])} seeds\n")
+    print(markdown_table(report["methods"]))
+    if report["paired"]:
+        print("\n" + paired_table(report["paired"]))
+    print(f"\nwall time {report['wall_time_s']:.0f} s; wrote {run_dir / 'retrieval' / 'report.json'} and report.md")
+    return 0
+
+
 def run_arguments(p: argparse.ArgumentParser) -> None:
     order = pipeline.ORDER
     p.add_argument("--force", metavar="STAGE", choices=order,
@@ -331,9 +382,9 @@ COMMANDS: dict[str, Command] = {
                       "by SID (--neighbors)", lookup_arguments, lookup_command),
     "run": Command("run every stage in order (catalog, embed, train, assign, evaluate, export, visualize), skipping "
                    "up-to-date ones", run_arguments, run_command),
-    # The retrieval benchmark still declares its own flags (retrieval/cli.py, being rewritten on main); see
-    # ARCHITECTURE.md for how it moves onto FLAGS.
-    "retrieval": Command(retrieval_cli.HELP, retrieval_cli.add_arguments, retrieval_cli.command),
+    "retrieval": Command("benchmark the SIDs in a generative recommender against random IDs, SASRec, most-popular "
+                         "and a content baseline (temporal or leave-one-out split; all / warm / cold events; paired "
+                         "bootstrap intervals)", retrieval_arguments, retrieval_command),
 }
 
 

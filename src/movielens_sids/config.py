@@ -222,8 +222,3 @@ def load_config(name_or_path: str | Path | None = None, overrides: dict[str, Any
     for k, v in (overrides or {}).items():
         set_dotted(values, k, v)
     return config_from_dict(values)
-
-
-# Compatibility for retrieval/cli.py (being rewritten on main, issue 16), which imports the old private
-# name; the port replaces `from ..config import _build` with `build_settings`. Remove with that port.
-_build = build_settings

@@ -6,7 +6,7 @@ evaluation (``report.json``) and, when the run has one, the generative-retrieval
 its JSON report and calls ``write_page``. ``compare_runs`` writes the side-by-side table of several
 runs.
 
-May import: errors, io, retrieval.cli (only its section renderer; see ARCHITECTURE.md).
+May import: errors, io, retrieval.report (the benchmark's section renderer).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import SidsError
 from ..io import write_text
-from ..retrieval.cli import report_section as retrieval_section
+from ..retrieval.report import report_section as retrieval_section
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,8 @@ test events (temporal or leave-one-out split, ``sequences.py``) and seeds, with 
 random IDs of the same shape, SASRec over movie ids, most-popular and a content baseline, on all,
 warm and cold events, with paired bootstrap intervals (``stats.py``). See ``bench.py`` for the
 methods and ``generative.py`` for the model.
+
+May import: retrieval.config (eagerly); the rest of this package on first use.
 """
 
 from __future__ import annotations

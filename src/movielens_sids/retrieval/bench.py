@@ -26,6 +26,8 @@ ID-based methods (``sasrec_ce``, ``most_popular``) cannot recommend a movie that
 training interaction (its embedding is never trained; its count is 0): their cold-slice scores
 are near 0 by construction, not by a flaw of the benchmark. ``random_id`` can generate such a
 movie, but its tokens carry nothing about it.
+
+May import: devices and this package (torch, Lightning).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import time
 import numpy as np
 import torch
 
+from ..devices import resolve_device
 from .config import MAX_K, RetrievalConfig
 from .content import content_topk, seen_mask
 from .generative import GenerativeRetriever, Recommendations
@@ -86,14 +89,6 @@ def recommend_all(model: torch.nn.Module, history: np.ndarray, *, k: int, beam_s
     return np.concatenate(out) if out else np.empty((0, k), np.int64)
 
 
-def _device(cfg: RetrievalConfig) -> tuple[str, torch.device]:
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        return "gpu", torch.device("cuda")
-    if cfg.device == "mps":
-        return "mps", torch.device("mps")
-    return "cpu", torch.device("cpu")
-
-
 def _content(vectors: np.ndarray, split: Split, cfg: RetrievalConfig, valid_hist: np.ndarray,
              test_hist: np.ndarray) -> tuple[np.ndarray, dict]:
     """content_knn's test lists, its profile window chosen on validation Recall@10 (seen movies always left out)."""
@@ -125,7 +120,9 @@ def run_benchmark(split: Split, codes: np.ndarray, cfg: RetrievalConfig, vectors
         raise ValueError(f"codes has {len(codes)} rows for {len(split.movie_ids)} movies")
     if "content_knn" in cfg.methods and (vectors is None or len(vectors) != len(split.movie_ids)):
         raise ValueError("content_knn needs one content vector per movie of the split")
-    accelerator, device = _device(cfg)
+    device = resolve_device(cfg.device, "retrieval.device")
+    accelerator = {"cuda": "gpu"}.get(device.type, device.type)  # Lightning's name for the device type
+    lightning_devices = [device.index] if device.index is not None else 1
     m = cfg.max_history
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -161,7 +158,7 @@ def run_benchmark(split: Split, codes: np.ndarray, cfg: RetrievalConfig, vectors
                                 weight_decay=cfg.weight_decay,
                                 batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
                                 max_epochs=cfg.max_epochs, patience=cfg.patience, beam_size=cfg.valid_beam_size,
-                                seed=seed, accelerator=accelerator))
+                                seed=seed, accelerator=accelerator, devices=lightning_devices))
                 ranked = recommend_all(model, test_hist, k=MAX_K, beam_size=cfg.beam_size,
                                        batch_size=cfg.eval_batch_size, device=device, seen=test_seen)
             ranks = target_ranks(ranked, split.test.target)

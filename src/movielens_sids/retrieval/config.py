@@ -1,4 +1,7 @@
-"""Settings of the generative-retrieval benchmark (torch-free, so that the CLI and ``Config`` load fast)."""
+"""Settings of the generative-retrieval benchmark (torch-free, so that the CLI and ``Config`` load fast).
+
+May import: nothing of the package (settings sit at the bottom).
+"""
 
 from __future__ import annotations
 
@@ -83,7 +86,7 @@ class RetrievalConfig:
     eval_batch_size: int = 128
     """Users per evaluation batch."""
     device: str = "cpu"
-    """Lightning accelerator: cpu, cuda, mps or auto."""
+    """Where the models train and rank: cpu, cuda, cuda:N, mps or auto."""
     threads: int | None = None
     """CPU threads for torch (None: torch's default); 1 is fastest on a busy machine."""
 
@@ -137,8 +140,8 @@ class RetrievalConfig:
             raise ValueError("lr: learning rates must be positive")
         if self.device == "gpu":  # the spelling of earlier versions
             self.device = "cuda"
-        if self.device not in ("cpu", "cuda", "mps", "auto"):
-            raise ValueError(f"device: expected cpu, cuda, mps or auto, got {self.device!r}")
+        if self.device not in ("cpu", "cuda", "mps", "auto") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device: expected cpu, cuda, cuda:N, mps or auto, got {self.device!r}")
 
 
 def settings_dict(cfg: RetrievalConfig) -> dict:

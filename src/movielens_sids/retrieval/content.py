@@ -7,6 +7,8 @@ a MovieLens user never rates a movie twice). It needs no interaction data to sco
 the Semantic-ID model and unlike ID-based models, it can recommend movies nobody has rated yet.
 
 Shapes: E events, M history length, N movies, D embedding dimension.
+
+May import: torch, numpy; nothing of the package.
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ log-probability of their full SID.
 
 Shapes: B batch, M history length in movies, L levels (tokens per movie), W beams, N movies,
 V vocabulary (sum of the K_l), d model width.
+
+May import: torch and retrieval.trie (pure model math).
 """
 
 from __future__ import annotations

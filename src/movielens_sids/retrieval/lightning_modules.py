@@ -4,6 +4,8 @@ Both models (``GenerativeRetriever``, ``SASRec``) expose ``loss(windows)`` and
 ``recommend(history, k, beam_size=)``; this module holds everything that is the same for them:
 the windows of the training sequences, the validation pass, the optimiser and the callback that
 keeps the best epoch's weights in memory (no checkpoint files in the run folder).
+
+May import: Lightning, torch and this package's content and metrics.
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ class KeepBest(L.Callback):
 def fit(model: nn.Module, windows: np.ndarray, valid_history: np.ndarray, valid_target: np.ndarray,
         valid_seen: np.ndarray | None = None, *,
         lr: float, weight_decay: float, batch_size: int, eval_batch_size: int, max_epochs: int, patience: int,
-        beam_size: int, seed: int, accelerator: str = "cpu") -> dict:
+        beam_size: int, seed: int, accelerator: str = "cpu", devices: int | list[int] = 1) -> dict:
     """Train ``model`` in place, restore its best validation epoch, and return what happened.
 
     ``valid_seen`` (E, S), -1 padded: items left out of each validation event's list (None: nothing left out).
@@ -135,7 +137,7 @@ def fit(model: nn.Module, windows: np.ndarray, valid_history: np.ndarray, valid_
     module = NextItemModule(model, lr=lr, weight_decay=weight_decay, beam_size=beam_size)
     keep = KeepBest(monitor)
     trainer = L.Trainer(
-        max_epochs=max_epochs, accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
+        max_epochs=max_epochs, accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, deterministic=False,
         callbacks=[stopper := EarlyStopping(monitor=monitor, mode="max", patience=patience), keep],
     )

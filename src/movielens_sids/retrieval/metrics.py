@@ -1,7 +1,9 @@
-"""Ranking metrics for leave-one-out next-item prediction (one relevant item per user).
+"""Ranking metrics for next-item prediction (one relevant item per event).
 
-With a single held-out item, Recall@K is the hit rate (is the item in the top K?) and NDCG@K is
+With a single relevant item, Recall@K is the hit rate (is the item in the top K?) and NDCG@K is
 ``1 / log2(rank + 2)`` for a 0-based rank below K, else 0 (the ideal DCG is 1).
+
+May import: numpy only.
 """
 
 from __future__ import annotations

@@ -1,23 +1,24 @@
 """The benchmark's report: metrics per slice with intervals, paired differences, and their markdown.
 
 ``summarize`` turns the ranks of ``bench.run_benchmark`` into the ``retrieval/report.json`` parts;
-``report_section`` renders the report as the ``report.md`` section (between markers, so a rerun
-replaces it); ``events_table`` keeps every rank for later analysis.
+``report_section`` renders the report as its ``report.md`` section (``reports.markdown.write_page``,
+the page's one writer, calls it); ``events_table`` keeps every rank for later analysis.
+
+May import: this package's torch-free modules (config, sequences, stats).
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .config import MAX_K, METHODS, METRICS, RetrievalConfig
-from .sequences import Split
 from .stats import event_scores, paired_differences, recall_curve, slice_metrics
 
-SECTION_START = "<!-- retrieval:start -->"
-SECTION_END = "<!-- retrieval:end -->"
+if TYPE_CHECKING:  # pandas is imported only where the split is built
+    from .sequences import Split
+
 LABELS = {
     "semantic_id": "Generative, Semantic IDs",
     "random_id": "Generative, random IDs (same shape)",
@@ -139,7 +140,7 @@ def training_table(methods: dict[str, dict]) -> str:
 
 
 def report_section(report: dict) -> str:
-    """The markdown section for ``report.md`` (between markers, so a rerun replaces it)."""
+    """The markdown section of ``report.md`` for a ``retrieval/report.json``."""
     sp, st, sl = report["split"], report["settings"], report["slices"]
     if report["protocol"] == "temporal":
         how = (f"a global time split: the {sl['all']['events']:,} interactions from {sp['cutoff_utc']} on are the "
@@ -148,7 +149,7 @@ def report_section(report: dict) -> str:
     else:
         how = ("leave-one-out: each user's last movie is the test event, the one before the validation event, the "
                f"rest training (users with fewer than {sp['min_ratings']} ratings dropped)")
-    lines = [SECTION_START, "## Generative retrieval", "",
+    lines = ["## Generative retrieval", "",
              f"Next-movie prediction on **{report['dataset']}**, {sp['n_users']} users, {sp['n_interactions']:,} "
              f"ratings; {how}. {sl['all']['events']:,} test events of {sl['all']['users']} users: "
              f"{sl['warm']['events']:,} warm and {sl['cold']['events']:,} cold (the target has no training "
@@ -167,15 +168,5 @@ def report_section(report: dict) -> str:
               f"Recall@10 has not improved for {st['patience']} epochs and keeps its best epoch. "
               + ("No method recommends a movie the user has already rated. " if st["exclude_seen"] else
                  "Only the content baseline leaves out the user's rated movies. ") + "Wall time "
-              f"{report['wall_time_s'] / 60:.1f} min. Details: `retrieval/report.json`.", SECTION_END]
+              f"{report['wall_time_s'] / 60:.1f} min. Details: `retrieval/report.json`."]
     return "\n".join(lines) + "\n"
-
-
-def replace_section(text: str, section: str) -> str:
-    """``text`` with its retrieval section replaced by ``section`` (appended when it has none)."""
-    pattern = re.compile(re.escape(SECTION_START) + r".*?" + re.escape(SECTION_END) + r"\n?", re.S)
-    if pattern.search(text):
-        return pattern.sub(lambda _: section, text, count=1)
-    return (text.rstrip("\n") + "\n\n" if text.strip() else "") + section
-
-

@@ -7,6 +7,8 @@ and markedly stronger (Klenitskiy & Vasilev, 2023, "Turning Dross Into Gold Loss
 really better than SASRec?"), so the baseline is not a straw man. Ranking is over all movies.
 
 Shapes: B batch, M history length, N movies, d model width.
+
+May import: torch and retrieval.generative (pure model math).
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ order is reproducible; a movie rated twice counts once, at its first rating):
 
 Only movies that have a Semantic ID can be targets, so ratings of other movies are removed first
 (and counted) -- every method sees the same sequences and the same events.
+
+May import: errors; numpy and pandas.
 """
 
 from __future__ import annotations

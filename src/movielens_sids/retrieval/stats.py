@@ -11,6 +11,8 @@ resampled with all their events (a cluster bootstrap); ``unit="event"`` resample
 A paired difference resamples the *same* units for both methods, so what they share cancels.
 Its two-sided p-value is the share of bootstrap differences, shifted to a zero mean, that are at
 least as far from zero as the observed one (with the usual +1 so it is never exactly 0).
+
+May import: numpy only.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ level ``l`` has one node per distinct SID prefix of length ``l`` (node ids follo
 order) and one edge per distinct prefix of length ``l + 1``; the edges of a node are contiguous
 and sorted by token, so an edge's id is also the id of the child node it leads to. The edges of
 the last level lead to items.
+
+May import: errors; torch and numpy.
 """
 
 from __future__ import annotations
