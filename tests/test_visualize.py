@@ -92,6 +92,20 @@ def test_page_is_self_contained_and_escapes_titles(mapped):
     assert np.isfinite(data["x"]).all() and len(set(data["tokens"][0])) == 6
 
 
+def test_every_drawn_code_has_a_label_on_the_map_and_in_the_hover(mapped):
+    run_dir, _ = mapped
+    data = _payload((run_dir / "visualization.html").read_text(encoding="utf-8"))
+    first = set(data["tokens"][0])
+    assert {int(c) for c in data["labels"]} == first and all(data["labels"].values())
+    pairs = {f"{a},{b}" for a, b in zip(data["tokens"][0], data["tokens"][1])}
+    assert set(data["labels2"]) == pairs
+    centres = data["centres"]
+    assert len(centres["x"]) == len(centres["y"]) == len(centres["text"]) == len(first)
+    assert all(t.startswith("a_") for t in centres["text"])
+    # Labels are made from titles too: escaped like them.
+    assert "<img" not in json.dumps(data["labels"]) + json.dumps(data["labels2"])
+
+
 def test_umap_coordinates_are_cached(mapped, monkeypatch):
     run_dir, _ = mapped
     before = _payload((run_dir / "visualization.html").read_text())
@@ -265,6 +279,8 @@ def test_map_draws_in_headless_chromium_offline(mapped, tmp_path):
         })()""")
         assert state == {"points": N, "canvases": state["canvases"], "webglNote": False, "pwned": False}
         assert state["canvases"] >= 1
+        names = _evaluate(cdp, session, "window.sidMap.plot._fullData[3].text.length")
+        assert names == len(set(window_l1 := _evaluate(cdp, session, "window.sidMap.data.l1"))) and window_l1
         shot = base64.b64decode(cdp.send("Page.captureScreenshot", {"format": "png"}, session=session)["data"])
         (tmp_path / "map.png").write_bytes(shot)
         assert _coloured_pixels(shot) > 300, "no coloured points were drawn (see map.png)"

@@ -36,7 +36,7 @@ import numpy as np
 
 from . import metrics
 from .errors import SidsError
-from .io import atomic_path, file_hash, parquet_metadata, read_parquet, write_json, write_text
+from .io import atomic_path, file_hash, parquet_metadata, read_parquet, write_json, write_parquet, write_text
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -50,6 +50,8 @@ HELP = "write report.json and report.md (SPEC section 4); --compare RUN_DIR... p
 
 K_NEIGHBORS = 10
 """The k of every neighbour metric in the report (the SPEC's keys say ``_at_10``)."""
+K_MUTUAL = 5
+"""The k of the mutual k-NN pairs of the ``coherence`` key."""
 DEFAULT_PROBES = ("Matrix, The (1999)", "Toy Story (1995)", "Godfather, The (1972)", "Pulp Fiction (1994)")
 """The original project's four probe movies."""
 CACHE_DIR = ".cache"
@@ -589,6 +591,7 @@ def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None) -
             "first_token_lift": ftm / rnd if rnd > 0 else None,
             "shared_prefix_histogram": shared_hist.tolist(),
         },
+        "coherence": metrics.prefix_coherence(final, emb_nn, K_MUTUAL),
         "genre_purity_level1": purity,
         "genre_purity_level1_baseline": purity_base,
         "level1_majority_genres": majority_genres,
@@ -629,6 +632,9 @@ def evaluate_stage(run_dir: Path, cfg: Config, *, tokenizer: Any = None) -> dict
     ecfg: EvaluateConfig = cfg.evaluate
     inp = load_inputs(run_dir, tokenizer)  # validates everything before anything is written
     report, chart_data = build_report(inp, ecfg, cache_dir=(run_dir / CACHE_DIR) if ecfg.cache else None)
+    from .labels import LABELS_FILE, labels_markdown, labels_table, run_labels
+
+    labels = run_labels(run_dir)  # names for the codes (labels.py), before anything is written
     recorded = stage_seconds(run_dir)
     timings = {s: recorded.get(s) for s in ("catalog", "embed", "train", "assign")}
     timings.update({s: v for s, v in recorded.items() if s not in timings and s != "evaluate"})
@@ -641,7 +647,8 @@ def evaluate_stage(run_dir: Path, cfg: Config, *, tokenizer: Any = None) -> dict
     report["timings_s"] = timings
     report["charts"] = charts
     write_json(run_dir / "report.json", report)
-    markdown = render_markdown(report, title=run_dir.name)
+    write_parquet(run_dir / LABELS_FILE, labels_table(labels))
+    markdown = render_markdown(report, title=run_dir.name, labels=labels_markdown(labels))
     # Keep the section `retrieval` added (its own report.json says which SIDs it measured).
     start, end = "<!-- retrieval:start -->", "<!-- retrieval:end -->"
     old_md = run_dir / "report.md"
@@ -686,7 +693,21 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def render_markdown(r: dict[str, Any], *, title: str) -> str:
+def coherence_markdown(c: dict[str, Any]) -> str:
+    """The ``coherence`` section: mutual k-NN pairs that keep a shared prefix, against random pairs."""
+    def lift(a: float, b: float) -> str:
+        return f"{a / b:.1f}x" if b > 0 else "–"
+
+    return (f"Over the {c['pairs']:,} mutual {c['k']}-nearest-neighbour pairs in embedding space (each movie "
+            f"among the other's {c['k']} nearest): the share that keep a shared SID prefix.\n\n"
+            + _md_table(["prefix", "mutual neighbours", "random pairs", "lift"], [
+                ["first token", _fmt(c["first_token"]), _fmt(c["random_first_token"], 5),
+                 lift(c["first_token"], c["random_first_token"])],
+                ["first two tokens", _fmt(c["first_two_tokens"]), _fmt(c["random_first_two_tokens"], 5),
+                 lift(c["first_two_tokens"], c["random_first_two_tokens"])]]))
+
+
+def render_markdown(r: dict[str, Any], *, title: str, labels: str | None = None) -> str:
     """The human-readable report: tables, the charts next to it, and the probe tables."""
     nb, col, rec, dd = r["neighbors"], r["collisions"], r["reconstruction"], r["dedup"]
     out = [f"# Evaluation report: {title}\n\n",
@@ -711,6 +732,12 @@ def render_markdown(r: dict[str, Any], *, title: str) -> str:
         ["largest collision group", _fmt(col["max_group_size"]), "movies sharing one raw code tuple"],
         ["unique after dedup", _fmt(col["unique_fraction_after_dedup"]), "movies with a SID of their own"],
     ]))
+    if "coherence" in r:
+        out.append("\n## Prefix coherence\n\n")
+        out.append(coherence_markdown(r["coherence"]))
+    if labels:
+        out.append("\n## What the codes hold\n\n")
+        out.append(labels)
     out.append("\n## Codes per level\n\n")
     out.append(_md_table(["level", "utilization", "perplexity", "perplexity / K"], [
         [i + 1, _fmt(u), _fmt(p, 1), _fmt(p / r["codebook_size"], 3)]
@@ -779,6 +806,10 @@ _COMPARE_ROWS: list[tuple[str, tuple[Any, ...], int]] = [
     ("random first-token match", ("neighbors", "random_first_token_match"), 0),
     ("first-token lift", ("neighbors", "first_token_lift"), +1),
     ("genre purity (level 1)", ("genre_purity_level1",), +1),
+    ("coherence: first token", ("coherence", "first_token"), +1),
+    ("coherence: first two tokens", ("coherence", "first_two_tokens"), +1),
+    ("coherence: random first token", ("coherence", "random_first_token"), 0),
+    ("coherence: random first two", ("coherence", "random_first_two_tokens"), 0),
     ("dedup: movies moved", ("dedup", "n_changed_codes"), 0),
     ("dedup: movies suffixed", ("dedup", "n_suffixed"), 0),
     ("overlap@10 raw codes", ("dedup", "overlap_at_10_raw"), +1),

@@ -480,8 +480,10 @@ def export_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
     pretty = f"MovieLens {_dataset_name(prov)} Semantic IDs ({cfg.experiment})"
     with atomic_dir(run_dir / "dataset") as tmp:
         shards = write_shards(table, tmp, shard_size_mb=ecfg.shard_size_mb)
+        from .labels import labels_card, labels_for_run
+
         write_text(tmp / "README.md", dataset_card(table, prov, model_repo=model_repo, pretty_name=pretty,
-                                                   n_shards=len(shards)))
+                                                   n_shards=len(shards)) + labels_card(labels_for_run(run_dir)))
     write_text(run_dir / "model" / "README.md",
                model_card(prov, model_repo=model_repo, dataset_repo=dataset_repo, revision=revision))
     result: dict[str, Any] = {"rows": table.num_rows, "columns": table.column_names, "shards": len(shards)}

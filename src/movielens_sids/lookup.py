@@ -309,10 +309,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
+    from .labels import labels_for_run, prefix_lines
+    from .sid import parse_sid_prefix
+
+    named: list[str] = []  # the labels of the movie's / the prefix's codes (labels.py)
     if args.movie is not None:
         records, extra = [lookup_movie(run_dir, args.movie)], []
+        labels = labels_for_run(run_dir)
+        named = prefix_lines(labels, records[0]["semantic_id"][:2])
+        records[0]["labels"] = {labels[p]["sid_prefix"]: labels[p]["label"] for p in
+                                (tuple(records[0]["semantic_id"][:d]) for d in (1, 2)) if p in labels}
     elif args.sid is not None:
-        records, extra = lookup_prefix(run_dir, args.sid, limit=args.limit), []
+        under = lookup_prefix(run_dir, args.sid)
+        records, extra = under[:args.limit] if args.limit is not None else under, []
+        named = prefix_lines(labels_for_run(run_dir), parse_sid_prefix(args.sid)[:2]) if under else []
+        named.append(f"{len(under):,} movies under {args.sid}, {len(records):,} shown")
     else:
         records, extra = neighbors(run_dir, args.neighbors, k=args.k), ["shared_prefix", "distance"]
     if args.json:
@@ -321,5 +332,5 @@ def command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     elif not records:
         print(f"no movies under SID prefix {args.sid}", file=sys.stderr)
     else:
-        print(_table(records, extra))
+        print("\n".join([*named, ""]) + _table(records, extra) if named else _table(records, extra))
     return 0

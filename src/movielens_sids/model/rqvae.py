@@ -232,7 +232,7 @@ class ResidualQuantizer(nn.Module):
     """
 
     def __init__(self, *, levels: int, codebook_size: int, dim: int, gradient: str = "rotation",
-                 dead_code_window: int = 20, beam_width: int = 1) -> None:
+                 dead_code_window: int = 20, beam_width: int = 1, prototypes: int = 0) -> None:
         super().__init__()
         self.gradient = gradient
         self.dead_code_window = dead_code_window
@@ -243,12 +243,35 @@ class ResidualQuantizer(nn.Module):
         self.register_buffer("idle_steps", torch.zeros(levels, codebook_size, dtype=torch.long))  # (L, K)
         # Added to each code's squared distance when assigning (a power diagram); 0 = nearest code.
         self.register_buffer("code_bias", torch.zeros(levels, codebook_size))  # (L, K)
+        if prototypes:  # the first level by nearest prototype (``groups.py``; RQVAEConfig.group_weight)
+            self.register_buffer("prototypes", torch.zeros(prototypes, dim))  # (M, H)
+            self.register_buffer("prototype_codes", torch.arange(prototypes) % codebook_size)  # (M,)
+
+    @property
+    def grouped(self) -> bool:
+        """Whether the first code is the code of the nearest prototype (else the nearest code + bias)."""
+        return hasattr(self, "prototypes")
+
+    def first_level_table(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What the first code is chosen among: points (P, H), their biases (P,) and the code each
+        stands for (P,): the prototypes when ``grouped``, else the level-1 codes themselves."""
+        if self.grouped:
+            return self.prototypes, self.prototypes.new_zeros(len(self.prototypes)), self.prototype_codes
+        k = self.codebooks.shape[1]
+        return self.codebooks[0], self.code_bias[0], torch.arange(k, device=self.codebooks.device)
+
+    def first_codes(self, z: torch.Tensor) -> torch.Tensor:
+        """Level-1 codes of latents z (B, H) -> (B,) int64."""
+        if self.grouped:
+            return self.prototype_codes[nearest_code(z, self.prototypes)]
+        return nearest_code(z, self.codebooks[0], self.code_bias[0])
 
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
-        """Residual assignment: level 1 by ``nearest_code`` (with the biases), levels 2..L greedily or, with
+        """Residual assignment: level 1 by ``first_codes`` (nearest code with the biases, or nearest
+        prototype), levels 2..L greedily or, with
         ``beam_width`` > 1, jointly by ``beam_search``. z: (B, H) -> codes (B, L) int64."""
         cbs, bias = self.codebooks, self.code_bias
-        first = nearest_code(z, cbs[0], bias[0])  # (B,)
+        first = self.first_codes(z)  # (B,)
         residual = z - cbs[0][first]
         if len(cbs) == 1:
             return first[:, None]
@@ -315,14 +338,23 @@ class ResidualQuantizer(nn.Module):
 
     @torch.no_grad()
     def init_codebooks(self, z: torch.Tensor, *, iters: int, clip_quantile: float = 1.0, balance: float = 0.0,
-                       generator: torch.Generator | None = None) -> None:
+                       group_weight: float = 0.0, generator: torch.Generator | None = None) -> None:
         """Residual k-means on latents z (N, H): level l's codes are the centroids of level l's residuals.
 
         From level 2 on, residuals longer than the ``clip_quantile`` quantile of their norms are shortened
         to it for the fit (not for the assignment), so that outliers do not pull codes off the dense core.
+        When ``grouped``, level 1 is instead a neighbour-aware balanced partition with its prototypes
+        (``groups.fit_first_level``; ``group_weight`` prices split neighbours) and each level-1 code is the
+        mean of the latents its prototypes take.
         """
         residual = z
         for level in range(self.codebooks.shape[0]):
+            if level == 0 and self.grouped:
+                from .groups import fit_first_level  # groups builds on this module's k-means
+
+                first = fit_first_level(self, z, weight=group_weight, iters=iters, generator=generator)
+                residual = residual - self.codebooks[0][first]
+                continue
             fit = residual
             if level > 0 and clip_quantile < 1.0:
                 norms = residual.norm(dim=1)  # (N,)
@@ -360,6 +392,8 @@ class ResidualQuantizer(nn.Module):
             return 0
         batch = residuals.shape[1]
         for level in torch.nonzero(dead.any(1)).flatten().tolist():
+            if level == 0 and self.grouped:  # prototypes choose level 1: a moved code would stay unused
+                continue
             slots = torch.nonzero(dead[level]).flatten()
             pick = torch.randint(batch, (len(slots),), generator=generator, device="cpu").to(codes.device)
             self.codebooks[level, slots] = residuals[level, pick]
@@ -469,7 +503,9 @@ class RQVAE(PretrainedMixin, nn.Module):
             self.decoder = mlp([h, *reversed(config.hidden_dims), d])  # H -> ... -> D
         self.quantizer = ResidualQuantizer(levels=config.levels, codebook_size=config.codebook_size, dim=h,
                                            gradient=config.gradient, dead_code_window=config.dead_code_window,
-                                           beam_width=config.beam_width)
+                                           beam_width=config.beam_width,
+                                           prototypes=config.codebook_size * config.group_prototypes
+                                           if config.group_weight > 0 else 0)
 
     @property
     def codebooks(self) -> torch.Tensor:
@@ -520,7 +556,8 @@ class RQVAE(PretrainedMixin, nn.Module):
             x = x[torch.randperm(x.shape[0], generator=generator)[: self.config.kmeans_max_points].to(x.device)]
         z = torch.cat([self.encode(chunk) for chunk in x.split(batch_size)])  # (N, H)
         self.quantizer.init_codebooks(z, iters=self.config.kmeans_iters, clip_quantile=self.config.kmeans_clip_quantile,
-                                      balance=self.config.balance, generator=generator)
+                                      balance=self.config.balance, group_weight=self.config.group_weight,
+                                      generator=generator)
         if self.config.refine_rounds:
             self.quantizer.refine_codebooks(z, rounds=self.config.refine_rounds)
 
