@@ -19,12 +19,15 @@ Shapes: N movies, D embedding dim, T SID tokens per movie.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.parquet"
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -228,9 +231,18 @@ def labels_markdown(labels: list[dict[str, Any]], *, children: int = 3) -> str:
 
 def labels_for_run(run_dir: Path) -> dict[tuple[int, ...], dict[str, Any]]:
     """The run folder's labels by prefix: ``labels.parquet`` when evaluate wrote it for these SIDs, else
-    made now (`run_labels`)."""
+    made now (`run_labels`); empty when the folder lacks what they are made from (a lookup needs only
+    the catalog and the SIDs, so it goes on without names)."""
+    from .errors import SidsError
+
     labels = read_labels(run_dir)
-    return by_prefix(labels if labels is not None else run_labels(run_dir))
+    if labels is None:
+        try:
+            labels = run_labels(run_dir)
+        except SidsError as e:
+            log.info("no code labels: %s", e)
+            return {}
+    return by_prefix(labels)
 
 
 def prefix_lines(labels: dict[tuple[int, ...], dict[str, Any]], prefix: tuple[int, ...] | list[int]) -> list[str]:
