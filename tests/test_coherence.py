@@ -126,3 +126,20 @@ def test_ungrouped_models_have_no_prototypes_and_reseed_skips_a_grouped_level_on
     assert torch.equal(q.codebooks[0], before)
     with pytest.raises(ValueError, match="model.group_weight"):
         RQVAEConfig(group_weight=-1)
+
+
+def test_a_model_folder_written_before_groups_loads_as_ungrouped(tmp_path):
+    import json
+
+    x = chains(n_groups=24)
+    torch.manual_seed(0)
+    tok = RQVAE(RQVAEConfig(input_dim=x.shape[1], hidden_dims=[16], levels=2, codebook_size=8, kmeans_iters=5))
+    tok.init_codebooks(torch.from_numpy(x), generator=torch.Generator().manual_seed(0))
+    save_pretrained(tok, tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    for key in ("group_weight", "group_prototypes"):
+        del meta["config"][key]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    back = load_tokenizer(tmp_path / "m")
+    z = torch.from_numpy(x)
+    assert not back.quantizer.grouped and torch.equal(back.quantize(back.encode(z)), tok.quantize(tok.encode(z)))
