@@ -314,8 +314,10 @@ def test_map_draws_in_headless_chromium_offline(mapped, tmp_path):
         (tmp_path / "map-cluster.png").write_bytes(shot2)
         assert 0 < _coloured_pixels(shot2) < _coloured_pixels(shot)
         a5 = data_l1(cdp, session, 5)
-        assert _evaluate(cdp, session, "window.sidMap.find('fast &').then(gd => gd.data[2].text)") == [
-            f"<b>Fast &amp; Furious</b> (1965)<br>Drama, Sci-Fi<br>&lt;a_{a5}&gt;&lt;b_5&gt;&lt;c_5&gt;"]
+        found = _evaluate(cdp, session, "window.sidMap.find('fast &').then(gd => gd.data[2].text)")
+        labels = _evaluate(cdp, session, f"[window.sidMap.data.labels[{a5}], window.sidMap.data.labels2['{a5},5']]")
+        assert found == [f"<b>Fast &amp; Furious</b> (1965)<br>Drama, Sci-Fi<br>&lt;a_{a5}&gt;&lt;b_5&gt;&lt;c_5&gt;"
+                         f"<br><i>a_{a5}: {labels[0]}</i><br><i>b_5: {labels[1]}</i>"] and all(labels)
 
         alerts = _evaluate(cdp, session, "window.__alerts")
         assert alerts == []
