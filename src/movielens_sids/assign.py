@@ -151,7 +151,8 @@ def fast_codes(tok, x: np.ndarray, *, device=None, batch_size: int = 16384,
                margin: float = MARGIN) -> tuple[np.ndarray, np.ndarray]:
     """The tokenizer's codes in float32 on its device, and which rows were close calls.
 
-    Same rule as ``tok.quantize`` (level 1 the nearest code with its bias; levels 2..L greedily or by
+    Same rule as ``tok.quantize`` (level 1 the nearest code with its bias, or the nearest prototype's
+    code when the quantizer is grouped; levels 2..L greedily or by
     a beam of ``tok.beam_width``). A row is a close call ("unsure") when some decision was within
     ``margin * scale`` of going the other way: the runner-up code at a greedy step (``scale =
     ||r||^2 + max ||c||^2 + max |bias|`` of that level), or the runner-up final path of the beam or

@@ -56,7 +56,8 @@ class RQVAEConfig:
     (``quantize``, beam included): each code becomes the mean of what the other levels leave."""
     beam_width: int = 1
     """Levels 2..L are encoded jointly by a beam search of this width, minimising the final error
-    (plus the codes' biases); level 1 stays the nearest code, so the first token keeps its meaning.
+    (plus the codes' biases); level 1 keeps its own rule (nearest code, or nearest prototype when
+    grouped), so the first token keeps its meaning.
     1: greedy, level by level."""
     group_weight: float = 0.0
     """Keep tight groups of movies under one first token: the price the level-1 fit pays for every
