@@ -1,7 +1,9 @@
 """Tokenizers side by side on the same vectors, in one process: training time and every quality metric.
 
 Rows:
-  (a) rqvae-best   the RQ-VAE with the recommended 3 x 256 settings (the ``ml-32m`` preset)
+  (a) rqvae-best   the RQ-VAE with the recommended 3 x 256 settings (the ``ml-32m`` preset, or ``--preset``)
+  (a'') rqvae-grouped  the same plus ``--group-set`` (default: the grouped first level,
+                   ``model.group_weight=4``, and ``model.balance=1.0``)
   (a') rqvae-tiger  the RQ-VAE on a 32-d MLP latent (the ``tiger`` preset)
   (b) rqkmeans     residual k-means on FAISS, 3 x 256
   (c) faiss-rq     ``faiss.ResidualQuantizer`` 3 x 256 (8 bits), its default beam
@@ -14,7 +16,9 @@ seeds, so single-seed comparisons at that distance are noise.
 Metrics (``movielens_sids.metrics``) on every movie: relative MSE and mean cosine of the
 reconstruction, per-level utilization and perplexity, unique fraction before dedup and the largest
 collision group, the share of each movie's 10 nearest embedding neighbours that share its first
-token against the same rate for random pairs, and their ratio (lift).
+token against the same rate for random pairs, and their ratio (lift); prefix coherence: over the
+mutual 5-NN pairs, the share that share the first token (coh L1) and the first two (coh L2), beside
+the same for random pairs (on the raw codes, before the IDs are made unique).
 
 Usage:
     python benchmarks/tokenizer_bench.py --embeddings runs/ml-32m/embeddings.parquet [more fallbacks: x.npy]
@@ -36,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from movielens_sids import metrics as M
 from movielens_sids.artifacts import read_embeddings
@@ -46,8 +51,8 @@ from movielens_sids.stages.train import fit_rqvae, tokenize
 log = logging.getLogger("benchmark")
 
 # The preset each RQ-VAE row trains with (its model and train sections, as `movielens-sids train` would).
-PRESETS: dict[str, str] = {"rqvae-best": "ml-32m", "rqvae-tiger": "tiger", "seed": "seed"}
-ROWS = ["faiss-rq", "rqvae-best", "rqkmeans", "seed", "rqvae-tiger"]
+PRESETS: dict[str, str] = {"rqvae-best": "ml-32m", "rqvae-grouped": "ml-32m", "rqvae-tiger": "tiger", "seed": "seed"}
+ROWS = ["faiss-rq", "rqvae-best", "rqvae-grouped", "rqkmeans", "seed", "rqvae-tiger"]
 
 
 def load_vectors(paths: list[Path]) -> tuple[np.ndarray, Path]:
@@ -59,9 +64,10 @@ def load_vectors(paths: list[Path]) -> tuple[np.ndarray, Path]:
     sys.exit(f"none of the embeddings files exist: {', '.join(map(str, paths))}")
 
 
-def run_rqvae(x: np.ndarray, name: str, seed: int, max_epochs: int | None = None
+def run_rqvae(x: np.ndarray, name: str, seed: int, max_epochs: int | None = None, extra: dict | None = None
               ) -> tuple[np.ndarray, np.ndarray, float, dict]:
-    over = {"train.seed": seed, "train.progress_bar": False, "train.accelerator": "cpu", "train.devices": "1"}
+    over = {"train.seed": seed, "train.progress_bar": False, "train.accelerator": "cpu", "train.devices": "1",
+            **(extra or {})}
     if max_epochs:
         over["train.max_epochs"] = max_epochs
     cfg = load_config(PRESETS[name], over)
@@ -75,29 +81,38 @@ def run_rqvae(x: np.ndarray, name: str, seed: int, max_epochs: int | None = None
                                    "codebook_size": cfg.model.codebook_size}
 
 
-def run_rqkmeans(x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, float, dict]:
+def run_rqkmeans(x: np.ndarray, seed: int, levels: int = 3, k: int = 256) -> tuple[np.ndarray, np.ndarray, float, dict]:
     t0 = time.perf_counter()
-    tok = RQKMeans.fit(x, RQKMeansConfig(input_dim=x.shape[1], levels=3, codebook_size=256), seed=seed)
+    tok = RQKMeans.fit(x, RQKMeansConfig(input_dim=x.shape[1], levels=levels, codebook_size=k), seed=seed)
     seconds = time.perf_counter() - t0
     codes, x_hat = tokenize(tok, x)
-    return codes, x_hat, seconds, {}
+    return codes, x_hat, seconds, {"codebook_size": k}
 
 
-def run_faiss_rq(x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, float, dict]:
+def run_faiss_rq(x: np.ndarray, seed: int, levels: int = 3, k: int = 256) -> tuple[np.ndarray, np.ndarray, float, dict]:
     import faiss
 
-    rq = faiss.ResidualQuantizer(x.shape[1], 3, 8)  # 3 levels x 2^8 codes, default beam
+    rq = faiss.ResidualQuantizer(x.shape[1], levels, int(np.log2(k)))  # L levels x K = 2^bits codes, default beam
     rq.cp.seed = seed
     t0 = time.perf_counter()
     rq.train(x)
     seconds = time.perf_counter() - t0
     packed = rq.compute_codes(x)  # (N, 3) bytes: one 8-bit code per level
-    codes = packed[:, :3].astype(np.int64)
-    return codes, rq.decode(packed), seconds, {"max_beam_size": int(rq.max_beam_size)}
+    codes = _unpack(packed, levels, int(np.log2(k)))
+    return codes, rq.decode(packed), seconds, {"max_beam_size": int(rq.max_beam_size), "codebook_size": k}
+
+
+def _unpack(packed: np.ndarray, levels: int, bits: int) -> np.ndarray:
+    """(N, bytes) FAISS codes, packed little-endian bit by bit -> (N, L) int64."""
+    bitstream = np.unpackbits(packed, axis=1, bitorder="little")  # (N, 8 bytes)
+    weights = 1 << np.arange(bits)
+    cols = [bitstream[:, lv * bits:(lv + 1) * bits] @ weights for lv in range(levels)]
+    return np.stack(cols, axis=1).astype(np.int64)
 
 
 def measure(x: np.ndarray, codes: np.ndarray, x_hat: np.ndarray, k: int, neighbors: np.ndarray) -> dict:
     col = M.collision_stats(codes)
+    coh = M.prefix_coherence(codes, neighbors, 5)
     ftm = M.first_token_match(codes, neighbors)
     rnd = M.random_first_token_match(codes)
     return {
@@ -105,6 +120,8 @@ def measure(x: np.ndarray, codes: np.ndarray, x_hat: np.ndarray, k: int, neighbo
         "utilization": M.utilization(codes, k), "perplexity": M.perplexity(codes, k),
         "unique_fraction_before_dedup": col["unique_fraction"], "max_group_size": col["max_group_size"],
         "first_token_match_at_10": ftm, "random_first_token_match": rnd, "lift": ftm / max(rnd, 1e-12),
+        "coherence": coh, "coh_l1": coh["first_token"], "coh_l2": coh["first_two_tokens"],
+        "coh_random_l1": coh["random_first_token"], "coh_random_l2": coh["random_first_two_tokens"],
     }
 
 
@@ -116,8 +133,8 @@ def _mean_std(values: list) -> tuple:
 def table(results: dict[str, list[dict]]) -> str:
     """One row per tokenizer: means over seeds, ``± std`` where there are several."""
     head = ("| tokenizer | L x K | seeds | train s | rel. MSE | cosine | utilization | perplexity | unique "
-            "| max group | 1st-token@10 | random | lift |")
-    lines = [head, "|" + " --- |" * 13]
+            "| max group | 1st-token@10 | random | lift | coh L1 | coh L2 | random L1 | random L2 |")
+    lines = [head, "|" + " --- |" * 17]
 
     def cell(runs: list[dict], key: str, fmt: str) -> str:
         m, sd = _mean_std([r[key] for r in runs])
@@ -132,7 +149,8 @@ def table(results: dict[str, list[dict]]) -> str:
             f"| {' / '.join(f'{u:.3f}' for u in util)} | {' / '.join(f'{q:.0f}' for q in ppl)} "
             f"| {cell(runs, 'unique_fraction_before_dedup', '.4f')} | {max(r['max_group_size'] for r in runs)} "
             f"| {cell(runs, 'first_token_match_at_10', '.4f')} | {cell(runs, 'random_first_token_match', '.5f')} "
-            f"| {cell(runs, 'lift', '.1f')} |")
+            f"| {cell(runs, 'lift', '.1f')} | {cell(runs, 'coh_l1', '.3f')} | {cell(runs, 'coh_l2', '.3f')} "
+            f"| {cell(runs, 'coh_random_l1', '.4f')} | {cell(runs, 'coh_random_l2', '.5f')} |")
     return "\n".join(lines)
 
 
@@ -145,6 +163,12 @@ def main() -> None:
     p.add_argument("--single-seed-rows", default="seed,rqvae-tiger",
                    help="rows that run with the first seed only (the slow ones not compared in the acceptance)")
     p.add_argument("--max-epochs", type=int, default=None, help="cap the RQ-VAE rows' epochs (quick runs)")
+    p.add_argument("--preset", default="ml-32m", help="the preset of rqvae-best and rqvae-grouped (e.g. demo)")
+    p.add_argument("--group-set", action="append", default=None, metavar="KEY=VALUE",
+                   help="settings of rqvae-grouped on top of --set (repeatable; default model.group_weight=4 "
+                        "and model.balance=1.0)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="another setting for both rqvae-best and rqvae-grouped (repeatable)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N movies (quick runs)")
     p.add_argument("--out", type=Path, help="also write the results as JSON")
     p.add_argument("--neighbors", type=Path, help="cache of the exact 10-NN (.npy): read if present, else written")
@@ -171,29 +195,38 @@ def main() -> None:
         if args.neighbors:
             np.save(args.neighbors, neighbors)
     seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+    PRESETS["rqvae-best"] = PRESETS["rqvae-grouped"] = args.preset
+    base = load_config(args.preset).model
+    shape = (base.levels, base.codebook_size)  # rqkmeans and faiss-rq: the preset's L x K
+    common = {k.strip(): yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    grouped = {k.strip(): yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in
+               (args.group_set or ["model.group_weight=4", "model.balance=1.0"]))}
+    extras = {"rqvae-best": common, "rqvae-grouped": {**common, **grouped}}
     single = {r.strip() for r in args.single_seed_rows.split(",") if r.strip()}
     results: dict[str, list[dict]] = {}
     for name in rows:
         for seed in (seeds[:1] if name in single else seeds):
             if name == "rqkmeans":
-                codes, x_hat, seconds, extra = run_rqkmeans(x, seed)
+                codes, x_hat, seconds, extra = run_rqkmeans(x, seed, *shape)
             elif name == "faiss-rq":
-                codes, x_hat, seconds, extra = run_faiss_rq(x, seed)
+                codes, x_hat, seconds, extra = run_faiss_rq(x, seed, *shape)
             elif name in PRESETS:
-                codes, x_hat, seconds, extra = run_rqvae(x, name, seed, args.max_epochs)
+                codes, x_hat, seconds, extra = run_rqvae(x, name, seed, args.max_epochs, extras.get(name))
             else:
                 sys.exit(f"unknown row {name!r}; rows: {', '.join(ROWS)}")
             k = extra.pop("codebook_size", 256)
             r = {"seed": seed, "shape": f"{codes.shape[1]} x {k}", "train_seconds": seconds, **extra,
                  **measure(x, codes, x_hat, k, neighbors)}
             results.setdefault(name, []).append(r)
-            log.info("%s seed %d: %.1fs, relative MSE %.4f, unique %.4f, lift %.1f", name, seed, seconds,
-                     r["relative_mse"], r["unique_fraction_before_dedup"], r["lift"])
+            log.info("%s seed %d: %.1fs, relative MSE %.4f, unique %.4f, lift %.1f, coherence L1 %.3f L2 %.3f, "
+                     "perplexity %s", name, seed, seconds, r["relative_mse"], r["unique_fraction_before_dedup"],
+                     r["lift"], r["coh_l1"], r["coh_l2"], [round(v) for v in r["perplexity"]])
     print(f"\n{len(x)} movies, {x.shape[1]}-d vectors from {source}; one process, torch threads "
           f"{torch.get_num_threads()}\n")
     print(table(results))
     if args.out:
         args.out.write_text(json.dumps({"source": str(source), "n": len(x), "presets": PRESETS, "seeds": seeds,
+                                        "extra_settings": extras,
                                         "max_epochs": args.max_epochs, "results": results}, indent=2, default=float))
 
 

@@ -94,6 +94,21 @@ def test_page_is_self_contained_and_escapes_titles(mapped):
     assert np.isfinite(data["x"]).all() and len(set(data["tokens"][0])) == 6
 
 
+@pytest.mark.slow  # the mapped fixture runs UMAP
+def test_every_drawn_code_has_a_label_on_the_map_and_in_the_hover(mapped):
+    run_dir, _ = mapped
+    data = _payload((run_dir / "visualization.html").read_text(encoding="utf-8"))
+    first = set(data["tokens"][0])
+    assert {int(c) for c in data["labels"]} == first and all(data["labels"].values())
+    pairs = {f"{a},{b}" for a, b in zip(data["tokens"][0], data["tokens"][1])}
+    assert set(data["labels2"]) == pairs
+    centres = data["centres"]
+    assert len(centres["x"]) == len(centres["y"]) == len(centres["text"]) == len(first)
+    assert all(t.startswith("a_") for t in centres["text"])
+    # Labels are made from titles too: escaped like them.
+    assert "<img" not in json.dumps(data["labels"]) + json.dumps(data["labels2"])
+
+
 @pytest.mark.slow
 def test_umap_coordinates_are_cached(mapped, monkeypatch):
     run_dir, _ = mapped
@@ -268,6 +283,8 @@ def test_map_draws_in_headless_chromium_offline(mapped, tmp_path):
         })()""")
         assert state["points"] == N and state["canvases"] >= 1, state
         assert state["webglNote"] is False and state["pwned"] is False, state
+        names = _evaluate(cdp, session, "window.sidMap.plot._fullData[3].text.length")
+        assert names == len(set(window_l1 := _evaluate(cdp, session, "window.sidMap.data.l1"))) and window_l1
         shot = base64.b64decode(cdp.send("Page.captureScreenshot", {"format": "png"}, session=session)["data"])
         (tmp_path / "map.png").write_bytes(shot)
         assert _coloured_pixels(shot) > 300, "no coloured points were drawn (see map.png)"
@@ -301,8 +318,10 @@ def test_map_draws_in_headless_chromium_offline(mapped, tmp_path):
         (tmp_path / "map-cluster.png").write_bytes(shot2)
         assert 0 < _coloured_pixels(shot2) < _coloured_pixels(shot)
         a5 = data_l1(cdp, session, 5)
-        assert _evaluate(cdp, session, "window.sidMap.find('fast &').then(gd => gd.data[2].text)") == [
-            f"<b>Fast &amp; Furious</b> (1965)<br>Drama, Sci-Fi<br>&lt;a_{a5}&gt;&lt;b_5&gt;&lt;c_5&gt;"]
+        found = _evaluate(cdp, session, "window.sidMap.find('fast &').then(gd => gd.data[2].text)")
+        labels = _evaluate(cdp, session, f"[window.sidMap.data.labels[{a5}], window.sidMap.data.labels2['{a5},5']]")
+        assert found == [f"<b>Fast &amp; Furious</b> (1965)<br>Drama, Sci-Fi<br>&lt;a_{a5}&gt;&lt;b_5&gt;&lt;c_5&gt;"
+                         f"<br><i>a_{a5}: {labels[0]}</i><br><i>b_5: {labels[1]}</i>"] and all(labels)
 
         alerts = _evaluate(cdp, session, "window.__alerts")
         assert alerts == []

@@ -27,12 +27,14 @@ from .data import registry
 from .data.fetch import DATA_DIR_ENV, MD5_ENV, bundled_path, fetch_dataset
 from .errors import SidsError
 from .io import run_lock
+from .labels import labels_for_run, prefix_lines
 from .lookup import lookup_movie, lookup_prefix, neighbors, render_table
 from .reports.markdown import compare_runs
 from .retrieval.config import METHODS as RETRIEVAL_METHODS
 from .retrieval.report import markdown_table, paired_table
 from .retrieval.stage import retrieval_stage
 from .settings import OFFLINE_MODEL
+from .sid import parse_sid_prefix
 
 log = logging.getLogger("movielens_sids")
 
@@ -297,10 +299,18 @@ def lookup_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def lookup_command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
+    named: list[str] = []  # the labels of the movie's / the prefix's codes (labels.py)
     if args.movie is not None:
         records, extra = [lookup_movie(run_dir, args.movie)], []
+        labels = labels_for_run(run_dir)
+        named = prefix_lines(labels, records[0]["semantic_id"][:2])
+        records[0]["labels"] = {labels[p]["sid_prefix"]: labels[p]["label"] for p in
+                                (tuple(records[0]["semantic_id"][:d]) for d in (1, 2)) if p in labels}
     elif args.sid is not None:
-        records, extra = lookup_prefix(run_dir, args.sid, limit=args.limit), []
+        under = lookup_prefix(run_dir, args.sid)
+        records, extra = under[:args.limit] if args.limit is not None else under, []
+        named = prefix_lines(labels_for_run(run_dir), parse_sid_prefix(args.sid)[:2]) if under else []
+        named.append(f"{len(under):,} movies under {args.sid}, {len(records):,} shown")
     else:
         records, extra = neighbors(run_dir, args.neighbors, k=args.k), ["shared_prefix", "distance"]
     if args.json:
@@ -309,7 +319,8 @@ def lookup_command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     elif not records:
         print(f"no movies under SID prefix {args.sid}", file=sys.stderr)
     else:
-        print(render_table(records, extra))
+        table = render_table(records, extra)
+        print("\n".join([*named, ""]) + table if named else table)
     return 0
 
 

@@ -139,3 +139,62 @@ def tokenizer_metrics(x: np.ndarray, x_hat: np.ndarray, codes: np.ndarray, codeb
         "unique_fraction": col["unique_fraction"],
         "max_group_size": col["max_group_size"],
     }
+
+
+def mutual_pairs(neighbors: np.ndarray, k: int) -> np.ndarray:
+    """The mutual k-nearest-neighbour pairs: i and j each among the other's k nearest.
+
+    Args:
+        neighbors: (N, k') int neighbour indices, nearest first, k' >= k (e.g. from `knn`).
+        k: how many of the nearest count.
+
+    Returns:
+        (P, 2) int64 pairs ``(i, j)`` with ``i < j``, sorted; each mutual pair once.
+    """
+    nbrs = np.asarray(neighbors, dtype=np.int64)[:, :k]  # (N, k)
+    if nbrs.shape[1] < k:
+        raise ValueError(f"mutual_pairs needs at least k={k} neighbours per row, got {nbrs.shape[1]}")
+    i = np.repeat(np.arange(len(nbrs)), k)  # (N k,)
+    j = nbrs.reshape(-1)
+    keep = (i < j) & (nbrs[j] == i[:, None]).any(axis=1)  # j lists i too; each pair once
+    return np.stack([i[keep], j[keep]], axis=1)
+
+
+def prefix_pair_rate(codes: np.ndarray, depth: int) -> float:
+    """Probability that two distinct random movies share their first ``depth`` codes (exact, from the
+    prefix counts: sum c (c - 1) / (N (N - 1))). codes: (N, >= depth)."""
+    codes = np.ascontiguousarray(np.asarray(codes, dtype=np.int64)[:, :depth])
+    _, counts = np.unique(codes, axis=0, return_counts=True)
+    counts = counts.astype(np.float64)
+    n = counts.sum()
+    return float((counts * (counts - 1)).sum() / max(n * (n - 1), 1.0))
+
+
+def prefix_coherence(codes: np.ndarray, neighbors: np.ndarray, k: int = 5) -> dict[str, float | int]:
+    """Do tight groups in embedding space keep a shared SID prefix? Over the mutual k-NN pairs, the
+    share whose first token agrees and whose first two tokens agree, beside the same shares for two
+    random movies (`prefix_pair_rate`).
+
+    Args:
+        codes: (N, L) codes (L >= 2 for the two-token share; with L = 1 it equals the first).
+        neighbors: (N, k') embedding neighbours, nearest first, k' >= k.
+        k: the k of the mutual k-NN pairs.
+
+    Returns:
+        ``k``, ``pairs`` (how many mutual pairs), ``first_token``, ``first_two_tokens``,
+        ``random_first_token``, ``random_first_two_tokens``.
+    """
+    codes = np.asarray(codes, dtype=np.int64)
+    pairs = mutual_pairs(neighbors, k)
+    two = min(2, codes.shape[1])
+    a, b = codes[pairs[:, 0]], codes[pairs[:, 1]]  # (P, L)
+    same = np.cumprod(a[:, :two] == b[:, :two], axis=1)  # (P, two): the first d tokens agree
+    share = same.mean(axis=0) if len(pairs) else np.zeros(two)
+    return {
+        "k": int(k),
+        "pairs": int(len(pairs)),
+        "first_token": float(share[0]),
+        "first_two_tokens": float(share[-1]),
+        "random_first_token": prefix_pair_rate(codes, 1),
+        "random_first_two_tokens": prefix_pair_rate(codes, two),
+    }

@@ -74,7 +74,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           inputs=("embeddings.parquet", *MODEL_FILES), outputs=("sids.parquet",)),
     Stage("evaluate", evaluate.evaluate_stage, ("evaluate",),
           inputs=("catalog.parquet", "embeddings.parquet", "sids.parquet", *MODEL_FILES),
-          outputs=("report.json", "report.md")),
+          outputs=("report.json", "report.md", "labels.parquet")),
     Stage("export", export.export_stage, ("export",),
           inputs=("catalog.parquet", "embeddings.parquet", "sids.parquet", "report.json", *MODEL_FILES),
           outputs=("dataset",)),

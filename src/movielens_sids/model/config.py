@@ -58,8 +58,18 @@ class RQVAEConfig:
     (``quantize``, beam included): each code becomes the mean of what the other levels leave."""
     beam_width: int = 1
     """Levels 2..L are encoded jointly by a beam search of this width, minimising the final error
-    (plus the codes' biases); level 1 stays the nearest code, so the first token keeps its meaning.
+    (plus the codes' biases); level 1 keeps its own rule (nearest code, or nearest prototype when
+    grouped), so the first token keeps its meaning.
     1: greedy, level by level."""
+    group_weight: float = 0.0
+    """Keep tight groups of movies under one first token: the price the level-1 fit pays for every
+    split pair of embedding neighbours, in units of the mean squared distance to the nearest code
+    (``model/groups.py``: a balanced partition with a Potts neighbour term, then ``group_prototypes``
+    prototypes per code; a movie's first code is that of its nearest prototype). Level 1 is then fully
+    balanced whatever ``balance`` says (it still shapes levels 2..L). 0: the plain power diagram."""
+    group_prototypes: int = 32
+    """Prototypes per level-1 code when ``group_weight`` > 0 (more: the rule follows the partition more
+    closely, at K x this many distances per movie for level 1)."""
 
     def __post_init__(self) -> None:
         for name in ("input_dim", "latent_dim", "levels", "codebook_size", "kmeans_iters", "kmeans_max_points",
@@ -80,6 +90,10 @@ class RQVAEConfig:
             raise ValueError(f"model.refine_rounds: must be >= 0, got {self.refine_rounds}")
         if not 0.0 <= self.balance <= 1.0:
             raise ValueError(f"model.balance: must be in [0, 1], got {self.balance}")
+        if self.group_weight < 0:
+            raise ValueError(f"model.group_weight: must be >= 0, got {self.group_weight}")
+        if int(self.group_prototypes) < 1:
+            raise ValueError(f"model.group_prototypes: must be >= 1, got {self.group_prototypes}")
         if self.dead_code_window < 0:
             raise ValueError(f"model.dead_code_window: must be >= 0, got {self.dead_code_window}")
         self.hidden_dims = [int(h) for h in self.hidden_dims]

@@ -22,7 +22,7 @@ a 32-d MLP latent cannot reach the reconstruction of 3 x 256 residual k-means on
 since 32 principal components alone leave 54% of the variance), and ``identity`` (the original's
 design: quantize the raw vector).
 
-May import: torch and model.config, nothing else (pure math).
+May import: torch, model.config and model.kmeans; model.groups on first use (pure math).
 """
 
 from __future__ import annotations
@@ -34,27 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import RQVAEConfig
+from .kmeans import balanced_kmeans, kmeans, nearest_code, sinkhorn_bias  # noqa: F401 (also re-exported)
 
 # ---------------------------------------------------------------------------------------------------
 # k-means, for the codebook initialisation
-
-
-def nearest_code(x: torch.Tensor, codebook: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Index of the nearest code (squared L2, plus the code's bias if given) for each row; distances by
-    one matrix product.
-
-    Args:
-        x: (B, H) vectors.
-        codebook: (K, H) codes.
-        bias: (K,) added to each code's squared distance (a power diagram; see ``RQVAEConfig.balance``).
-
-    Returns:
-        (B,) int64 indices.
-    """
-    # ||x - e||^2 = ||x||^2 - 2 x.e + ||e||^2; ||x||^2 is the same for every code, so it is dropped.
-    const = (codebook * codebook).sum(1) if bias is None else (codebook * codebook).sum(1) + bias  # (K,)
-    dist = torch.addmm(const[None, :], x, codebook.T, alpha=-2.0)  # (B, K)
-    return dist.argmin(dim=1)
 
 
 class Beam(NamedTuple):
@@ -109,93 +92,6 @@ def beam_search(residual: torch.Tensor, codebooks: torch.Tensor, bias: torch.Ten
     return Beam(paths[:, 0], close)
 
 
-def kmeans(x: torch.Tensor, k: int, *, iters: int = 20, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Lloyd's k-means from k distinct random points (as FAISS does); seeded, deterministic on CPU.
-
-    A cluster that empties during the iterations takes the point farthest from its centroid, so all k
-    centroids stay on data.
-
-    Args:
-        x: (N, H) points, N >= k.
-        k: number of centroids.
-        iters: Lloyd iterations.
-        generator: the random source of the starting points.
-
-    Returns:
-        (k, H) centroids.
-    """
-    n = x.shape[0]
-    if n < k:
-        raise ValueError(f"k-means needs at least k={k} points, got {n}")
-    centroids = x[torch.randperm(n, generator=generator)[:k].to(x.device)].clone()  # (K, H)
-    for _ in range(iters):
-        assign = nearest_code(x, centroids)  # (N,)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, x)  # (K, H)
-        counts = torch.bincount(assign, minlength=k).to(x.dtype)  # (K,)
-        empty = counts == 0
-        centroids = torch.where(empty[:, None], centroids, sums / counts.clamp_min(1)[:, None])
-        if empty.any():
-            err = ((x - centroids[assign]) ** 2).sum(1)  # (N,)
-            far = err.topk(int(empty.sum())).indices
-            centroids[empty] = x[far]
-    return centroids
-
-
-def sinkhorn_bias(dist: torch.Tensor, eps: float, iters: int = 50, init: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-code biases b such that assigning each row to argmin_k dist + b gives (nearly) uniform code
-    usage: the dual potentials of entropic semi-discrete optimal transport to the uniform distribution
-    (Cuturi 2013), by fixed-point iterations on the codes' side.
-
-    Args:
-        dist: (N, K) squared distances. eps: entropic temperature, in the units of dist.
-        init: (K,) biases to start from (a warm start).
-
-    Returns:
-        (K,) biases with mean 0.
-    """
-    k = dist.shape[1]
-    b = dist.new_zeros(k) if init is None else init.clone()
-    for _ in range(iters):
-        usage = torch.softmax(-(dist + b) / eps, dim=1).mean(0)  # (K,)
-        b = b + eps * torch.log(usage.clamp_min(1e-12) * k)
-    return b - b.mean()
-
-
-def balanced_kmeans(x: torch.Tensor, k: int, *, iters: int, balance: float, rounds: int = 3,
-                    sample: int = 16384, generator: torch.Generator | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """k-means, then ``rounds`` of: biases towards uniform usage (``sinkhorn_bias`` on a seeded sample of
-    at most ``sample`` points, x ``balance``), reassign every point by ``nearest_code`` with the biases,
-    move each centroid to the mean of its points; the biases are fitted once more at the end.
-
-    Returns:
-        (k, H) centroids and (k,) biases (zeros when ``balance`` is 0).
-    """
-    centroids = kmeans(x, k, iters=iters, generator=generator)
-    bias = x.new_zeros(k)
-    if balance <= 0:
-        return centroids, bias
-    sub = x if len(x) <= sample else x[torch.randperm(len(x), generator=generator)[:sample].to(x.device)]
-    full = x.new_zeros(k)  # the unscaled potentials, warm-started round to round
-    for r in range(rounds + 1):
-        dist = ((sub * sub).sum(1, keepdim=True) + (centroids * centroids).sum(1)[None]
-                - 2 * sub @ centroids.T).clamp_min(0)  # (S, K)
-        eps = 0.02 * float(dist.min(dim=1).values.mean())  # 2% of the typical distance to the nearest code
-        full = sinkhorn_bias(dist, max(eps, 1e-12), iters=50 if r == 0 else 20, init=full)  # later rounds: warm
-        bias = balance * full
-        if r == rounds:
-            break
-        assign = nearest_code(x, centroids, bias)  # (N,)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
-        counts = torch.bincount(assign, minlength=k).to(x.dtype)
-        centroids = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centroids)
-    return centroids, bias
-
-
-# ---------------------------------------------------------------------------------------------------
-# The residual quantizer
-
-
 class QuantizerOutput(NamedTuple):
     quantized: torch.Tensor
     """(B, H) sum of the chosen codes; its gradient goes to the encoder (straight-through or rotated)."""
@@ -242,7 +138,7 @@ class ResidualQuantizer(nn.Module):
     """
 
     def __init__(self, *, levels: int, codebook_size: int, dim: int, gradient: str = "rotation",
-                 dead_code_window: int = 20, beam_width: int = 1) -> None:
+                 dead_code_window: int = 20, beam_width: int = 1, prototypes: int = 0) -> None:
         super().__init__()
         self.gradient = gradient
         self.dead_code_window = dead_code_window
@@ -253,12 +149,35 @@ class ResidualQuantizer(nn.Module):
         self.register_buffer("idle_steps", torch.zeros(levels, codebook_size, dtype=torch.long))  # (L, K)
         # Added to each code's squared distance when assigning (a power diagram); 0 = nearest code.
         self.register_buffer("code_bias", torch.zeros(levels, codebook_size))  # (L, K)
+        if prototypes:  # the first level by nearest prototype (``groups.py``; RQVAEConfig.group_weight)
+            self.register_buffer("prototypes", torch.zeros(prototypes, dim))  # (M, H)
+            self.register_buffer("prototype_codes", torch.arange(prototypes) % codebook_size)  # (M,)
+
+    @property
+    def grouped(self) -> bool:
+        """Whether the first code is the code of the nearest prototype (else the nearest code + bias)."""
+        return hasattr(self, "prototypes")
+
+    def first_level_table(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What the first code is chosen among: points (P, H), their biases (P,) and the code each
+        stands for (P,): the prototypes when ``grouped``, else the level-1 codes themselves."""
+        if self.grouped:
+            return self.prototypes, self.prototypes.new_zeros(len(self.prototypes)), self.prototype_codes
+        k = self.codebooks.shape[1]
+        return self.codebooks[0], self.code_bias[0], torch.arange(k, device=self.codebooks.device)
+
+    def first_codes(self, z: torch.Tensor) -> torch.Tensor:
+        """Level-1 codes of latents z (B, H) -> (B,) int64."""
+        if self.grouped:
+            return self.prototype_codes[nearest_code(z, self.prototypes)]
+        return nearest_code(z, self.codebooks[0], self.code_bias[0])
 
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
-        """Residual assignment: level 1 by ``nearest_code`` (with the biases), levels 2..L greedily or, with
+        """Residual assignment: level 1 by ``first_codes`` (nearest code with the biases, or nearest
+        prototype), levels 2..L greedily or, with
         ``beam_width`` > 1, jointly by ``beam_search``. z: (B, H) -> codes (B, L) int64."""
         cbs, bias = self.codebooks, self.code_bias
-        first = nearest_code(z, cbs[0], bias[0])  # (B,)
+        first = self.first_codes(z)  # (B,)
         residual = z - cbs[0][first]
         if len(cbs) == 1:
             return first[:, None]
@@ -325,14 +244,23 @@ class ResidualQuantizer(nn.Module):
 
     @torch.no_grad()
     def init_codebooks(self, z: torch.Tensor, *, iters: int, clip_quantile: float = 1.0, balance: float = 0.0,
-                       generator: torch.Generator | None = None) -> None:
+                       group_weight: float = 0.0, generator: torch.Generator | None = None) -> None:
         """Residual k-means on latents z (N, H): level l's codes are the centroids of level l's residuals.
 
         From level 2 on, residuals longer than the ``clip_quantile`` quantile of their norms are shortened
         to it for the fit (not for the assignment), so that outliers do not pull codes off the dense core.
+        When ``grouped``, level 1 is instead a neighbour-aware balanced partition with its prototypes
+        (``groups.fit_first_level``; ``group_weight`` prices split neighbours) and each level-1 code is the
+        mean of the latents its prototypes take.
         """
         residual = z
         for level in range(self.codebooks.shape[0]):
+            if level == 0 and self.grouped:
+                from .groups import fit_first_level  # groups builds on this module's k-means
+
+                first = fit_first_level(self, z, weight=group_weight, iters=iters, generator=generator)
+                residual = residual - self.codebooks[0][first]
+                continue
             fit = residual
             if level > 0 and clip_quantile < 1.0:
                 norms = residual.norm(dim=1)  # (N,)
@@ -370,6 +298,8 @@ class ResidualQuantizer(nn.Module):
             return 0
         batch = residuals.shape[1]
         for level in torch.nonzero(dead.any(1)).flatten().tolist():
+            if level == 0 and self.grouped:  # prototypes choose level 1: a moved code would stay unused
+                continue
             slots = torch.nonzero(dead[level]).flatten()
             pick = torch.randint(batch, (len(slots),), generator=generator, device="cpu").to(codes.device)
             self.codebooks[level, slots] = residuals[level, pick]
@@ -457,7 +387,9 @@ class RQVAE(nn.Module):
             self.decoder = mlp([h, *reversed(config.hidden_dims), d])  # H -> ... -> D
         self.quantizer = ResidualQuantizer(levels=config.levels, codebook_size=config.codebook_size, dim=h,
                                            gradient=config.gradient, dead_code_window=config.dead_code_window,
-                                           beam_width=config.beam_width)
+                                           beam_width=config.beam_width,
+                                           prototypes=config.codebook_size * config.group_prototypes
+                                           if config.group_weight > 0 else 0)
 
     @property
     def codebooks(self) -> torch.Tensor:
@@ -508,7 +440,8 @@ class RQVAE(nn.Module):
             x = x[torch.randperm(x.shape[0], generator=generator)[: self.config.kmeans_max_points].to(x.device)]
         z = torch.cat([self.encode(chunk) for chunk in x.split(batch_size)])  # (N, H)
         self.quantizer.init_codebooks(z, iters=self.config.kmeans_iters, clip_quantile=self.config.kmeans_clip_quantile,
-                                      balance=self.config.balance, generator=generator)
+                                      balance=self.config.balance, group_weight=self.config.group_weight,
+                                      generator=generator)
         if self.config.refine_rounds:
             self.quantizer.refine_codebooks(z, rounds=self.config.refine_rounds)
 

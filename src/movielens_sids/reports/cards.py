@@ -3,7 +3,8 @@
 Both are built from the run's provenance (what ``export`` read from the run folder) and the
 enriched table; nothing here reads or writes files.
 
-May import: nothing of the package; yaml and (for the features block) datasets, on first use.
+May import: labels (its file name), reports.markdown (its table helper); yaml and (for the features block)
+datasets, on first use.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
+
+from ..labels import LABELS_FILE
+from .markdown import _md_table
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +282,13 @@ MovieLens Datasets: History and Context. ACM TiiS 5, 4: 19:1-19:19. https://doi.
 """
 
 
-# ---------------------------------------------------------------------------------------------- stage
-
-
+def labels_card(labels: dict[tuple[int, ...], dict[str, Any]]) -> str:
+    """The dataset card's section naming every first token (level-2 labels stay in ``labels.parquet``)."""
+    first = [r for p, r in sorted(labels.items()) if len(p) == 1]
+    n2 = sum(len(p) == 2 for p in labels)
+    return ("\n## What the first tokens hold\n\nEach first SID token named from its movies: the genres and tags "
+            "most over-represented under it (by lift over the catalog), the 10th-90th percentile of its years, "
+            f"and the three titles nearest its mean embedding. The run folder's `{LABELS_FILE}` also names the "
+            f"{n2:,} second-level prefixes.\n\n"
+            + _md_table(["token", "movies", "label", "representative titles"],
+                        [[f"`{r['sid_prefix']}`", r["n_movies"], r["label"], "; ".join(r["titles"])] for r in first]))

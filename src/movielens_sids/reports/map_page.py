@@ -3,7 +3,8 @@
 plotly.js is inlined and nothing is fetched from the network (no CDN, no MathJax, no web fonts).
 Every string that comes from the data is HTML-escaped before plotly renders it.
 
-May import: errors; plotly (for its bundled plotly.js, imported on first use: it is large).
+May import: errors, labels (the map's label data); plotly (for its bundled plotly.js, imported on first use:
+it is large).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SidsError
+from ..labels import map_labels
 
 
 def palette(k: int) -> list[str]:
@@ -104,8 +106,10 @@ _PAGE = """<!DOCTYPE html>
   for (var i = 0; i < n; i++) {
     var sid = "";
     for (var p = 0; p < T && D.tokens[p][i] >= 0; p++) sid += "&lt;" + letters[p] + "_" + D.tokens[p][i] + "&gt;";
+    var named = D.labels[D.l1[i]] || "", named2 = T > 1 ? (D.labels2[D.l1[i] + "," + D.l2[i]] || "") : "";
     D.text[i] = "<b>" + D.title[i] + "</b>" + (D.year[i] === null ? "" : " (" + D.year[i] + ")") + "<br>" +
-                D.genres[D.genre[i]] + "<br>" + sid;
+                D.genres[D.genre[i]] + "<br>" + sid + (named ? "<br><i>a_" + D.l1[i] + ": " + named + "</i>" : "") +
+                (named2 ? "<br><i>b_" + D.l2[i] + ": " + named2 + "</i>" : "");
     D.search[i] = D.title[i].replace(/&lt;/g, "<").replace(/&gt;/g, ">").replace(/&amp;/g, "&").toLowerCase();
   }
   var scale = D.palette.map(function (c, i) { return [K > 1 ? i / (K - 1) : 0, c]; });
@@ -116,7 +120,7 @@ _PAGE = """<!DOCTYPE html>
   Object.keys(sizes).map(Number).sort(function (a, b) { return a - b; }).forEach(function (c) {
     var o = document.createElement("option");
     o.value = String(c);
-    o.textContent = "a_" + c + " (" + sizes[c] + " movies)";
+    o.textContent = "a_" + c + " (" + sizes[c] + " movies)" + (D.labels[c] ? ": " + D.labels[c] : "");
     select.appendChild(o);
   });
   function pick(idx, arr) { return idx.map(function (i) { return arr[i]; }); }
@@ -131,6 +135,9 @@ _PAGE = """<!DOCTYPE html>
   var found = { type: "scattergl", mode: "markers", x: [], y: [], text: [], hovertemplate: hover,
                 showlegend: false, name: "found",
                 marker: { symbol: "star", size: 16, color: "#111", line: { color: "#fff", width: 1 } } };
+  // Each first token's label at the median of its movies on the map (tags decoded: textContent-like).
+  var names = { type: "scatter", mode: "text", x: D.centres.x, y: D.centres.y, text: D.centres.text,
+                textfont: { size: 11, color: "#111" }, hoverinfo: "skip", showlegend: false, name: "labels" };
   var layout = { margin: { l: 8, r: 8, t: 8, b: 8 }, hovermode: "closest", dragmode: "pan",
                  xaxis: { visible: false }, yaxis: { visible: false, scaleanchor: "x" },
                  plot_bgcolor: "#fff", paper_bgcolor: "#fff" };
@@ -158,7 +165,7 @@ _PAGE = """<!DOCTYPE html>
   }
   select.addEventListener("change", function () { selectCluster(Number(select.value)); });
   document.getElementById("find").addEventListener("change", function (e) { find(e.target.value); });
-  var ready = Plotly.newPlot(gd, [base, hi, found], layout,
+  var ready = Plotly.newPlot(gd, [base, hi, found, names], layout,
                              { responsive: true, displaylogo: false, scrollZoom: true, showLink: false,
                                showSendToCloud: false, modeBarButtonsToRemove: ["sendDataToCloud"],
                                toImageButtonOptions: { filename: "sid-map" } })
@@ -171,8 +178,10 @@ _PAGE = """<!DOCTYPE html>
 """
 
 
-def render_page(data: dict[str, Any], idx: np.ndarray, coords: np.ndarray, *, title: str, point_size: float) -> str:
-    """The self-contained HTML page for the movies ``idx`` at ``coords`` (N, 2)."""
+def render_page(data: dict[str, Any], idx: np.ndarray, coords: np.ndarray, *, title: str, point_size: float,
+                labels: dict[tuple[int, ...], dict[str, Any]] | None = None) -> str:
+    """The self-contained HTML page for the movies ``idx`` at ``coords`` (N, 2); ``labels`` by prefix
+    (``labels.py``) name the first tokens on the map and both levels in the hover."""
     from plotly.offline import get_plotlyjs
 
     k = int(data["tokens"][:, :2].max()) + 1
@@ -182,10 +191,11 @@ def render_page(data: dict[str, Any], idx: np.ndarray, coords: np.ndarray, *, ti
         **hover_fields(data, idx),
         "palette": palette(k),
         "size": point_size,
+        **map_labels(labels or {}, data["tokens"][idx], coords),
     }
     n_all = len(data["tokens"])
     shown = f"{len(idx):,} of {n_all:,} movies (sample)" if len(idx) < n_all else f"{n_all:,} movies"
-    subtitle = f"{shown}, UMAP of the embeddings; colour = first SID token; hover for title, genres and SID"
+    subtitle = f"{shown}, UMAP of the embeddings; colour = first SID token; hover for title, genres, SID and labels"
     plotlyjs = get_plotlyjs()
     if "</script" in plotlyjs.lower():  # never expected; it would end the inline script early
         raise SidsError("the installed plotly.js cannot be inlined safely")

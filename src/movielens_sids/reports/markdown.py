@@ -6,7 +6,7 @@ evaluation (``report.json``) and, when the run has one, the generative-retrieval
 its JSON report and calls ``write_page``. ``compare_runs`` writes the side-by-side table of several
 runs.
 
-May import: errors, io, retrieval.report (the benchmark's section renderer).
+May import: errors, io, labels (reads labels.parquet), retrieval.report (the benchmark's section renderer).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import SidsError
 from ..io import write_text
+from ..labels import LABELS_FILE, read_labels
 from ..retrieval.report import report_section as retrieval_section
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,39 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def render_markdown(r: dict[str, Any], *, title: str) -> str:
+def coherence_markdown(c: dict[str, Any]) -> str:
+    """The ``coherence`` section: mutual k-NN pairs that keep a shared prefix, against random pairs."""
+    def lift(a: float, b: float) -> str:
+        return f"{a / b:.1f}x" if b > 0 else "–"
+
+    return (f"Over the {c['pairs']:,} mutual {c['k']}-nearest-neighbour pairs in embedding space (each movie "
+            f"among the other's {c['k']} nearest): the share that keep a shared SID prefix.\n\n"
+            + _md_table(["prefix", "mutual neighbours", "random pairs", "lift"], [
+                ["first token", _fmt(c["first_token"]), _fmt(c["random_first_token"], 5),
+                 lift(c["first_token"], c["random_first_token"])],
+                ["first two tokens", _fmt(c["first_two_tokens"]), _fmt(c["random_first_two_tokens"], 5),
+                 lift(c["first_two_tokens"], c["random_first_two_tokens"])]]))
+
+
+def labels_markdown(labels: list[dict[str, Any]], *, children: int = 3) -> str:
+    """The report's table of level-1 codes: label, size, titles, and the largest level-2 codes under each."""
+    kids: dict[int, list[dict[str, Any]]] = {}
+    for r in labels:
+        if r["level"] == 2:
+            kids.setdefault(r["prefix"][0], []).append(r)
+    rows = []
+    for r in (r for r in labels if r["level"] == 1):
+        under = sorted(kids.get(r["prefix"][0], []), key=lambda c: (-c["n_movies"], c["prefix"]))[:children]
+        rows.append([f"`{r['sid_prefix']}`", r["n_movies"], r["label"], "; ".join(r["titles"]),
+                     "<br>".join(f"`{c['sid_prefix']}` {c['label']} ({c['n_movies']})" for c in under)])
+    return (f"Every first token, named from its movies (genres and tags by lift over the catalog, the 10th-90th "
+            f"percentile of years, the titles nearest its mean embedding); the largest {children} second-level "
+            f"codes under each. All {sum(r['level'] == 2 for r in labels):,} second-level labels are in "
+            f"`{LABELS_FILE}`.\n\n"
+            + _md_table(["code", "movies", "label", "representative titles", "largest codes under it"], rows))
+
+
+def render_markdown(r: dict[str, Any], *, title: str, labels: str | None = None) -> str:
     """The human-readable report: tables, the charts next to it, and the probe tables."""
     nb, col, rec, dd = r["neighbors"], r["collisions"], r["reconstruction"], r["dedup"]
     out = [f"# Evaluation report: {title}\n\n",
@@ -71,6 +104,12 @@ def render_markdown(r: dict[str, Any], *, title: str) -> str:
         ["largest collision group", _fmt(col["max_group_size"]), "movies sharing one raw code tuple"],
         ["unique after dedup", _fmt(col["unique_fraction_after_dedup"]), "movies with a SID of their own"],
     ]))
+    if "coherence" in r:
+        out.append("\n## Prefix coherence\n\n")
+        out.append(coherence_markdown(r["coherence"]))
+    if labels:
+        out.append("\n## What the codes hold\n\n")
+        out.append(labels)
     out.append("\n## Codes per level\n\n")
     out.append(_md_table(["level", "utilization", "perplexity", "perplexity / K"], [
         [i + 1, _fmt(u), _fmt(p, 1), _fmt(p / r["codebook_size"], 3)]
@@ -139,6 +178,10 @@ _COMPARE_ROWS: list[tuple[str, tuple[Any, ...], int]] = [
     ("random first-token match", ("neighbors", "random_first_token_match"), 0),
     ("first-token lift", ("neighbors", "first_token_lift"), +1),
     ("genre purity (level 1)", ("genre_purity_level1",), +1),
+    ("coherence: first token", ("coherence", "first_token"), +1),
+    ("coherence: first two tokens", ("coherence", "first_two_tokens"), +1),
+    ("coherence: random first token", ("coherence", "random_first_token"), 0),
+    ("coherence: random first two", ("coherence", "random_first_two_tokens"), 0),
     ("dedup: movies moved", ("dedup", "n_changed_codes"), 0),
     ("dedup: movies suffixed", ("dedup", "n_suffixed"), 0),
     ("overlap@10 raw codes", ("dedup", "overlap_at_10_raw"), +1),
@@ -217,7 +260,9 @@ def write_page(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     evaluation = _read_report(run_dir / "report.json")
     retrieval = _read_report(run_dir / "retrieval" / "report.json")
-    text = render_markdown(evaluation, title=run_dir.name) if evaluation is not None else ""
+    labels = read_labels(run_dir)
+    text = (render_markdown(evaluation, title=run_dir.name, labels=labels_markdown(labels) if labels else None)
+            if evaluation is not None else "")
     if retrieval is not None:
         section = retrieval_section(retrieval)
         text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + section.rstrip("\n") + "\n"

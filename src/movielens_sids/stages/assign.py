@@ -101,7 +101,8 @@ def fast_codes(tok, x: np.ndarray, *, device=None, batch_size: int = 16384,
                margin: float = MARGIN) -> tuple[np.ndarray, np.ndarray]:
     """The tokenizer's codes in float32 on its device, and which rows were close calls.
 
-    Same rule as ``tok.quantize`` (level 1 the nearest code with its bias; levels 2..L greedily or by
+    Same rule as ``tok.quantize`` (level 1 the nearest code with its bias, or the nearest prototype's
+    code when the quantizer is grouped; levels 2..L greedily or by
     a beam of ``tok.beam_width``). A row is a close call ("unsure") when some decision was within
     ``margin * scale`` of going the other way: the runner-up code at a greedy step (``scale =
     ||r||^2 + max ||c||^2 + max |bias|`` of that level), or the runner-up final path of the beam or
@@ -129,6 +130,11 @@ def fast_codes(tok, x: np.ndarray, *, device=None, batch_size: int = 16384,
     width = int(tok.beam_width)
     # Per level: max ||c||^2 + max |bias|, the code-side part of the scale the margin is relative to.
     code_scale = (cb * cb).sum(-1).max(dim=1).values + tok.code_bias.detach().float().abs().max(dim=1).values  # (L,)
+    # Level 1 is chosen among the quantizer's first-level table (its codes, or its prototypes when grouped).
+    pts, pbias, pcode = (t.detach() for t in tok.quantizer.first_level_table()) if hasattr(tok, "quantizer") \
+        else (cb[0], bias[0], torch.arange(cb.shape[1], device=cb.device))
+    pts, pbias = pts.float(), pbias.float()
+    first = (pts, (pts * pts).sum(-1) + pbias, (pts * pts).sum(-1).max() + pbias.abs().max(), pcode)
     n = len(x)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     codes_out = torch.empty(n, levels, dtype=torch.int64)
@@ -145,10 +151,13 @@ def fast_codes(tok, x: np.ndarray, *, device=None, batch_size: int = 16384,
                     r = z[c:c + CHUNK]  # (b, H)
                     flag = unsure[c:c + CHUNK]
                     for level in range(levels if width <= 1 else 1):
-                        d = torch.addmm(const[level][None, :], r, cb[level].T, alpha=-2.0)  # (b, K)
+                        points, pconst, pscale, pcode = first if level == 0 else (cb[level], const[level],
+                                                                                  code_scale[level], None)
+                        d = torch.addmm(pconst[None, :], r, points.T, alpha=-2.0)  # (b, K) or (b, P)
                         best, idx = d.min(dim=1)  # (b,)
-                        tol = margin * ((r * r).sum(1) + code_scale[level])  # (b,)
+                        tol = margin * ((r * r).sum(1) + pscale)  # (b,)
                         flag |= (d <= (best + tol)[:, None]).sum(1) > 1
+                        idx = idx if pcode is None else pcode[idx]
                         codes[c:c + CHUNK, level] = idx
                         r = r - cb[level][idx]
                     if width > 1 and levels > 1:

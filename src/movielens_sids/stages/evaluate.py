@@ -45,7 +45,8 @@ from ..artifacts import (
     stage_seconds,
 )
 from ..errors import SidsError
-from ..io import atomic_path, file_hash, write_json
+from ..io import atomic_path, file_hash, write_json, write_parquet
+from ..labels import LABELS_FILE, labels_table, run_labels
 from ..reports.charts import write_charts
 from ..reports.markdown import write_page
 from ..settings import EvaluateConfig
@@ -58,6 +59,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+K_MUTUAL = 5
+"""The k of the mutual k-NN pairs of the ``coherence`` key."""
 K_NEIGHBORS = 10
 """The k of every neighbour metric in the report (the SPEC's keys say ``_at_10``)."""
 CACHE_DIR = ".cache"
@@ -451,6 +454,7 @@ def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None) -
             "first_token_lift": ftm / rnd if rnd > 0 else None,
             "shared_prefix_histogram": shared_hist.tolist(),
         },
+        "coherence": metrics.prefix_coherence(final, emb_nn, K_MUTUAL),
         "genre_purity_level1": purity,
         "genre_purity_level1_baseline": purity_base,
         "level1_majority_genres": majority_genres,
@@ -489,6 +493,7 @@ def evaluate_stage(run_dir: Path, cfg: Config, *, tokenizer: Any = None) -> dict
     ecfg: EvaluateConfig = cfg.evaluate
     inp = load_inputs(run_dir, tokenizer)  # validates everything before anything is written
     report, chart_data = build_report(inp, ecfg, cache_dir=(run_dir / CACHE_DIR) if ecfg.cache else None)
+    labels = run_labels(run_dir)  # names for the codes (labels.py), before anything is written
     recorded = stage_seconds(run_dir, ["catalog", "embed", "train", "assign", "export", "visualize"])
     timings = {s: recorded.get(s) for s in ("catalog", "embed", "train", "assign")}
     timings.update({s: v for s, v in recorded.items() if s not in timings and s != "evaluate"})
@@ -499,6 +504,7 @@ def evaluate_stage(run_dir: Path, cfg: Config, *, tokenizer: Any = None) -> dict
     report["timings_s"] = timings
     report["charts"] = charts
     write_json(run_dir / "report.json", report)
+    write_parquet(run_dir / LABELS_FILE, labels_table(labels))
     write_page(run_dir)
     n = report["neighbors"]
     return {

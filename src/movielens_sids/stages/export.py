@@ -37,7 +37,8 @@ from ..artifacts import (
 )
 from ..errors import SidsError
 from ..io import atomic_dir, parquet_metadata, read_parquet, write_parquet, write_text
-from ..reports.cards import dataset_card, dataset_name, model_card
+from ..labels import labels_for_run
+from ..reports.cards import dataset_card, dataset_name, labels_card, model_card
 from ..settings import ExportConfig
 
 if TYPE_CHECKING:
@@ -160,7 +161,7 @@ def export_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
     with atomic_dir(run_dir / "dataset") as tmp:
         shards = write_shards(table, tmp, shard_size_mb=ecfg.shard_size_mb)
         write_text(tmp / "README.md", dataset_card(table, prov, model_repo=model_repo, pretty_name=pretty,
-                                                   n_shards=len(shards)))
+                                                   n_shards=len(shards)) + labels_card(labels_for_run(run_dir)))
     write_text(run_dir / "model" / "README.md",
                model_card(prov, model_repo=model_repo, dataset_repo=dataset_repo, revision=revision))
     result: dict[str, Any] = {"rows": table.num_rows, "columns": table.column_names, "shards": len(shards)}

@@ -33,6 +33,7 @@ import numpy as np
 from ..artifacts import check_same_movies, movielens_titles, read_catalog, read_embeddings, read_sids
 from ..errors import SidsError
 from ..io import atomic_path, file_hash, write_text
+from ..labels import labels_for_run
 from ..reports.map_page import render_page
 from ..settings import VisualizeConfig
 
@@ -154,6 +155,6 @@ def visualize_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
     coords, cached = cached_umap(data["x"], vcfg, emb_hash=file_hash(data["emb_path"]), idx=idx,
                                  cache_dir=(run_dir / CACHE_DIR) if vcfg.cache else None)
     page = render_page(data, idx, coords, title=f"Semantic IDs map: {run_dir.resolve().name}",
-                       point_size=vcfg.point_size)
+                       point_size=vcfg.point_size, labels=labels_for_run(run_dir))
     write_text(run_dir / "visualization.html", page)
     return {"n_points": int(len(idx)), "html_bytes": len(page.encode("utf-8")), "umap_cached": cached}

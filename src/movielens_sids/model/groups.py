@@ -1,0 +1,187 @@
+"""A first level that keeps tight groups together: a neighbour-aware balanced partition, and the
+prototypes that make it a rule for any vector.
+
+Pure torch, like the rest of the model. Used by ``ResidualQuantizer.init_codebooks`` when
+``RQVAEConfig.group_weight`` > 0.
+
+Why: a power diagram (nearest code plus a bias, the plain first level) cuts through tight groups of
+movies wherever a cell boundary happens to pass (The Matrix and its sequels, the parts of a
+franchise), and balancing the cells moves the boundaries into dense regions, where such groups are.
+Here the first level is fitted in two steps:
+
+1. ``neighbour_partition``: a balanced assignment of the fit vectors to K codes that pays a price
+   for every pair of neighbours it splits: iterated conditional modes on a Potts energy (Besag
+   1986) over the k-NN graph, ``||z_i - c_g(i)||^2 - weight * mean_d * (share of i's neighbour
+   weight already in code g(i))``, with per-code biases from entropic optimal transport (Sinkhorn)
+   keeping every code's share near 1/K, and the codes' centroids refitted after each sweep. Mutual
+   nearest neighbours (the tightest pairs) weigh more than one-sided ones.
+2. ``code_prototypes``: a few k-means prototypes inside each code. A movie's first code is the code
+   of its nearest prototype (a nearest-prototype classifier), so a new movie gets its first code
+   from its embedding alone, by the same rule as the movies the partition saw; the regions are
+   unions of small Voronoi cells and can follow the gaps between groups, which one convex cell per
+   code cannot.
+
+Shapes: N vectors, H latent dim, K codes, P prototypes per code, M = K * P prototypes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .kmeans import balanced_kmeans, kmeans, nearest_code, sinkhorn_bias
+
+
+def knn_graph(z: torch.Tensor, k: int, *, block: int = 4096) -> torch.Tensor:
+    """Exact k nearest neighbours by squared L2 distance (each row excluded from its own list).
+
+    Args:
+        z: (N, H) vectors, N > k.
+        k: neighbours per row.
+        block: rows scored at a time (memory: block x N distances).
+
+    Returns:
+        (N, k) int64 indices, nearest first.
+    """
+    n = z.shape[0]
+    sq = (z * z).sum(1)  # (N,)
+    out = torch.empty(n, k, dtype=torch.int64, device=z.device)
+    for s in range(0, n, block):
+        q = z[s:s + block]  # (B, H)
+        d = torch.addmm(sq[None, :], q, z.T, alpha=-2.0)  # (B, N), ||q||^2 dropped: same for a row
+        rows = torch.arange(s, s + len(q), device=z.device)
+        d[torch.arange(len(q), device=z.device), rows] = float("inf")
+        out[s:s + len(q)] = d.topk(k, dim=1, largest=False).indices
+    return out
+
+
+def neighbour_edges(nbrs: torch.Tensor, mutual_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The symmetric weighted edges of a k-NN graph: each one-sided edge 0.5 each way, a mutual pair
+    (each among the other's k nearest) ``mutual_weight`` more.
+
+    Args:
+        nbrs: (N, k) neighbour indices.
+
+    Returns:
+        sources (E,), targets (E,), weights (E,) float32.
+    """
+    n, k = nbrs.shape
+    i = torch.arange(n, device=nbrs.device).repeat_interleave(k)  # (N k,)
+    j = nbrs.reshape(-1)
+    mutual = (nbrs[j] == i[:, None]).any(1) & (i < j)  # each mutual pair once
+    mi, mj = i[mutual], j[mutual]
+    src = torch.cat([i, j, mi, mj])
+    dst = torch.cat([j, i, mj, mi])
+    w = torch.cat([torch.full((2 * len(i),), 0.5), torch.full((2 * len(mi),), float(mutual_weight))])
+    return src, dst, w.to(nbrs.device)
+
+
+def neighbour_partition(z: torch.Tensor, k: int, *, weight: float, neighbors: int = 5, mutual_weight: float = 4.0,
+                        iters: int = 40, kmeans_iters: int = 20, update_share: float = 0.3,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """A balanced assignment of z to k codes that pays for splitting neighbours (see the module doc).
+
+    Starts from balanced k-means; each sweep moves a seeded random ``update_share`` of the rows to
+    their cheapest code (moving all at once makes neighbours swap codes in step and oscillate). The
+    neighbour price ramps up over the first half of the sweeps, so the geometry sets the layout
+    before the groups pull it.
+
+    Args:
+        z: (N, H) vectors, N >= k.
+        k: codes.
+        weight: price of a row's whole neighbourhood lying in other codes, in units of the mean
+            squared distance to the nearest code (0: balanced k-means).
+        neighbors: k of the k-NN graph.
+        mutual_weight: extra weight of a mutual-neighbour pair.
+        iters: sweeps.
+        kmeans_iters: Lloyd iterations of the balanced k-means start.
+        update_share: share of rows that may move in a sweep.
+        generator: random source of the start and the sweeps.
+
+    Returns:
+        (N,) int64 codes.
+    """
+    n = z.shape[0]
+    centroids, bias = balanced_kmeans(z, k, iters=kmeans_iters, balance=1.0, generator=generator)  # (K, H), (K,)
+    codes = nearest_code(z, centroids, bias)  # (N,)
+    if weight <= 0 or n <= neighbors:
+        return codes
+    src, dst, w = neighbour_edges(knn_graph(z, neighbors), mutual_weight)
+    degree = torch.zeros(n, device=z.device).index_add_(0, src, w).clamp_min(1e-12)  # (N,)
+    scale = float(((z - centroids[codes]) ** 2).sum(1).mean())  # the mean squared distance to the code
+    full = None
+    for sweep in range(iters):
+        price = weight * scale * min(1.0, (sweep + 1) / max(1, iters // 2))
+        # share[i, c]: the share of i's neighbour weight now in code c
+        share = torch.zeros(n * k, device=z.device).index_add_(0, src * k + codes[dst], w).view(n, k)
+        share /= degree[:, None]
+        dist = ((z * z).sum(1, keepdim=True) + (centroids * centroids).sum(1)[None]
+                - 2 * z @ centroids.T).clamp_min(0)  # (N, K)
+        cost = dist - price * share  # (N, K)
+        eps = max(0.02 * float(dist.min(1).values.mean()), 1e-12)
+        full = sinkhorn_bias(cost, eps, iters=50 if full is None else 5, init=full)  # warm after the first sweep
+        best = (cost + full[None]).argmin(1)  # (N,)
+        move = torch.rand(n, generator=generator).to(z.device) < update_share
+        codes = torch.where(move, best, codes)
+        counts = torch.bincount(codes, minlength=k).to(z.dtype)
+        sums = torch.zeros_like(centroids).index_add_(0, codes, z)
+        centroids = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centroids)
+    return codes
+
+
+class Prototypes(NamedTuple):
+    points: torch.Tensor
+    """(M, H) prototype vectors, P per code, code by code."""
+    codes: torch.Tensor
+    """(M,) int64 the code each prototype stands for."""
+
+
+def code_prototypes(z: torch.Tensor, codes: torch.Tensor, k: int, per_code: int, *, iters: int = 20,
+                    generator: torch.Generator | None = None) -> Prototypes:
+    """``per_code`` k-means prototypes inside each code's rows (a code with fewer rows repeats them), so
+    that ``codes[nearest prototype]`` reproduces the partition for the rows it was fitted on and
+    extends it to any vector.
+
+    Args:
+        z: (N, H) vectors. codes: (N,) their codes in 0..k-1; every code must have a row.
+        k: codes. per_code: P.
+
+    Returns:
+        ``Prototypes`` with M = k * per_code rows.
+    """
+    points = []
+    for c in range(k):
+        rows = z[codes == c]  # (n_c, H)
+        if len(rows) == 0:
+            raise ValueError(f"code {c} has no rows to place prototypes on")
+        if len(rows) <= per_code:  # every row is a prototype; repeat to fill the code's P slots
+            points.append(rows[torch.arange(per_code, device=z.device) % len(rows)])
+        else:
+            points.append(kmeans(rows, per_code, iters=iters, generator=generator))
+    proto_codes = torch.arange(k, device=z.device).repeat_interleave(per_code)
+    return Prototypes(torch.cat(points), proto_codes)
+
+
+def fit_first_level(quantizer, z: torch.Tensor, *, weight: float, iters: int,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fit a grouped quantizer's level 1 on latents z (N, H): the partition, its prototypes (written
+    into ``quantizer.prototypes`` / ``prototype_codes``), and each code's vector as the mean of the
+    latents whose nearest prototype is one of its own (biases 0).
+
+    Returns:
+        (N,) the level-1 codes of z under the fitted rule (``quantizer.first_codes``).
+    """
+    k = quantizer.codebooks.shape[1]
+    per_code = len(quantizer.prototypes) // k
+    codes = neighbour_partition(z, k, weight=weight, kmeans_iters=iters, generator=generator)
+    protos = code_prototypes(z, codes, k, per_code, iters=iters, generator=generator)
+    quantizer.prototypes.copy_(protos.points)
+    quantizer.prototype_codes.copy_(protos.codes)
+    first = quantizer.first_codes(z)  # (N,) the rule, which may differ from the partition on a few rows
+    counts = torch.bincount(first, minlength=k).to(z.dtype)
+    sums = torch.zeros(k, z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, first, z)
+    proto_mean = protos.points.view(k, per_code, -1).mean(1)  # (K, H): for a code no row reached
+    quantizer.codebooks[0] = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], proto_mean)
+    quantizer.code_bias[0] = 0.0
+    return first

@@ -1,0 +1,146 @@
+"""Prefix coherence (metrics.prefix_coherence) and the grouped first level (model/groups.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from movielens_sids import metrics as M
+from movielens_sids.model import RQVAE, RQVAEConfig, load_tokenizer, save_pretrained
+from movielens_sids.model.groups import knn_graph, neighbour_partition
+from movielens_sids.settings import AssignConfig
+from movielens_sids.stages.assign import assign_sids, fast_codes
+
+
+def two_groups(n: int = 40, dim: int = 8, seed: int = 0) -> np.ndarray:
+    """Two tight groups of n // 2 unit vectors each, far apart."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(dim)[:2] * 10
+    x = centres[np.arange(n) % 2] + 0.01 * rng.normal(size=(n, dim))
+    return x.astype(np.float32)
+
+
+def test_mutual_pairs_match_brute_force():
+    x = np.random.default_rng(1).normal(size=(150, 6)).astype(np.float32)
+    nb = M.knn(x, 10)
+    want = {(min(i, j), max(i, j)) for i in range(len(x)) for j in nb[i, :5] if i in nb[j, :5]}
+    got = M.mutual_pairs(nb, 5)
+    assert {tuple(p) for p in got.tolist()} == want and len(got) == len(want)
+    assert (got[:, 0] < got[:, 1]).all()
+
+
+def test_two_tight_groups_keep_their_prefix_and_a_split_scores_lower():
+    x = two_groups()
+    nb = M.knn(x, 10)
+    group = np.arange(len(x)) % 2
+    together = np.stack([group, np.arange(len(x)) % 3], axis=1)  # first token = group
+    c = M.prefix_coherence(together, nb, 5)
+    assert c["first_token"] == 1.0 and c["pairs"] > 0 and c["k"] == 5
+    # Random pairs share a first token about half the time (two codes of 20 movies each).
+    assert c["random_first_token"] == pytest.approx(2 * 20 * 19 / (40 * 39))
+    split = together.copy()
+    split[:, 0] = group * 2 + (np.arange(len(x)) // 2) % 2  # each group cut in two first tokens
+    s = M.prefix_coherence(split, nb, 5)
+    assert s["first_token"] < 0.8 and s["first_token"] < c["first_token"]
+    assert s["first_two_tokens"] <= s["first_token"]
+
+
+def test_random_rate_is_the_exact_pair_probability():
+    codes = np.array([[0, 0], [0, 0], [0, 1], [1, 0]])
+    assert M.prefix_pair_rate(codes, 1) == pytest.approx(3 * 2 / (4 * 3))
+    assert M.prefix_pair_rate(codes, 2) == pytest.approx(2 / (4 * 3))
+
+
+def test_knn_graph_is_exact():
+    z = torch.randn(300, 5, generator=torch.Generator().manual_seed(0))
+    got = knn_graph(z, 4, block=64)
+    d = torch.cdist(z, z)
+    d.fill_diagonal_(float("inf"))
+    assert torch.equal(got, d.topk(4, largest=False).indices)
+
+
+def chains(n_groups: int = 60, dim: int = 6, noise: float = 0.15, seed: int = 0) -> np.ndarray:
+    """Many small groups of 2-8 movies: balanced cells must cut through some of them."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(2, 9, n_groups)
+    x = np.repeat(rng.normal(size=(n_groups, dim)), sizes, axis=0) + noise * rng.normal(size=(sizes.sum(), dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_neighbour_partition_keeps_groups_and_stays_balanced():
+    x = torch.from_numpy(chains())
+    nb = M.knn(x.numpy(), 10)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    plain = neighbour_partition(x, 16, weight=0.0, generator=gen()).numpy()
+    grouped = neighbour_partition(x, 16, weight=4.0, generator=gen()).numpy()
+    coh = lambda c: M.prefix_coherence(c[:, None], nb, 3)["first_token"]  # noqa: E731
+    assert coh(plain) < 0.95 and coh(grouped) > coh(plain) + 0.04
+    assert M.perplexity(grouped[:, None], 16)[0] > 0.85 * 16
+
+
+def grouped_model(x: np.ndarray, **kw) -> RQVAE:
+    torch.manual_seed(0)
+    cfg = RQVAEConfig(input_dim=x.shape[1], hidden_dims=[16], levels=2, codebook_size=8, kmeans_iters=5,
+                      encoder="residual", group_weight=4.0, group_prototypes=4, **kw)
+    tok = RQVAE(cfg).eval()
+    tok.init_codebooks(torch.from_numpy(x), generator=torch.Generator().manual_seed(0))
+    return tok
+
+
+def test_grouped_first_level_is_the_nearest_prototypes_code_and_survives_save_load(tmp_path):
+    x = chains(n_groups=24)
+    tok = grouped_model(x)
+    q = tok.quantizer
+    assert q.grouped and q.prototypes.shape == (8 * 4, x.shape[1])
+    z = tok.encode(torch.from_numpy(x))
+    codes = tok.quantize(z)
+    assert torch.equal(codes[:, 0], q.prototype_codes[torch.cdist(z, q.prototypes).argmin(1)])
+    assert len(codes[:, 0].unique()) == 8  # every first code used
+    save_pretrained(tok, tmp_path / "m")
+    back = load_tokenizer(tmp_path / "m")
+    assert back.quantizer.grouped and torch.equal(back.quantize(back.encode(torch.from_numpy(x))), codes)
+
+
+def test_assign_uses_the_grouped_rule(tmp_path):
+    x = chains(n_groups=24)
+    tok = grouped_model(x, beam_width=2)
+    codes, _ = fast_codes(tok, x)
+    with torch.no_grad():
+        want = tok.quantize(tok.encode(torch.from_numpy(x))).numpy()
+    assert np.array_equal(codes, want)
+    tokens, _ = assign_sids(tok, x, np.arange(len(x), dtype=np.int64) + 1, AssignConfig())
+    moved = (tokens[:, :2] != want).any(1)
+    assert (tokens[~moved, 0] == want[~moved, 0]).all() and moved.mean() < 0.5
+
+
+def test_ungrouped_models_have_no_prototypes_and_reseed_skips_a_grouped_level_one():
+    x = chains(n_groups=24)
+    plain = RQVAE(RQVAEConfig(input_dim=x.shape[1], levels=2, codebook_size=8))
+    assert not plain.quantizer.grouped and "quantizer.prototypes" not in plain.state_dict()
+    tok = grouped_model(x)
+    q = tok.quantizer
+    q.dead_code_window = 1
+    before = q.codebooks[0].clone()
+    codes = torch.zeros(4, 2, dtype=torch.long)  # only code 0 used: every other code is dead
+    q.reseed_dead_codes(codes, torch.randn(2, 4, x.shape[1]))
+    assert torch.equal(q.codebooks[0], before)
+    with pytest.raises(ValueError, match="model.group_weight"):
+        RQVAEConfig(group_weight=-1)
+
+
+def test_a_model_folder_written_before_groups_loads_as_ungrouped(tmp_path):
+    import json
+
+    x = chains(n_groups=24)
+    torch.manual_seed(0)
+    tok = RQVAE(RQVAEConfig(input_dim=x.shape[1], hidden_dims=[16], levels=2, codebook_size=8, kmeans_iters=5))
+    tok.init_codebooks(torch.from_numpy(x), generator=torch.Generator().manual_seed(0))
+    save_pretrained(tok, tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    for key in ("group_weight", "group_prototypes"):
+        del meta["config"][key]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    back = load_tokenizer(tmp_path / "m")
+    z = torch.from_numpy(x)
+    assert not back.quantizer.grouped and torch.equal(back.quantize(back.encode(z)), tok.quantize(tok.encode(z)))
