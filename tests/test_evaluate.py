@@ -341,13 +341,17 @@ def test_dedup_section_measures_what_moving_cost(run):
 
 def _retrieval_report() -> dict:
     """The smallest ``retrieval/report.json`` the retrieval section renders (one method, one seed)."""
-    scores = {"recall@5": 0.05, "recall@10": 0.1234, "ndcg@5": 0.03, "ndcg@10": 0.04}
-    return {"dataset": "ml-latest-small", "wall_time_s": 60.0, "semantic_vs_random": None,
-            "split": {"n_users": 10, "n_interactions": 100, "n_movies_rated": 50, "min_ratings": 5,
-                      "n_users_dropped_few_ratings": 0, "n_ratings_dropped_no_sid": 0, "n_movies_dropped_no_sid": 0},
-            "settings": {"seeds": [0], "d_model": 8, "n_layers": 1, "n_heads": 1, "max_history": 5, "beam_size": 4,
-                         "patience": 1, "max_epochs": 1},
-            "methods": {"semantic_id": {"mean": scores, "std": dict.fromkeys(scores, 0.0), "per_seed": {"0": scores}}}}
+    cell = {"mean": 0.1234, "ci_low": 0.1, "ci_high": 0.15}
+    per_slice = {s: {m: cell for m in ("recall@10", "ndcg@10")} for s in ("all", "warm", "cold")}
+    return {"dataset": "ml-latest-small", "protocol": "leave_one_out", "seeds": [0], "wall_time_s": 60.0,
+            "slices": {s: {"events": 10, "users": 10} for s in ("all", "warm", "cold")},
+            "split": {"n_users": 10, "n_interactions": 100, "min_ratings": 5},
+            "settings": {"seeds": [0], "d_model": 8, "n_layers": 1, "n_heads": 1, "max_history": 5, "beam_size": 50,
+                         "patience": 1, "exclude_seen": True, "bootstrap_samples": 100, "bootstrap_unit": "user"},
+            "methods": {"semantic_id": {**per_slice, "runs": [{"seed": 0, "epochs": 1, "best_epoch": 1,
+                                                                "stopped_by": "patience", "valid_curve": [0.1],
+                                                                "train_s": 1.0}]}},
+            "paired": {}}
 
 
 def test_report_md_is_one_page_from_the_json_reports(run):
@@ -356,12 +360,12 @@ def test_report_md_is_one_page_from_the_json_reports(run):
     run_dir, tok = run
     evaluate_stage(run_dir, _cfg(), tokenizer=tok)
     md = run_dir / "report.md"
-    assert "<!-- retrieval:start -->" not in md.read_text()
+    assert "## Generative retrieval" not in md.read_text()
     (run_dir / "retrieval").mkdir()
     (run_dir / "retrieval" / "report.json").write_text(json.dumps(_retrieval_report()))
-    md.write_text(md.read_text() + "\n<!-- retrieval:start -->\nstale\n<!-- retrieval:end -->\n")
+    md.write_text(md.read_text() + "\n## Generative retrieval\nstale\n")
     evaluate_stage(run_dir, _cfg(), tokenizer=tok)
     evaluate_stage(run_dir, _cfg(), tokenizer=tok)
     text = md.read_text()
-    assert text.count("<!-- retrieval:start -->") == 1 and "0.1234" in text and "stale" not in text
-    assert text.index("# Evaluation report") < text.index("<!-- retrieval:start -->")
+    assert text.count("## Generative retrieval") == 1 and "0.1234" in text and "stale" not in text
+    assert text.index("# Evaluation report") < text.index("## Generative retrieval")
