@@ -34,7 +34,7 @@ class RetrievalConfig:
     """leave_one_out: users with fewer ratings (of movies with a SID) are dropped."""
     max_users: int | None = None
     """Evaluate a seeded random sample of this many users (for ml-20m and larger); None keeps all."""
-    max_valid_events: int | None = 2000
+    max_valid_events: int | None = 1000
     """Validate on a seeded sample of this many validation events (None: all); early stopping watches them."""
     max_test_events: int | None = None
     """Score a seeded sample of this many test events (None: all); for ml-20m and larger."""
