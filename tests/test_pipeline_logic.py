@@ -32,6 +32,7 @@ def _fake(name: str, inputs: tuple[str, ...], outputs: tuple[str, ...], settings
 FAKES = {
     "catalog": lambda c: c.data.limit,
     "embed": lambda c: c.embed.model,
+    "collab": lambda c: c.collab.method,
     "train": lambda c: (c.model.levels, c.model.codebook_size),
     "assign": lambda c: c.assign,
     "evaluate": lambda c: c.evaluate,
@@ -94,7 +95,7 @@ def test_interrupted_run_continues_where_it_stopped(fake_stages, tmp_path):
     FAIL_AT["train"] = KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
         run(load_config("demo"), tmp_path / "r")
-    assert CALLS == ["catalog", "embed", "train"]
+    assert CALLS == ["catalog", "embed", "collab", "train"]
     FAIL_AT.clear()
     CALLS.clear()
     run(load_config("demo"), tmp_path / "r")

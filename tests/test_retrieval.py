@@ -412,6 +412,31 @@ def test_cli_end_to_end_writes_report_and_section(tmp_path, capsys, protocol):
     assert md.count("## Generative retrieval") == 1 and "hand edit" not in md and "cold" in md
 
 
+def test_compare_sids_are_trained_alike_and_paired_on_the_same_events(tmp_path, capsys):
+    ratings = synthetic_ratings(n_users=30)
+    ratings.assign(rating=4.0).rename(columns={"user_id": "userId", "movie_id": "movieId"})[
+        ["userId", "movieId", "rating", "timestamp"]].to_csv(tmp_path / "ratings.csv", index=False)
+    movies = np.unique(ratings.movie_id)
+    run, other = tmp_path / "run", tmp_path / "other"
+    for d, seed in ((run, 0), (other, 1)):
+        d.mkdir()
+        write_sids(d / "sids.parquet", movies, random_codes(synthetic_codes(len(movies)), seed))
+        write_embeddings(d / "embeddings.parquet", movies)
+    args = ["retrieval", "--run-dir", str(run), "--ratings", str(tmp_path / "ratings.csv"), "--seeds", "0",
+            "--methods", "semantic_id", "--max-epochs", "1", "--set", "retrieval.d_model=16",
+            "--set", "retrieval.max_history=6", "--set", "retrieval.bootstrap_samples=200",
+            "--set", "retrieval.test_fraction=0.3", "--set", f"retrieval.compare_sids=[{other}]"]
+    assert main(args) == 0
+    name = f"semantic_id@{other}"
+    report = json.loads((run / "retrieval" / "report.json").read_text())
+    assert set(report["methods"]) == {"semantic_id", name} and set(report["paired"]) == {name}
+    assert report["methods"][name]["runs"][0]["epochs"] == report["methods"]["semantic_id"]["runs"][0]["epochs"]
+    assert f"SIDs of {other}" in capsys.readouterr().out
+    write_sids(other / "sids.parquet", movies[:-1], synthetic_codes(len(movies) - 1))
+    assert main(args) == 2  # the other run lacks a movie: refused, nothing written
+    assert "lacks movies" in capsys.readouterr().err
+
+
 def test_cli_bad_input_changes_nothing(tmp_path, capsys):
     missing = tmp_path / "nope"
     assert main(["retrieval", "--run-dir", str(missing)]) == 2

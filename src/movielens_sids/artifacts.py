@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 CATALOG = "catalog.parquet"
 EMBEDDINGS = "embeddings.parquet"
 SIDS = "sids.parquet"
+COLLAB = "collab.parquet"
+COWATCH = "cowatch.parquet"
 MODEL = "model"
 MODEL_FILES = ("model/config.json", "model/model.safetensors")
 RECORDS = ".stages"
@@ -158,6 +160,48 @@ def read_embeddings(run_dir: Path) -> Embeddings:
         raise SidsError(f"{path}: NaN or infinite embeddings for {int(bad.sum())} movies (first movie_id "
                         f"{ids[np.argmax(bad)]}): run `movielens-sids embed` again")
     return Embeddings(ids, x, parquet_metadata(path).get("model"), path)
+
+
+# ---------------------------------------------------------------------------------------------- collab
+
+
+@dataclass
+class Collab:
+    """``collab.parquet``: a collaborative vector per catalog movie (zeros for a movie with no training
+    interaction), sorted by movie_id, and the split its training interactions came from."""
+
+    movie_ids: np.ndarray  # (N,) int64
+    vectors: np.ndarray  # (N, F) float32
+    counts: np.ndarray  # (N,) int64 training interactions of each movie (0: cold, its vector is zeros)
+    split: dict[str, Any]  # protocol, cut-offs, train_fingerprint (retrieval.sequences.train_fingerprint)
+    path: Path
+
+
+def read_collab(run_dir: Path) -> Collab | None:
+    """``collab.parquet`` validated (finite vectors, unique ids), or None when the run has none (content only)."""
+    path = Path(run_dir) / COLLAB
+    if not path.exists():
+        return None
+    table = sorted_by_id(read_parquet(path, "collab"))
+    require_columns(table, path, ("movie_id", "vector", "n_train"), "collab")
+    ids = movie_ids(table, path, "collab")
+    x = vector_matrix(table.column("vector"), str(path))
+    if not np.isfinite(x).all():
+        raise SidsError(f"{path}: NaN or infinite collaborative vectors: run `movielens-sids collab` again")
+    split = decoded_metadata(path).get("split")
+    if not isinstance(split, dict):
+        raise SidsError(f"{path} does not say which split it was built from: run `movielens-sids collab` again")
+    return Collab(ids, x, table.column("n_train").to_numpy().astype(np.int64), split, path)
+
+
+def read_cowatch(run_dir: Path) -> pa.Table | None:
+    """``cowatch.parquet`` (``movie_a``, ``movie_b``, ``users``: the most co-watched training pairs), or None."""
+    path = Path(run_dir) / COWATCH
+    if not path.exists():
+        return None
+    table = read_parquet(path, "collab")
+    require_columns(table, path, ("movie_a", "movie_b", "users"), "collab")
+    return table
 
 
 # ---------------------------------------------------------------------------------------------- SIDs

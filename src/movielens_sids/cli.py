@@ -106,6 +106,10 @@ FLAGS = _flags(
     Flag("--max-epochs", "train.max_epochs", "upper bound on epochs", type=int),
     Flag("--batch-size", "train.batch_size", "movies per step", type=int),
     Flag("--lr", "train.lr", "peak learning rate", type=float),
+    Flag("--collab-weight", "train.collab_weight", "weight of the co-watch term (0: content only)", type=float),
+    # collab
+    Flag("--method", "collab.method", "als (collaborative vectors from the ratings' training interactions) or none"),
+    Flag("--factors", "collab.factors", "dimension of the ALS item vectors", type=int),
     Flag("--seed", "train.seed", "seed of the split, init and weights", type=int),
     Flag("--levels", "model.levels", "L, residual levels", type=int),
     Flag("--codebook-size", "model.codebook_size", "K, codes per level", type=int),
@@ -234,9 +238,14 @@ def embed_command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
 
 
 def train_arguments(p: argparse.ArgumentParser) -> None:
-    _add(p, "train.tokenizer", "train.max_epochs", "train.batch_size", "train.lr", "train.seed", "model.levels",
+    _add(p, "train.tokenizer", "train.max_epochs", "train.batch_size", "train.lr", "train.collab_weight",
+         "train.seed", "model.levels",
          "model.codebook_size", "model.latent_dim", "train.accelerator", "train.devices",
          "--strategy=train.strategy", "train.precision", "train.progress_bar")
+
+
+def collab_arguments(p: argparse.ArgumentParser) -> None:
+    _add(p, "data.dataset", "data.source", "collab.method", "collab.factors")
 
 
 def assign_arguments(p: argparse.ArgumentParser) -> None:
@@ -379,6 +388,9 @@ COMMANDS: dict[str, Command] = {
                        catalog_arguments, _execute("catalog")),
     "embed": Command("embed one document per movie with a sentence-transformers model (or import vectors with "
                      "--from)", embed_arguments, embed_command),
+    "collab": Command("collaborative movie vectors (ALS) and the most co-watched pairs from the ratings' training "
+                      "interactions (collab.parquet, cowatch.parquet); content only without ratings",
+                      collab_arguments, _execute("collab")),
     "train": Command("train the RQ-VAE (or residual k-means) on embeddings.parquet and write model/",
                      train_arguments, _execute("train")),
     "assign": Command("give every movie a unique Semantic ID (sids.parquet); --incremental keeps the existing ones",
@@ -391,7 +403,7 @@ COMMANDS: dict[str, Command] = {
                          "(works offline)", visualize_arguments, visualize_command),
     "lookup": Command("find a movie's SID (--movie), the movies under a SID prefix (--sid), or a movie's nearest "
                       "by SID (--neighbors)", lookup_arguments, lookup_command),
-    "run": Command("run every stage in order (catalog, embed, train, assign, evaluate, export, visualize), skipping "
+    "run": Command("run every stage in order (catalog, embed, collab, train, assign, evaluate, export, visualize), skipping "
                    "up-to-date ones", run_arguments, run_command),
     "retrieval": Command("benchmark the SIDs in a generative recommender against random IDs, SASRec, most-popular "
                          "and a content baseline (temporal or leave-one-out split; all / warm / cold events; paired "

@@ -25,6 +25,7 @@ from .model.config import RQVAEConfig
 from .retrieval.config import RetrievalConfig
 from .settings import (
     AssignConfig,
+    CollabConfig,
     DataConfig,
     EmbedConfig,
     EvaluateConfig,
@@ -46,6 +47,8 @@ class Config:
     """Documents and the sentence-transformers model."""
     model: RQVAEConfig = field(default_factory=RQVAEConfig)
     """The RQ-VAE's shape (levels, codebook size, latent, encoder)."""
+    collab: CollabConfig = field(default_factory=CollabConfig)
+    """Collaborative item vectors from the ratings (content only unless ``collab.method`` says otherwise)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation and the Lightning Trainer."""
     assign: AssignConfig = field(default_factory=AssignConfig)

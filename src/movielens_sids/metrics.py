@@ -198,3 +198,33 @@ def prefix_coherence(codes: np.ndarray, neighbors: np.ndarray, k: int = 5) -> di
         "random_first_token": prefix_pair_rate(codes, 1),
         "random_first_two_tokens": prefix_pair_rate(codes, two),
     }
+
+
+def co_watch(codes: np.ndarray, a: np.ndarray, b: np.ndarray, *, random_pairs: int = 100_000,
+             seed: int = 0) -> dict[str, float | int]:
+    """Do the most co-watched movie pairs share SID prefixes? Against random pairs of the same movies.
+
+    Args:
+        codes: (N, L) the movies' codes (the first L tokens of their SIDs).
+        a, b: (P,) row indices of the pairs' two movies (``cowatch.parquet``, most co-watched first).
+        random_pairs: random pairs of distinct movies drawn (seeded) for the baseline.
+
+    Returns:
+        ``pairs``; ``first_token`` and ``first_two_tokens``: the share of the pairs sharing that prefix;
+        ``random_first_token``, ``random_first_two_tokens``: the same for random pairs; and the ratios
+        ``first_token_lift``, ``first_two_tokens_lift``.
+    """
+    codes = np.asarray(codes)
+    depth2 = min(2, codes.shape[1])
+    rng = np.random.default_rng(seed)
+    ra = rng.integers(0, len(codes), random_pairs)
+    rb = (ra + rng.integers(1, len(codes), random_pairs)) % len(codes)  # never the same movie
+
+    def share(x: np.ndarray, y: np.ndarray, depth: int) -> float:
+        return float((codes[x, :depth] == codes[y, :depth]).all(1).mean()) if len(x) else float("nan")
+
+    out = {"pairs": int(len(a)), "first_token": share(a, b, 1), "first_two_tokens": share(a, b, depth2),
+           "random_first_token": share(ra, rb, 1), "random_first_two_tokens": share(ra, rb, depth2)}
+    for key in ("first_token", "first_two_tokens"):
+        out[f"{key}_lift"] = out[key] / out[f"random_{key}"] if out[f"random_{key}"] else float("nan")
+    return out

@@ -29,7 +29,7 @@ from .artifacts import MODEL_FILES, RECORDS, read_record
 from .data.catalog import input_files
 from .io import file_hash, run_lock, write_json, write_text
 from .settings import decisive
-from .stages import assign, catalog, embed, evaluate, export, train, visualize
+from .stages import assign, catalog, collab, embed, evaluate, export, train, visualize
 
 if TYPE_CHECKING:
     from .config import Config
@@ -68,12 +68,16 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           outputs=("catalog.parquet",), external_inputs=_catalog_inputs),
     Stage("embed", embed.embed_stage, ("embed",),
           inputs=("catalog.parquet",), outputs=("embeddings.parquet",), external_inputs=_embed_inputs),
+    # The split's settings (retrieval.protocol, cut-offs) decide which interactions the vectors see.
+    Stage("collab", collab.collab_stage, ("data", "collab", "retrieval"),
+          inputs=("catalog.parquet",), outputs=("collab.parquet", "cowatch.parquet"),
+          external_inputs=_catalog_inputs),
     Stage("train", train.train_stage, ("model", "train"),
-          inputs=("embeddings.parquet",), outputs=tuple(MODEL_FILES)),
+          inputs=("embeddings.parquet", "collab.parquet"), outputs=tuple(MODEL_FILES)),
     Stage("assign", assign.assign_stage, ("assign",),
           inputs=("embeddings.parquet", *MODEL_FILES), outputs=("sids.parquet",)),
     Stage("evaluate", evaluate.evaluate_stage, ("evaluate",),
-          inputs=("catalog.parquet", "embeddings.parquet", "sids.parquet", *MODEL_FILES),
+          inputs=("catalog.parquet", "embeddings.parquet", "sids.parquet", "cowatch.parquet", *MODEL_FILES),
           outputs=("report.json", "report.md", "labels.parquet")),
     Stage("export", export.export_stage, ("export",),
           inputs=("catalog.parquet", "embeddings.parquet", "sids.parquet", "report.json", *MODEL_FILES),

@@ -26,6 +26,7 @@ May import: data.registry, data.fetch, errors, settings; pandas and pyarrow.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import csv
 import io
 import json
@@ -202,6 +203,23 @@ RATINGS = _Spec("ratings", {"userId": "id", "movieId": "id", "rating": "float"},
 
 class _FastPathFailed(Exception):
     pass
+
+
+def read_interactions(cfg: DataConfig) -> pd.DataFrame | None:
+    """Every rating of ``cfg``'s MovieLens files as int64 ``user_id, movie_id, timestamp`` (the rating
+    value dropped: every rating is an interaction), or None when the files have no ratings."""
+    src = open_source(cfg)
+    try:
+        if "ratings" not in src.members:
+            return None
+        spec = dataclasses.replace(RATINGS, kinds={"userId": "id", "movieId": "id", "timestamp": "id"})
+        df = read_table(src, spec, skip_bad_rows=cfg.skip_bad_rows)
+    finally:
+        src.close()
+    if df.empty:
+        raise SidsError(f"{src.label}: the ratings file holds no rating")
+    df = df.rename(columns={"userId": "user_id", "movieId": "movie_id"})[["user_id", "movie_id", "timestamp"]]
+    return df.astype("int64")
 
 
 def read_table(src: MovieLensSource, spec: _Spec, *, skip_bad_rows: bool = False) -> pd.DataFrame:

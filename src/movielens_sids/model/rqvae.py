@@ -308,6 +308,16 @@ class ResidualQuantizer(nn.Module):
         return n_dead
 
 
+def info_nce(anchor: torch.Tensor, positive: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE (van den Oord et al. 2018): row i of ``anchor`` should be closest, by cosine, to
+    row i of ``positive`` among all rows of ``positive``, and the other way round; the other rows of the
+    batch are the negatives. anchor, positive: (B, H) -> scalar."""
+    a, p = F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1)
+    logits = a @ p.T / temperature  # (B, B)
+    target = torch.arange(len(a), device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Encoder / decoder and the RQ-VAE
 

@@ -47,6 +47,17 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def co_watch_markdown(c: dict[str, Any]) -> str:
+    """The ``co_watch`` section: the most co-watched training pairs that share a SID prefix, against random pairs."""
+    return (f"Over the {c['pairs']:,} movie pairs rated by the most users together (training interactions of the "
+            "benchmark's split): the share that share a SID prefix.\n\n"
+            + _md_table(["prefix", "co-watched pairs", "random pairs", "lift"], [
+                ["first token", _fmt(c["first_token"]), _fmt(c["random_first_token"], 5),
+                 _fmt(c["first_token_lift"], 1) + "x"],
+                ["first two tokens", _fmt(c["first_two_tokens"]), _fmt(c["random_first_two_tokens"], 5),
+                 _fmt(c["first_two_tokens_lift"], 1) + "x"]]))
+
+
 def coherence_markdown(c: dict[str, Any]) -> str:
     """The ``coherence`` section: mutual k-NN pairs that keep a shared prefix, against random pairs."""
     def lift(a: float, b: float) -> str:
@@ -107,6 +118,9 @@ def render_markdown(r: dict[str, Any], *, title: str, labels: str | None = None)
     if "coherence" in r:
         out.append("\n## Prefix coherence\n\n")
         out.append(coherence_markdown(r["coherence"]))
+    if r.get("co_watch"):
+        out.append("\n## Co-watch alignment\n\n")
+        out.append(co_watch_markdown(r["co_watch"]))
     if labels:
         out.append("\n## What the codes hold\n\n")
         out.append(labels)
@@ -182,6 +196,9 @@ _COMPARE_ROWS: list[tuple[str, tuple[Any, ...], int]] = [
     ("coherence: first two tokens", ("coherence", "first_two_tokens"), +1),
     ("coherence: random first token", ("coherence", "random_first_token"), 0),
     ("coherence: random first two", ("coherence", "random_first_two_tokens"), 0),
+    ("co-watch: first token", ("co_watch", "first_token"), +1),
+    ("co-watch: first two tokens", ("co_watch", "first_two_tokens"), +1),
+    ("co-watch: random first token", ("co_watch", "random_first_token"), 0),
     ("dedup: movies moved", ("dedup", "n_changed_codes"), 0),
     ("dedup: movies suffixed", ("dedup", "n_suffixed"), 0),
     ("overlap@10 raw codes", ("dedup", "overlap_at_10_raw"), +1),

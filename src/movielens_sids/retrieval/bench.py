@@ -13,8 +13,8 @@ movies for the same test events:
 - ``content_knn``: movies ranked by content-embedding similarity to the user's latest movies
   (``content.py``), its window chosen on validation.
 
-Every learned model trains until its validation Recall@10 has not improved for ``patience``
-epochs and keeps its best epoch (``max_epochs`` is only a safety bound, flagged when hit). Each
+Every learned model trains until its validation loss (its training loss on the validation events)
+has not improved for ``patience`` epochs and keeps its best epoch (``max_epochs`` is only a safety bound, flagged when hit). Each
 method returns the 0-based rank of every test event's target in its top ``MAX_K`` list (-1 when
 absent), per seed; ``stats.py`` turns ranks into metrics and intervals. With ``exclude_seen``
 (the default) no method recommends a movie the user has already rated (in MovieLens nobody rates
@@ -33,7 +33,9 @@ May import: devices and this package (torch, Lightning).
 from __future__ import annotations
 
 import logging
+import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -45,7 +47,7 @@ from .generative import GenerativeRetriever, Recommendations
 from .lightning_modules import fit, training_windows
 from .metrics import ranking_metrics, target_ranks
 from .sasrec import SASRec
-from .sequences import Split
+from .sequences import Seen, Split
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +61,11 @@ def random_codes(codes: np.ndarray, seed: int) -> np.ndarray:
     return np.asarray(codes)[perm]
 
 
-def most_popular(counts: np.ndarray, k: int, seen: np.ndarray | None = None, *, batch_size: int = 1024) -> np.ndarray:
+def most_popular(counts: np.ndarray, k: int, seen: np.ndarray | Seen | None = None, *,
+                 batch_size: int = 1024) -> np.ndarray:
     """(E, k) the ``k`` items with most training interactions (ties by item index), or (1, k) when ``seen`` is None.
 
-    ``seen``: (E, S) items to leave out per event, -1 padded.
+    ``seen``: (E, S) items to leave out per event, -1 padded (an array or a ``Seen``, sliced in batches).
     """
     order = np.argsort(-np.asarray(counts), kind="stable")
     if seen is None:
@@ -76,8 +79,9 @@ def most_popular(counts: np.ndarray, k: int, seen: np.ndarray | None = None, *, 
 
 @torch.no_grad()
 def recommend_all(model: torch.nn.Module, history: np.ndarray, *, k: int, beam_size: int, batch_size: int,
-                  device: torch.device, seen: np.ndarray | None = None) -> np.ndarray:
-    """(E, k) top-k items for (E, M) histories, in batches; ``seen`` (E, S), -1 padded: items to leave out."""
+                  device: torch.device, seen: np.ndarray | Seen | None = None) -> np.ndarray:
+    """(E, k) top-k items for (E, M) histories, in batches; ``seen`` (E, S), -1 padded (or a ``Seen``): items to
+    leave out."""
     model.eval().to(device)
     out = []
     for i in range(0, len(history), batch_size):
@@ -102,70 +106,138 @@ def _content(vectors: np.ndarray, split: Split, cfg: RetrievalConfig, valid_hist
     return ranked, {"window": int(best), "valid_recall@10_by_window": {str(w): round(v, 4) for w, v in curve.items()}}
 
 
-def run_benchmark(split: Split, codes: np.ndarray, cfg: RetrievalConfig, vectors: np.ndarray | None = None) -> dict:
+@dataclass
+class _Shared:
+    """What every learned job reads: built once, sent once to each worker process."""
+
+    codes: dict[str, np.ndarray]  # method -> (N, L) codes (random_id's are drawn per seed from semantic_id's)
+    n_items: int
+    windows: np.ndarray  # (n, M+1) training windows
+    valid_windows: np.ndarray  # (E_valid, M+1)
+    test_hist: np.ndarray  # (E, M)
+    test_seen: Seen | None
+    cfg: RetrievalConfig
+
+
+_WORKER: dict = {}
+"""The ``_Shared`` of this worker process (set by ``_init_worker``)."""
+
+
+def _init_worker(shared: _Shared, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["shared"] = shared
+
+
+def _learned_job(seed: int, method: str, shared: _Shared | None = None) -> tuple[np.ndarray, dict]:
+    """Train ``method`` with ``seed`` until its validation loss stops improving; its (E, MAX_K) test lists."""
+    import lightning as L
+
+    sh = shared or _WORKER["shared"]
+    cfg = sh.cfg
+    device = resolve_device(cfg.device, "retrieval.device")
+    accelerator = {"cuda": "gpu"}.get(device.type, device.type)  # Lightning's name for the device type
+    t0 = time.perf_counter()
+    L.seed_everything(seed, workers=False, verbose=False)
+    shape = dict(max_history=cfg.max_history, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads)
+    if method == "sasrec_ce":
+        model, lr = SASRec(sh.n_items, dropout=cfg.sasrec_dropout, **shape), cfg.sasrec_lr
+    else:
+        ids = random_codes(sh.codes["semantic_id"], seed) if method == "random_id" else sh.codes[method]
+        model, lr = GenerativeRetriever(ids, dropout=cfg.dropout, **shape), cfg.lr
+    info = {"seed": seed, **fit(model, sh.windows, sh.valid_windows, lr=lr, weight_decay=cfg.weight_decay,
+                                batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
+                                max_epochs=cfg.max_epochs, patience=cfg.patience, seed=seed,
+                                accelerator=accelerator,
+                                devices=[device.index] if device.index is not None else 1)}
+    ranked = recommend_all(model, sh.test_hist, k=MAX_K, beam_size=cfg.beam_size, batch_size=cfg.eval_batch_size,
+                           device=device, seen=sh.test_seen)
+    info["train_s"] = round(time.perf_counter() - t0, 1)
+    return ranked, info
+
+
+def _pool_size(cfg: RetrievalConfig, n_jobs: int) -> int:
+    """Worker processes for the learned jobs: ``cfg.workers``, or on a CPU one per core (models this small
+    use one core well and two badly), at most one per job; 1 on an accelerator."""
+    if cfg.workers is not None:
+        return max(1, min(cfg.workers, n_jobs))
+    if resolve_device(cfg.device, "retrieval.device").type != "cpu":
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                      n_jobs))
+
+
+def _run_learned(jobs: list[tuple[int, str]], shared: _Shared) -> dict[tuple[int, str], tuple[np.ndarray, dict]]:
+    """Every (seed, method) job, in worker processes when there are several, in this one otherwise."""
+    workers = _pool_size(shared.cfg, len(jobs))
+    if workers == 1:
+        return {job: _learned_job(*job, shared=shared) for job in jobs}
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (shared.cfg.threads or torch.get_num_threads()) // workers)
+    log.info("%d jobs on %d worker processes of %d thread(s)", len(jobs), workers, threads)
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=(shared, threads)) as pool:
+        futures = {job: pool.submit(_learned_job, *job) for job in jobs}
+        return {job: f.result() for job, f in futures.items()}
+
+
+def run_benchmark(split: Split, codes: np.ndarray, cfg: RetrievalConfig, vectors: np.ndarray | None = None,
+                  compared: dict[str, np.ndarray] | None = None) -> dict:
     """Train and evaluate every method of ``cfg.methods`` for every seed on ``split``'s test events.
+
+    The learned (seed, method) jobs are independent and seeded: they run in parallel worker processes
+    (``retrieval.workers``) and give the same lists in any order.
 
     Args:
         split: the split; item ``i`` is ``split.movie_ids[i]``.
         codes: (N, L) the Semantic ID of each item of the split, rows distinct.
         cfg: the settings.
         vectors: (N, D) unit-norm content embeddings of the items (needed by ``content_knn``).
+        compared: ``{"semantic_id@name": (N, L') codes}``: other SIDs of the same items, each run as a
+            method trained exactly like ``semantic_id``.
 
     Returns:
         ``{method: {"ranks": (S, E) int64 target ranks (S = 1 for seed-free methods), "runs": [per-seed facts]}}``.
     """
-    import lightning as L
-
     if len(codes) != len(split.movie_ids):
         raise ValueError(f"codes has {len(codes)} rows for {len(split.movie_ids)} movies")
     if "content_knn" in cfg.methods and (vectors is None or len(vectors) != len(split.movie_ids)):
         raise ValueError("content_knn needs one content vector per movie of the split")
-    device = resolve_device(cfg.device, "retrieval.device")
-    accelerator = {"cuda": "gpu"}.get(device.type, device.type)  # Lightning's name for the device type
-    lightning_devices = [device.index] if device.index is not None else 1
     m = cfg.max_history
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     cap = cfg.max_train_items
-    windows = training_windows([t[-cap:] if cap else t for t in split.train], m)
     valid_hist, test_hist = split.histories(split.valid, m), split.histories(split.test, m)
-    valid_seen, test_seen = (split.seen(split.valid), split.seen(split.test)) if cfg.exclude_seen else (None, None)
+    test_seen = split.seen(split.test) if cfg.exclude_seen else None
+    shared = _Shared(codes={"semantic_id": codes, **(compared or {})}, n_items=len(split.movie_ids),
+                     windows=training_windows([t[-cap:] if cap else t for t in split.train], m),
+                     valid_windows=np.concatenate([valid_hist, split.valid.target[:, None]], axis=1),
+                     test_hist=test_hist, test_seen=test_seen, cfg=cfg)
     log.info("%d users, %d movies, %d training windows of %d movies; %d validation and %d test events",
-             len(split.users), len(split.movie_ids), len(windows), m + 1, len(split.valid), len(split.test))
-    shape = dict(max_history=m, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads)
-    results: dict[str, dict] = {name: {"ranks": [], "runs": []} for name in cfg.methods}
-    # Seeds outer, methods inner: an interrupted run still has whole comparisons in its log.
+             len(split.users), len(split.movie_ids), len(shared.windows), m + 1, len(split.valid), len(split.test))
+    methods = list(cfg.methods) + list(compared or {})
+    fixed = {"most_popular", "content_knn"}
+    learned = _run_learned([(seed, mt) for seed in cfg.seeds for mt in methods if mt not in fixed], shared)
+    results: dict[str, dict] = {name: {"ranks": [], "runs": []} for name in methods}
     for seed in cfg.seeds:
-        for method in cfg.methods:
-            if method in ("most_popular", "content_knn") and results[method]["runs"]:
+        for method in methods:
+            if method in fixed and results[method]["runs"]:
                 continue  # no randomness: one run serves every seed
-            t0 = time.perf_counter()
-            L.seed_everything(seed, workers=False, verbose=False)
-            info: dict = {"seed": seed}
-            if method == "most_popular":
-                top = most_popular(split.train_counts(), MAX_K, test_seen)
-                ranked = np.broadcast_to(top, (len(split.test), top.shape[1]))
-            elif method == "content_knn":
-                ranked, extra = _content(vectors, split, cfg, valid_hist, test_hist)
-                info.update(extra)
-            else:
-                if method == "sasrec_ce":
-                    model, lr = SASRec(len(split.movie_ids), dropout=cfg.sasrec_dropout, **shape), cfg.sasrec_lr
+            if method in fixed:
+                t0 = time.perf_counter()
+                if method == "most_popular":
+                    top = most_popular(split.train_counts(), MAX_K, test_seen)
+                    ranked, info = np.broadcast_to(top, (len(split.test), top.shape[1])), {"seed": seed}
                 else:
-                    ids = codes if method == "semantic_id" else random_codes(codes, seed)
-                    model, lr = GenerativeRetriever(ids, dropout=cfg.dropout, **shape), cfg.lr
-                info.update(fit(model, windows, valid_hist, split.valid.target, valid_seen, lr=lr,
-                                weight_decay=cfg.weight_decay,
-                                batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-                                max_epochs=cfg.max_epochs, patience=cfg.patience, beam_size=cfg.valid_beam_size,
-                                seed=seed, accelerator=accelerator, devices=lightning_devices))
-                ranked = recommend_all(model, test_hist, k=MAX_K, beam_size=cfg.beam_size,
-                                       batch_size=cfg.eval_batch_size, device=device, seen=test_seen)
+                    ranked, extra = _content(vectors, split, cfg, valid_hist, test_hist)
+                    info = {"seed": seed, **extra}
+                info["train_s"] = round(time.perf_counter() - t0, 1)
+            else:
+                ranked, info = learned[(seed, method)]
             ranks = target_ranks(ranked, split.test.target)
-            info["train_s"] = round(time.perf_counter() - t0, 1)
             results[method]["ranks"].append(ranks)
             results[method]["runs"].append(info)
-            r10 = float(((ranks >= 0) & (ranks < 10)).mean())
-            log.info("seed %d %-12s recall@10 %.4f (%s)", seed, method, r10,
+            log.info("seed %d %-12s recall@10 %.4f (%s)", seed, method, float(((ranks >= 0) & (ranks < 10)).mean()),
                      ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("valid_curve", "seed")))
     return {name: {"ranks": np.stack(r["ranks"]), "runs": r["runs"]} for name, r in results.items()}

@@ -38,13 +38,17 @@ class RetrievalConfig:
     max_users: int | None = None
     """Evaluate a seeded random sample of this many users (for ml-20m and larger); None keeps all."""
     max_valid_events: int | None = 1000
-    """Validate on a seeded sample of this many validation events (None: all); early stopping watches them."""
+    """Validate on a seeded sample of this many validation events (None: all); early stopping watches their loss
+    (the same events every epoch, so epoch-to-epoch changes are not sampling noise)."""
     max_test_events: int | None = None
     """Score a seeded sample of this many test events (None: all); for ml-20m and larger."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """One full comparison per seed (model init, batch order, the random IDs)."""
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     """Which of semantic_id, random_id, sasrec_ce, most_popular, content_knn to run."""
+    compare_sids: list[str] = field(default_factory=list)
+    """Other run folders whose SIDs are benchmarked too (as ``semantic_id@<folder>``), trained exactly like
+    ``semantic_id`` on the same events and paired against it: tokenizers compared downstream."""
     max_history: int = 50
     """M: how many past movies the models see."""
     max_train_items: int | None = 100
@@ -70,13 +74,11 @@ class RetrievalConfig:
     max_epochs: int = 200
     """A safety bound on training epochs; validation decides when to stop (the report flags a run that hit it)."""
     patience: int = 4
-    """Stop after this many epochs without a better validation Recall@10 (the best epoch's weights are kept)."""
+    """Stop after this many epochs without a lower validation loss (the best epoch's weights are kept)."""
     exclude_seen: bool = True
     """Never recommend a movie the user has already rated (every method; MovieLens has no repeat ratings)."""
     beam_size: int = 50
     """Beams of the constrained beam search at test time (>= 50, the largest cut-off)."""
-    valid_beam_size: int = 20
-    """Beams of the constrained beam search on validation events (>= 10, the monitored cut-off)."""
     content_windows: list[int] = field(default_factory=lambda: [1, 3, 10, 30])
     """content_knn: how many of the user's latest movies make the profile; the best on validation is used."""
     bootstrap_samples: int = 10_000
@@ -89,8 +91,11 @@ class RetrievalConfig:
     """Where the models train and rank: cpu, cuda, cuda:N, mps or auto."""
     threads: int | None = None
     """CPU threads for torch (None: torch's default); 1 is fastest on a busy machine."""
+    workers: int | None = None
+    """Processes that train the (seed, method) models in parallel (None: one per CPU core on a CPU, 1 on a GPU);
+    each gets threads / workers threads. The lists do not depend on it."""
 
-    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"eval_batch_size", "device", "threads"})
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"eval_batch_size", "device", "threads", "workers"})
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]
@@ -109,14 +114,14 @@ class RetrievalConfig:
             raise ValueError(f"d_model: {self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.max_train_items is not None and self.max_train_items < 2:
             raise ValueError(f"max_train_items: must be at least 2, got {self.max_train_items}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers: must be positive, got {self.workers}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads: must be positive, got {self.threads}")
         if self.patience < 0:
             raise ValueError(f"patience: must be >= 0, got {self.patience}")
         if self.beam_size < 50:
             raise ValueError(f"beam_size: must be at least 50 (the largest cut-off), got {self.beam_size}")
-        if self.valid_beam_size < 10:
-            raise ValueError(f"valid_beam_size: must be at least 10, got {self.valid_beam_size}")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         for name in ("test_fraction", "valid_fraction"):

@@ -26,14 +26,15 @@ def seen_mask(seen: np.ndarray | torch.Tensor, n_items: int) -> torch.Tensor:
     return mask[:, :n_items]
 
 
-def content_topk(vectors: np.ndarray, histories: np.ndarray, seen: np.ndarray, *, window: int, k: int,
+def content_topk(vectors: np.ndarray, histories: np.ndarray, seen, *, window: int, k: int,
                  batch_size: int = 1024) -> np.ndarray:
     """(E, k) the top ``k`` movies for each event, best first, by similarity to its latest ``window`` movies.
 
     Args:
         vectors: (N, D) unit-norm content embeddings, row ``i`` is item ``i``.
         histories: (E, M) right-aligned item histories, -1 pads on the left (M >= window).
-        seen: (E, S) every item the user has rated before each event, -1 padded (excluded from the ranking).
+        seen: (E, S) every item the user has rated before each event, -1 padded (excluded from the ranking);
+            anything sliced into such blocks (``sequences.Seen``).
         window: how many of the latest history items make the profile.
         k: the list length (at most N).
         batch_size: events scored at once.

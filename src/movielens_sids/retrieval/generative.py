@@ -142,16 +142,19 @@ class GenerativeRetriever(nn.Module):
         lo, hi = self.offsets[level], self.offsets[level + 1]
         return z @ self.tok.weight[lo:hi].T + self.out_bias[lo:hi]
 
-    def loss(self, items: torch.Tensor) -> torch.Tensor:
+    def loss(self, items: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
         """Mean cross-entropy of every SID token of every next movie in right-aligned windows.
 
         Args:
             items: (B, M+1) item indices, -1 pads on the left; position t predicts item t+1.
+            last_only: score only each window's last movie (validation events).
         """
         if items.shape[1] != self.max_history + 1:
             raise ValueError(f"expected windows of {self.max_history + 1} items, got {items.shape[1]}")
         inp, tgt = items[:, :-1], items[:, 1:]  # (B, M)
         keep = (inp >= 0) & (tgt >= 0)
+        if last_only:
+            keep[:, :-1] = False
         state = self._hidden(inp)[keep]  # (n, d)
         toks = self.item_tokens[tgt[keep]]  # (n, L) teacher forcing: the true prefix
         total = state.new_zeros(())

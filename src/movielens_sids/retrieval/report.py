@@ -27,6 +27,16 @@ LABELS = {
     "content_knn": "Content k-NN (embeddings)",
 }
 SLICES = ("all", "warm", "cold")
+
+
+def ordered(methods: dict) -> list[str]:
+    """The methods of ``methods`` in the report's order: the built-in ones, then the compared SIDs."""
+    return [m for m in METHODS if m in methods] + sorted(m for m in methods if m not in METHODS)
+
+
+def label(name: str) -> str:
+    """A method's row label; ``semantic_id@runs/x`` (``retrieval.compare_sids``) is "Generative, SIDs of runs/x"."""
+    return LABELS.get(name) or f"Generative, SIDs of {name.partition('@')[2]}"
 SHOWN = ("recall@10", "ndcg@10")
 
 
@@ -94,10 +104,10 @@ def markdown_table(methods: dict[str, dict], slices: tuple[str, ...] = SLICES, m
     """Every method's metrics per slice: mean over seeds with its 95 % bootstrap interval."""
     head = [f"{s} {m.replace('recall', 'Recall').replace('ndcg', 'NDCG')}" for s in slices for m in metrics]
     lines = ["| method | " + " | ".join(head) + " |", "| --- |" + " ---: |" * len(head)]
-    for name in METHODS:
+    for name in ordered(methods):
         if name in methods:
             cells = [_ci(methods[name][s][m]) for s in slices for m in metrics]
-            lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -105,7 +115,7 @@ def paired_table(paired: dict[str, dict], slices: tuple[str, ...] = SLICES, metr
     """Semantic-ID model minus each method, per event: difference, 95 % interval, p-value; "n.s." when it spans 0."""
     head = [f"{s} {m.replace('recall', 'Recall').replace('ndcg', 'NDCG')}" for s in slices for m in metrics]
     lines = ["| Semantic IDs minus | " + " | ".join(head) + " |", "| --- |" + " ---: |" * len(head)]
-    for name in METHODS:
+    for name in ordered(paired):
         if name not in paired:
             continue
         cells = []
@@ -117,22 +127,22 @@ def paired_table(paired: dict[str, dict], slices: tuple[str, ...] = SLICES, metr
                     continue
                 mark = "" if d["significant"] else " n.s."
                 cells.append(f"{d['diff']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] p={d['p_value']:.3g}{mark}")
-        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def training_table(methods: dict[str, dict]) -> str:
     """Epochs run, best epoch, what stopped training and the time, per method (over seeds)."""
-    lines = ["| method | epochs (per seed) | best epoch | stopped by | validation Recall@10 curve (seed 1) | time s |",
+    lines = ["| method | epochs (per seed) | best epoch | stopped by | validation loss curve (first seed) | time s |",
              "| --- | --- | --- | --- | --- | ---: |"]
-    for name in METHODS:
+    for name in ordered(methods):
         if name not in methods:
             continue
         runs = methods[name]["runs"]
         learned = "epochs" in runs[0]
         curve = " ".join(f"{v:.3f}" for v in runs[0].get("valid_curve", [])) if learned else (
             f"window {runs[0]['window']} chosen on validation" if "window" in runs[0] else "no training")
-        lines.append(f"| {LABELS[name]} | {', '.join(str(r.get('epochs', '-')) for r in runs)} | "
+        lines.append(f"| {label(name)} | {', '.join(str(r.get('epochs', '-')) for r in runs)} | "
                      f"{', '.join(str(r.get('best_epoch', '-')) for r in runs)} | "
                      f"{', '.join(sorted({r.get('stopped_by', '-') for r in runs}))} | {curve} | "
                      f"{sum(r['train_s'] for r in runs):.0f} |")
@@ -164,8 +174,8 @@ def report_section(report: dict) -> str:
               "content baseline score every movie from its content.", "",
               "![Recall@K](retrieval/recall_at_k.png)", "", training_table(report["methods"]), "",
               f"Models: d_model {st['d_model']}, {st['n_layers']} layers, {st['n_heads']} heads, history "
-              f"{st['max_history']} movies, test beam {st['beam_size']}; every learned model stops when validation "
-              f"Recall@10 has not improved for {st['patience']} epochs and keeps its best epoch. "
+              f"{st['max_history']} movies, test beam {st['beam_size']}; every learned model stops when its validation "
+              f"loss has not improved for {st['patience']} epochs and keeps its best epoch. "
               + ("No method recommends a movie the user has already rated. " if st["exclude_seen"] else
                  "Only the content baseline leaves out the user's rated movies. ") + "Wall time "
               f"{report['wall_time_s'] / 60:.1f} min. Details: `retrieval/report.json`."]

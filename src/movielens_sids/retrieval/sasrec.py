@@ -53,12 +53,15 @@ class SASRec(nn.Module):
         x = self.item(ids) + self.pos.weight[: items.shape[1]]
         return self.backbone(x, items >= 0)
 
-    def loss(self, items: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of every next movie in right-aligned windows (B, M+1), -1 pads on the left."""
+    def loss(self, items: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
+        """Mean cross-entropy of every next movie in right-aligned windows (B, M+1), -1 pads on the left
+        (``last_only``: of each window's last movie only, as for validation events)."""
         if items.shape[1] != self.max_history + 1:
             raise ValueError(f"expected windows of {self.max_history + 1} items, got {items.shape[1]}")
         inp, tgt = items[:, :-1], items[:, 1:]  # (B, M)
         keep = (inp >= 0) & (tgt >= 0)
+        if last_only:
+            keep[:, :-1] = False
         h = self._hidden(inp)[keep]  # (n, d)
         logits = h @ self.item.weight[: self.n_items].T  # (n, N)
         return F.cross_entropy(logits, tgt[keep])

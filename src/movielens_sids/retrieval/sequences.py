@@ -97,6 +97,26 @@ class Events:
 
 
 @dataclass
+class Seen:
+    """What each event's user rated before it, ``sequences[user][:pos]``, without an (E, S) matrix (S, the
+    longest history, is thousands of movies): ``seen[i:j]`` is the (j - i, S_ij) int64 block, -1 padded."""
+
+    sequences: list[np.ndarray]
+    user: np.ndarray
+    pos: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        user, pos = self.user[rows], self.pos[rows]
+        out = np.full((len(user), max(1, int(pos.max(initial=0)))), -1, dtype=np.int64)
+        for e, (u, p) in enumerate(zip(user, pos)):
+            out[e, :p] = self.sequences[u][:p]
+        return out
+
+
+@dataclass
 class Split:
     """Sequences of every kept user, their training prefixes and the validation and test events.
 
@@ -136,12 +156,9 @@ class Split:
             out[e, max_history - len(tail):] = tail
         return out
 
-    def seen(self, events: Events) -> np.ndarray:
-        """(E, S) int64: every item of each event's user's history before it, -1 padded (S: the longest)."""
-        out = np.full((len(events), max(1, int(events.pos.max(initial=0)))), -1, dtype=np.int64)
-        for e, (u, p) in enumerate(zip(events.user, events.pos)):
-            out[e, :p] = self.sequences[u][:p]
-        return out
+    def seen(self, events: Events) -> Seen:
+        """Every item of each event's user's history before it (sliced into (b, S) -1 padded arrays)."""
+        return Seen(self.sequences, events.user, events.pos)
 
     def train_counts(self) -> np.ndarray:
         """(N,) number of training interactions of each item."""
@@ -152,6 +169,28 @@ class Split:
     def cold(self, events: Events) -> np.ndarray:
         """(E,) bool: the event's target has no interaction in the training items."""
         return self.train_counts()[events.target] == 0
+
+
+def train_fingerprint(split: Split) -> str:
+    """sha256 of the split's training interactions (user id, movie id, in order): two splits with the same
+    fingerprint train on exactly the same interactions."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for user, seq in zip(split.users, split.train):
+        h.update(np.int64(user).tobytes())
+        h.update(split.movie_ids[seq].astype(np.int64).tobytes())
+        h.update(b"|")
+    return h.hexdigest()
+
+
+def split_of(ratings: pd.DataFrame, movie_ids: np.ndarray, rcfg) -> Split:
+    """The split that ``rcfg`` (a ``RetrievalConfig``) describes: the benchmark's, and the one whose
+    training interactions the collaborative vectors are built from."""
+    return build_split(ratings, movie_ids, protocol=rcfg.protocol, min_ratings=rcfg.min_ratings,
+                       test_fraction=rcfg.test_fraction, valid_fraction=rcfg.valid_fraction, cutoff=rcfg.cutoff,
+                       max_valid_events=rcfg.max_valid_events, max_test_events=rcfg.max_test_events,
+                       max_users=rcfg.max_users, seed=rcfg.seeds[0])
 
 
 def _time_cut(times: np.ndarray, fraction: float) -> int:

@@ -28,7 +28,7 @@ from ..reports.markdown import write_page
 from ..settings import DataConfig
 from .config import RetrievalConfig, settings_dict
 from .report import events_table, summarize
-from .sequences import build_split, read_ratings
+from .sequences import read_ratings, split_of, train_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +50,23 @@ def resolve_ratings(rcfg: RetrievalConfig, cfg: Any) -> tuple[str, Any]:
     data = getattr(cfg, "data", None) or DataConfig()
     if rcfg.dataset:
         data = dataclasses.replace(data, dataset=rcfg.dataset, source=None)
-    src = catalog.open_source(data)
-    try:
-        if "ratings" not in src.members:
-            raise SidsError(f"{src.label} has no ratings file; pass --ratings FILE")
-        spec = dataclasses.replace(catalog.RATINGS, kinds={"userId": "id", "movieId": "id", "timestamp": "id"})
-        df = catalog.read_table(src, spec, skip_bad_rows=getattr(data, "skip_bad_rows", False))
-    finally:
-        src.close()
-    df = df.rename(columns={"userId": "user_id", "movieId": "movie_id"})[["user_id", "movie_id", "timestamp"]]
-    if df.empty:
-        raise SidsError(f"{src.label}: no ratings")
-    return (data.source or data.dataset), df.astype("int64")
+    df = catalog.read_interactions(data)
+    if df is None:
+        raise SidsError(f"{data.source or data.dataset} has no ratings file; pass --ratings FILE")
+    return (data.source or data.dataset), df
+
+
+def check_collab_split(run_dir: Path, split) -> None:
+    """When the run's SIDs were built with collaborative vectors, they must come from exactly this split's
+    training interactions: otherwise validation or test events could have shaped the IDs scored on them."""
+    collab = artifacts.read_collab(run_dir)
+    if collab is None:
+        return
+    if collab.split.get("train_fingerprint") != train_fingerprint(split):
+        raise SidsError(f"{collab.path} was built from the training interactions of another split "
+                        f"({collab.split.get('protocol')}, cut-off {collab.split.get('cutoff')}) than this benchmark's "
+                        f"({split.protocol}, cut-off {split.info.get('cutoff')}); run `movielens-sids run` with the "
+                        "same retrieval.* settings first, so that no test event shapes the IDs")
 
 
 def content_vectors(run_dir: Path, movie_ids: np.ndarray) -> np.ndarray:
@@ -89,17 +94,23 @@ def retrieval_stage(run_dir: Path, cfg: Any) -> dict:
     t0 = time.perf_counter()
     movie_ids, codes = read_codes(run_dir)
     dataset, ratings = resolve_ratings(rcfg, cfg)
-    split = build_split(ratings, movie_ids, protocol=rcfg.protocol, min_ratings=rcfg.min_ratings,
-                        test_fraction=rcfg.test_fraction, valid_fraction=rcfg.valid_fraction, cutoff=rcfg.cutoff,
-                        max_valid_events=rcfg.max_valid_events, max_test_events=rcfg.max_test_events,
-                        max_users=rcfg.max_users, seed=rcfg.seeds[0])
+    split = split_of(ratings, movie_ids, rcfg)
+    check_collab_split(run_dir, split)
     # Only movies with a SID are targets; the models' catalogue is every movie with a SID.
     item_codes = codes[np.searchsorted(movie_ids, split.movie_ids)]
     vectors = content_vectors(run_dir, split.movie_ids) if "content_knn" in rcfg.methods else None
     log.info("%s (%s): %d users, %d interactions, %d test events; %d ratings of %d movies without a SID dropped",
              dataset, rcfg.protocol, split.info["n_users"], split.info["n_interactions"], len(split.test),
              split.info["n_ratings_dropped_no_sid"], split.info["n_movies_dropped_no_sid"])
-    results = run_benchmark(split, item_codes, rcfg, vectors)
+    compared = {}
+    for other in rcfg.compare_sids:
+        ids, other_codes = read_codes(Path(other))
+        check_collab_split(Path(other), split)
+        pos = np.searchsorted(ids, split.movie_ids)
+        if (pos >= len(ids)).any() or (ids[np.minimum(pos, len(ids) - 1)] != split.movie_ids).any():
+            raise SidsError(f"{Path(other) / 'sids.parquet'} lacks movies of this run: compare runs of the same catalog")
+        compared[f"semantic_id@{other}"] = other_codes[pos]
+    results = run_benchmark(split, item_codes, rcfg, vectors, compared)
     summary = summarize(split, results, rcfg)
     report = {
         "dataset": dataset,

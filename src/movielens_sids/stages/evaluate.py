@@ -39,6 +39,7 @@ from ..artifacts import (
     check_same_movies,
     movielens_titles,
     read_catalog,
+    read_cowatch,
     read_embeddings,
     read_model,
     read_sids,
@@ -473,6 +474,22 @@ def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None) -
     return report, chart_data
 
 
+def co_watch_section(run_dir: Path, inp: _Inputs) -> dict[str, Any] | None:
+    """``co_watch`` (``metrics.co_watch``) over ``cowatch.parquet``'s pairs, or None for a run without ratings."""
+    pairs = read_cowatch(run_dir)
+    if pairs is None:
+        return None
+    a, b = (np.searchsorted(inp.movie_ids, pairs.column(c).to_numpy()) for c in ("movie_a", "movie_b"))
+    ok = (a < len(inp.movie_ids)) & (b < len(inp.movie_ids))
+    ok &= (inp.movie_ids[np.minimum(a, len(inp.movie_ids) - 1)] == pairs.column("movie_a").to_numpy())
+    ok &= (inp.movie_ids[np.minimum(b, len(inp.movie_ids) - 1)] == pairs.column("movie_b").to_numpy())
+    if not ok.all():
+        raise SidsError(f"{run_dir / 'cowatch.parquet'} names movies that are not in the catalog: "
+                        "run `movielens-sids collab` again")
+    levels = int(inp.tokenizer.config.levels)
+    return metrics.co_watch(inp.sid_tokens[:, :levels], a, b)
+
+
 # --------------------------------------------------------------------------------------------------
 # The stage
 
@@ -493,6 +510,9 @@ def evaluate_stage(run_dir: Path, cfg: Config, *, tokenizer: Any = None) -> dict
     ecfg: EvaluateConfig = cfg.evaluate
     inp = load_inputs(run_dir, tokenizer)  # validates everything before anything is written
     report, chart_data = build_report(inp, ecfg, cache_dir=(run_dir / CACHE_DIR) if ecfg.cache else None)
+    cowatch = co_watch_section(run_dir, inp)
+    if cowatch is not None:
+        report["co_watch"] = cowatch
     labels = run_labels(run_dir)  # names for the codes (labels.py), before anything is written
     recorded = stage_seconds(run_dir, ["catalog", "embed", "train", "assign", "export", "visualize"])
     timings = {s: recorded.get(s) for s in ("catalog", "embed", "train", "assign")}

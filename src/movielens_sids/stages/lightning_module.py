@@ -18,7 +18,7 @@ import torch
 
 from ..metrics import tokenizer_metrics
 from ..model.config import RQVAEConfig
-from ..model.rqvae import RQVAE
+from ..model.rqvae import RQVAE, info_nce
 from ..settings import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ class RQVAEModule(L.LightningModule):
     """Trains an ``RQVAE`` on rows of a data matrix held on the module's device."""
 
     def __init__(self, model_config: dict, train_config: dict, data: torch.Tensor,
-                 val_idx: torch.Tensor, init_idx: torch.Tensor) -> None:
+                 val_idx: torch.Tensor, init_idx: torch.Tensor, positives: torch.Tensor | None = None) -> None:
         super().__init__()
         self.save_hyperparameters({"model": model_config, "train": train_config})
         self.model = RQVAE(RQVAEConfig(**model_config))
@@ -37,6 +37,10 @@ class RQVAEModule(L.LightningModule):
         self.register_buffer("data", data, persistent=False)  # (N, D)
         self.register_buffer("val_idx", val_idx, persistent=False)
         self.register_buffer("init_idx", init_idx, persistent=False)
+        # (N, P) each movie's co-watched movies (-1: none, e.g. no rating), for the co-watch term.
+        self.register_buffer("positives", positives if positives is not None
+                             else torch.full((len(data), 1), -1, dtype=torch.long), persistent=False)
+        self.pick_rng = torch.Generator().manual_seed(self.train_cfg.seed + 2)
         # Saved in checkpoints so a resumed run does not redo the k-means initialisation.
         self.register_buffer("initialized", torch.tensor(False))
         self.reseed_rng = torch.Generator().manual_seed(self.train_cfg.seed + 1)
@@ -46,14 +50,25 @@ class RQVAEModule(L.LightningModule):
         if self.initialized.item():
             return
         if self.train_cfg.kmeans_init:
-            gen = torch.Generator().manual_seed(self.train_cfg.seed)
-            t0 = time.perf_counter()
-            self.model.init_codebooks(self.data[self.init_idx], generator=gen)
-            log.info("codebooks initialised by residual k-means in %.1fs", time.perf_counter() - t0)
+            self.fit_codebooks("initialised")
+        self.initialized.fill_(True)
+
+    def fit_codebooks(self, what: str) -> None:
+        """Residual k-means on the current latents of the training movies, the same on every process."""
+        gen = torch.Generator().manual_seed(self.train_cfg.seed)
+        t0 = time.perf_counter()
+        self.model.init_codebooks(self.data[self.init_idx], generator=gen)
+        log.info("codebooks %s by residual k-means in %.1fs", what, time.perf_counter() - t0)
         # Every process must start from the same codes (they may differ in the last bits on GPUs).
         cb = self.trainer.strategy.broadcast(self.model.quantizer.codebooks.data, src=0)
         self.model.quantizer.codebooks.data.copy_(cb)
-        self.initialized.fill_(True)
+
+    def on_train_epoch_end(self) -> None:
+        # The co-watch term moves the latents away from the content geometry the codebooks were fitted to;
+        # halfway, the codebooks are fitted again to where the latents now are, then trained with them.
+        refit = self.train_cfg.collab_weight > 0 and int(self.positives.max()) >= 0
+        if refit and self.current_epoch + 1 == max(1, int(self.trainer.max_epochs) // 2):
+            self.fit_codebooks("re-fitted to the co-watch-trained latents")
 
     def shared_step(self, idx: torch.Tensor, stage: str):
         x = self.data[idx]  # (B, D)
@@ -69,9 +84,27 @@ class RQVAEModule(L.LightningModule):
         self.log(f"{stage}/utilization", used.mean(), on_step=on_step, on_epoch=True, batch_size=len(idx))
         return out
 
+    def cowatch_loss(self, idx: torch.Tensor, latent: torch.Tensor) -> torch.Tensor | None:
+        """The co-watch term: InfoNCE between each batch movie's latent (B, H) and the latent of one of its
+        co-watched movies, drawn at random; movies without co-watched movies take no part."""
+        pos = self.positives[idx]  # (B, P)
+        n_pos = (pos >= 0).sum(1)  # (B,)
+        has = n_pos > 0
+        if int(has.sum()) < 2:
+            return None
+        draw = (torch.rand(int(has.sum()), generator=self.pick_rng) * n_pos[has].cpu()).long().to(idx.device)
+        partner = pos[has].gather(1, draw[:, None]).squeeze(1)  # (B',) positives are packed to the left
+        return info_nce(latent[has], self.model.encode(self.data[partner]), self.train_cfg.collab_temperature)
+
     def training_step(self, idx: torch.Tensor, batch_idx: int):
         out = self.shared_step(idx, "train")
-        return {"loss": out.losses.total, "codes": out.codes, "residuals": out.residuals}
+        loss = out.losses.total
+        if self.train_cfg.collab_weight > 0:
+            cw = self.cowatch_loss(idx, out.latent)
+            if cw is not None:
+                self.log("train/cowatch", cw, on_step=True, on_epoch=True, batch_size=len(idx))
+                loss = loss + self.train_cfg.collab_weight * cw
+        return {"loss": loss, "codes": out.codes, "residuals": out.residuals}
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         codes, residuals = outputs["codes"], outputs["residuals"]  # (B, L), (L, B, H)

@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import model as tokenizers  # torch is imported on first use of tokenizers.RQVAE, ...
-from ..artifacts import read_embeddings
+from ..artifacts import check_same_movies, read_collab, read_embeddings
 from ..devices import lightning_devices
 from ..errors import SidsError
 from ..io import atomic_dir, file_hash, write_json
-from ..metrics import tokenizer_metrics
+from ..metrics import knn, tokenizer_metrics
 from ..model.config import RQKMeansConfig
 from ..settings import TrainConfig, decisive
 
@@ -112,7 +112,8 @@ def resolve_defaults(train_cfg: TrainConfig, model_cfg) -> TrainConfig:
 
 
 def fit_rqvae(x: np.ndarray, model_cfg, train_cfg: TrainConfig, work_dir: Path, *,
-              callbacks: list | None = None, resume: bool = True) -> tuple[Any, dict[str, Any]]:
+              callbacks: list | None = None, resume: bool = True,
+              positives: np.ndarray | None = None) -> tuple[Any, dict[str, Any]]:
     """Train an RQ-VAE on x (N, D) with Lightning; checkpoints and logs go to ``work_dir``.
 
     Args:
@@ -123,6 +124,8 @@ def fit_rqvae(x: np.ndarray, model_cfg, train_cfg: TrainConfig, work_dir: Path, 
             from when present and ``resume`` is true.
         callbacks: extra Lightning callbacks.
         resume: continue from ``last.ckpt`` when there is one.
+        positives: (N, P) int64 each movie's co-watched movies, -1 padded on the right (the co-watch term,
+            ``train.collab_weight``); None: content only.
 
     Returns:
         The trained ``RQVAE`` (on CPU, eval mode) and a summary (steps, epochs, resumed step, the last
@@ -145,7 +148,8 @@ def fit_rqvae(x: np.ndarray, model_cfg, train_cfg: TrainConfig, work_dir: Path, 
 
     module = RQVAEModule(dataclasses.asdict(model_cfg), dataclasses.asdict(train_cfg),
                         torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-                        torch.from_numpy(val_idx), torch.from_numpy(train_idx))
+                        torch.from_numpy(val_idx), torch.from_numpy(train_idx),
+                        None if positives is None else torch.from_numpy(positives))
     gen = torch.Generator().manual_seed(train_cfg.seed)
     train_loader = DataLoader(_Indices(train_idx), batch_size=train_cfg.batch_size, shuffle=True, generator=gen,
                               num_workers=train_cfg.num_workers)
@@ -154,8 +158,9 @@ def fit_rqvae(x: np.ndarray, model_cfg, train_cfg: TrainConfig, work_dir: Path, 
     ckpt_dir = work_dir / "checkpoints"
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}", monitor="val/relative_mse",
                                  mode="min", save_top_k=1, save_last=True)
-    early = EarlyStopping(monitor="val/relative_mse", mode="min", patience=train_cfg.patience,
-                          min_delta=train_cfg.min_delta)
+    # With the co-watch term the reconstruction is no longer the only goal: train for max_epochs.
+    patience = train_cfg.patience if positives is None else int(train_cfg.max_epochs or 1) + 1
+    early = EarlyStopping(monitor="val/relative_mse", mode="min", patience=patience, min_delta=train_cfg.min_delta)
     loggers = [CSVLogger(work_dir / "logs", name="csv", version=""),
                TensorBoardLogger(work_dir / "logs", name="tensorboard", version="", default_hp_metric=False)]
     trainer = L.Trainer(
@@ -204,11 +209,33 @@ def fit_rqkmeans(x: np.ndarray, model_cfg, train_cfg: TrainConfig) -> tuple[Any,
 # The stage
 
 
+COWATCH_NEIGHBORS = 10
+"""How many nearest movies by collaborative vector each movie draws its co-watch partner from."""
+
+
+def cowatch_positives(run_dir: Path, movie_ids: np.ndarray, train_cfg: TrainConfig) -> tuple[np.ndarray | None, dict]:
+    """(N, P) the co-watched movies of each movie (row order of ``movie_ids``): its ``COWATCH_NEIGHBORS``
+    nearest movies by collaborative vector among the movies with training ratings, -1 for a movie without;
+    ``(None, {})`` when the run is content only (no ``collab.parquet`` or ``train.collab_weight`` 0)."""
+    collab = read_collab(run_dir) if train_cfg.collab_weight > 0 else None
+    if collab is None:
+        return None, {}
+    check_same_movies(movie_ids, run_dir / "embeddings.parquet", collab.movie_ids, collab.path, "collab")
+    warm = np.flatnonzero(collab.counts > 0)
+    out = np.full((len(movie_ids), COWATCH_NEIGHBORS), -1, dtype=np.int64)
+    if len(warm) > COWATCH_NEIGHBORS:
+        out[warm] = warm[knn(collab.vectors[warm], COWATCH_NEIGHBORS)]
+    return out, {"collab": {"movies_with_partners": int(len(warm)), "weight": train_cfg.collab_weight,
+                            "split": collab.split}}
+
+
 def _fingerprint(emb_path: Path, cfg: Config) -> dict[str, Any]:
     """What an unfinished training in ``.train/`` was started from: a resume needs the same embeddings
     and settings. (The pipeline's record says whether ``model/`` is up to date; this guards the
     checkpoints of a training that never finished, which have no record.)"""
-    return {"embeddings": file_hash(emb_path), "model": dataclasses.asdict(cfg.model), "train": decisive(cfg.train)}
+    collab = emb_path.parent / "collab.parquet"
+    return {"embeddings": file_hash(emb_path), "model": dataclasses.asdict(cfg.model), "train": decisive(cfg.train),
+            "collab": file_hash(collab) if collab.exists() and cfg.train.collab_weight > 0 else None}
 
 
 def train_stage(run_dir: Path, cfg: Config, *, callbacks: list | None = None) -> dict[str, Any]:
@@ -246,7 +273,9 @@ def train_stage(run_dir: Path, cfg: Config, *, callbacks: list | None = None) ->
                 log.info("settings or embeddings changed since the interrupted training: starting over")
                 shutil.rmtree(work)
             write_json(fp_path, fingerprint)
-        model, summary = fit_rqvae(x, model_cfg, cfg.train, work, callbacks=callbacks)
+        positives, collab_info = cowatch_positives(run_dir, emb.movie_ids, cfg.train)
+        model, summary = fit_rqvae(x, model_cfg, cfg.train, work, callbacks=callbacks, positives=positives)
+        summary.update(collab_info)
     seconds = time.perf_counter() - t0
     codes, x_hat = tokenize(model, x)
     summary.update(tokenizer=cfg.train.tokenizer, train_seconds=round(seconds, 3), n_movies=int(len(x)),

@@ -1,0 +1,140 @@
+"""Behaviour-aware SIDs: collaborative vectors from training interactions only, the co-watch term, co_watch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from movielens_sids import artifacts, collab, metrics, pipeline
+from movielens_sids.config import load_config
+from movielens_sids.errors import SidsError
+from movielens_sids.retrieval.sequences import split_of
+from movielens_sids.retrieval.stage import check_collab_split
+
+from movielens_fixtures import write_movielens
+from sids_fixtures import write_catalog, write_embeddings
+
+N_MOVIES, N_USERS, D = 60, 80, 8
+COLD = (59, 60)  # movies in the catalog that nobody ever rates
+
+
+def ratings_rows(seed: int = 0, scramble_after: int | None = None) -> list[tuple[int, int, float, int]]:
+    """Users who watch within one of 4 taste groups, over time; with ``scramble_after``, every rating at or
+    after that time is of another (random) movie: the same times, different test events."""
+    rng = np.random.default_rng(seed)
+    other = np.random.default_rng(seed + 99)
+    rows = []
+    for u in range(1, N_USERS + 1):
+        group = u % 4
+        t = int(rng.integers(0, 500))
+        mine = rng.choice(np.arange(group, N_MOVIES - len(COLD), 4), size=10, replace=False) + 1
+        free = [m for m in range(1, N_MOVIES - len(COLD) + 1) if m not in set(mine.tolist())]
+        for movie in mine.tolist():
+            t += int(rng.integers(1, 60))
+            if scramble_after is not None and t >= scramble_after:  # another movie this user never rates
+                movie = free.pop(int(other.integers(len(free))))
+            rows.append((u, movie, 4.0, t))
+    return rows
+
+
+def make_run(tmp_path, name: str, rows, **sets):
+    """A run folder (catalog + random content vectors) whose data source is a MovieLens folder with ``rows``."""
+    src = write_movielens(tmp_path / f"{name}-ml", movies=[(i, f"Movie {i} (2000)", "Drama")
+                                                           for i in range(1, N_MOVIES + 1)], ratings=rows)
+    run = tmp_path / name
+    run.mkdir()
+    write_catalog(run, [{"movie_id": i, "title": f"Movie {i}", "year": 2000} for i in range(1, N_MOVIES + 1)])
+    x = np.random.default_rng(1).normal(size=(N_MOVIES, D)).astype(np.float32)
+    write_embeddings(run, x / np.linalg.norm(x, axis=1, keepdims=True), np.arange(1, N_MOVIES + 1))
+    cfg = load_config(None, {
+        "data.source": str(src), "collab.method": "als", "collab.factors": 8, "collab.cowatch_pairs": 50,
+        "retrieval.protocol": "temporal", "retrieval.test_fraction": 0.2, "retrieval.valid_fraction": 0.1,
+        "model.encoder": "residual", "model.levels": 2, "model.codebook_size": 4, "model.hidden_dims": [16],
+        "model.kmeans_iters": 5, "train.batch_size": 16, "train.max_epochs": 2, "train.lr": 1e-2,
+        "train.collab_weight": 1.0, "train.progress_bar": False, "train.accelerator": "cpu", "train.devices": "1",
+        **sets})
+    return run, cfg
+
+
+def test_top_cowatch_pairs_match_brute_force():
+    rng = np.random.default_rng(0)
+    x = sp.csr_matrix((rng.random((300, 700)) < 0.05).astype(np.float32))
+    a, b, users = collab.top_cowatch_pairs(x, 40)
+    co = (x.T @ x).toarray()
+    np.fill_diagonal(co, 0)
+    iu = np.triu_indices(700, 1)
+    best = np.sort(co[iu])[::-1][:40]
+    assert users.tolist() == best.astype(int).tolist()  # the same counts as the exhaustive search
+    assert (co[a, b] == users).all() and (a < b).all()
+    assert len(set(zip(a.tolist(), b.tolist()))) == 40
+
+
+def test_co_watch_counts_shared_prefixes_against_random_pairs():
+    codes = np.array([[0, 0], [0, 1], [1, 0], [1, 1]] * 25)
+    a, b = np.array([0, 2, 1]), np.array([1, 6, 7])  # share first token, share both, share neither... row 7 = [1, 1]
+    cw = metrics.co_watch(codes, a, b, random_pairs=20_000)
+    assert cw["pairs"] == 3
+    assert cw["first_token"] == pytest.approx(2 / 3) and cw["first_two_tokens"] == pytest.approx(1 / 3)
+    assert cw["random_first_token"] == pytest.approx(0.5, abs=0.02)  # two first tokens, evenly used
+    assert cw["first_token_lift"] == pytest.approx(cw["first_token"] / cw["random_first_token"])
+
+
+def test_collab_vectors_never_see_validation_or_test_interactions(tmp_path):
+    run, cfg = make_run(tmp_path, "a", ratings_rows())
+    pipeline.execute("collab", cfg, run)
+    split = split_of(artifacts_ratings(cfg), np.arange(1, N_MOVIES + 1), cfg.retrieval)
+    valid_start = split.info["valid_start"]
+    # The same training interactions, every validation and test event replaced: identical vectors and pairs.
+    run2, cfg2 = make_run(tmp_path, "b", ratings_rows(scramble_after=valid_start))
+    split2 = split_of(artifacts_ratings(cfg2), np.arange(1, N_MOVIES + 1), cfg2.retrieval)
+    assert split2.info["valid_start"] == valid_start and split2.info["cutoff"] == split.info["cutoff"]
+    assert not np.array_equal(split.test.target, split2.test.target)  # the future really differs
+    pipeline.execute("collab", cfg2, run2)
+    for name in ("collab.parquet", "cowatch.parquet"):
+        assert (run / name).read_bytes() == (run2 / name).read_bytes()
+    c = artifacts.read_collab(run)
+    assert c.counts.sum() == split.info["n_train_interactions"]  # exactly the training interactions
+    check_collab_split(run, split)  # the benchmark's own split: accepted
+    other = split_of(artifacts_ratings(cfg), np.arange(1, N_MOVIES + 1),
+                     load_config(None, {"retrieval.protocol": "leave_one_out"}).retrieval)
+    with pytest.raises(SidsError, match="another split"):
+        check_collab_split(run, other)  # IDs built on another split's training data would leak: refused
+
+
+def artifacts_ratings(cfg):
+    from movielens_sids.data.catalog import read_interactions
+
+    return read_interactions(cfg.data)
+
+
+def test_a_movie_without_ratings_still_gets_a_sid(tmp_path):
+    run, cfg = make_run(tmp_path, "run", ratings_rows())
+    for stage in ("collab", "train", "assign"):
+        pipeline.execute(stage, cfg, run)
+    c = artifacts.read_collab(run)
+    cold = np.isin(c.movie_ids, COLD)
+    assert (c.counts[cold] == 0).all() and not c.vectors[cold].any()  # no rating: no collaborative vector
+    sids = artifacts.read_sids(run)
+    assert sids.movie_ids.tolist() == list(range(1, N_MOVIES + 1))  # every movie, the cold ones included
+    assert len(set(sids.strings)) == N_MOVIES
+    summary = artifacts.read_record(run, "train")["result"]
+    assert summary["tokenizer"] == "rqvae"
+    import json
+
+    trained = json.loads((run / "model" / "train_metrics.json").read_text())
+    assert trained["collab"]["movies_with_partners"] == N_MOVIES - len(COLD)
+
+
+def test_a_dataset_without_ratings_behaves_exactly_as_content_only(tmp_path):
+    run, cfg = make_run(tmp_path, "noratings", None)  # movies.csv alone
+    (run / "collab.parquet").write_bytes(b"stale")  # left by an earlier setting: must not be read
+    result = pipeline.execute("collab", cfg, run)
+    assert result["reason"] == "the dataset has no ratings" and not (run / "collab.parquet").exists()
+    pipeline.execute("train", cfg, run)
+    content, cfg0 = make_run(tmp_path, "content", None, **{"collab.method": "none"})
+    pipeline.execute("collab", cfg0, content)
+    pipeline.execute("train", cfg0, content)
+    a, b = (artifacts.read_model(r).state_dict() for r in (run, content))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the very same model
