@@ -20,7 +20,7 @@ OWN = {  # what a stage writes (besides its record in .stages/): may differ afte
     "train": ["model", ".train"],
     "assign": ["sids.parquet"],
     "evaluate": ["report.json", "report.md", "report-"],
-    "export": ["dataset", "model/README.md"],
+    "export": ["dataset", "model/README.md", "report.md"],  # report.md: the timings table gains a row
 }
 SCRATCH = (".lock", ".cache")
 """Not artifacts: the lock file and library caches."""
@@ -43,7 +43,7 @@ def snapshot(run_dir: Path) -> dict[str, str]:
 
 
 def owned(stage: str, rel: str) -> bool:
-    if rel == f".stages/{stage}.json":
+    if rel in (f".stages/{stage}.json", "config.yaml"):  # every stage keeps the settings it ran with there
         return True
     return any(rel == o or rel.startswith(o if o.endswith("-") else o + "/") for o in OWN[stage])
 

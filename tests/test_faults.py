@@ -128,7 +128,8 @@ def test_killed_stage_leaves_whole_artifacts_and_a_rerun_gives_the_uninterrupted
             assert tuple(load_tokenizer(run / "model").codebooks.shape) == shape
         else:
             mine = {k: v for k, v in ref.items() if owned(stage, k) and not k.startswith((".stages/", ".train",
-                                                                                             ".embed-cache"))}
+                                                                                             ".embed-cache"))
+                    and k not in ("config.yaml", "report.md")}  # shared: the reference has every later stage's
             assert {k: final.get(k) for k in mine} == mine, f"{stage} rerun differs from the uninterrupted run"
     assert landed >= 1, f"no signal landed while {stage} ran"
 

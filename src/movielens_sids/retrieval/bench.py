@@ -27,7 +27,7 @@ training interaction (its embedding is never trained; its count is 0): their col
 are near 0 by construction, not by a flaw of the benchmark. ``random_id`` can generate such a
 movie, but its tokens carry nothing about it.
 
-May import: devices and this package (torch, Lightning).
+May import: devices, logs and this package (torch, Lightning).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import time
 import numpy as np
 import torch
 
+from .. import logs
 from ..devices import resolve_device
 from .config import MAX_K, RetrievalConfig
 from .content import content_topk, seen_mask
@@ -116,6 +117,7 @@ def run_benchmark(split: Split, codes: np.ndarray, cfg: RetrievalConfig, vectors
     """
     import lightning as L
 
+    logs.adopt("lightning")  # Lightning's own console handler would print its lines twice
     if len(codes) != len(split.movie_ids):
         raise ValueError(f"codes has {len(codes)} rows for {len(split.movie_ids)} movies")
     if "content_knn" in cfg.methods and (vectors is None or len(vectors) != len(split.movie_ids)):
