@@ -22,6 +22,9 @@ OWN = {  # what a stage writes (besides its record in .stages/): may differ afte
     "evaluate": ["report.json", "report.md", "report-"],
     "export": ["dataset", "model/README.md", "report.md"],  # report.md: the timings table gains a row
 }
+SHARED = ("config.yaml", "report.md")
+"""Written by several stages (the folder's settings; the page with every stage's time): a stage may change
+them, and the folder after the last stage holds later stages' part too, so they are not compared bit for bit."""
 SCRATCH = (".lock", ".cache")
 """Not artifacts: the lock file and library caches."""
 

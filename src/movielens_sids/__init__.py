@@ -2,7 +2,8 @@
 
 The Python API mirrors the CLI: stage functions live in ``movielens_sids.stages`` (``stages.embed``,
 ``stages.train``, ...), the artifact readers in ``movielens_sids.artifacts``; ``lookup`` functions and
-``SemanticIds`` (``api``: from text or movie ids to SIDs, Hugging Face style) are re-exported here. ARCHITECTURE.md shows the layers.
+``SemanticIds`` (``api``: from text or movie ids to SIDs, Hugging Face style) are re-exported here.
+ARCHITECTURE.md shows the layers.
 
 May import: nothing at import time (``lookup`` and ``api`` are loaded on first use).
 """

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .artifacts import EMBEDDINGS, decoded_metadata, read_model
+from .artifacts import EMBEDDINGS, decoded_metadata
 from .config import load_run_config
 from .errors import SidsError
 from .io import run_lock

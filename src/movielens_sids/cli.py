@@ -390,8 +390,8 @@ COMMANDS: dict[str, Command] = {
                       assign_arguments, _execute("assign")),
     "export": Command("write dataset/ (Parquet shards + dataset card) and the model card; --push-to-hub uploads "
                       "both", export_arguments, export_command),
-    "evaluate": Command("write report.json and report.md (README: 'What comes out'); --compare RUN_DIR... puts several runs "
-                        "side by side", evaluate_arguments, evaluate_command),
+    "evaluate": Command("write report.json and report.md (README: 'What comes out'); --compare RUN_DIR... puts "
+                        "several runs side by side", evaluate_arguments, evaluate_command),
     "visualize": Command("write visualization.html: an interactive UMAP map of the movies coloured by Semantic ID "
                          "(works offline)", visualize_arguments, visualize_command),
     "lookup": Command("find a movie's SID (--movie), the movies under a SID prefix (--sid), or a movie's nearest "
@@ -402,8 +402,10 @@ COMMANDS: dict[str, Command] = {
                          "and a content baseline (temporal or leave-one-out split; all / warm / cold events; paired "
                          "bootstrap intervals)", retrieval_arguments, retrieval_command),
 }
-ON_A_RUN = frozenset(COMMANDS) - {"fetch", "catalog", "run"}
-"""Commands that work on an existing run folder: without --run-dir or --config they find it under runs/."""
+ON_A_RUN = frozenset({"lookup", "evaluate", "export", "visualize", "retrieval"})
+"""Commands on a finished run: they start from the folder's config.yaml, and without --run-dir or --config
+they find the folder under runs/. The others build a run, and take their settings from --config and flags
+(the folder's remembered --source would otherwise shadow a new --dataset)."""
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -472,8 +474,8 @@ def verbosity(args: argparse.Namespace) -> int:
 def resolve_run(args: argparse.Namespace) -> tuple[Config, Path]:
     """The settings and the run folder of a command.
 
-    A command on an existing run folder (``--run-dir``, or the only folder under ``runs/`` when neither
-    ``--run-dir`` nor ``--config`` is given) starts from that folder's ``config.yaml``; flags override it.
+    A command on a finished run (``ON_A_RUN``) starts from the folder's ``config.yaml`` (``--run-dir``, or the
+    only folder under ``runs/`` when neither ``--run-dir`` nor ``--config`` is given); flags override it.
     """
     overrides = overrides_from_args(args)
     run_dir: Path | None = args.run_dir
@@ -483,7 +485,7 @@ def resolve_run(args: argparse.Namespace) -> tuple[Config, Path]:
         if run_dir != RUNS_ROOT / "default":
             log.info("using %s, the only run folder under %s/ (pass --run-dir to choose another)", run_dir,
                      RUNS_ROOT)
-    if run_dir is not None and args.config is None:
+    if run_dir is not None and args.config is None and args.command in ON_A_RUN:
         return load_run_config(Path(run_dir), overrides), Path(run_dir)
     cfg = load_config(args.config, overrides)
     return cfg, Path(run_dir) if run_dir is not None else cfg.default_run_dir()

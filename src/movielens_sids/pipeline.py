@@ -10,7 +10,8 @@ stages; embedding resumes from its last chunk and training from its last checkpo
 keep their own progress).
 
 May import: settings, config (the run folder's settings file), io, errors, artifacts, data.catalog (the
-catalog stage's source files), reports.markdown (report.md after a stage) and the stage modules. Only ``cli`` imports this module.
+catalog stage's source files), reports.markdown (report.md after a stage) and the stage modules. Only
+``cli`` imports this module.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .artifacts import MODEL_FILES, RECORDS, read_record
+from .config import RUN_SETTINGS
 from .data.catalog import input_files
 from .errors import SidsError
-from .config import RUN_SETTINGS
 from .io import file_hash, run_lock, write_json, write_text
 from .reports.markdown import write_page
 from .settings import decisive

@@ -114,7 +114,7 @@ def _repo_link(repo: str | None, kind: str) -> str:
     """A link to a Hub repo, or (account unknown until `export --push-to-hub`) the run folder's own folder."""
     if repo is None:
         folder = "model/" if kind == "model" else "dataset/"
-        return f"`{folder}` of the same run folder (on the Hub once `movielens-sids export --push-to-hub` ran)"
+        return f"`{folder}` in the run folder (on the Hub after `movielens-sids export --push-to-hub`)"
     return f"[{repo}](https://huggingface.co/{'datasets/' if kind == 'dataset' else ''}{repo})"
 
 
@@ -274,15 +274,16 @@ sids.movies_under(sid[:sid.index(">") + 1])  # a DataFrame: the movies under its
 sids.encode(["A new movie about ..."])     # a new text -> the SID of its raw codes (before dedup)
 ```
 
-Without this package, the same with the dataset ({_repo_link(dataset_repo, "dataset")}): its `sid`
-column holds every movie's real SID. The tokenizer alone gives raw codes:
+Without this package: the `sid` column of the dataset, {_repo_link(dataset_repo, "dataset")}, holds
+every movie's real SID. The tokenizer alone gives raw codes:
 
 ```python
 import torch
 from huggingface_hub import snapshot_download
 from movielens_sids.model import load_tokenizer
 
-tok = load_tokenizer({f'snapshot_download("{model_repo}", revision="{revision}")' if model_repo else '"model"'})
+tok = load_tokenizer({f'snapshot_download("{model_repo}", revision="{revision}")' if model_repo
+                      else json.dumps(str(prov.get("run_dir") or "runs/demo") + "/model")})
 codes = tok.quantize(tok.encode(x))   # x: (B, {dim}) float32 embeddings -> (B, L) raw codes, before dedup
 x_hat = tok.decode_codes(codes)       # (B, {dim}) reconstruction
 ```

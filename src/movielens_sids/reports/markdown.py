@@ -6,7 +6,8 @@ evaluation (``report.json``) and, when the run has one, the generative-retrieval
 its JSON report and calls ``write_page``. ``compare_runs`` writes the side-by-side table of several
 runs.
 
-May import: artifacts (the stage records' timings), errors, io, labels (reads labels.parquet), retrieval.report (the benchmark's section renderer).
+May import: artifacts (the stage records' timings), errors, io, labels (reads labels.parquet), retrieval.report
+(the benchmark's section renderer).
 """
 
 from __future__ import annotations
