@@ -20,8 +20,11 @@ OWN = {  # what a stage writes (besides its record in .stages/): may differ afte
     "train": ["model", ".train"],
     "assign": ["sids.parquet"],
     "evaluate": ["report.json", "report.md", "report-"],
-    "export": ["dataset", "model/README.md"],
+    "export": ["dataset", "model/README.md", "report.md"],  # report.md: the timings table gains a row
 }
+SHARED = ("config.yaml", "report.md")
+"""Written by several stages (the folder's settings; the page with every stage's time): a stage may change
+them, and the folder after the last stage holds later stages' part too, so they are not compared bit for bit."""
 SCRATCH = (".lock", ".cache")
 """Not artifacts: the lock file and library caches."""
 
@@ -43,7 +46,7 @@ def snapshot(run_dir: Path) -> dict[str, str]:
 
 
 def owned(stage: str, rel: str) -> bool:
-    if rel == f".stages/{stage}.json":
+    if rel in (f".stages/{stage}.json", "config.yaml"):  # every stage keeps the settings it ran with there
         return True
     return any(rel == o or rel.startswith(o if o.endswith("-") else o + "/") for o in OWN[stage])
 

@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fault_checks import PREVIOUS, owned, snapshot, validate  # noqa: E402
+from fault_checks import PREVIOUS, SHARED, owned, snapshot, validate  # noqa: E402
 
 STAGES = ["catalog", "embed", "train", "assign", "evaluate", "export"]
 CAMPAIGN = ["embed", "train", "assign", "export"]
@@ -197,8 +197,8 @@ def compare(stage: str, got: Path, ref: Path, ref_hashes: dict[str, str], before
             ) -> tuple[list[str], bool]:
     """Problems of the rerun's outputs against the reference, and whether they are byte-for-byte equal."""
     new = snapshot(got)
-    mine = {k: v for k, v in ref_hashes.items() if owned(stage, k) and not k.startswith((".stages/", ".train/",
-                                                                                            ".embed-cache/"))}
+    mine = {k: v for k, v in ref_hashes.items() if owned(stage, k) and k not in SHARED
+            and not k.startswith((".stages/", ".train/", ".embed-cache/"))}
     if stage == "train":
         mine = {k: v for k, v in mine.items() if k in ("model/config.json", "model/model.safetensors")}
     bitwise = all(new.get(k) == v for k, v in mine.items())

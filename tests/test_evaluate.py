@@ -147,7 +147,7 @@ def _cfg(**kw) -> Config:
 
 def test_report_has_every_spec_key_with_plausible_values(run):
     run_dir, tok = run
-    cfg = _cfg(extra_probes=["Movie 3 (1953)", "Not A Movie (2001)"])
+    cfg = _cfg(extra_probes=["Movie 3 (1953)"])
     evaluate_stage(run_dir, cfg, tokenizer=tok)
     r = json.loads((run_dir / "report.json").read_text())
     assert SPEC_KEYS <= set(r)
@@ -169,7 +169,7 @@ def test_report_has_every_spec_key_with_plausible_values(run):
     assert r["genre_purity_level1"] > r["genre_purity_level1_baseline"]
     assert set(r["probes"]) == {"Matrix, The (1999)", "Toy Story (1995)", "Movie 3 (1953)"}
     assert all(len(v) == 10 and k not in v for k, v in r["probes"].items())
-    assert set(r["probes_skipped"]) == {"Godfather, The (1972)", "Pulp Fiction (1994)", "Not A Movie (2001)"}
+    assert set(r["probes_skipped"]) == {"Godfather, The (1972)", "Pulp Fiction (1994)"}
     assert set(r["timings_s"]) >= {"catalog", "embed", "train", "assign", "evaluate"}
     assert r["timings_s"]["evaluate"] > 0
     assert r["dedup"]["assign_stats"]["strategy"] == "suffix" and r["dedup"]["n_suffixed"] == 240

@@ -86,7 +86,9 @@ def test_lookup_prefix(run):
     assert [m["movie_id"] for m in lookup_prefix(run, "0")] == [1, 2, 3, 4]
     assert [m["movie_id"] for m in lookup_prefix(run, "<a_1>")] == [5, 1917]
     assert [m["movie_id"] for m in lookup_prefix(run, "0,2")] == [3]
-    assert lookup_prefix(run, (9,)) == []
+    assert lookup_prefix(run, (3, 1)) == []  # in range, nobody there
+    with pytest.raises(SidsError, match="9 is out of range: codes at level 1 run 0..3"):
+        lookup_prefix(run, (9,))
     assert len(lookup_prefix(run, "0", limit=2)) == 2
     with pytest.raises(SidsError, match="tokens"):
         lookup_prefix(run, "0,0,0")

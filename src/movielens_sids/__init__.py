@@ -1,19 +1,20 @@
 """movielens-sids: Semantic IDs for every movie of a MovieLens catalog.
 
 The Python API mirrors the CLI: stage functions live in ``movielens_sids.stages`` (``stages.embed``,
-``stages.train``, ...), the artifact readers in ``movielens_sids.artifacts``; ``lookup`` functions are
-re-exported here. ARCHITECTURE.md shows the layers.
+``stages.train``, ...), the artifact readers in ``movielens_sids.artifacts``; ``lookup`` functions and
+``SemanticIds`` (``api``: from text or movie ids to SIDs, Hugging Face style) are re-exported here.
+ARCHITECTURE.md shows the layers.
 
-May import: nothing at import time (``lookup`` is loaded on first use of its functions).
+May import: nothing at import time (``lookup`` and ``api`` are loaded on first use).
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "lookup_movie", "lookup_prefix", "neighbors"]
+__all__ = ["SemanticIds", "__version__", "lookup_movie", "lookup_prefix", "neighbors"]
 
-_LAZY = {"lookup_movie": "lookup", "lookup_prefix": "lookup", "neighbors": "lookup"}
+_LAZY = {"lookup_movie": "lookup", "lookup_prefix": "lookup", "neighbors": "lookup", "SemanticIds": "api"}
 
 
 def __getattr__(name: str):

@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from . import __version__, pipeline
-from .config import Config, load_config
+from . import __version__, logs, pipeline
+from .config import RUNS_ROOT, Config, find_run_dir, load_config, load_run_config
 from .data import registry
 from .data.fetch import DATA_DIR_ENV, MD5_ENV, bundled_path, fetch_dataset
 from .errors import SidsError
@@ -133,14 +133,16 @@ FLAGS = _flags(
                                                 "HF_TOKEN, .env or `hf auth login`)", action="store_true"),
     Flag("--dry-run", "export.dry_run", "list every file --push-to-hub would upload, and where; upload nothing",
          action="store_true"),
-    Flag("--model-repo", "export.model_repo", "model repo id (default <user>/movielens-rqvae)"),
-    Flag("--dataset-repo", "export.dataset_repo", "dataset repo id (default <user>/movielens-sids)"),
+    Flag("--model-repo", "export.model_repo", "model repo id (default: YOUR_HF_ACCOUNT/movielens-rqvae)"),
+    Flag("--dataset-repo", "export.dataset_repo", "dataset repo id (default: YOUR_HF_ACCOUNT/movielens-sids)"),
     Flag("--private", "export.private", "create the repos as private", action="store_true"),
     Flag("--revision", "export.revision", "tag for the uploaded commits (default: experiment)"),
     # evaluate
-    Flag("--probe", "evaluate.extra_probes", 'another probe movie, MovieLens form "Title (year)", e.g. '
-                                             '"Alien (1979)" (repeatable)', action="append", metavar="TITLE"),
-    Flag("--no-charts", "evaluate.charts", "skip the PNG charts", action="store_false"),
+    Flag("--probe", "evaluate.extra_probes", 'another probe movie, named as for `lookup --movie`: "The Matrix", '
+                                             '"Alien (1979)" or a movie_id (repeatable; kept in the run folder\'s '
+                                             'config.yaml for the next evaluate)', action="append", metavar="TITLE"),
+    Flag("--no-charts", "evaluate.charts", "no PNG charts (and remove those of an earlier evaluate)",
+         action="store_false"),
     # visualize
     Flag("--sample", "visualize.sample", "draw only N movies, chosen reproducibly (for very large catalogs)",
          type=int, metavar="N"),
@@ -319,7 +321,10 @@ def lookup_command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
         under = lookup_prefix(run_dir, args.sid)
         records, extra = under[:args.limit] if args.limit is not None else under, []
         named = prefix_lines(labels_for_run(run_dir), parse_sid_prefix(args.sid)[:2]) if under else []
-        named.append(f"{len(under):,} movies under {args.sid}, {len(records):,} shown")
+        shown = f"; showing {len(records):,} (--limit)" if len(records) < len(under) else ""
+        if under:
+            log.info("%s %s %s%s", f"{len(under):,}", "movie matches" if len(under) == 1 else "movies match",
+                     args.sid, shown)
     else:
         records, extra = neighbors(run_dir, args.neighbors, k=args.k), ["shared_prefix", "distance"]
     if args.json:
@@ -397,8 +402,8 @@ COMMANDS: dict[str, Command] = {
                       assign_arguments, _execute("assign")),
     "export": Command("write dataset/ (Parquet shards + dataset card) and the model card; --push-to-hub uploads "
                       "both", export_arguments, export_command),
-    "evaluate": Command("write report.json and report.md (SPEC section 4); --compare RUN_DIR... puts several runs "
-                        "side by side", evaluate_arguments, evaluate_command),
+    "evaluate": Command("write report.json and report.md (README: 'What comes out'); --compare RUN_DIR... puts "
+                        "several runs side by side", evaluate_arguments, evaluate_command),
     "visualize": Command("write visualization.html: an interactive UMAP map of the movies coloured by Semantic ID "
                          "(works offline)", visualize_arguments, visualize_command),
     "lookup": Command("find a movie's SID (--movie), the movies under a SID prefix (--sid), or a movie's nearest "
@@ -409,9 +414,22 @@ COMMANDS: dict[str, Command] = {
                          "and a content baseline (temporal or leave-one-out split; all / warm / cold events; paired "
                          "bootstrap intervals)", retrieval_arguments, retrieval_command),
 }
+ON_A_RUN = frozenset({"lookup", "evaluate", "export", "visualize", "retrieval"})
+"""Commands on a finished run: they start from the folder's config.yaml, and without --run-dir or --config
+they find the folder under runs/. The others build a run, and take their settings from --config and flags
+(the folder's remembered --source would otherwise shadow a new --dataset)."""
 
 
 # ---------------------------------------------------------------------------------------------- parsing
+
+
+def _verbosity_flags(group: Any, default: Any) -> None:
+    """--quiet and --verbose: before the command (``movielens-sids -q run``) or after it."""
+    how = group.add_mutually_exclusive_group() if isinstance(group, argparse.ArgumentParser) else group
+    how.add_argument("-q", "--quiet", action="store_true", default=default,
+                     help="print only results, warnings and errors")
+    how.add_argument("-v", "--verbose", action="store_true", default=default,
+                     help="also show the libraries' own lines (Lightning, FAISS, transformers) and their warnings")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -420,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Semantic IDs for MovieLens movies: catalog -> embeddings -> RQ-VAE -> unique SIDs.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    _verbosity_flags(parser, False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
         p = sub.add_parser(name, help=command.help, description=command.help)
@@ -432,7 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="experiment name (default run folder runs/<experiment>)")
         common.add_argument("--set", action="append", metavar="KEY=VALUE",
                             help="override any setting, e.g. --set model.levels=4 (repeatable)")
-        common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+        common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                            help="show tracebacks and debug logs")
+        _verbosity_flags(common, argparse.SUPPRESS)
         command.add_arguments(p)
         p.set_defaults(_command=command)
     return parser
@@ -452,26 +474,43 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _setup_logging(debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if debug else "%(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("lightning", "lightning.pytorch", "pytorch_lightning", "httpx", "urllib3", "numba", "filelock",
-                  "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+def verbosity(args: argparse.Namespace) -> int:
+    """-1 with --quiet (warnings and errors only), 0 by default, 1 with --verbose, 2 with --debug."""
+    if getattr(args, "debug", False):
+        return 2
+    if getattr(args, "verbose", False):
+        return 1
+    return -1 if getattr(args, "quiet", False) else 0
+
+
+def resolve_run(args: argparse.Namespace) -> tuple[Config, Path]:
+    """The settings and the run folder of a command.
+
+    A command on a finished run (``ON_A_RUN``) starts from the folder's ``config.yaml`` (``--run-dir``, or the
+    only folder under ``runs/`` when neither ``--run-dir`` nor ``--config`` is given); flags override it.
+    """
+    overrides = overrides_from_args(args)
+    run_dir: Path | None = args.run_dir
+    on_a_run = args.command in ON_A_RUN and not getattr(args, "compare", None)
+    if run_dir is None and args.config is None and "experiment" not in overrides and on_a_run:
+        run_dir = find_run_dir(RUNS_ROOT)
+        if run_dir != RUNS_ROOT / "default":
+            log.info("using %s, the only run folder under %s/ (pass --run-dir to choose another)", run_dir,
+                     RUNS_ROOT)
+    if run_dir is not None and args.config is None and args.command in ON_A_RUN:
+        return load_run_config(Path(run_dir), overrides), Path(run_dir)
+    cfg = load_config(args.config, overrides)
+    return cfg, Path(run_dir) if run_dir is not None else cfg.default_run_dir()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.debug)
+    logs.setup(verbosity(args))
     try:
-        cfg = load_config(args.config, overrides_from_args(args))
-        run_dir = args.run_dir if args.run_dir is not None else cfg.default_run_dir()
-        return int(args._command.run(args, cfg, Path(run_dir)) or 0)
+        cfg, run_dir = resolve_run(args)
+        return int(args._command.run(args, cfg, run_dir) or 0)
     except SidsError as e:
-        if args.debug:
+        if verbosity(args) >= 2:
             raise
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -479,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished artifacts are kept; run the same command again to continue", file=sys.stderr)
         return 130
     except Exception as e:  # an unexpected failure still gets one line unless --debug
-        if args.debug or os.environ.get("MOVIELENS_SIDS_DEBUG"):
+        if verbosity(args) >= 2 or os.environ.get("MOVIELENS_SIDS_DEBUG"):
             raise
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"error: unexpected {type(e).__name__}: {msg} (re-run with --debug for the traceback)", file=sys.stderr)

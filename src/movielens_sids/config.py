@@ -173,7 +173,7 @@ def read_config_file(name_or_path: str | Path) -> dict[str, Any]:
     """Read a preset by name (``demo``) or a YAML file by path, as nested dicts."""
     text: str
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if p.suffix in (".yaml", ".yml") or p.is_file():  # a folder called "demo" does not hide the preset
         if not p.is_file():
             raise SidsError(f"config file {p} not found")
         text = p.read_text(encoding="utf-8")
@@ -222,6 +222,59 @@ def load_config(name_or_path: str | Path | None = None, overrides: dict[str, Any
         >>> cfg = load_config("demo", {"model.levels": 4})
     """
     values = read_config_file(name_or_path) if name_or_path else {}
+    for k, v in (overrides or {}).items():
+        set_dotted(values, k, v)
+    return config_from_dict(values)
+
+
+RUNS_ROOT = Path("runs")
+"""Where run folders go by default (``runs/<experiment>``)."""
+RUN_SETTINGS = "config.yaml"
+"""A run folder's own settings: the defaults of every later command on that folder."""
+ONE_SHOT = ("export.push_to_hub", "export.dry_run")
+"""Settings that ask for an action: read from a run folder's settings, they are reset (asked for each time)."""
+
+
+def run_folders(root: Path = RUNS_ROOT) -> list[Path]:
+    """The run folders under ``root`` (sub-folders holding settings, a catalog or stage records), sorted."""
+    if not root.is_dir():
+        return []
+    marks = (RUN_SETTINGS, "catalog.parquet", "sids.parquet", ".stages")
+    return sorted(d for d in root.iterdir() if d.is_dir() and any((d / m).exists() for m in marks))
+
+
+def find_run_dir(root: Path = RUNS_ROOT, default: str = "default") -> Path:
+    """The run folder a command uses when given neither ``--run-dir`` nor ``--config``.
+
+    ``root/default`` when it exists, else the only run folder under ``root``.
+
+    Raises:
+        SidsError: none or several run folders (the message lists them).
+    """
+    if (root / default).is_dir():
+        return root / default
+    found = run_folders(root)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise SidsError(f"no run folder under {root}/: run `movielens-sids run --config demo` first, "
+                        "or pass --run-dir DIR")
+    raise SidsError(f"{len(found)} run folders under {root}/: {', '.join(map(str, found))}; pass --run-dir DIR")
+
+
+def load_run_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> Config:
+    """A run folder's own settings (``config.yaml``) with ``overrides`` applied; the defaults when it has none.
+
+    The one-shot settings (``ONE_SHOT``: pushing to the Hub) are not taken from the file.
+    """
+    path = Path(run_dir) / RUN_SETTINGS
+    if not path.is_file():
+        return load_config(None, overrides)
+    values = read_config_file(path)
+    for key in ONE_SHOT:
+        section, name = key.split(".")
+        if isinstance(values.get(section), dict):
+            values[section].pop(name, None)
     for k, v in (overrides or {}).items():
         set_dotted(values, k, v)
     return config_from_dict(values)

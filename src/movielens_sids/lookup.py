@@ -21,6 +21,7 @@ May import: artifacts, sid, errors; rapidfuzz on first use. Not a stage: it only
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ import numpy as np
 from .artifacts import read_catalog, read_model, read_sids
 from .errors import SidsError
 from .sid import parse_sid_prefix
+
+log = logging.getLogger(__name__)
 
 FUZZY_MIN_SCORE = 60.0
 """Below this score (0-100: mean of rapidfuzz token_set_ratio and ratio) a title is not a match at all."""
@@ -50,6 +53,8 @@ class SidIndex:
     sids: list[str]
     levels: int
     """L: the tokens that come from the codebooks (the rest is the collision token)."""
+    codebook_size: int | None
+    """K: codes at each of the L levels run 0..K-1 (None when sids.parquet does not say)."""
     display: list[str]
     """"The Matrix (1999)" per movie."""
     years: list[int | None]
@@ -109,7 +114,9 @@ def load_index(run_dir: str | Path) -> SidIndex:
         return _CACHE[key]
     sids = read_sids(run_dir)
     ids, tokens, sid_col = sids.movie_ids, sids.tokens, sids.strings
-    levels = int((sids.metadata.get("assign") or {}).get("levels", tokens.shape[1]))
+    assign = sids.metadata.get("assign") or {}
+    levels = int(assign.get("levels", tokens.shape[1]))
+    k_codes = int(assign["codebook_size"]) if assign.get("codebook_size") is not None else None
     cat = read_catalog(run_dir, ("movie_id", "title"))
     cat_ids = cat.column("movie_id").to_numpy().astype(np.int64)
     pos = {int(m): i for i, m in enumerate(cat_ids.tolist())}
@@ -122,7 +129,7 @@ def load_index(run_dir: str | Path) -> SidIndex:
     disp = cat.column("display_title").to_pylist() if "display_title" in cat.column_names else titles
     years = cat.column("year").to_pylist() if "year" in cat.column_names else [None] * len(titles)
     genres = cat.column("genres").to_pylist() if "genres" in cat.column_names else [[]] * len(titles)
-    index = SidIndex(run_dir, ids, tokens, sid_col, levels,
+    index = SidIndex(run_dir, ids, tokens, sid_col, levels, k_codes,
                      display=[f"{disp[r]} ({years[r]})" if years[r] is not None else str(disp[r]) for r in rows],
                      years=[years[r] for r in rows], genres=[list(genres[r] or []) for r in rows])
     # Every way a user may write a title: as MovieLens does or with the article in front, with or
@@ -147,8 +154,20 @@ def _describe(index: SidIndex, rows: list[int]) -> str:
     return "; ".join(f"{index.movie_ids[r]} {index.display[r]}" for r in rows)
 
 
+def _covered(query: str, title: str) -> bool:
+    """Every word of the query (two letters or more) is, give or take a typo, a word of the title: "zzzzqqq
+    nothing" is then no match for "Nothing", however well its one other word fits."""
+    from rapidfuzz import fuzz
+
+    words = title.split()
+    return all(any(w.startswith(q) or fuzz.ratio(q, w) >= 75 for w in words) for q in query.split() if len(q) > 1)
+
+
 def resolve_movie(index: SidIndex, query: str | int) -> int:
     """The row of the movie a user means by ``query`` (id, exact title, or fuzzy title).
+
+    A fuzzy query that fits several titles (``"matrix"``: the film and its sequels) picks the best and
+    logs a warning naming the others.
 
     Raises:
         SidsError: no movie fits, or several fit about equally well (the message lists them by id).
@@ -164,28 +183,42 @@ def resolve_movie(index: SidIndex, query: str | int) -> int:
     exact = index._keys.get(q)
     if exact and len(exact) == 1:
         return exact[0]
-    from rapidfuzz import fuzz, process
-
-    # Recall with token_set_ratio (word order and extra words do not matter), then rank by the mean of
-    # token_set_ratio and plain ratio, so "godfathr" -> "The Godfather" and "matrix" prefers "The Matrix"
-    # over "The Matrix Reloaded". Titles are compared with their year only when the query has one.
-    choices = index._choices_year if _YEAR.search(q) else index._choices
-    pool = process.extract(q, choices, scorer=fuzz.token_set_ratio, limit=50, score_cutoff=40)
-    scored = sorted(((0.5 * s + 0.5 * fuzz.ratio(q, choices[r]), r) for _, s, r in pool),
-                    key=lambda t: (-t[0], index.movie_ids[t[1]]))
+    scored, choices = _fuzzy(index, q)
     if exact:  # several movies have exactly this title: list them, then the closest other titles
         others = [r for sc, r in scored if r not in exact and sc >= FUZZY_MIN_SCORE][:3]
         raise SidsError(f"{len(exact)} movies are called {text!r}: {_describe(index, exact[:10])}"
                         f"{'; also close: ' + _describe(index, others) if others else ''}; "
                         "pass the movie_id (or add the year)")
-    if not scored or scored[0][0] < FUZZY_MIN_SCORE:
+    fits = [(sc, r) for sc, r in scored if sc >= FUZZY_MIN_SCORE and _covered(q, choices[r])]
+    if not fits:
         near = f"; closest: {_describe(index, [r for _, r in scored[:3]])}" if scored else ""
         raise SidsError(f"no movie matches {text!r}{near}")
-    best = scored[0][0]
-    close = [r for s, r in scored if s >= best - FUZZY_MARGIN]
-    if len(close) == 1:
-        return close[0]
-    raise SidsError(f"{text!r} is ambiguous: {_describe(index, close[:8])}; pass the movie_id")
+    best = fits[0][0]
+    close = [r for s, r in fits if s >= best - FUZZY_MARGIN]
+    if len(close) > 1:
+        raise SidsError(f"{text!r} is ambiguous: {_describe(index, close[:8])}; pass the movie_id")
+    others = [r for _, r in fits[1:]]
+    if others:
+        log.warning("%r matches %d titles; showing %s. Also: %s%s (pass the movie_id or the full title)", text,
+                    len(fits), index.display[close[0]], _describe(index, others[:10]),
+                    f" and {len(others) - 10} more" if len(others) > 10 else "")
+    return close[0]
+
+
+def _fuzzy(index: SidIndex, q: str) -> tuple[list[tuple[float, int]], list[str]]:
+    """Candidate rows for a normalised query, best first, with their scores, and the titles they were scored on.
+
+    Recall with token_set_ratio (word order and extra words do not matter), then rank by the mean of
+    token_set_ratio and plain ratio, so "godfathr" -> "The Godfather" and "matrix" prefers "The Matrix"
+    over "The Matrix Reloaded". Titles are compared with their year only when the query has one.
+    """
+    from rapidfuzz import fuzz, process
+
+    choices = index._choices_year if _YEAR.search(q) else index._choices
+    pool = process.extract(q, choices, scorer=fuzz.token_set_ratio, limit=50, score_cutoff=40)
+    scored = sorted(((0.5 * s + 0.5 * fuzz.ratio(q, choices[r]), r) for _, s, r in pool),
+                    key=lambda t: (-t[0], index.movie_ids[t[1]]))
+    return scored, choices
 
 
 def lookup_movie(run_dir: str | Path, query: str | int) -> dict[str, Any]:
@@ -211,12 +244,24 @@ def lookup_prefix(run_dir: str | Path, prefix: str | tuple[int, ...] | list[int]
     if len(p) > index.tokens.shape[1]:
         raise SidsError(f"SID prefix {prefix!r} has {len(p)} tokens but SIDs in this run have "
                         f"{index.tokens.shape[1]}")
+    _check_range(index, p)
     hit = np.flatnonzero((index.tokens[:, :len(p)] == np.asarray(p)[None, :]).all(axis=1))
     keys = [index.tokens[hit, j] for j in range(index.tokens.shape[1] - 1, -1, -1)]
     hit = hit[np.lexsort([index.movie_ids[hit], *keys])]
     if limit is not None:
         hit = hit[:limit]
     return [index.record(int(r)) for r in hit]
+
+
+def _check_range(index: SidIndex, prefix: tuple[int, ...]) -> None:
+    """A code no SID of the run can hold is an error that says the range, not an empty answer."""
+    for j, code in enumerate(prefix):
+        if j < index.levels and index.codebook_size is not None:
+            top, what = index.codebook_size - 1, f"codes at level {j + 1}"
+        else:
+            top, what = int(index.tokens[:, j].max()) if len(index.tokens) else 0, f"tokens at position {j + 1}"
+        if code > top:
+            raise SidsError(f"{code} is out of range: {what} run 0..{top}")
 
 
 def neighbors(run_dir: str | Path, query: str | int, k: int = 10) -> list[dict[str, Any]]:

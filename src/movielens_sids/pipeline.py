@@ -9,8 +9,9 @@ re-trains and re-assigns but does not re-embed. An interrupted run started again
 stages; embedding resumes from its last chunk and training from its last checkpoint (those stages
 keep their own progress).
 
-May import: settings, io, errors, data.catalog (the catalog stage's source files) and the stage
-modules. Only ``cli`` imports this module.
+May import: settings, config (the run folder's settings file), io, errors, artifacts, data.catalog (the
+catalog stage's source files), reports.markdown (report.md after a stage) and the stage modules. Only
+``cli`` imports this module.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .artifacts import MODEL_FILES, RECORDS, read_record
+from .config import RUN_SETTINGS
 from .data.catalog import input_files
+from .errors import SidsError
 from .io import file_hash, run_lock, write_json, write_text
+from .reports.markdown import write_page
 from .settings import decisive
 from .stages import assign, catalog, collab, embed, evaluate, export, train, visualize
 
@@ -78,7 +82,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           inputs=("embeddings.parquet", *MODEL_FILES), outputs=("sids.parquet",)),
     Stage("evaluate", evaluate.evaluate_stage, ("evaluate",),
           inputs=("catalog.parquet", "embeddings.parquet", "sids.parquet", "cowatch.parquet", *MODEL_FILES),
-          outputs=("report.json", "report.md", "labels.parquet")),
+          outputs=("report.json", "labels.parquet")),  # report.md is a page of the JSON reports (write_page)
     Stage("export", export.export_stage, ("export",),
           inputs=("catalog.parquet", "embeddings.parquet", "sids.parquet", "report.json", *MODEL_FILES),
           outputs=("dataset",)),
@@ -151,6 +155,8 @@ def execute(name: str, cfg: Config, run_dir: Path, *, lock: bool = True) -> dict
     t0 = time.perf_counter()
     result = stage.function(run_dir, cfg) or {}
     seconds = time.perf_counter() - t0
+    if result.get("dry_run"):  # wrote nothing, so it records nothing
+        return {**result, "seconds": seconds}
     record = {
         "stage": name,
         "settings": _settings(stage, cfg),
@@ -162,8 +168,37 @@ def execute(name: str, cfg: Config, run_dir: Path, *, lock: bool = True) -> dict
         "result": result,
     }
     write_json(run_dir / RECORDS / f"{name}.json", record)
+    remember_settings(run_dir, cfg, stage.sections)
+    if name in PAGE_STAGES and (run_dir / "report.json").is_file():
+        try:
+            write_page(run_dir)  # the timings table shows this stage too
+        except (SidsError, KeyError, TypeError) as e:  # the page is a view: a bad report.json stops no stage
+            log.warning("report.md not rewritten: %s", e)
     log.info("%s done in %.1fs", name, seconds)
     return {**result, "seconds": seconds}
+
+
+PAGE_STAGES = ("export", "visualize")
+"""Stages after which report.md is written again (its timings table lists every stage that ran)."""
+
+
+def remember_settings(run_dir: Path, cfg: Config, sections: tuple[str, ...]) -> None:
+    """Keep the settings a stage ran with in the run folder's ``config.yaml``, the defaults of every later
+    command on that folder (``--probe`` once, and the next ``evaluate`` keeps the probe). A folder without
+    one gets every setting; otherwise only the stage's sections change, and only their decisive fields."""
+    path = run_dir / RUN_SETTINGS
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        values = None
+    if not isinstance(values, dict):
+        values = cfg.to_dict()
+    for s in sections:
+        section = values.get(s) if isinstance(values.get(s), dict) else {}
+        values[s] = {**section, **json.loads(json.dumps(decisive(getattr(cfg, s)), default=str))}
+    text = yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        write_text(path, text)
 
 
 def run(cfg: Config, run_dir: Path, *, force: str | None = None, until: str | None = None) -> dict[str, Any]:
@@ -179,7 +214,7 @@ def run(cfg: Config, run_dir: Path, *, force: str | None = None, until: str | No
     seconds: dict[str, float] = {}
     t_all = time.perf_counter()
     with run_lock(run_dir):
-        write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
+        write_text(run_dir / RUN_SETTINGS, yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
         forced = False
         for i, name in enumerate(names, 1):
             forced = forced or name == force

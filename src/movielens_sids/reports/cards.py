@@ -1,5 +1,8 @@
 """The dataset card (``dataset/README.md``) and the model card: the single writer of each card's text.
 
+A repo id is ``None`` while the Hub account is unknown (an export without a token): the cards then name
+the run folder's own ``model/`` and ``dataset/`` instead of a placeholder account.
+
 Both are built from the run's provenance (what ``export`` read from the run folder) and the
 enriched table; nothing here reads or writes files.
 
@@ -107,8 +110,24 @@ def _metrics_md(report: dict[str, Any] | None) -> str:
     return "| metric | value |\n| --- | --- |\n" + "\n".join(rows) + "\n"
 
 
-def dataset_card(table, prov: dict[str, Any], *, model_repo: str, pretty_name: str, n_shards: int) -> str:
-    """The dataset card: YAML front matter (license, configs, features) + what, how, metrics, citation."""
+def _repo_link(repo: str | None, kind: str) -> str:
+    """A link to a Hub repo, or (account unknown until `export --push-to-hub`) the run folder's own folder."""
+    if repo is None:
+        folder = "model/" if kind == "model" else "dataset/"
+        return f"`{folder}` in the run folder (on the Hub after `movielens-sids export --push-to-hub`)"
+    return f"[{repo}](https://huggingface.co/{'datasets/' if kind == 'dataset' else ''}{repo})"
+
+
+def _load_line(dataset_repo: str | None) -> str:
+    if dataset_repo is None:
+        return 'ds = load_dataset("parquet", data_dir="dataset")["train"]     # this folder; on the Hub: its repo id'
+    return f'ds = load_dataset("{dataset_repo}", split="train")         # or: "parquet", data_dir="dataset"'
+
+
+def dataset_card(table, prov: dict[str, Any], *, model_repo: str | None, pretty_name: str, n_shards: int,
+                 dataset_repo: str | None = None) -> str:
+    """The dataset card: YAML front matter (license, configs, features) + what, how, metrics, citation.
+    A repo id is ``None`` while its Hub account is unknown (the card then points at the run folder)."""
     n = table.num_rows
     size = ("n<1K" if n < 1_000 else "1K<n<10K" if n < 10_000 else "10K<n<100K" if n < 100_000
             else "100K<n<1M")
@@ -161,12 +180,12 @@ def dataset_card(table, prov: dict[str, Any], *, model_repo: str, pretty_name: s
 Every movie of the MovieLens catalog with its text embedding and a **Semantic ID** (SID): a short
 tuple of discrete tokens such that movies with similar content share prefixes, as used by
 generative retrieval recommenders (TIGER, Rajput et al. 2023). {n:,} movies, {n_shards} Parquet
-shard(s), one `train` split. The tokenizer that made the SIDs: [{model_repo}](https://huggingface.co/{model_repo}).
+shard(s), one `train` split. The tokenizer that made the SIDs: {_repo_link(model_repo, "model")}.
 
 ```python
 from datasets import load_dataset
 
-ds = load_dataset("parquet", data_dir="dataset")["train"]      # this folder, or the Hub repo id
+{_load_line(dataset_repo)}
 ds[0]["sid"]                                                    # e.g. '<a_12><b_201><c_7>'
 ```
 
@@ -217,7 +236,63 @@ The embeddings and Semantic IDs are derived from that data and are shared under 
 """
 
 
-def model_card(prov: dict[str, Any], *, model_repo: str, dataset_repo: str, revision: str) -> str:
+def encoder_words(kind: str, mcfg: dict[str, Any]) -> str:
+    """What the tokenizer is, in words, as its ``config.json`` says (encoder: mlp, residual or identity)."""
+    if kind != "rqvae":
+        return "residual k-means (centroids fitted level by level on the raw embeddings)"
+    hidden = "-".join(str(h) for h in mcfg.get("hidden_dims") or [])
+    encoder = {
+        "mlp": f"MLP encoder ({mcfg.get('input_dim', 'D')} -> {hidden or '...'} -> {mcfg.get('latent_dim', 'H')}) "
+               "-> residual vector quantizer -> MLP decoder",
+        "residual": f"residual encoder (x + MLP(x), hidden {hidden or '...'}, width {mcfg.get('input_dim', 'D')}; "
+                    "it starts as the identity) -> residual vector quantizer -> decoder",
+        "identity": "no encoder (the raw embedding) -> residual vector quantizer -> decoder",
+    }.get(str(mcfg.get("encoder")), f"{mcfg.get('encoder', '?')} encoder -> residual vector quantizer -> decoder")
+    return f"an RQ-VAE: {encoder} (Lee et al. 2022; TIGER, Rajput et al. 2023)"
+
+
+def use_section(prov: dict[str, Any], *, model_repo: str | None, dataset_repo: str | None, revision: str) -> str:
+    """The model card's "Use": a movie's real SID (read, after dedup) and a new text's raw codes (computed)."""
+    stats = (prov["sids"].get("assign_stats") or {})
+    n, moved = stats.get("n_movies"), int(stats.get("n_moved", 0) or 0) + int(stats.get("n_suffixed", 0) or 0)
+    share = f"{moved:,} of {n:,} movies ({moved / n:.1%})" if n else "some movies"
+    source = json.dumps(model_repo or str(prov.get("run_dir") or "runs/demo"))  # the Hub repo, or the run folder
+    dim = (prov["model"].get("config") or {}).get("input_dim", "D")
+    example = prov.get("example") or "Toy Story (1995)"
+    return f"""## Use
+
+A movie's Semantic ID is **read, not recomputed**: two movies whose embeddings fall on the same code
+path cannot share an ID, so {share} were moved to the nearest free code path (or given a collision
+token) when the IDs were made unique. Their codes from the tokenizer are not their SIDs.
+
+```python
+from movielens_sids import SemanticIds     # pip install movielens-sids
+
+sids = SemanticIds.from_pretrained({source})
+sid = sids.sid_of({json.dumps(example)})   # its SID as assigned, after dedup (a movie_id works too)
+sids.movies_under(sid[:sid.index(">") + 1])  # a DataFrame: the movies under its first token
+sids.encode(["A new movie about ..."])     # a new text -> the SID of its raw codes (before dedup)
+```
+
+Without this package: the `sid` column of the dataset, {_repo_link(dataset_repo, "dataset")}, holds
+every movie's real SID. The tokenizer alone gives raw codes:
+
+```python
+import torch
+from huggingface_hub import snapshot_download
+from movielens_sids.model import load_tokenizer
+
+tok = load_tokenizer({f'snapshot_download("{model_repo}", revision="{revision}")' if model_repo
+                      else json.dumps(str(prov.get("run_dir") or "runs/demo") + "/model")})
+codes = tok.quantize(tok.encode(x))   # x: (B, {dim}) float32 embeddings -> (B, L) raw codes, before dedup
+x_hat = tok.decode_codes(codes)       # (B, {dim}) reconstruction
+```
+
+A unique SID for a new movie: add it to the catalog and run `movielens-sids assign --incremental`.
+"""
+
+
+def model_card(prov: dict[str, Any], *, model_repo: str | None, dataset_repo: str | None, revision: str) -> str:
     """The model card of ``model/``: what the tokenizer is, its config and metrics, how to load it."""
     model = prov["model"]
     mcfg = model.get("config") or {}
@@ -228,39 +303,27 @@ def model_card(prov: dict[str, Any], *, model_repo: str, dataset_repo: str, revi
         "license_link": "https://files.grouplens.org/datasets/movielens/ml-latest-README.html",
         "library_name": "pytorch",
         "tags": ["semantic-ids", "rq-vae", "residual-quantization", "movielens", "recommendation"],
-        "datasets": [dataset_repo],
     }
+    if dataset_repo:
+        front["datasets"] = [dataset_repo]
     metrics = prov["train_metrics"]
     metrics_md = f"```json\n{json.dumps(metrics, indent=2, sort_keys=True)}\n```\n" if metrics else \
         "No `train_metrics.json` in the model folder.\n"
-    what = ("an RQ-VAE: MLP encoder -> residual vector quantizer -> MLP decoder (Lee et al. 2022; "
-            "TIGER, Rajput et al. 2023)" if kind == "rqvae" else "residual k-means (centroids fitted level by level)")
+    what = encoder_words(kind, mcfg)
+    title = model_repo.split("/")[-1] if model_repo else "movielens-rqvae"
     return f"""---
 {_yaml(front)}
 ---
 
-# {model_repo.split('/')[-1]}
+# {title}
 
 A Semantic ID tokenizer for MovieLens movies: {what}, {mcfg.get('levels', '?')} levels x
 {mcfg.get('codebook_size', '?')} codes, trained on `{prov['embeddings'].get('model', '?')}` embeddings
 ({mcfg.get('input_dim', '?')}-d). It maps a movie's embedding to a tuple of codes such as `(12, 201, 7)`.
-The SIDs it gives every movie, made unique, are in the dataset
-[{dataset_repo}](https://huggingface.co/datasets/{dataset_repo}).
+The SIDs it gives every movie, made unique, are in the dataset {_repo_link(dataset_repo, "dataset")}.
 
-## Use
-
-```python
-import torch
-from huggingface_hub import snapshot_download
-from movielens_sids.model import load_tokenizer   # pip install movielens-sids
-
-tok = load_tokenizer(snapshot_download("{model_repo}", revision="{revision}"))
-codes = tok.quantize(tok.encode(x))               # x: (B, {mcfg.get('input_dim', 'D')}) float32 -> (B, L) codes
-x_hat = tok.decode_codes(codes)                   # (B, {mcfg.get('input_dim', 'D')}) reconstruction
-```
-
+{use_section(prov, model_repo=model_repo, dataset_repo=dataset_repo, revision=revision)}
 The weights are `model.safetensors` (no pickle); `config.json` holds the architecture.
-Unique SIDs for new movies: `movielens-sids assign --incremental`.
 
 ## Config
 

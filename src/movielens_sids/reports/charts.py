@@ -45,16 +45,23 @@ def code_usage_chart(code_counts: np.ndarray, path: Path) -> None:
     _save(plt, fig, path)
 
 
-def collision_chart(group_sizes: np.ndarray, path: Path) -> None:
-    """How many movies sit in a raw code tuple shared by s movies, for each group size s."""
-    plt, fig, ax = _figure()
+def collision_bars(group_sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(group size s, movies in groups of size s) for every size that occurs: the bars of the chart, placed
+    at s itself on a numeric axis (a gap from 8 to 12 shows as a gap)."""
     sizes = np.bincount(np.asarray(group_sizes, dtype=np.int64))
     s = np.flatnonzero(sizes)
-    movies = s * sizes[s]
-    pos = np.arange(len(s))
-    ax.bar(pos, movies, color="#4c72b0")
-    step = max(1, len(s) // 20)
-    ax.set_xticks(pos[::step], [str(v) for v in s[::step]])
+    return s, s * sizes[s]
+
+
+def collision_chart(group_sizes: np.ndarray, path: Path) -> None:
+    """How many movies sit in a raw code tuple shared by s movies, for each group size s."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt, fig, ax = _figure()
+    s, movies = collision_bars(group_sizes)
+    ax.bar(s, movies, width=0.8, color="#4c72b0")
+    ax.set_xlim(0.4, max(int(s.max()) if len(s) else 1, 1) + 0.6)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_yscale("log")
     ax.set_xlabel("movies sharing the same raw codes (group size)")
     ax.set_ylabel("movies (log)")

@@ -6,7 +6,8 @@ evaluation (``report.json``) and, when the run has one, the generative-retrieval
 its JSON report and calls ``write_page``. ``compare_runs`` writes the side-by-side table of several
 runs.
 
-May import: errors, io, labels (reads labels.parquet), retrieval.report (the benchmark's section renderer).
+May import: artifacts (the stage records' timings), errors, io, labels (reads labels.parquet), retrieval.report
+(the benchmark's section renderer).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import stage_seconds
 from ..errors import SidsError
 from ..io import write_text
 from ..labels import LABELS_FILE, read_labels
@@ -165,7 +167,7 @@ def render_markdown(r: dict[str, Any], *, title: str, labels: str | None = None)
                          b["shared_prefix"]])
         out.append(_md_table(["#", "by SID", "SID", "shared", "by embedding", "cosine", "shared"], rows))
     if r.get("probes_skipped"):
-        out.append("\nNot in the catalog (skipped): " + ", ".join(r["probes_skipped"]) + "\n")
+        out.append("\nDefault probes not in this catalog: " + ", ".join(r["probes_skipped"]) + "\n")
     out.append("\n## Timings (seconds)\n\n")
     t = r.get("timings_s", {})
     out.append(_md_table(list(t), [[_fmt(v, 1) for v in t.values()]]))
@@ -271,11 +273,28 @@ def _read_report(path: Path) -> dict[str, Any] | None:
         raise SidsError(f"{path} is not readable JSON ({e})") from e
 
 
+PIPELINE_STAGES = ("catalog", "embed", "train", "assign", "evaluate", "export", "visualize")
+
+
+def _as_of_now(run_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation as the page shows it: the timings of every stage that has run (export and visualize
+    run after evaluate) and only the charts that are in the folder."""
+    recorded = {k: v for k, v in stage_seconds(run_dir, list(PIPELINE_STAGES)).items() if v is not None}
+    timings = {s: (report.get("timings_s") or {}).get(s) for s in PIPELINE_STAGES}
+    timings.update(recorded)
+    extra = {k: v for k, v in (report.get("timings_s") or {}).items() if k not in timings}
+    charts = {k: v for k, v in (report.get("charts") or {}).items() if (run_dir / v).is_file()}
+    return {**report, "timings_s": {**{k: v for k, v in timings.items() if v is not None}, **extra},
+            "charts": charts}
+
+
 def write_page(run_dir: Path) -> None:
     """Write ``run_dir/report.md`` from the run's JSON reports: the evaluation, then the retrieval
     benchmark's section when ``retrieval/report.json`` exists."""
     run_dir = Path(run_dir)
     evaluation = _read_report(run_dir / "report.json")
+    if evaluation is not None:
+        evaluation = _as_of_now(run_dir, evaluation)
     retrieval = _read_report(run_dir / "retrieval" / "report.json")
     labels = read_labels(run_dir)
     text = (render_markdown(evaluation, title=run_dir.name, labels=labels_markdown(labels) if labels else None)

@@ -27,7 +27,7 @@ training interaction (its embedding is never trained; its count is 0): their col
 are near 0 by construction, not by a flaw of the benchmark. ``random_id`` can generate such a
 movie, but its tokens carry nothing about it.
 
-May import: devices and this package (torch, Lightning).
+May import: devices, logs and this package (torch, Lightning).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import logs
 from ..devices import resolve_device
 from .config import MAX_K, RetrievalConfig
 from .content import content_topk, seen_mask
@@ -123,7 +124,8 @@ _WORKER: dict = {}
 """The ``_Shared`` of this worker process (set by ``_init_worker``)."""
 
 
-def _init_worker(shared: _Shared, threads: int) -> None:
+def _init_worker(shared: _Shared, threads: int, verbosity: int) -> None:
+    logs.setup(verbosity)  # a spawned process starts with no logging set up: the parent's verbosity
     torch.set_num_threads(threads)
     _WORKER["shared"] = shared
 
@@ -177,7 +179,7 @@ def _run_learned(jobs: list[tuple[int, str]], shared: _Shared) -> dict[tuple[int
     threads = max(1, (shared.cfg.threads or torch.get_num_threads()) // workers)
     log.info("%d jobs on %d worker processes of %d thread(s)", len(jobs), workers, threads)
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(shared, threads)) as pool:
+                             initargs=(shared, threads, logs.current_level())) as pool:
         futures = {job: pool.submit(_learned_job, *job) for job in jobs}
         return {job: f.result() for job, f in futures.items()}
 
@@ -200,6 +202,7 @@ def run_benchmark(split: Split, codes: np.ndarray, cfg: RetrievalConfig, vectors
     Returns:
         ``{method: {"ranks": (S, E) int64 target ranks (S = 1 for seed-free methods), "runs": [per-seed facts]}}``.
     """
+    logs.adopt("lightning")  # Lightning's own console handler would print its lines twice
     if len(codes) != len(split.movie_ids):
         raise ValueError(f"codes has {len(codes)} rows for {len(split.movie_ids)} movies")
     if "content_knn" in cfg.methods and (vectors is None or len(vectors) != len(split.movie_ids)):

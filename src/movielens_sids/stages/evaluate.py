@@ -20,8 +20,8 @@ that group (a few hundred movies at most for a healthy codebook) instead of the 
 The exact embedding k-NN (FAISS, ~20 s for 87,585 x 384 on two cores) is cached in
 ``.cache/knn-<embeddings hash>-k10.npy``, so re-evaluating after a retrain skips it.
 
-May import: artifacts, metrics, io, errors, settings, reports.charts, reports.markdown; torch and
-faiss on first use. Never another stage.
+May import: artifacts, metrics, io, errors, settings, lookup (the title matcher), reports.charts,
+reports.markdown; torch and faiss on first use. Never another stage.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from ..artifacts import (
 from ..errors import SidsError
 from ..io import atomic_path, file_hash, write_json, write_parquet
 from ..labels import LABELS_FILE, labels_table, run_labels
+from ..lookup import load_index, resolve_movie
 from ..reports.charts import write_charts
 from ..reports.markdown import write_page
 from ..settings import EvaluateConfig
@@ -308,12 +309,28 @@ def embedding_knn(x: np.ndarray, k: int, *, cache_file: Path | None, batch_size:
     return nbrs
 
 
-def _probe_index(titles: list[str]) -> dict[str, int]:
-    index: dict[str, int] = {}
-    for i, t in enumerate(titles):
-        index.setdefault(t, i)  # duplicates: the smallest movie_id wins
-        index.setdefault(t.casefold(), i)
-    return index
+def resolve_probes(run_dir: Path, cfg: EvaluateConfig, movie_ids: np.ndarray) -> tuple[list[int], list[str]]:
+    """The rows (in ``movie_ids``) of the probe movies, named as for ``lookup --movie`` (one title matcher:
+    "The Matrix (1999)", "Matrix, The", "Alien" or a movie_id), and the default probes not in the catalog.
+
+    Raises:
+        SidsError: a probe the user asked for (``--probe``) names no movie, or several equally well.
+    """
+    index = load_index(run_dir)
+    pos = {int(m): i for i, m in enumerate(movie_ids.tolist())}
+    rows: list[int] = []
+    skipped: list[str] = []
+    for title in cfg.all_probes():
+        try:
+            row = resolve_movie(index, title)
+        except SidsError as e:
+            if title in cfg.extra_probes:
+                raise SidsError(f"probe {title!r}: {e}") from None
+            skipped.append(title)  # a default probe that a small catalog does not hold
+            log.info("default probe %r is not in this catalog; skipped", title)
+            continue
+        rows.append(pos[int(index.movie_ids[row])])
+    return list(dict.fromkeys(rows)), skipped
 
 
 def _probe_neighbors(i: int, tokens: np.ndarray, dec: np.ndarray, x: np.ndarray, n: int
@@ -328,29 +345,23 @@ def _probe_neighbors(i: int, tokens: np.ndarray, dec: np.ndarray, x: np.ndarray,
     return by_sid, by_emb
 
 
-def _probes(inp: _Inputs, cfg: EvaluateConfig, dec_final_n: np.ndarray, xn: np.ndarray
-            ) -> tuple[dict[str, list[str]], dict[str, Any], list[str]]:
-    """The probes' nearest titles by SID, the details (by SID next to by embedding), and the probes not found.
+def _probes(inp: _Inputs, cfg: EvaluateConfig, rows: list[int], dec_final_n: np.ndarray, xn: np.ndarray
+            ) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """The probes' nearest titles by SID and the details (by SID next to by embedding).
 
     Args:
+        rows: the probe movies' rows (`resolve_probes`).
         dec_final_n: (N, D) normalised decoded vectors of the final SIDs. xn: (N, D) normalised embeddings.
     """
     final = inp.sid_tokens
     probes: dict[str, list[str]] = {}
     details: dict[str, Any] = {}
-    skipped: list[str] = []
-    index = _probe_index(inp.titles)
 
     def neighbour(i: int, j: int, **extra: Any) -> dict[str, Any]:
         return {"title": inp.titles[j], "sid": inp.sid_strings[j], **extra,
                 "shared_prefix": int(shared_prefix_lengths(final, np.array(i), np.array(j)))}
 
-    for title in cfg.all_probes():
-        i = index.get(title, index.get(title.casefold()))
-        if i is None:
-            skipped.append(title)
-            log.warning("probe %r is not in the catalog; skipped", title)
-            continue
+    for i in rows:
         by_sid, by_emb = _probe_neighbors(i, final, dec_final_n, xn, cfg.probe_neighbors)
         name = inp.titles[i]
         probes[name] = [inp.titles[j] for j in by_sid]
@@ -361,7 +372,7 @@ def _probes(inp: _Inputs, cfg: EvaluateConfig, dec_final_n: np.ndarray, xn: np.n
             "by_embedding": [neighbour(i, j, cosine=round(float(xn[i] @ xn[j]), 4)) for j in by_emb],
             "overlap": len(set(by_sid.tolist()) & set(by_emb.tolist())) / cfg.probe_neighbors,
         }
-    return probes, details, skipped
+    return probes, details
 
 
 def _embedding_neighbours(inp: _Inputs, cfg: EvaluateConfig, cache_dir: Path | None) -> tuple[np.ndarray, float]:
@@ -389,7 +400,8 @@ def _dedup_section(inp: _Inputs, raw: np.ndarray, dec_final: np.ndarray, levels:
     }
 
 
-def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None) -> tuple[dict[str, Any], dict]:
+def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None,
+                 probes: tuple[list[int], list[str]] = ([], [])) -> tuple[dict[str, Any], dict]:
     """Compute the report (SPEC section 4 plus extras) and the arrays its charts plot."""
     tok = inp.tokenizer
     tcfg = tok.config
@@ -427,7 +439,8 @@ def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None) -
     dedup = _dedup_section(inp, raw, dec_final, levels, rel_mse_raw=rel_mse_raw, overlap_raw=overlap_raw,
                            overlap=overlap)
 
-    probes, details, skipped = _probes(inp, cfg, dec_final_n, xn)
+    (probe_rows, skipped) = probes
+    probes_found, details = _probes(inp, cfg, probe_rows, dec_final_n, xn)
 
     report: dict[str, Any] = {
         "n_movies": n,
@@ -460,7 +473,7 @@ def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None) -
         "genre_purity_level1_baseline": purity_base,
         "level1_majority_genres": majority_genres,
         "dedup": dedup,
-        "probes": probes,
+        "probes": probes_found,
         "probe_details": details,
         "probes_skipped": skipped,
         "sid_lengths": {str(int(v)): int(c) for v, c in zip(*np.unique(inp.sid_lengths, return_counts=True))},
@@ -509,7 +522,9 @@ def evaluate_stage(run_dir: Path, cfg: Config, *, tokenizer: Any = None) -> dict
     run_dir = Path(run_dir)
     ecfg: EvaluateConfig = cfg.evaluate
     inp = load_inputs(run_dir, tokenizer)  # validates everything before anything is written
-    report, chart_data = build_report(inp, ecfg, cache_dir=(run_dir / CACHE_DIR) if ecfg.cache else None)
+    probes = resolve_probes(run_dir, ecfg, inp.movie_ids)
+    report, chart_data = build_report(inp, ecfg, cache_dir=(run_dir / CACHE_DIR) if ecfg.cache else None,
+                                      probes=probes)
     cowatch = co_watch_section(run_dir, inp)
     if cowatch is not None:
         report["co_watch"] = cowatch
@@ -520,6 +535,9 @@ def evaluate_stage(run_dir: Path, cfg: Config, *, tokenizer: Any = None) -> dict
     charts: dict[str, str] = {}
     if ecfg.charts:
         charts = write_charts(run_dir, chart_data, CHARTS, levels=report["levels"])
+    else:  # no chart of an earlier evaluate stays next to a report that no longer shows it
+        for name in CHARTS.values():
+            (run_dir / name).unlink(missing_ok=True)
     timings["evaluate"] = round(time.perf_counter() - t_start, 3)
     report["timings_s"] = timings
     report["charts"] = charts

@@ -7,8 +7,8 @@ a whole (``atomic_dir``). ``model/README.md`` is the model card; the weights are
 
 ``--push-to-hub`` then uploads ``model/`` (config, weights, card, train metrics) and ``dataset/``
 to two repos, one commit each, tagged with the experiment name (see `movielens_sids.hub`);
-``--dry-run`` lists what would be uploaded. Smoke runs (a catalog built with ``--limit``) go to
-repos suffixed ``-smoke-test`` so they never overwrite the real ones.
+``--dry-run`` lists what would be uploaded and writes nothing in the run folder. Smoke runs (a catalog
+built with ``--limit``) go to repos suffixed ``-smoke-test`` so they never overwrite the real ones.
 
 May import: artifacts, hub, io, errors, settings, reports.cards. Never another stage.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +66,20 @@ def dataset_table(run_dir: Path) -> pa.Table:
     cols["embedding"] = emb.column("embedding")
     cols["semantic_id"] = sids.column("semantic_id")
     cols["sid"] = sids.column("sid")
-    return pa.table(cols).combine_chunks()
+    return pa.table(cols, metadata={SHARD_METADATA: json.dumps(shard_metadata(run_dir))}).combine_chunks()
+
+
+SHARD_METADATA = "movielens_sids"
+"""The shards' schema key holding how the vectors and the SIDs were made (``SemanticIds.from_pretrained``)."""
+
+
+def shard_metadata(run_dir: Path) -> dict[str, Any]:
+    """The embedding model and settings (``embeddings.parquet``'s metadata, without the per-document hashes)
+    and the SIDs' shape (``sids.parquet``'s ``assign``), so that the dataset alone can embed new text."""
+    emb = decoded_metadata(run_dir / EMBEDDINGS)
+    keep = ("model", "dimension", "normalized", "template", "max_tags")
+    return {"embeddings": {k: emb[k] for k in keep if k in emb},
+            "assign": decoded_metadata(run_dir / SIDS).get("assign") or {}}
 
 
 def write_shards(table, folder: Path, *, shard_size_mb: int) -> list[Path]:
@@ -102,6 +116,15 @@ def _provenance(run_dir: Path) -> dict[str, Any]:
             "report": _read_json(run_dir / "report.json")}
 
 
+def _example(table: pa.Table) -> str:
+    """A movie of the catalog for the cards' snippets, as ``lookup`` names it: Toy Story when it is there."""
+    ids = table.column("movie_id").to_pylist()
+    row = ids.index(1) if 1 in ids else 0
+    title = (table.column("display_title") if "display_title" in table.column_names else table.column("title"))[row]
+    year = table.column("year")[row].as_py() if "year" in table.column_names else None
+    return f"{title.as_py()} ({year})" if year is not None else str(title.as_py())
+
+
 def _is_smoke(run_dir: Path, cfg: Config) -> bool:
     """A run on a `--limit` catalog (its metadata says so, or the setting does)."""
     if cfg.data.limit is not None:
@@ -113,23 +136,82 @@ def _is_smoke(run_dir: Path, cfg: Config) -> bool:
     return isinstance(summary, dict) and summary.get("limit") is not None
 
 
-def repo_ids(run_dir: Path, cfg: Config, user: str) -> tuple[str, str]:
+
+def repo_ids(run_dir: Path, cfg: Config, user: str | None) -> tuple[str | None, str | None]:
     """(model repo, dataset repo): the settings, or ``{user}/movielens-rqvae`` and ``{user}/movielens-sids``;
-    smoke runs get ``-smoke-test`` appended so they never overwrite the real repos."""
+    smoke runs get ``-smoke-test`` appended so they never overwrite the real repos. A repo whose account is
+    unknown (no ``user``, and the setting names none) is ``None``."""
     ecfg: ExportConfig = cfg.export
     suffix = "-smoke-test" if _is_smoke(run_dir, cfg) else ""
 
-    def full(name: str | None, default: str) -> str:
+    def full(name: str | None, default: str) -> str | None:
         rid = name or default
         if "/" not in rid:
+            if user is None:
+                return None
             rid = f"{user}/{rid}"
         return rid if rid.endswith(suffix) else rid + suffix
 
     return full(ecfg.model_repo, "movielens-rqvae"), full(ecfg.dataset_repo, "movielens-sids")
 
 
+def _account(run_dir: Path, ecfg: ExportConfig) -> tuple[str | None, str, str | None]:
+    """(token, where it came from, account name or None): the account is asked of the Hub only for a push,
+    or for a dry run that has a token and needs the name."""
+    if not (ecfg.push_to_hub or ecfg.dry_run):
+        return None, "", None
+    token, where = hub.resolve_token([run_dir])
+    if ecfg.push_to_hub and not ecfg.dry_run:
+        if token is None:
+            raise SidsError("no Hugging Face token: set HF_TOKEN, put HF_TOKEN=... in a .env file, or run "
+                            "`hf auth login`; or use --dry-run to see what would be uploaded")
+        return token, where, hub.hub_user(token, where)  # checks the network and the token before any write
+    named = ecfg.model_repo and "/" in ecfg.model_repo and ecfg.dataset_repo and "/" in ecfg.dataset_repo
+    if token is not None and not named:
+        try:
+            return token, where, hub.hub_user(token, where)
+        except SidsError as e:
+            log.info("dry run: account name unknown (%s)", e)
+    return token, where, None
+
+
+def _write_outputs(run_dir: Path, dest: Path, cfg: Config, table: pa.Table, prov: dict[str, Any],
+                   repos: tuple[str | None, str | None], revision: str) -> int:
+    """Write ``dest/dataset/`` and ``dest/model/README.md`` (dest: the run folder, or a dry run's scratch
+    folder); returns the number of shards."""
+    pretty = f"MovieLens {dataset_name(prov)} Semantic IDs ({cfg.experiment})"
+    with atomic_dir(dest / "dataset") as tmp:
+        shards = write_shards(table, tmp, shard_size_mb=cfg.export.shard_size_mb)
+        write_text(tmp / "README.md", dataset_card(table, prov, model_repo=repos[0], pretty_name=pretty,
+                                                   n_shards=len(shards), dataset_repo=repos[1])
+                   + labels_card(labels_for_run(run_dir)))
+    write_text(dest / "model" / "README.md",
+               model_card(prov, model_repo=repos[0], dataset_repo=repos[1], revision=revision))
+    return len(shards)
+
+
+def _dry_run(run_dir: Path, cfg: Config, table: pa.Table, prov: dict[str, Any],
+             repos: tuple[str | None, str | None], revision: str) -> dict[str, Any]:
+    """What a push would upload, built in a scratch folder: the run folder is left as it is."""
+    shown = (repos[0] or f"{hub.PLACEHOLDER_USER}/movielens-rqvae",
+             repos[1] or f"{hub.PLACEHOLDER_USER}/movielens-sids")
+    with tempfile.TemporaryDirectory(prefix="movielens-sids-dry-run-") as scratch:
+        dest = Path(scratch)
+        (dest / "model").mkdir()
+        for name in hub.MODEL_FILES:  # the weights and config as they are; the card as export would write it
+            if name != "README.md" and (run_dir / "model" / name).is_file():
+                (dest / "model" / name).symlink_to((run_dir / "model" / name).resolve())
+        shards = _write_outputs(run_dir, dest, cfg, table, prov, repos, revision)
+        uploads = hub.plan_uploads(dest, model_repo=shown[0], dataset_repo=shown[1])
+        listing = hub.format_plan(uploads, revision=revision, private=cfg.export.private)
+        plan = json.loads(json.dumps([u.describe() for u in uploads]).replace(str(dest), str(run_dir)))
+    return {"rows": table.num_rows, "columns": table.column_names, "shards": shards, "dry_run": True,
+            "upload_plan": plan, "upload_listing": listing.replace(str(dest), str(run_dir))}
+
+
 def export_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
-    """Write ``dataset/`` and ``model/README.md``; with ``push_to_hub``, upload (or list, with ``dry_run``).
+    """Write ``dataset/`` and ``model/README.md``; with ``push_to_hub``, upload them. A dry run writes
+    nothing: it lists what a push would upload (built in a scratch folder).
 
     Returns:
         A summary: rows, shards, files; ``upload_plan`` (dry run) or ``uploaded`` (push).
@@ -138,43 +220,21 @@ def export_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
     ecfg: ExportConfig = cfg.export
     require_model(run_dir)
     table = dataset_table(run_dir)  # validates every input before anything is written
-    prov = _provenance(run_dir)
+    # the snippets' movie and run folder (the experiment's default folder: the same card wherever the run is)
+    prov = {**_provenance(run_dir), "example": _example(table), "run_dir": f"runs/{cfg.experiment}"}
     revision = ecfg.revision or cfg.experiment
-
-    token, where, user = None, "", hub.PLACEHOLDER_USER
-    if ecfg.push_to_hub or ecfg.dry_run:
-        token, where = hub.resolve_token([run_dir])
-        if ecfg.push_to_hub and not ecfg.dry_run:
-            if token is None:
-                raise SidsError("no Hugging Face token: set HF_TOKEN, put HF_TOKEN=... in a .env file, or run "
-                                "`hf auth login`; or use --dry-run to see what would be uploaded")
-            user = hub.hub_user(token, where)  # checks the network and the token before anything is written
-        elif token is not None and not (ecfg.model_repo and "/" in ecfg.model_repo
-                                        and ecfg.dataset_repo and "/" in ecfg.dataset_repo):
-            try:
-                user = hub.hub_user(token, where)
-            except SidsError as e:
-                log.info("dry run: account name unknown (%s)", e)
-    model_repo, dataset_repo = repo_ids(run_dir, cfg, user)
-
-    pretty = f"MovieLens {dataset_name(prov)} Semantic IDs ({cfg.experiment})"
-    with atomic_dir(run_dir / "dataset") as tmp:
-        shards = write_shards(table, tmp, shard_size_mb=ecfg.shard_size_mb)
-        write_text(tmp / "README.md", dataset_card(table, prov, model_repo=model_repo, pretty_name=pretty,
-                                                   n_shards=len(shards)) + labels_card(labels_for_run(run_dir)))
-    write_text(run_dir / "model" / "README.md",
-               model_card(prov, model_repo=model_repo, dataset_repo=dataset_repo, revision=revision))
-    result: dict[str, Any] = {"rows": table.num_rows, "columns": table.column_names, "shards": len(shards)}
-    log.info("dataset/: %d movies in %d shard(s), %d columns", table.num_rows, len(shards), table.num_columns)
-
-    if ecfg.push_to_hub or ecfg.dry_run:
-        uploads = hub.plan_uploads(run_dir, model_repo=model_repo, dataset_repo=dataset_repo)
-        if ecfg.dry_run:
-            result["upload_plan"] = [u.describe() for u in uploads]
-            result["upload_listing"] = hub.format_plan(uploads, revision=revision, private=ecfg.private)
-            log.info("dry run: nothing uploaded (token: %s)", f"found in {where}" if token else "none found")
-        else:
-            result["uploaded"] = hub.push(uploads, token=token, where=where, private=ecfg.private,
-                                          revision=revision, message=f"movielens-sids export ({cfg.experiment})")
+    token, where, user = _account(run_dir, ecfg)
+    repos = repo_ids(run_dir, cfg, user)
+    if ecfg.dry_run:
+        result = _dry_run(run_dir, cfg, table, prov, repos, revision)
+        log.info("dry run: nothing written, nothing uploaded (token: %s)", f"found in {where}" if token else
+                 "none found")
+        return result
+    shards = _write_outputs(run_dir, run_dir, cfg, table, prov, repos, revision)
+    result: dict[str, Any] = {"rows": table.num_rows, "columns": table.column_names, "shards": shards}
+    log.info("dataset/: %d movies in %d shard(s), %d columns", table.num_rows, shards, table.num_columns)
+    if ecfg.push_to_hub:
+        uploads = hub.plan_uploads(run_dir, model_repo=repos[0], dataset_repo=repos[1])
+        result["uploaded"] = hub.push(uploads, token=token, where=where, private=ecfg.private,
+                                      revision=revision, message=f"movielens-sids export ({cfg.experiment})")
     return result
-

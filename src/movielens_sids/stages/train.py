@@ -16,7 +16,7 @@ yields only row indices, so no batch is copied from the host. In-progress checkp
 ``<run>/.train/`` (kept when training is interrupted; the same command with the same settings resumes
 from ``last.ckpt``); ``<run>/model/`` is written at the end, in one atomic swap.
 
-May import: artifacts, devices, metrics, model, io, errors, settings; Lightning and torch (and
+May import: artifacts, devices, logs, metrics, model, io, errors, settings; Lightning and torch (and
 ``lightning_module``) on first use. Never another stage.
 """
 
@@ -26,12 +26,14 @@ import dataclasses
 import json
 import logging
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import logs
 from .. import model as tokenizers  # torch is imported on first use of tokenizers.RQVAE, ...
 from ..artifacts import check_same_movies, read_collab, read_embeddings
 from ..devices import lightning_devices
@@ -134,6 +136,8 @@ def fit_rqvae(x: np.ndarray, model_cfg, train_cfg: TrainConfig, work_dir: Path, 
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    logs.adopt("lightning")  # Lightning gives its logger a console handler on import: lines would print twice
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from torch.utils.data import DataLoader
 
@@ -167,7 +171,8 @@ def fit_rqvae(x: np.ndarray, model_cfg, train_cfg: TrainConfig, work_dir: Path, 
         accelerator=train_cfg.accelerator, devices=lightning_devices(train_cfg.devices), strategy=train_cfg.strategy,
         precision=train_cfg.precision, max_epochs=train_cfg.max_epochs, callbacks=[checkpoint, early,
                                                                                     *(callbacks or [])],
-        logger=loggers, enable_progress_bar=train_cfg.progress_bar, enable_model_summary=False,
+        logger=loggers, enable_model_summary=False,
+        enable_progress_bar=train_cfg.progress_bar and sys.stderr.isatty(),  # a log file gets no redrawn bar
         num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=work_dir,
     )
     last = ckpt_dir / "last.ckpt"
