@@ -34,3 +34,63 @@ def test_killed_stages_lose_no_artifact(tmp_path, monkeypatch):
     assert report["faults_injected"] >= 2
     assert report["artifacts_lost"] == 0, [t for t in report["trials"] if t["problems"]]
     assert report["recoveries"] == report["faults_injected"]
+
+
+# ------------------------------------------------------------------------------------------ full scale
+
+
+@pytest.fixture(scope="module")
+def full_scale(tmp_path_factory):
+    """The kill campaign at the scale users have: 87,585 movies with random 384-d unit vectors (``embed --from``),
+    small model settings; ``assign`` and ``export`` interrupted (the evaluate reference alone takes minutes:
+    ``python tests/stress_faults.py --full-scale`` interrupts train and evaluate too)."""
+    work = tmp_path_factory.mktemp("full-scale")
+    args = argparse.Namespace(full_scale=stress_faults.FULL_SCALE, max_epochs=1, points=1,
+                              set=["assign.strategy=suffix"],
+                              stages=["assign", "export"], reference_stages=["catalog", "embed", "train", "assign",
+                                                                              "export"],
+                              no_strace=True, reuse_reference=False, keep_trials=False, seed=0)
+    return work, args, stress_faults.kill_campaign(args, work)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs processes to kill")
+def test_killed_stages_lose_no_artifact_at_full_scale(full_scale):
+    _, _, report = full_scale
+    assert report["faults_injected"] >= 3, report["by_stage"]
+    assert report["artifacts_lost"] == 0, [t for t in report["trials"] if t["problems"]]
+    assert report["recoveries"] == report["faults_injected"]
+    assert all(t.get("bitwise_equal") for t in report["trials"])  # sids.parquet and dataset/ byte for byte
+
+
+def test_a_second_run_on_the_same_folder_stops_with_a_clear_message(full_scale, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from fault_checks import snapshot
+
+    work, args, _ = full_scale
+    run = tmp_path / "run"
+    shutil.copytree(work / "after-export", run, symlinks=True)
+    (run / ".stages" / "assign.json").unlink()  # so the first run has work to do: assign again
+    cmd = [sys.executable, "-m", "movielens_sids", "run", "--run-dir", str(run), "--until", "assign",
+           *stress_faults._common(args, work)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / ".lock").exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    lines = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and lines[-1].startswith(f"error: run folder {run} is in use by another command"), \
+        second.stderr[-2000:]
+    ref = snapshot(work / "after-export")
+    got = snapshot(run)
+    assert {k: v for k, v in got.items() if not k.startswith(".stages/")} == \
+        {k: v for k, v in ref.items() if not k.startswith(".stages/") and k != "config.yaml"} | \
+        {k: got[k] for k in ("config.yaml",) if k in got}
+    verify = subprocess.run([sys.executable, "-m", "movielens_sids", "verify", "--run-dir", str(run)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -35,6 +35,7 @@ from .retrieval.report import markdown_table, paired_table
 from .retrieval.stage import retrieval_stage
 from .settings import OFFLINE_MODEL
 from .sid import parse_sid_prefix
+from .verify import render, verify_run
 
 log = logging.getLogger("movielens_sids")
 
@@ -363,6 +364,16 @@ def run_command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     return 0
 
 
+def verify_arguments(p: argparse.ArgumentParser) -> None:
+    """No flag of its own: ``--run-dir`` (or ``--config`` / ``--experiment``) names the folder."""
+
+
+def verify_command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
+    rows = verify_run(run_dir)
+    print(render(rows))
+    return 0 if all(r.ok for r in rows) else 1
+
+
 @dataclass(frozen=True)
 class Command:
     """One subcommand: its one-line help, its flags, and what it runs."""
@@ -393,6 +404,9 @@ COMMANDS: dict[str, Command] = {
                       "by SID (--neighbors)", lookup_arguments, lookup_command),
     "run": Command("run every stage in order (catalog, embed, train, assign, evaluate, export, visualize), skipping "
                    "up-to-date ones", run_arguments, run_command),
+    "verify": Command("check every artifact against the sha256 its stage recorded, and the SIDs: one per catalog "
+                      "movie, distinct, the right length, codes within their codebooks, agreeing with the model; "
+                      "exit 1 on any failure", verify_arguments, verify_command),
     "retrieval": Command("benchmark the SIDs in a generative recommender against random IDs, SASRec, most-popular "
                          "and a content baseline (temporal or leave-one-out split; all / warm / cold events; paired "
                          "bootstrap intervals)", retrieval_arguments, retrieval_command),
@@ -421,6 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
         common.add_argument("--set", action="append", metavar="KEY=VALUE",
                             help="override any setting, e.g. --set model.levels=4 (repeatable)")
         common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+        if name not in ("fetch", "verify"):
+            common.add_argument("--accept-changed", action="store_true",
+                                help="trust artifacts replaced on purpose (e.g. a model from the Hub): record their "
+                                     "new sha256 first; the stages that read them become stale")
         command.add_arguments(p)
         p.set_defaults(_command=command)
     return parser
@@ -456,8 +474,11 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.debug)
     try:
         cfg = load_config(args.config, overrides_from_args(args))
-        run_dir = args.run_dir if args.run_dir is not None else cfg.default_run_dir()
-        return int(args._command.run(args, cfg, Path(run_dir)) or 0)
+        run_dir = Path(args.run_dir if args.run_dir is not None else cfg.default_run_dir())
+        if getattr(args, "accept_changed", False) and run_dir.is_dir():
+            with run_lock(run_dir):
+                pipeline.accept_changed(run_dir)
+        return int(args._command.run(args, cfg, run_dir) or 0)
     except SidsError as e:
         if args.debug:
             raise

@@ -107,6 +107,12 @@ def _metrics_md(report: dict[str, Any] | None) -> str:
     return "| metric | value |\n| --- | --- |\n" + "\n".join(rows) + "\n"
 
 
+def sid_version_name(prov: dict[str, Any]) -> str:
+    """The version of the run's SID assignment (``sids.parquet``'s ``sid_version``), or "unversioned"."""
+    version = prov["sids"].get("sid_version")
+    return str(version.get("name")) if isinstance(version, dict) and version.get("name") else "unversioned"
+
+
 def dataset_card(table, prov: dict[str, Any], *, model_repo: str, pretty_name: str, n_shards: int) -> str:
     """The dataset card: YAML front matter (license, configs, features) + what, how, metrics, citation."""
     n = table.num_rows
@@ -150,6 +156,7 @@ def dataset_card(table, prov: dict[str, Any], *, model_repo: str, pretty_name: s
         "tokenizer": model.get("tokenizer"),
         "tokenizer config": mcfg,
         "assign": {k2: v for k2, v in assign.items() if k2 != "model_fingerprint"},
+        "SID version": sid_version_name(prov),
         "dedup statistics": stats,
     }
     return f"""---
@@ -185,6 +192,8 @@ ds[0]["sid"]                                                    # e.g. '<a_12><b
 4. **Semantic IDs**: greedy residual codes for every movie; then, for uniqueness ({strategy}): {dedup}.
    {stats.get('n_collided_before', '?')} movies collided before dedup, {stats.get('n_moved', 0)} were moved,
    {stats.get('n_suffixed', 0)} needed a collision token; every SID is unique.
+   **SID version `{sid_version_name(prov)}`** (a counter that grows each time a movie's SID changes, and a
+   hash of the movie -> SID mapping): a model trained on these SIDs should record it.
 
 Settings and statistics of this export:
 
@@ -260,6 +269,7 @@ x_hat = tok.decode_codes(codes)                   # (B, {mcfg.get('input_dim', '
 ```
 
 The weights are `model.safetensors` (no pickle); `config.json` holds the architecture.
+The SIDs of this export are version `{sid_version_name(prov)}` of the assignment (see the dataset card).
 Unique SIDs for new movies: `movielens-sids assign --incremental`.
 
 ## Config
