@@ -299,3 +299,16 @@ def test_write_errors_have_their_own_messages(tmp_path):
     with pytest.raises(OSError) as e, atomic_path(tmp_path / "x.parquet"):  # others pass through as they are
         raise OSError(errno.EIO, "I/O error")
     assert e.value.errno == errno.EIO and not list(tmp_path.iterdir())
+
+
+def test_accepting_only_report_md_leaves_other_changes_refused(built, tmp_path):
+    """What `retrieval` does after adding its section to report.md: that file's new sha256 is recorded, nothing else."""
+    from movielens_sids import pipeline
+
+    run = _copy(built, tmp_path)
+    (run / "report.md").write_text((run / "report.md").read_text() + "\n## Retrieval\n")
+    _flip(run / "sids.parquet")
+    assert pipeline.accept_changed(run, only=("report.md",)) == ["report.md"]
+    assert pipeline.changed_outputs(run, "evaluate") == []
+    assert [c[0] for c in pipeline.changed_outputs(run, "assign")] == ["sids.parquet"]
+    assert _record(run, "evaluate")["outputs"]["report.md"] == file_hash(run / "report.md")

@@ -3,6 +3,9 @@
 Marked ``stress`` (and ``slow``): not in the default test run; CI runs them as their own step
 (``.ci/run``). The kill campaign uses the offline MiniLM model on 120 movies, one kill point per
 stage and signal, without strace; the full campaign (``python tests/stress_faults.py``) draws more.
+At full scale (87,585 movies, random 384-d unit vectors), ``assign`` and ``export`` are interrupted and two
+``run`` commands are started on one folder; ``python tests/stress_faults.py --full-scale`` interrupts
+``train`` and ``evaluate`` too (24 faults; its evaluate reference alone takes minutes).
 """
 
 from __future__ import annotations

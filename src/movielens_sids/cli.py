@@ -336,6 +336,7 @@ def retrieval_command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> i
         raise SidsError(f"{run_dir / 'sids.parquet'} not found: run `movielens-sids assign` first")
     with run_lock(run_dir):
         report = retrieval_stage(run_dir, cfg)
+        pipeline.accept_changed(run_dir, only=("report.md",))  # its section, added by report.md's one writer
     sl = report["slices"]
     print(f"{report['dataset']}, {report['protocol']}: {sl['all']['events']:,} test events "
           f"({sl['warm']['events']:,} warm, {sl['cold']['events']:,} cold), {len(report['seeds'])} seeds\n")

@@ -140,27 +140,29 @@ def changed_outputs(run_dir: Path, name: str) -> list[tuple[str, Any, Any]]:
     return changed
 
 
-def accept_changed(run_dir: Path) -> list[str]:
+def accept_changed(run_dir: Path, *, only: tuple[str, ...] | None = None) -> list[str]:
     """Record the current sha256 of every output that no longer matches its stage's record (a model or
-    file replaced on purpose): the readers then trust it, and the stages that read it become stale.
-    Missing outputs are not accepted (their stage must run again). Returns the files accepted."""
+    file replaced on purpose; ``only``: just these files): the readers then trust it, and the stages
+    that read it become stale. Missing outputs are not accepted (their stage must run again).
+    Returns the files accepted."""
     run_dir = Path(run_dir)
     accepted = []
     for name, stage in STAGES.items():
-        changed = [c for c in changed_outputs(run_dir, name) if c[2] is not None]
+        changed = [c for c in changed_outputs(run_dir, name) if c[2] is not None and (only is None or c[0] in only)]
         if not changed:
             continue
         rec = read_record(run_dir, name) or {}
         now = _output_hashes(run_dir, stage)
         for out in stage.outputs:
-            if now.get(out) is not None:
+            if any(f == out or f.startswith(out + "/") for f, _, _ in changed):
                 rec.setdefault("outputs", {})[out] = now[out]
         when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         rec["accepted"] = [*rec.get("accepted", []), *({"file": f, "was": a, "now": b, "at": when}
                                                         for f, a, b in changed)]
         write_json(run_dir / RECORDS / f"{name}.json", rec)
         for f, _, _ in changed:
-            log.info("accepted the changed %s (written by %s): its new sha256 is recorded", run_dir / f, name)
+            log.log(logging.DEBUG if only else logging.INFO, "accepted the changed %s (written by %s): its new "
+                    "sha256 is recorded", run_dir / f, name)
             accepted.append(f)
     return accepted
 
@@ -256,7 +258,8 @@ def summary(run_dir: Path, outcome: dict[str, Any]) -> str:
     for name in outcome["stages"]:
         stage = STAGES[name]
         rec = read_record(run_dir, name) or {}
-        outs = ", ".join(sorted({o.split("/")[0] + ("/" if "/" in o else "") for o in stage.outputs}))
+        outs = ", ".join(sorted({o.split("/")[0] + ("/" if "/" in o or (run_dir / o).is_dir() else "")
+                                 for o in stage.outputs if (run_dir / o).exists() or o == stage.outputs[0]}))
         took = f"{rec.get('seconds', 0):7.1f}s" if rec else "      -"
         lines.append(f"  {name:<9} {outcome['stages'][name]:<10} {took}  {outs}")
     report = run_dir / "report.json"
