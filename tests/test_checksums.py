@@ -312,3 +312,21 @@ def test_accepting_only_report_md_leaves_other_changes_refused(built, tmp_path):
     assert pipeline.changed_outputs(run, "evaluate") == []
     assert [c[0] for c in pipeline.changed_outputs(run, "assign")] == ["sids.parquet"]
     assert _record(run, "evaluate")["outputs"]["report.md"] == file_hash(run / "report.md")
+
+
+def test_records_of_the_earlier_version_still_match(built, tmp_path, capsys):
+    """Folders made before outputs were recorded file by file (model/ files as keys, one hash per dataset/)."""
+    from movielens_sids import pipeline
+
+    run = _copy(built, tmp_path)
+    legacy = {"train": lambda o: {f"model/{f}": o["model"][f] for f in ("config.json", "model.safetensors")},
+              "export": lambda o: {"dataset": file_hash(run / "dataset")}}
+    for stage, edit in legacy.items():
+        rec = _record(run, stage)
+        rec["outputs"] = edit(rec["outputs"])
+        (run / ".stages" / f"{stage}.json").write_text(json.dumps(rec))
+    assert pipeline.changed_outputs(run, "train") == [] and pipeline.changed_outputs(run, "export") == []
+    assert main(["verify", "--run-dir", str(run)]) == 0, capsys.readouterr().out
+    _flip(run / "model" / "model.safetensors")
+    assert [c[0] for c in pipeline.changed_outputs(run, "train")] == ["model/model.safetensors"]
+    assert main(["assign", "--run-dir", str(run), *SETTINGS]) == 2
