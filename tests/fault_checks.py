@@ -12,14 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-PREVIOUS = {"embed": "catalog", "train": "embed", "assign": "train", "export": "evaluate"}
+PREVIOUS = {"embed": "catalog", "train": "embed", "assign": "train", "evaluate": "assign", "export": "evaluate"}
 """The stage whose artifacts a stage reads (the snapshot a trial starts from)."""
 OWN = {  # what a stage writes (besides its record in .stages/): may differ after a kill
     "catalog": ["catalog.parquet"],
     "embed": ["embeddings.parquet", ".embed-cache"],
+    "collab": ["collab.parquet", "cowatch.parquet"],
     "train": ["model", ".train"],
-    "assign": ["sids.parquet"],
-    "evaluate": ["report.json", "report.md", "report-"],
+    "assign": ["sids.parquet", "sids.previous.parquet", "sid_changes.parquet"],
+    "evaluate": ["report.json", "report.md", "report-", "labels.parquet", ".cache"],
     "export": ["dataset", "model/README.md", "report.md"],  # report.md: the timings table gains a row
 }
 SHARED = ("config.yaml", "report.md")
@@ -95,3 +96,18 @@ def validate(run_dir: Path) -> list[str]:
         if not is_tmp(chunk.name):
             check(f".embed-cache/{chunk.name}", lambda c=chunk: dict(np.load(c, allow_pickle=False)))
     return problems
+
+
+def tiny_inputs(tmp: Path, n: int) -> Path:
+    """A MovieLens folder of ``n`` films and their clustered 8-d vectors (``tmp/v.npy``, ``tmp/ids.npy``, for
+    ``embed --from``); returns the folder."""
+    from movielens_fixtures import write_movielens
+
+    rng = np.random.default_rng(0)
+    movies = [(i, f"Film {i} ({1950 + i})", "Drama|Comedy" if i % 2 else "Action") for i in range(1, n + 1)]
+    src = write_movielens(tmp / "ml", movies=movies)
+    centres = rng.normal(size=(5, 8))
+    x = (centres[rng.integers(0, 5, n)] + 0.2 * rng.normal(size=(n, 8))).astype(np.float32)
+    np.save(tmp / "v.npy", x)
+    np.save(tmp / "ids.npy", np.arange(1, n + 1))
+    return src

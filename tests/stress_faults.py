@@ -36,9 +36,17 @@ run folder's earlier artifacts unchanged.
 A stress test, not a benchmark (it times nothing): ``tests/test_stress.py`` runs a small campaign
 of each kind in CI (marked ``stress``); the full campaign runs by hand:
 
+Full scale (``--full-scale [N]``): the run folder is built from a synthetic catalog of N movies (default
+87,585, as many as ml-32m has) with random 384-d unit vectors imported by ``embed --from``, with small
+model settings (``FULL_SCALE_SETTINGS``: 3 x 64 codes, one epoch; the point is the catalog's scale), and
+the campaign interrupts ``train``, ``assign``, ``evaluate`` and ``export``. ``evaluate`` is compared on
+every number of ``report.json`` but its timings, ``train`` on its config, shapes and metrics (a resumed
+training replays its interrupted epoch with other batches: not bit-exact; the report gives the difference).
+
 Usage:
     python tests/stress_faults.py [--out /tmp/faults] [--limit 600] [--points 5] [--fuzz 1000] [--seed 0]
     python tests/stress_faults.py --fuzz-only         # only the fuzz campaign (about a minute)
+    python tests/stress_faults.py --full-scale --kill-only --points 3 --no-strace   # 24 faults on 87,585 movies
 
 Prints: faults injected, recoveries, artifacts lost (must be 0), inputs fuzzed, tracebacks (must
 be 0); writes ``report.json`` (every trial) under ``--out``. Exit 1 when either count is not 0.
@@ -193,6 +201,31 @@ def _train_summary(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def _report_numbers(run_dir: Path) -> dict[str, Any]:
+    """report.json without what an interrupted run may change (timings, the seconds each part took)."""
+    report = json.loads((run_dir / "report.json").read_text())
+    return {k: v for k, v in report.items() if k not in ("timings_s", "compute_s")}
+
+
+def train_difference(got: Path, ref: Path) -> dict[str, float]:
+    """How a resumed training's model differs from the uninterrupted one: its metrics, and the largest
+    difference of a codebook entry (a resume replays the interrupted epoch with other batches)."""
+    import torch
+
+    from movielens_sids.model import load_tokenizer
+
+    a, b = _train_summary(got), _train_summary(ref)
+    ta, tb = (load_tokenizer(d / "model") for d in (got, ref))
+    ca, cb = ta.codebooks.detach(), tb.codebooks.detach()
+    sa, sb = ta.state_dict(), tb.state_dict()
+    weights = [float(torch.max(torch.abs(sa[k].double() - sb[k].double()))) for k in sa
+               if k in sb and sa[k].shape == sb[k].shape and sa[k].numel()]
+    return {"relative_mse": round(a["relative_mse"] - b["relative_mse"], 6),
+            "unique_fraction": round(a["unique_fraction"] - b["unique_fraction"], 6),
+            "max_codebook_abs_diff": float(torch.max(torch.abs(ca - cb))) if ca.shape == cb.shape else float("nan"),
+            "max_weight_abs_diff": max(weights, default=float("nan"))}
+
+
 def compare(stage: str, got: Path, ref: Path, ref_hashes: dict[str, str], before: dict[str, str]
             ) -> tuple[list[str], bool]:
     """Problems of the rerun's outputs against the reference, and whether they are byte-for-byte equal."""
@@ -205,6 +238,12 @@ def compare(stage: str, got: Path, ref: Path, ref_hashes: dict[str, str], before
     problems: list[str] = []
     if stage in DETERMINISTIC:
         problems += [f"{k} differs from the uninterrupted run" for k, v in mine.items() if new.get(k) != v]
+    elif stage == "evaluate":  # every number but the timings
+        a, b = (_report_numbers(d) for d in (got, ref))
+        problems += [f"report.json {k} differs from the uninterrupted run" for k in sorted(set(a) | set(b))
+                     if a.get(k) != b.get(k)]
+        if new.get("labels.parquet") != mine.get("labels.parquet"):
+            problems.append("labels.parquet differs from the uninterrupted run")
     else:
         try:
             a, b = _train_summary(got), _train_summary(ref)
@@ -225,13 +264,18 @@ def compare(stage: str, got: Path, ref: Path, ref_hashes: dict[str, str], before
 # ------------------------------------------------------------------------------------------ kill campaign
 
 
-def build_reference(work: Path, runner: Runner) -> tuple[dict[str, Path], dict[str, float]]:
-    """Run every stage uninterrupted; snapshot the folder after each. Returns snapshots and stage seconds."""
+def build_reference(work: Path, runner: Runner, stages: list[str] = STAGES
+                    ) -> tuple[dict[str, Path], dict[str, float]]:
+    """Run ``stages`` uninterrupted; snapshot the folder after each. Returns snapshots and stage seconds (a
+    stage left out shares the snapshot of the one before it)."""
     base = work / "reference"
     shutil.rmtree(base, ignore_errors=True)
     snaps: dict[str, Path] = {}
     seconds: dict[str, float] = {}
-    for stage in STAGES:
+    for i, stage in enumerate(STAGES):
+        if stage not in stages:
+            snaps[stage], seconds[stage] = snaps[STAGES[i - 1]], 0.0
+            continue
         rc, wall = runner.run(stage, base, work / f"reference-{stage}.strace", work / f"reference-{stage}.log")
         if rc != 0:
             raise SystemExit(f"reference {stage} failed (exit {rc}): {_tail(work / f'reference-{stage}.log')}")
@@ -327,6 +371,7 @@ def one_trial(stage: str, sig: signal.Signals, point: float, start_from: Path, t
         if stage == "train":
             with contextlib.suppress(Exception):
                 res["resumed_from_step"] = _train_summary(run_dir)["resumed_from_step"]
+                res["train_difference"] = train_difference(run_dir, ref_dir)
     # 5. no .tmp-* file opened for reading
     for name in ("killed", "rerun"):
         bad = tmp_reads(trial_dir / f"{name}.strace", run_dir, others=(trial_dir / "killed.strace",))
@@ -336,21 +381,56 @@ def one_trial(stage: str, sig: signal.Signals, point: float, start_from: Path, t
     return res
 
 
+FULL_SCALE = 87_585
+"""Movies of the full-scale campaign: as many as ml-32m has."""
+FULL_SCALE_SETTINGS = ["model.levels=3", "model.codebook_size=64", "model.latent_dim=16", "model.hidden_dims=[32]",
+                       "model.kmeans_max_points=8192", "model.kmeans_iters=5", "train.batch_size=4096",
+                       "assign.device=cpu", "evaluate.charts=false"]
+"""Small model settings for the full-scale catalog: the point is the catalog's scale, not the model's."""
+
+
+def synthetic_catalog(folder: Path, n: int, *, dim: int = 384, seed: int = 0) -> list[str]:
+    """A MovieLens ``movies.csv`` of ``n`` movies and ``n`` random unit vectors (``.npy`` + ids) in ``folder``;
+    returns the ``--set`` values that point ``catalog`` and ``embed --from`` at them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    genres = ["Drama", "Comedy", "Action", "Horror", "Romance", "Sci-Fi", "Documentary"]
+    if not (folder / "ids.npy").exists():
+        rows = [(i, f"Film {i} ({1900 + i % 125})", "|".join(genres[i % 7:i % 7 + 1 + i % 2]))
+                for i in range(1, n + 1)]
+        (folder / "ml").mkdir(exist_ok=True)
+        (folder / "ml" / "movies.csv").write_bytes(_csv_text(["movieId", "title", "genres"], rows))
+        x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+        np.save(folder / "v.npy", x / np.linalg.norm(x, axis=1, keepdims=True))
+        np.save(folder / "ids.npy", np.arange(1, n + 1, dtype=np.int64))
+    return [f"data.source={folder / 'ml'}", f"embed.from_file={folder / 'v.npy'}",
+            f"embed.from_ids={folder / 'ids.npy'}"]
+
+
+def _common(args: argparse.Namespace, work: Path) -> list[str]:
+    """The arguments every stage command of the campaign gets."""
+    sets = ["embed.device=cpu", f"train.max_epochs={args.max_epochs}", "train.progress_bar=false",
+            "train.accelerator=cpu", *args.set]
+    if getattr(args, "full_scale", 0):
+        sets = [*synthetic_catalog(work / "inputs", args.full_scale), *FULL_SCALE_SETTINGS, *sets]
+        return [x for v in sets for x in ("--set", v)]
+    sets = [f"data.limit={args.limit}", f"embed.chunk_size={args.chunk_size}", *sets]
+    return ["--config", args.config, *[x for v in sets for x in ("--set", v)]]
+
+
 def kill_campaign(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     env.pop("MOVIELENS_SIDS_DEBUG", None)
-    common = ["--config", args.config, "--set", f"data.limit={args.limit}", "--set", "embed.device=cpu",
-              "--set", f"embed.chunk_size={args.chunk_size}", "--set", f"train.max_epochs={args.max_epochs}",
-              "--set", "train.progress_bar=false", "--set", "train.accelerator=cpu",
-              *[x for s in args.set for x in ("--set", s)]]
-    runner = Runner(common, env, strace=not args.no_strace)
+    runner = Runner(_common(args, work), env, strace=not args.no_strace)
     t0 = time.perf_counter()
     if args.reuse_reference and (work / "after-export").is_dir():
         snaps = {s: work / f"after-{s}" for s in STAGES}
         seconds = {s: float(json.loads((snaps[s] / ".stages" / f"{s}.json").read_text())["seconds"]) for s in STAGES}
         log.info("reusing the reference run in %s (stage seconds %s)", work, seconds)
     else:
-        snaps, seconds = build_reference(work, runner)
+        snaps, seconds = build_reference(work, runner, getattr(args, "reference_stages", None) or STAGES)
+        if snaps["evaluate"] != snaps["assign"] and (snaps["evaluate"] / ".cache").is_dir():
+            # a cache, not an artifact: spares each evaluate trial the embedding k-NN (minutes at full scale)
+            shutil.copytree(snaps["evaluate"] / ".cache", snaps["assign"] / ".cache", dirs_exist_ok=True)
     ref_dir = snaps["export"]
     ref_hashes = snapshot(ref_dir)
     rng = random.Random(args.seed)
@@ -414,6 +494,7 @@ def summarize_kills(trials: list[dict[str, Any]], stages: list[str]) -> dict[str
         "bitwise_equal_reruns": {s: sum(1 for t in trials if t["stage"] == s and t.get("bitwise_equal"))
                                  for s in stages},
         "train_resumed_from_checkpoint": sum(1 for t in trials if t.get("resumed_from_step")),
+        "train_differences": [t["train_difference"] for t in trials if t.get("train_difference")],
         "temporary_files_left_by_kills": sum(1 for t in trials if t.get("left_tmp")),
         "ctrl_c_findings": sum(1 for t in trials if t["findings"]),
         "ctrl_c_exits": {str(c): sum(1 for t in trials if t["signal"] == "SIGINT" and t.get("killed_exit") == c)
@@ -852,6 +933,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("/tmp/movielens-sids-faults"), help="work folder and report")
     ap.add_argument("--config", default="demo", help="preset of the run folder (default demo: offline MiniLM)")
     ap.add_argument("--limit", type=int, default=600, help="movies in the run folder")
+    ap.add_argument("--full-scale", type=int, nargs="?", const=FULL_SCALE, default=0, metavar="N",
+                    help=f"instead: a synthetic catalog of N movies (default {FULL_SCALE:,}) with random 384-d unit "
+                         "vectors (embed --from), small model settings; interrupts train, assign, evaluate, export")
     ap.add_argument("--max-epochs", type=int, default=8, help="training epochs (small keeps trials short)")
     ap.add_argument("--chunk-size", type=int, default=128, help="embedding chunk size (resume granularity)")
     ap.add_argument("--set", action="append", default=["assign.strategy=suffix", "train.batch_size=128"],
@@ -869,6 +953,10 @@ def main() -> int:
                     help="only print the report of earlier runs' report.json files (kill and fuzz merged)")
     ap.add_argument("--keep-trials", action="store_true", help="keep the folders of recovered trials")
     args = ap.parse_args()
+    if args.full_scale and args.stages == ",".join(CAMPAIGN):
+        args.stages = "train,assign,evaluate,export"
+        args.max_epochs = 1 if args.max_epochs == 8 else args.max_epochs
+        args.set = [s for s in args.set if s != "train.batch_size=128"]
     args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
     work = args.out
@@ -915,6 +1003,13 @@ def print_report(report: dict[str, Any], work: Path) -> int:
               f"files (swept by the next command): {k['temporary_files_left_by_kills']}")
         print(f"Ctrl-C findings      {k['ctrl_c_findings']}  (a traceback, or an exit other than 130 / -2 (SIGINT) / 1 "
               f"(Lightning)); Ctrl-C exits {k['ctrl_c_exits']}")
+        diffs = k.get("train_differences") or []
+        if diffs:
+            print(f"resumed training vs uninterrupted: relative MSE diff up to "
+                  f"{max(abs(d['relative_mse']) for d in diffs):.4g}, unique fraction diff up to "
+                  f"{max(abs(d['unique_fraction']) for d in diffs):.4g}, codebook entries up to "
+                  f"{max(d['max_codebook_abs_diff'] for d in diffs):.4g} apart, any weight up to "
+                  f"{max(d.get('max_weight_abs_diff', float('nan')) for d in diffs):.4g} ({len(diffs)} reruns)")
         print(f"reference stage seconds {k['reference_stage_seconds']}; campaign {k['seconds']}s")
         for t in k["trials"]:
             if t["problems"] or t["findings"]:

@@ -18,10 +18,8 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from fault_checks import PREVIOUS, SHARED, owned, snapshot, validate
-from movielens_fixtures import write_movielens
+from fault_checks import PREVIOUS, SHARED, owned, snapshot, tiny_inputs, validate
 
 from movielens_sids.cli import main
 from movielens_sids.io import TMP_PREFIX
@@ -39,13 +37,7 @@ def _args(stage: str, run: Path, tmp: Path) -> list[str]:
 def reference(tmp_path_factory) -> dict:
     """A tiny uninterrupted run: the folder after each stage, and each stage's duration."""
     tmp = tmp_path_factory.mktemp("faults")
-    rng = np.random.default_rng(0)
-    movies = [(i, f"Film {i} ({1950 + i})", "Drama|Comedy" if i % 2 else "Action") for i in range(1, N + 1)]
-    src = write_movielens(tmp / "ml", movies=movies)
-    centres = rng.normal(size=(5, 8))
-    x = (centres[rng.integers(0, 5, N)] + 0.2 * rng.normal(size=(N, 8))).astype(np.float32)
-    np.save(tmp / "v.npy", x)
-    np.save(tmp / "ids.npy", np.arange(1, N + 1))
+    src = tiny_inputs(tmp, N)
     run = tmp / "reference"
     assert main(["catalog", "--source", str(src), "--run-dir", str(run)]) == 0
     snaps, seconds = {"catalog": tmp / "after-catalog"}, {}

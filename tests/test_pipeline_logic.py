@@ -47,7 +47,8 @@ def fake_stages(monkeypatch):
     FAIL_AT.clear()
     for name, settings_of in FAKES.items():
         real = stages.STAGES[name]
-        outputs = tuple("dataset/part.txt" if o == "dataset" else o for o in real.outputs)
+        folders = {"dataset": ("dataset/part.txt",), "model": artifacts.MODEL_FILES}
+        outputs = tuple(f for o in real.outputs for f in folders.get(o, (o,)))
         fn = _fake(name, real.inputs, outputs, settings_of)
         monkeypatch.setitem(stages.STAGES, name, stages.Stage(name, fn, real.sections, real.inputs, real.outputs))
     yield

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from . import model as tokenizers  # torch is imported on first use of tokenizers.load_tokenizer
 from .errors import SidsError
-from .io import parquet_metadata, read_parquet
+from .io import memo_hash, parquet_metadata, read_parquet
 
 if TYPE_CHECKING:
     from .model import RQVAE, RQKMeans
@@ -38,6 +38,9 @@ MODEL = "model"
 MODEL_FILES = ("model/config.json", "model/model.safetensors")
 RECORDS = ".stages"
 """Run-folder subfolder of the stage records (``<stage>.json``) that ``pipeline`` writes."""
+WRITERS = {CATALOG: "catalog", EMBEDDINGS: "embed", MODEL: "train", SIDS: "assign", COLLAB: "collab",
+           COWATCH: "collab"}
+"""The stage that writes each artifact the readers check: its record holds the artifact's sha256."""
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -118,12 +121,46 @@ def decoded_metadata(path: Path) -> dict[str, Any]:
     return meta
 
 
+def recorded_digest(record: dict[str, Any], rel: str) -> str | dict[str, str] | None:
+    """The sha256 a stage record holds for ``rel`` (a file, or a folder's file -> sha256 map; a file
+    inside a recorded folder is looked up in the folder's map); None when the record has none."""
+    outputs = record.get("outputs") or {}
+    if rel in outputs:
+        return outputs[rel]
+    top, _, rest = rel.partition("/")
+    folder = outputs.get(top)
+    return folder.get(rest) if rest and isinstance(folder, dict) else None
+
+
+def changed_message(path: Path, stage: str) -> str:
+    """The one line for an artifact whose bytes are no longer those its stage recorded."""
+    return (f"{path} is not the file `{stage}` wrote (its sha256 differs from the one in {RECORDS}/{stage}.json): "
+            f"run `movielens-sids {stage}` again, or pass --accept-changed if you replaced it on purpose")
+
+
+def check_recorded(run_dir: Path, rel: str) -> None:
+    """Check ``run_dir/rel`` against the sha256 its writer recorded; a ``SidsError`` when they differ.
+
+    Nothing to check (and no error) when the stage never recorded it: a missing file is the reader's
+    own error, and a file put there by hand without a record cannot be told from a good one.
+    """
+    stage = WRITERS[rel.split("/")[0]]
+    record = read_record(run_dir, stage)
+    want = recorded_digest(record, rel) if record else None
+    path = Path(run_dir) / rel
+    if isinstance(want, str) and path.is_file() and memo_hash(path) != want:
+        raise SidsError(changed_message(path, stage))
+
+
 # ---------------------------------------------------------------------------------------------- catalog
 
 
-def read_catalog(run_dir: Path, columns: tuple[str, ...] = ("movie_id",)) -> pa.Table:
-    """``catalog.parquet``, sorted by movie_id, with ``columns`` present, at least one movie, unique ids."""
+def read_catalog(run_dir: Path, columns: tuple[str, ...] = ("movie_id",), *, recorded: bool = True) -> pa.Table:
+    """``catalog.parquet``, sorted by movie_id, with ``columns`` present, at least one movie, unique ids;
+    ``recorded``: first checked against the sha256 its stage recorded (``verify`` reports that apart)."""
     path = Path(run_dir) / CATALOG
+    if recorded:
+        check_recorded(run_dir, CATALOG)
     table = read_parquet(path, "catalog")
     require_columns(table, path, columns, "catalog")
     if table.num_rows == 0:
@@ -145,9 +182,12 @@ class Embeddings:
     path: Path
 
 
-def read_embeddings(run_dir: Path) -> Embeddings:
-    """``embeddings.parquet``, validated: at least one movie, unique ids, one dimension, finite values."""
+def read_embeddings(run_dir: Path, *, recorded: bool = True) -> Embeddings:
+    """``embeddings.parquet``, validated: at least one movie, unique ids, one dimension, finite values
+    (and, with ``recorded``, the sha256 its stage recorded)."""
     path = Path(run_dir) / EMBEDDINGS
+    if recorded:
+        check_recorded(run_dir, EMBEDDINGS)
     table = read_parquet(path, "embed")
     require_columns(table, path, ("movie_id", "embedding"), "embed")
     if table.num_rows == 0:
@@ -177,11 +217,14 @@ class Collab:
     path: Path
 
 
-def read_collab(run_dir: Path) -> Collab | None:
-    """``collab.parquet`` validated (finite vectors, unique ids), or None when the run has none (content only)."""
+def read_collab(run_dir: Path, *, recorded: bool = True) -> Collab | None:
+    """``collab.parquet`` validated (finite vectors, unique ids; with ``recorded``, the file its stage recorded),
+    or None when the run has none (content only)."""
     path = Path(run_dir) / COLLAB
     if not path.exists():
         return None
+    if recorded:
+        check_recorded(run_dir, COLLAB)
     table = sorted_by_id(read_parquet(path, "collab"))
     require_columns(table, path, ("movie_id", "vector", "n_train"), "collab")
     ids = movie_ids(table, path, "collab")
@@ -194,11 +237,14 @@ def read_collab(run_dir: Path) -> Collab | None:
     return Collab(ids, x, table.column("n_train").to_numpy().astype(np.int64), split, path)
 
 
-def read_cowatch(run_dir: Path) -> pa.Table | None:
-    """``cowatch.parquet`` (``movie_a``, ``movie_b``, ``users``: the most co-watched training pairs), or None."""
+def read_cowatch(run_dir: Path, *, recorded: bool = True) -> pa.Table | None:
+    """``cowatch.parquet`` (``movie_a``, ``movie_b``, ``users``: the most co-watched training pairs; with
+    ``recorded``, the file its stage recorded), or None."""
     path = Path(run_dir) / COWATCH
     if not path.exists():
         return None
+    if recorded:
+        check_recorded(run_dir, COWATCH)
     table = read_parquet(path, "collab")
     require_columns(table, path, ("movie_a", "movie_b", "users"), "collab")
     return table
@@ -229,10 +275,14 @@ def _token_matrix(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return tokens, lengths
 
 
-def read_sids(run_dir: Path, *, levels: int | None = None, codebook_size: int | None = None) -> Sids:
+def read_sids(run_dir: Path, *, levels: int | None = None, codebook_size: int | None = None,
+              recorded: bool = True) -> Sids:
     """``sids.parquet``, validated: list<int> tokens, none empty or negative; with ``levels`` and
-    ``codebook_size`` (the model's), every SID has L or L + 1 tokens and its first L are codes of the model."""
+    ``codebook_size`` (the model's), every SID has L or L + 1 tokens and its first L are codes of the model;
+    with ``recorded``, the file is the one its stage recorded (sha256)."""
     path = Path(run_dir) / SIDS
+    if recorded:
+        check_recorded(run_dir, SIDS)
     table = sorted_by_id(read_parquet(path, "assign"))
     require_columns(table, path, ("movie_id", "semantic_id", "sid"), "assign")
     ids = movie_ids(table, path, "assign")
@@ -264,18 +314,21 @@ def _check_against_model(tokens: np.ndarray, lengths: np.ndarray, path: Path, le
 # ---------------------------------------------------------------------------------------------- model
 
 
-def require_model(run_dir: Path) -> Path:
-    """``run_dir/model``, after checking that its config and weights are there."""
+def require_model(run_dir: Path, *, recorded: bool = True) -> Path:
+    """``run_dir/model``, after checking that its config and weights are there and (``recorded``) are what
+    `train` wrote."""
     for f in MODEL_FILES:
         if not (Path(run_dir) / f).is_file():
             raise SidsError(f"{Path(run_dir) / f} not found: run `movielens-sids train` first")
+    for f in MODEL_FILES if recorded else ():
+        check_recorded(run_dir, f)
     return Path(run_dir) / MODEL
 
 
-def read_model(run_dir: Path, *, input_dim: int | None = None) -> RQVAE | RQKMeans:
+def read_model(run_dir: Path, *, input_dim: int | None = None, recorded: bool = True) -> RQVAE | RQKMeans:
     """The tokenizer of ``run_dir/model/`` (eval mode, CPU); with ``input_dim``, checked against the
-    embeddings' dimension D."""
-    model_dir = require_model(run_dir)
+    embeddings' dimension D; with ``recorded``, its files are the ones `train` recorded (sha256)."""
+    model_dir = require_model(run_dir, recorded=recorded)
     tok = tokenizers.load_tokenizer(model_dir)
     if input_dim is not None and int(tok.config.input_dim) != input_dim:
         raise SidsError(f"embeddings have dimension {input_dim} but the model in {model_dir} expects "

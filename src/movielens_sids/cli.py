@@ -35,6 +35,7 @@ from .retrieval.report import markdown_table, paired_table
 from .retrieval.stage import retrieval_stage
 from .settings import OFFLINE_MODEL
 from .sid import parse_sid_prefix
+from .verify import render, verify_run
 
 log = logging.getLogger("movielens_sids")
 
@@ -348,7 +349,7 @@ def retrieval_command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> i
     if not (run_dir / "sids.parquet").exists():  # before taking the lock: a bad run folder is not created
         raise SidsError(f"{run_dir / 'sids.parquet'} not found: run `movielens-sids assign` first")
     with run_lock(run_dir):
-        report = retrieval_stage(run_dir, cfg)
+        report = retrieval_stage(run_dir, cfg)  # report.md is a page of the JSON reports: no stage's recorded output
     sl = report["slices"]
     print(f"{report['dataset']}, {report['protocol']}: {sl['all']['events']:,} test events "
           f"({sl['warm']['events']:,} warm, {sl['cold']['events']:,} cold), {len(report['seeds'])} seeds\n")
@@ -375,6 +376,16 @@ def run_command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     outcome = pipeline.run(cfg, run_dir, force=args.force, until=args.until)
     print(pipeline.summary(run_dir, outcome))
     return 0
+
+
+def verify_arguments(p: argparse.ArgumentParser) -> None:
+    """No flag of its own: ``--run-dir`` (or ``--config`` / ``--experiment``) names the folder."""
+
+
+def verify_command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
+    rows = verify_run(run_dir)
+    print(render(rows))
+    return 0 if all(r.ok for r in rows) else 1
 
 
 @dataclass(frozen=True)
@@ -410,6 +421,9 @@ COMMANDS: dict[str, Command] = {
                       "by SID (--neighbors)", lookup_arguments, lookup_command),
     "run": Command("run every stage in order (catalog, embed, collab, train, assign, evaluate, export, visualize), skipping "
                    "up-to-date ones", run_arguments, run_command),
+    "verify": Command("check every artifact against the sha256 its stage recorded, and the SIDs: one per catalog "
+                      "movie, distinct, the right length, codes within their codebooks, agreeing with the model; "
+                      "exit 1 on any failure", verify_arguments, verify_command),
     "retrieval": Command("benchmark the SIDs in a generative recommender against random IDs, SASRec, most-popular "
                          "and a content baseline (temporal or leave-one-out split; all / warm / cold events; paired "
                          "bootstrap intervals)", retrieval_arguments, retrieval_command),
@@ -455,6 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
         common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                             help="show tracebacks and debug logs")
         _verbosity_flags(common, argparse.SUPPRESS)
+        if name not in ("fetch", "verify"):
+            common.add_argument("--accept-changed", action="store_true",
+                                help="trust artifacts replaced on purpose (e.g. a model from the Hub): record their "
+                                     "new sha256 first; the stages that read them become stale")
         command.add_arguments(p)
         p.set_defaults(_command=command)
     return parser
@@ -508,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(verbosity(args))
     try:
         cfg, run_dir = resolve_run(args)
+        if getattr(args, "accept_changed", False) and run_dir.is_dir():
+            with run_lock(run_dir):
+                pipeline.accept_changed(run_dir)
         return int(args._command.run(args, cfg, run_dir) or 0)
     except SidsError as e:
         if verbosity(args) >= 2:

@@ -39,9 +39,9 @@ def als_vectors(x: sp.csr_matrix, *, factors: int, regularization: float, iterat
     from implicit.cpu.als import AlternatingLeastSquares  # the CPU model: no GPU probing, deterministic
     from threadpoolctl import threadpool_limits
 
-    model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
-                                    iterations=iterations, random_state=seed, num_threads=threads)
     with threadpool_limits(1, "blas"):  # implicit parallelises itself; a threaded BLAS inside it only contends
+        model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
+                                        iterations=iterations, random_state=seed, num_threads=threads)
         model.fit(x.astype(np.float32), show_progress=False)
     vectors = np.asarray(model.item_factors, dtype=np.float32)[:, :factors]  # (N, F)
     vectors[np.asarray(x.sum(0)).ravel() == 0] = 0.0

@@ -41,6 +41,20 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+WRITE_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                errno.EPERM: "permission denied"}
+"""The write failures a user can fix (free space, a writable folder), each with its own message."""
+
+
+def raise_write_error(e: OSError, path: Path) -> None:
+    """Raise the one-line ``SidsError`` for a write that failed for want of space or permission (the
+    artifact under ``path`` is untouched: atomic writes rename only a complete file); return otherwise."""
+    what = WRITE_ERRORS.get(e.errno)
+    if what is not None:
+        raise SidsError(f"{what} while writing {path}; nothing was changed") from e
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` when the block succeeds.
@@ -52,8 +66,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         ...     table.to_parquet(tmp)
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+    except OSError as e:
+        raise_write_error(e, path)
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get ordinary permissions
@@ -65,8 +83,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         _fsync_dir(path.parent)
     except OSError as e:
         tmp_path.unlink(missing_ok=True)
-        if e.errno == errno.ENOSPC:
-            raise SidsError(f"no space left on device while writing {path}; earlier artifacts are intact") from e
+        raise_write_error(e, path)
         raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -82,8 +99,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     instant between two renames, absent — never half-written).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent))
+    except OSError as e:
+        raise_write_error(e, path)
+        raise
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
@@ -97,8 +118,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno == errno.ENOSPC:
-            raise SidsError(f"no space left on device while writing {path}; earlier artifacts are intact") from e
+        raise_write_error(e, path)
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -190,6 +210,30 @@ def file_hash(path: str | Path, *, algo: str = "sha256") -> str:
     return h.hexdigest()
 
 
+_HASH_MEMO: dict[tuple[str, int, int, int], str] = {}
+
+
+def memo_hash(path: str | Path) -> str:
+    """``file_hash`` of a file, memoised within the process per (path, inode, size, mtime): the record of a
+    stage and the readers that check it then hash a large artifact once per command."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _HASH_MEMO:
+        _HASH_MEMO[key] = file_hash(path)
+    return _HASH_MEMO[key]
+
+
+def folder_digests(path: str | Path, *, skip: frozenset[str] = frozenset()) -> dict[str, str]:
+    """sha256 of each file of a folder, by path relative to it (sorted; temporary files and ``skip`` left out)."""
+    path = Path(path)
+    out = {}
+    for p in sorted(path.rglob("*")):
+        rel = p.relative_to(path).as_posix()
+        if p.is_file() and rel not in skip and not any(part.startswith(TMP_PREFIX) for part in rel.split("/")):
+            out[rel] = file_hash(p)
+    return out
+
+
 def _sweep_temp(run_dir: Path) -> None:
     """Remove temporary files and folders a killed predecessor left anywhere in the run folder (in
     ``.stages/``, ``model/``, ...; never read by any stage). Called under the lock, so no writer is live."""
@@ -220,9 +264,13 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
     while not p.exists():
         created.append(p)
         p = p.parent
-    run_dir.mkdir(parents=True, exist_ok=True)
     lock_path = run_dir / ".lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise_write_error(e, lock_path)
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -232,8 +280,9 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
             holder = f" (pid {lock_path.read_text().strip()})"
         raise SidsError(f"run folder {run_dir} is in use by another command{holder}; wait for it to finish") from None
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        with contextlib.suppress(OSError):  # the holder's pid is for messages only (a full disk cannot take it)
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
         _sweep_temp(run_dir)
         yield run_dir
     finally:

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .artifacts import MODEL_FILES, RECORDS, read_record
+from .artifacts import MODEL, MODEL_FILES, RECORDS, read_record
 from .config import RUN_SETTINGS
 from .data.catalog import input_files
 from .errors import SidsError
-from .io import file_hash, run_lock, write_json, write_text
+from .io import file_hash, folder_digests, memo_hash, run_lock, write_json, write_text
 from .reports.markdown import write_page
 from .settings import decisive
 from .stages import assign, catalog, collab, embed, evaluate, export, train, visualize
@@ -54,7 +54,7 @@ class Stage:
     inputs: tuple[str, ...] = ()
     """Run-folder files the stage reads (hashed to decide whether it is up to date)."""
     outputs: tuple[str, ...] = ()
-    """Run-folder files or folders the stage writes."""
+    """Run-folder files or folders the stage writes (recorded as a sha256, or a folder's file -> sha256 map)."""
     external_inputs: Callable[[Config], list[Path]] | None = field(default=None, compare=False)
     """Files outside the run folder the stage reads (the MovieLens files, an --enrich or --from file)."""
 
@@ -77,15 +77,16 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           inputs=("catalog.parquet",), outputs=("collab.parquet", "cowatch.parquet"),
           external_inputs=_catalog_inputs),
     Stage("train", train.train_stage, ("model", "train"),
-          inputs=("embeddings.parquet", "collab.parquet"), outputs=tuple(MODEL_FILES)),
+          inputs=("embeddings.parquet", "collab.parquet"), outputs=(MODEL,)),
     Stage("assign", assign.assign_stage, ("assign",),
-          inputs=("embeddings.parquet", *MODEL_FILES), outputs=("sids.parquet",)),
+          inputs=("embeddings.parquet", *MODEL_FILES),
+          outputs=("sids.parquet", "sids.previous.parquet", "sid_changes.parquet")),
     Stage("evaluate", evaluate.evaluate_stage, ("evaluate",),
           inputs=("catalog.parquet", "embeddings.parquet", "sids.parquet", "cowatch.parquet", *MODEL_FILES),
           outputs=("report.json", "labels.parquet")),  # report.md is a page of the JSON reports (write_page)
     Stage("export", export.export_stage, ("export",),
           inputs=("catalog.parquet", "embeddings.parquet", "sids.parquet", "report.json", *MODEL_FILES),
-          outputs=("dataset",)),
+          outputs=("dataset", "model/README.md")),
     Stage("visualize", visualize.visualize_stage, ("visualize",),
           inputs=("catalog.parquet", "embeddings.parquet", "sids.parquet"), outputs=("visualization.html",)),
 ]}
@@ -98,24 +99,80 @@ def _settings(stage: Stage, cfg: Config) -> dict[str, Any]:
     return {s: decisive(getattr(cfg, s)) for s in stage.sections}
 
 
-_HASH_MEMO: dict[tuple[str, int, int], str] = {}
-
-
 def _hash(p: Path) -> str | None:
-    """Content hash of a file or folder, memoised per (path, size, mtime) for files within a process."""
+    """Content hash of a file or folder, memoised per (path, inode, size, mtime) for files within a process."""
     if not p.exists():
         return None
-    if p.is_dir():
-        return file_hash(p)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASH_MEMO:
-        _HASH_MEMO[key] = file_hash(p)
-    return _HASH_MEMO[key]
+    return file_hash(p) if p.is_dir() else memo_hash(p)
 
 
 def _hashes(run_dir: Path, names: tuple[str, ...] | list[str]) -> dict[str, str | None]:
     return {n: _hash(run_dir / n) for n in names}
+
+
+def _output_hashes(run_dir: Path, stage: Stage) -> dict[str, Any]:
+    """sha256 of each output; a folder's is a map file -> sha256 (less the files another stage writes into
+    it: ``model/README.md`` is export's model card)."""
+    out: dict[str, Any] = {}
+    for name in stage.outputs:
+        p = run_dir / name
+        if p.is_dir():
+            others = frozenset(o.split("/", 1)[1] for s in STAGES.values() if s is not stage for o in s.outputs
+                               if o.startswith(name + "/"))
+            out[name] = folder_digests(p, skip=others)
+        else:
+            out[name] = _hash(p)
+    return out
+
+
+def changed_outputs(run_dir: Path, name: str) -> list[tuple[str, Any, Any]]:
+    """The outputs of stage ``name`` that are no longer what its record holds: (file, recorded, now),
+    by file (a folder's changed, added or missing files one by one); empty when it never ran."""
+    rec = read_record(run_dir, name)
+    if rec is None:
+        return []
+    now = _output_hashes(Path(run_dir), STAGES[name])
+    was = rec.get("outputs") or {}
+    changed = []
+    for out in STAGES[name].outputs:
+        a, b = was.get(out), now.get(out)
+        if out not in was:  # a record of an earlier version: a folder's files one by one, or no entry at all
+            a = {k.split("/", 1)[1]: v for k, v in was.items() if k.startswith(out + "/")} or None
+            b = {f: h for f, h in b.items() if f in a} if isinstance(a, dict) and isinstance(b, dict) else a
+        elif isinstance(a, str) and isinstance(b, dict):  # an earlier version's single hash of a whole folder
+            b = file_hash(Path(run_dir) / out)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += [(f"{out}/{f}", a.get(f), b.get(f)) for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
+        elif a != b:
+            changed.append((out, a, b))
+    return changed
+
+
+def accept_changed(run_dir: Path, *, only: tuple[str, ...] | None = None) -> list[str]:
+    """Record the current sha256 of every output that no longer matches its stage's record (a model or
+    file replaced on purpose; ``only``: just these files): the readers then trust it, and the stages
+    that read it become stale. Missing outputs are not accepted (their stage must run again).
+    Returns the files accepted."""
+    run_dir = Path(run_dir)
+    accepted = []
+    for name, stage in STAGES.items():
+        changed = [c for c in changed_outputs(run_dir, name) if c[2] is not None and (only is None or c[0] in only)]
+        if not changed:
+            continue
+        rec = read_record(run_dir, name) or {}
+        now = _output_hashes(run_dir, stage)
+        for out in stage.outputs:
+            if any(f == out or f.startswith(out + "/") for f, _, _ in changed):
+                rec.setdefault("outputs", {})[out] = now[out]
+        when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        rec["accepted"] = [*rec.get("accepted", []), *({"file": f, "was": a, "now": b, "at": when}
+                                                        for f, a, b in changed)]
+        write_json(run_dir / RECORDS / f"{name}.json", rec)
+        for f, _, _ in changed:
+            log.log(logging.DEBUG if only else logging.INFO, "accepted the changed %s (written by %s): its new "
+                    "sha256 is recorded", run_dir / f, name)
+            accepted.append(f)
+    return accepted
 
 
 def _external_hashes(stage: Stage, cfg: Config) -> dict[str, str | None]:
@@ -136,8 +193,11 @@ def why_stale(name: str, cfg: Config, run_dir: Path) -> str | None:
         return "inputs changed"
     if rec.get("external_inputs") != _external_hashes(stage, cfg):
         return "source files changed"
-    if rec.get("outputs") != _hashes(run_dir, stage.outputs):
-        return "outputs missing or modified"
+    changed = changed_outputs(run_dir, name)
+    if changed:
+        f, _, now = changed[0]
+        more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+        return f"{f}{more} {'missing' if now is None else 'changed since ' + name + ' wrote it'}"
     return None
 
 
@@ -162,7 +222,7 @@ def execute(name: str, cfg: Config, run_dir: Path, *, lock: bool = True) -> dict
         "settings": _settings(stage, cfg),
         "inputs": _hashes(run_dir, stage.inputs),
         "external_inputs": _external_hashes(stage, cfg),
-        "outputs": _hashes(run_dir, stage.outputs),
+        "outputs": _output_hashes(run_dir, stage),
         "seconds": round(seconds, 3),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "result": result,
@@ -237,7 +297,8 @@ def summary(run_dir: Path, outcome: dict[str, Any]) -> str:
     for name in outcome["stages"]:
         stage = STAGES[name]
         rec = read_record(run_dir, name) or {}
-        outs = ", ".join(sorted({o.split("/")[0] + ("/" if "/" in o else "") for o in stage.outputs}))
+        outs = ", ".join(sorted({o.split("/")[0] + ("/" if "/" in o or (run_dir / o).is_dir() else "")
+                                 for o in stage.outputs if (run_dir / o).exists() or o == stage.outputs[0]}))
         took = f"{rec.get('seconds', 0):7.1f}s" if rec else "      -"
         lines.append(f"  {name:<9} {outcome['stages'][name]:<10} {took}  {outs}")
     report = run_dir / "report.json"

@@ -110,6 +110,12 @@ def _metrics_md(report: dict[str, Any] | None) -> str:
     return "| metric | value |\n| --- | --- |\n" + "\n".join(rows) + "\n"
 
 
+def sid_version_name(prov: dict[str, Any]) -> str:
+    """The version of the run's SID assignment (``sids.parquet``'s ``sid_version``), or "unversioned"."""
+    version = prov["sids"].get("sid_version")
+    return str(version.get("name")) if isinstance(version, dict) and version.get("name") else "unversioned"
+
+
 def _repo_link(repo: str | None, kind: str) -> str:
     """A link to a Hub repo, or (account unknown until `export --push-to-hub`) the run folder's own folder."""
     if repo is None:
@@ -169,6 +175,7 @@ def dataset_card(table, prov: dict[str, Any], *, model_repo: str | None, pretty_
         "tokenizer": model.get("tokenizer"),
         "tokenizer config": mcfg,
         "assign": {k2: v for k2, v in assign.items() if k2 != "model_fingerprint"},
+        "SID version": sid_version_name(prov),
         "dedup statistics": stats,
     }
     return f"""---
@@ -204,6 +211,8 @@ ds[0]["sid"]                                                    # e.g. '<a_12><b
 4. **Semantic IDs**: greedy residual codes for every movie; then, for uniqueness ({strategy}): {dedup}.
    {stats.get('n_collided_before', '?')} movies collided before dedup, {stats.get('n_moved', 0)} were moved,
    {stats.get('n_suffixed', 0)} needed a collision token; every SID is unique.
+   **SID version `{sid_version_name(prov)}`** (a counter that grows each time a movie's SID changes, and a
+   hash of the movie -> SID mapping): a model trained on these SIDs should record it.
 
 Settings and statistics of this export:
 
@@ -324,6 +333,7 @@ The SIDs it gives every movie, made unique, are in the dataset {_repo_link(datas
 
 {use_section(prov, model_repo=model_repo, dataset_repo=dataset_repo, revision=revision)}
 The weights are `model.safetensors` (no pickle); `config.json` holds the architecture.
+The SIDs of this export are version `{sid_version_name(prov)}` of the assignment (see the dataset card).
 
 ## Config
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,7 @@ from ..artifacts import read_embeddings, read_model, read_sids
 from ..dedup import CHUNK, make_unique, unique_sorted
 from ..devices import resolve_device
 from ..errors import SidsError
-from ..io import write_parquet
+from ..io import atomic_path, write_parquet
 from ..settings import AssignConfig
 from ..sid import format_sids, path_ids
 
@@ -183,6 +184,16 @@ def reference_codes(tok64, z: np.ndarray) -> np.ndarray:
     return torch.cat(out).numpy() if out else np.zeros((0, int(tok64.codebooks.shape[0])), dtype=np.int64)
 
 
+def model_codes(tok, tok64, x: np.ndarray, *, batch_size: int = 16384) -> np.ndarray:
+    """The tokenizer's greedy codes (N, L) int64 for x (N, D): fast in float32 on its device, the close
+    calls settled by the float64 reference ``tok64`` (``exact_model``): the same on every device."""
+    codes, unsure = fast_codes(tok, x, batch_size=batch_size)
+    rows = np.flatnonzero(unsure)
+    if len(rows):
+        codes[rows] = reference_codes(tok64, exact_latents(tok64, x, rows))
+    return codes
+
+
 def _sig(v: float) -> float:
     """Round to 4 significant digits: stats stay identical across devices and batch sizes."""
     return float(f"{v:.4g}")
@@ -211,10 +222,7 @@ def assign_sids(
     tok64 = exact_model(tok)  # the float64 CPU reference: decides every close call
     codebooks = tok64.codebooks.numpy()  # (L, K, H) float64
     bias = tok64.code_bias.numpy()  # (L, K) float64
-    codes, unsure = fast_codes(tok, x, batch_size=cfg.batch_size)  # float32, on the tokenizer's device
-    rows = np.flatnonzero(unsure)
-    if len(rows):
-        codes[rows] = reference_codes(tok64, exact_latents(tok64, x, rows))
+    codes = model_codes(tok, tok64, x, batch_size=cfg.batch_size)
     a = make_unique(codes, movie_ids, strategy=cfg.strategy, codebook_size=k,
                     latents=lambda r: exact_latents(tok64, x, r), codebooks=codebooks,
                     beam_width=cfg.beam_width, reserved=reserved, bias=bias)
@@ -369,6 +377,81 @@ def _extend(run_dir: Path, tok, x: np.ndarray, ids: np.ndarray, acfg: AssignConf
     return all_ids, all_tok, stats, result, retired_ids, retired_tok
 
 
+PREVIOUS = "sids.previous.parquet"
+"""The SIDs an assign replaced (kept whenever it changed the SID of a movie or dropped one)."""
+CHANGES = "sid_changes.parquet"
+"""movie_id, old_sid, new_sid of every movie whose SID the last replacing assign changed, added or dropped."""
+
+
+def sid_version(table, number: int) -> dict[str, Any]:
+    """The version of a SID assignment: a counter (1 for the first, +1 each time the movie -> SID mapping
+    changes) and the first 12 hex digits of the sha256 of that mapping (movie ids and SID strings)."""
+    import hashlib
+
+    h = hashlib.sha256(np.ascontiguousarray(table.column("movie_id").to_numpy(), dtype=np.int64).tobytes())
+    h.update("\n".join(table.column("sid").to_pylist()).encode())
+    digest = h.hexdigest()[:12]
+    return {"number": int(number), "content": digest, "name": f"v{int(number)}-{digest}"}
+
+
+def _previous(path: Path):
+    """The current ``sids.parquet`` as a table (movie_id, sid) with its version, or None (absent or unreadable)."""
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        return None
+    try:
+        table = pq.read_table(path, columns=["movie_id", "sid"])
+        version = json.loads((pq.read_schema(path).metadata or {}).get(b"sid_version", b"{}"))
+    except Exception as e:  # a damaged file holds no SIDs anyone could have used
+        log.warning("cannot read the SIDs in %s to compare them (%s): not comparing", path, e)
+        return None
+    return table, version if isinstance(version, dict) else {}
+
+
+def sid_changes(old, new):
+    """Movies whose SID differs between two (movie_id, sid) tables: movie_id, old_sid, new_sid (null when a
+    movie is only in one), sorted by movie_id; and the counts (changed, added, dropped)."""
+    import pyarrow as pa
+
+    before = dict(zip(old.column("movie_id").to_pylist(), old.column("sid").to_pylist()))
+    after = dict(zip(new.column("movie_id").to_pylist(), new.column("sid").to_pylist()))
+    ids = sorted(i for i in before.keys() | after.keys() if before.get(i) != after.get(i))
+    table = pa.table({"movie_id": pa.array(ids, pa.int64()), "old_sid": pa.array([before.get(i) for i in ids],
+                      pa.string()), "new_sid": pa.array([after.get(i) for i in ids], pa.string())})
+    counts = {"n_changed": sum(1 for i in ids if i in before and i in after),
+              "n_added": sum(1 for i in ids if i not in before), "n_dropped": sum(1 for i in ids if i not in after)}
+    return table, counts
+
+
+def _record_history(run_dir: Path, table, *, keep: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Compare the new SIDs with the ones they replace; when a movie's SID changed or a movie was dropped
+    (and ``keep``: not an incremental run, which changes no SID and retires dropped ones), keep the old
+    file as ``sids.previous.parquet`` and write ``sid_changes.parquet`` (before the new ``sids.parquet``:
+    a kill in between leaves the old SIDs, and a rerun writes the same again).
+
+    Returns:
+        The new version (``sid_version``) and what changed (for the stage's result).
+    """
+    old = _previous(run_dir / "sids.parquet")
+    if old is None:
+        return sid_version(table, 1), {}
+    changes, counts = sid_changes(old[0], table)
+    number = int(old[1].get("number", 0))
+    version = sid_version(table, number + 1 if len(changes) else max(number, 1))
+    if keep and (counts["n_changed"] or counts["n_dropped"]):
+        with atomic_path(run_dir / PREVIOUS) as tmp:
+            shutil.copyfile(run_dir / "sids.parquet", tmp)
+        write_parquet(run_dir / CHANGES, changes, metadata={"from": old[1].get("name", "?"), "to": version["name"]})
+        log.warning("%d movies' SIDs changed (%d added, %d dropped) since version %s: the previous SIDs are in %s, "
+                    "old -> new in %s; new version %s", counts["n_changed"], counts["n_added"], counts["n_dropped"],
+                    old[1].get("name", "?"), PREVIOUS, CHANGES, version["name"])
+    elif len(changes):
+        log.info("no existing SID changed; %d added, %d retired (version %s)", counts["n_added"],
+                 counts["n_dropped"], version["name"])
+    return version, {**counts, "previous_version": old[1].get("name")}
+
+
 def assign_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
     """The `assign` stage: embeddings.parquet + model/ -> sids.parquet.
 
@@ -400,11 +483,13 @@ def assign_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
     if retired_tok is not None and len(retired_ids):
         o = np.argsort(retired_ids, kind="stable")
         retired = [[int(i), [int(v) for v in t]] for i, t in zip(retired_ids[o], retired_tok[o])]
+    table = sids_table(all_ids, all_tok)
+    version, history = _record_history(run_dir, table, keep=not acfg.incremental)
     metadata = {"assign": json.dumps(info, sort_keys=True), "assign_stats": json.dumps(stats, sort_keys=True),
-                "retired": json.dumps(retired)}
-    write_parquet(sids_path, sids_table(all_ids, all_tok), metadata=metadata)
+                "retired": json.dumps(retired), "sid_version": json.dumps(version, sort_keys=True)}
+    write_parquet(sids_path, table, metadata=metadata)
     log.info("%d movies: %d collided before dedup, %d moved, %d with a collision token (%s, %d tokens per SID)",
              stats["n_movies"], stats["n_collided_before"], stats["n_moved"], stats["n_suffixed"], acfg.strategy,
              all_tok.shape[1])
-    return {**stats, **result}
+    return {**stats, **result, **history, "sid_version": version["name"]}
 

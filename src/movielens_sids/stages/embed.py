@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..artifacts import read_catalog, vector_matrix
+from ..artifacts import EMBEDDINGS, check_recorded, read_catalog, vector_matrix
 from ..devices import resolve_devices
 from ..documents import Template, build_documents, document_hash
 from ..errors import SidsError
@@ -174,9 +174,21 @@ class ChunkCache:
 # --------------------------------------------------------------------------- reading artifacts
 
 
+def _as_recorded(path: Path) -> bool:
+    """Whether ``embeddings.parquet`` still holds the bytes embed recorded (a changed file is never reused)."""
+    try:
+        check_recorded(path.parent, EMBEDDINGS)
+    except SidsError:
+        return False
+    return True
+
+
 def _reusable_metadata(path: Path, identity: dict[str, Any]) -> dict[str, str] | None:
     """The metadata of the current ``embeddings.parquet`` when it was made with the same model, else None."""
     if not path.exists():
+        return None
+    if not _as_recorded(path):
+        log.warning("%s changed since embed wrote it: embedding everything again", path)
         return None
     try:
         meta = parquet_metadata(path)
@@ -368,7 +380,7 @@ def _write(run_dir: Path, ids: np.ndarray, vectors: np.ndarray, metadata: dict[s
     import pyarrow as pa
 
     path = run_dir / "embeddings.parquet"
-    if path.exists():
+    if path.exists() and _as_recorded(path):
         # Same model, settings and document hashes for the same movies: the file already holds these
         # vectors (they were copied from it), so leave its bytes alone.
         try:

@@ -29,6 +29,7 @@ from ..artifacts import (
     CATALOG,
     EMBEDDINGS,
     SIDS,
+    check_recorded,
     check_same_movies,
     decoded_metadata,
     read_catalog,
@@ -55,6 +56,8 @@ def dataset_table(run_dir: Path) -> pa.Table:
     """Catalog + embedding + semantic_id + sid, one row per movie, sorted by movie_id (validated)."""
     run_dir = Path(run_dir)
     cat = read_catalog(run_dir)
+    check_recorded(run_dir, EMBEDDINGS)
+    check_recorded(run_dir, SIDS)
     emb = sorted_by_id(read_parquet(run_dir / EMBEDDINGS, "embed"))
     sids = sorted_by_id(read_parquet(run_dir / SIDS, "assign"))
     require_columns(emb, run_dir / EMBEDDINGS, ("movie_id", "embedding"), "embed")
