@@ -13,8 +13,8 @@ movies for the same test events:
 - ``content_knn``: movies ranked by content-embedding similarity to the user's latest movies
   (``content.py``), its window chosen on validation.
 
-Every learned model trains until its validation loss (its training loss on the validation events)
-has not improved for ``patience`` epochs and keeps its best epoch (``max_epochs`` is only a safety bound, flagged when hit). Each
+Every learned model trains until neither its validation loss nor its validation Recall@10 has
+improved for ``patience`` epochs, and keeps the epoch with the best validation Recall@10 (``max_epochs`` is only a safety bound, flagged when hit). Each
 method returns the 0-based rank of every test event's target in its top ``MAX_K`` list (-1 when
 absent), per seed; ``stats.py`` turns ranks into metrics and intervals. With ``exclude_seen``
 (the default) no method recommends a movie the user has already rated (in MovieLens nobody rates
@@ -115,6 +115,7 @@ class _Shared:
     n_items: int
     windows: np.ndarray  # (n, M+1) training windows
     valid_windows: np.ndarray  # (E_valid, M+1)
+    valid_seen: Seen | None
     test_hist: np.ndarray  # (E, M)
     test_seen: Seen | None
     cfg: RetrievalConfig
@@ -146,9 +147,10 @@ def _learned_job(seed: int, method: str, shared: _Shared | None = None) -> tuple
     else:
         ids = random_codes(sh.codes["semantic_id"], seed) if method == "random_id" else sh.codes[method]
         model, lr = GenerativeRetriever(ids, dropout=cfg.dropout, **shape), cfg.lr
-    info = {"seed": seed, **fit(model, sh.windows, sh.valid_windows, lr=lr, weight_decay=cfg.weight_decay,
-                                batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-                                max_epochs=cfg.max_epochs, patience=cfg.patience, seed=seed,
+    info = {"seed": seed, **fit(model, sh.windows, sh.valid_windows, sh.valid_seen, lr=lr,
+                                weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                                eval_batch_size=cfg.eval_batch_size, max_epochs=cfg.max_epochs,
+                                patience=cfg.patience, beam_size=cfg.valid_beam_size, seed=seed,
                                 accelerator=accelerator,
                                 devices=[device.index] if device.index is not None else 1)}
     ranked = recommend_all(model, sh.test_hist, k=MAX_K, beam_size=cfg.beam_size, batch_size=cfg.eval_batch_size,
@@ -216,6 +218,7 @@ def run_benchmark(split: Split, codes: np.ndarray, cfg: RetrievalConfig, vectors
     shared = _Shared(codes={"semantic_id": codes, **(compared or {})}, n_items=len(split.movie_ids),
                      windows=training_windows([t[-cap:] if cap else t for t in split.train], m),
                      valid_windows=np.concatenate([valid_hist, split.valid.target[:, None]], axis=1),
+                     valid_seen=split.seen(split.valid) if cfg.exclude_seen else None,
                      test_hist=test_hist, test_seen=test_seen, cfg=cfg)
     log.info("%d users, %d movies, %d training windows of %d movies; %d validation and %d test events",
              len(split.users), len(split.movie_ids), len(shared.windows), m + 1, len(split.valid), len(split.test))

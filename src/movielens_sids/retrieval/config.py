@@ -74,9 +74,12 @@ class RetrievalConfig:
     max_epochs: int = 200
     """A safety bound on training epochs; validation decides when to stop (the report flags a run that hit it)."""
     patience: int = 4
-    """Stop after this many epochs without a lower validation loss (the best epoch's weights are kept)."""
+    """Stop after this many epochs in which neither the validation loss nor validation Recall@10 improved (the
+    weights of the best-Recall@10 epoch are kept)."""
     exclude_seen: bool = True
     """Never recommend a movie the user has already rated (every method; MovieLens has no repeat ratings)."""
+    valid_beam_size: int = 20
+    """Beams of the constrained beam search on validation events (>= 10, the monitored cut-off)."""
     beam_size: int = 50
     """Beams of the constrained beam search at test time (>= 50, the largest cut-off)."""
     content_windows: list[int] = field(default_factory=lambda: [1, 3, 10, 30])
@@ -122,6 +125,8 @@ class RetrievalConfig:
             raise ValueError(f"patience: must be >= 0, got {self.patience}")
         if self.beam_size < 50:
             raise ValueError(f"beam_size: must be at least 50 (the largest cut-off), got {self.beam_size}")
+        if self.valid_beam_size < 10:
+            raise ValueError(f"valid_beam_size: must be at least 10, got {self.valid_beam_size}")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         for name in ("test_fraction", "valid_fraction"):

@@ -133,14 +133,14 @@ def paired_table(paired: dict[str, dict], slices: tuple[str, ...] = SLICES, metr
 
 def training_table(methods: dict[str, dict]) -> str:
     """Epochs run, best epoch, what stopped training and the time, per method (over seeds)."""
-    lines = ["| method | epochs (per seed) | best epoch | stopped by | validation loss curve (first seed) | time s |",
+    lines = ["| method | epochs (per seed) | best epoch | stopped by | validation Recall@10 curve (first seed) | time s |",
              "| --- | --- | --- | --- | --- | ---: |"]
     for name in ordered(methods):
         if name not in methods:
             continue
         runs = methods[name]["runs"]
         learned = "epochs" in runs[0]
-        curve = " ".join(f"{v:.3f}" for v in runs[0].get("valid_curve", [])) if learned else (
+        curve = " ".join(f"{r:.3f}" for _, r in runs[0].get("valid_curve", [])) if learned else (
             f"window {runs[0]['window']} chosen on validation" if "window" in runs[0] else "no training")
         lines.append(f"| {label(name)} | {', '.join(str(r.get('epochs', '-')) for r in runs)} | "
                      f"{', '.join(str(r.get('best_epoch', '-')) for r in runs)} | "
@@ -174,8 +174,9 @@ def report_section(report: dict) -> str:
               "content baseline score every movie from its content.", "",
               "![Recall@K](retrieval/recall_at_k.png)", "", training_table(report["methods"]), "",
               f"Models: d_model {st['d_model']}, {st['n_layers']} layers, {st['n_heads']} heads, history "
-              f"{st['max_history']} movies, test beam {st['beam_size']}; every learned model stops when its validation "
-              f"loss has not improved for {st['patience']} epochs and keeps its best epoch. "
+              f"{st['max_history']} movies, test beam {st['beam_size']}; every learned model stops when neither its "
+              f"validation loss nor its validation Recall@10 has improved for {st['patience']} epochs and keeps its "
+              "best-Recall@10 epoch. "
               + ("No method recommends a movie the user has already rated. " if st["exclude_seen"] else
                  "Only the content baseline leaves out the user's rated movies. ") + "Wall time "
               f"{report['wall_time_s'] / 60:.1f} min. Details: `retrieval/report.json`."]
