@@ -140,7 +140,9 @@ def training_table(methods: dict[str, dict]) -> str:
             continue
         runs = methods[name]["runs"]
         learned = "epochs" in runs[0]
-        curve = " ".join(f"{r:.3f}" for _, r in runs[0].get("valid_curve", [])) if learned else (
+        # [loss, recall@10] per epoch; reports of earlier versions hold the recall alone
+        curve = " ".join(f"{v[-1] if isinstance(v, list) else v:.3f}" for v in runs[0].get("valid_curve", [])) \
+            if learned else (
             f"window {runs[0]['window']} chosen on validation" if "window" in runs[0] else "no training")
         lines.append(f"| {label(name)} | {', '.join(str(r.get('epochs', '-')) for r in runs)} | "
                      f"{', '.join(str(r.get('best_epoch', '-')) for r in runs)} | "
