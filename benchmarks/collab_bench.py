@@ -85,10 +85,11 @@ def main() -> None:
         t0 = time.perf_counter()
         v = fit()
         dt = time.perf_counter() - t0
-        print(f"{name:12s} fit {dt:5.1f}s  valid R@10 w5 {valid_recall(split, v, 5):.4f}  w1 {valid_recall(split, v, 1):.4f}",
-              flush=True)
+        w5, w1 = valid_recall(split, v, 5), valid_recall(split, v, 1)
+        print(f"{name:12s} fit {dt:5.1f}s  valid R@10 w5 {w5:.4f}  w1 {w1:.4f}", flush=True)
     xc = emb.x[np.searchsorted(emb.movie_ids, split.movie_ids)]
-    print(f"{'content':12s}             valid R@10 w5 {valid_recall(split, xc, 5):.4f}  w1 {valid_recall(split, xc, 1):.4f}")
+    w5, w1 = valid_recall(split, xc, 5), valid_recall(split, xc, 1)
+    print(f"{'content':12s}             valid R@10 w5 {w5:.4f}  w1 {w1:.4f}")
 
 
 if __name__ == "__main__":

@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from movielens_fixtures import write_movielens
+from sids_fixtures import write_catalog, write_embeddings
 
 from movielens_sids import artifacts, collab, metrics, pipeline
 from movielens_sids.config import load_config
 from movielens_sids.errors import SidsError
 from movielens_sids.retrieval.sequences import split_of
 from movielens_sids.retrieval.stage import check_collab_split
-
-from movielens_fixtures import write_movielens
-from sids_fixtures import write_catalog, write_embeddings
 
 N_MOVIES, N_USERS, D = 60, 80, 8
 COLD = (59, 60)  # movies in the catalog that nobody ever rates
@@ -84,11 +83,11 @@ def test_co_watch_counts_shared_prefixes_against_random_pairs():
 def test_collab_vectors_never_see_validation_or_test_interactions(tmp_path):
     run, cfg = make_run(tmp_path, "a", ratings_rows())
     pipeline.execute("collab", cfg, run)
-    split = split_of(artifacts_ratings(cfg), np.arange(1, N_MOVIES + 1), cfg.retrieval)
+    split = split_of(ratings_of(cfg), np.arange(1, N_MOVIES + 1), cfg.retrieval)
     valid_start = split.info["valid_start"]
     # The same training interactions, every validation and test event replaced: identical vectors and pairs.
     run2, cfg2 = make_run(tmp_path, "b", ratings_rows(scramble_after=valid_start))
-    split2 = split_of(artifacts_ratings(cfg2), np.arange(1, N_MOVIES + 1), cfg2.retrieval)
+    split2 = split_of(ratings_of(cfg2), np.arange(1, N_MOVIES + 1), cfg2.retrieval)
     assert split2.info["valid_start"] == valid_start and split2.info["cutoff"] == split.info["cutoff"]
     assert not np.array_equal(split.test.target, split2.test.target)  # the future really differs
     pipeline.execute("collab", cfg2, run2)
@@ -97,13 +96,13 @@ def test_collab_vectors_never_see_validation_or_test_interactions(tmp_path):
     c = artifacts.read_collab(run)
     assert c.counts.sum() == split.info["n_train_interactions"]  # exactly the training interactions
     check_collab_split(run, split)  # the benchmark's own split: accepted
-    other = split_of(artifacts_ratings(cfg), np.arange(1, N_MOVIES + 1),
+    other = split_of(ratings_of(cfg), np.arange(1, N_MOVIES + 1),
                      load_config(None, {"retrieval.protocol": "leave_one_out"}).retrieval)
     with pytest.raises(SidsError, match="another split"):
         check_collab_split(run, other)  # IDs built on another split's training data would leak: refused
 
 
-def artifacts_ratings(cfg):
+def ratings_of(cfg):
     from movielens_sids.data.catalog import read_interactions
 
     return read_interactions(cfg.data)

@@ -419,8 +419,8 @@ COMMANDS: dict[str, Command] = {
                          "(works offline)", visualize_arguments, visualize_command),
     "lookup": Command("find a movie's SID (--movie), the movies under a SID prefix (--sid), or a movie's nearest "
                       "by SID (--neighbors)", lookup_arguments, lookup_command),
-    "run": Command("run every stage in order (catalog, embed, collab, train, assign, evaluate, export, visualize), skipping "
-                   "up-to-date ones", run_arguments, run_command),
+    "run": Command("run every stage in order (catalog, embed, collab, train, assign, evaluate, export, visualize), "
+                   "skipping up-to-date ones", run_arguments, run_command),
     "verify": Command("check every artifact against the sha256 its stage recorded, and the SIDs: one per catalog "
                       "movie, distinct, the right length, codes within their codebooks, agreeing with the model; "
                       "exit 1 on any failure", verify_arguments, verify_command),

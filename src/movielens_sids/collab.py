@@ -16,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-
 MAX_ITEMS = 8192
 """``top_cowatch_pairs`` counts among at most this many of the most watched items ((T, T) floats: 256 MB)."""
 

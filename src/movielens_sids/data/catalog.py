@@ -26,8 +26,8 @@ May import: data.registry, data.fetch, errors, settings; pandas and pyarrow.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import csv
+import dataclasses
 import io
 import json
 import logging

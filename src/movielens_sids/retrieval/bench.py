@@ -14,7 +14,8 @@ movies for the same test events:
   (``content.py``), its window chosen on validation.
 
 Every learned model trains until neither its validation loss nor its validation Recall@10 has
-improved for ``patience`` epochs, and keeps the epoch with the best validation Recall@10 (``max_epochs`` is only a safety bound, flagged when hit). Each
+improved for ``patience`` epochs, and keeps the epoch with the best validation Recall@10
+(``max_epochs`` is only a safety bound, flagged when hit). Each
 method returns the 0-based rank of every test event's target in its top ``MAX_K`` list (-1 when
 absent), per seed; ``stats.py`` turns ranks into metrics and intervals. With ``exclude_seen``
 (the default) no method recommends a movie the user has already rated (in MovieLens nobody rates

@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .content import seen_mask
 
-
 log = logging.getLogger(__name__)
 
 

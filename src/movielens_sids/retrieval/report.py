@@ -133,7 +133,8 @@ def paired_table(paired: dict[str, dict], slices: tuple[str, ...] = SLICES, metr
 
 def training_table(methods: dict[str, dict]) -> str:
     """Epochs run, best epoch, what stopped training and the time, per method (over seeds)."""
-    lines = ["| method | epochs (per seed) | best epoch | stopped by | validation Recall@10 curve (first seed) | time s |",
+    lines = ["| method | epochs (per seed) | best epoch | stopped by | validation Recall@10 curve (first seed) "
+             "| time s |",
              "| --- | --- | --- | --- | --- | ---: |"]
     for name in ordered(methods):
         if name not in methods:

@@ -108,7 +108,8 @@ def retrieval_stage(run_dir: Path, cfg: Any) -> dict:
         check_collab_split(Path(other), split)
         pos = np.searchsorted(ids, split.movie_ids)
         if (pos >= len(ids)).any() or (ids[np.minimum(pos, len(ids) - 1)] != split.movie_ids).any():
-            raise SidsError(f"{Path(other) / 'sids.parquet'} lacks movies of this run: compare runs of the same catalog")
+            raise SidsError(f"{Path(other) / 'sids.parquet'} lacks movies of this run: "
+                            "compare runs of the same catalog")
         compared[f"semantic_id@{other}"] = other_codes[pos]
     results = run_benchmark(split, item_codes, rcfg, vectors, compared)
     summary = summarize(split, results, rcfg)
