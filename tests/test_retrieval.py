@@ -14,7 +14,14 @@ import torch.nn.functional as F
 
 from movielens_sids.cli import main
 from movielens_sids.errors import SidsError
-from movielens_sids.retrieval.bench import RetrievalConfig, most_popular, random_codes, run_benchmark
+from movielens_sids.retrieval.bench import (
+    RetrievalConfig,
+    merge_cold,
+    most_popular,
+    random_codes,
+    recommend_all,
+    run_benchmark,
+)
 from movielens_sids.retrieval.content import content_topk
 from movielens_sids.retrieval.generative import GenerativeRetriever
 from movielens_sids.retrieval.lightning_modules import training_windows
@@ -308,6 +315,44 @@ def test_full_beam_is_exact_search():
     assert rec.items[0, 0] == exact.argmax()
 
 
+def test_cold_search_ranks_only_the_subset_exactly_as_the_full_search_does():
+    """A subset trie's full beam returns exactly the subset, in the order the exhaustive search gives it."""
+    torch.manual_seed(2)
+    codes = synthetic_codes(24)
+    model = GenerativeRetriever(codes, max_history=5, d_model=16, n_layers=1, n_heads=2).eval()
+    history = torch.tensor([[-1, 2, 3, 4, 5], [0, 1, 2, 3, 4]])
+    full = model.recommend(history, k=24, beam_size=24)
+    cold = np.array([1, 7, 8, 15, 23])
+    trie = model.subset_trie(cold)
+    assert trie.level_sizes == model.trie.level_sizes
+    rec = model.recommend_from(model.last_hidden(history), k=5, beam_size=5, trie=trie)
+    for row, frow, fscores, scores in zip(rec.items, full.items, full.scores, rec.scores):
+        expect = [i for i in frow.tolist() if i in set(cold.tolist())]
+        assert row.tolist() == expect
+        torch.testing.assert_close(scores, fscores[[frow.tolist().index(i) for i in expect]])
+    with pytest.raises(ValueError, match="level_sizes"):
+        SidTrie(codes[:3], level_sizes=[1, 1, 1])
+
+
+def test_merge_cold_bonus_zero_keeps_the_ranking_and_a_large_one_puts_cold_first():
+    torch.manual_seed(3)
+    codes = synthetic_codes(30)
+    model = GenerativeRetriever(codes, max_history=4, d_model=16, n_layers=1, n_heads=2).eval()
+    history = np.array([[-1, 3, 4, 5], [0, 1, 2, 3], [-1, -1, -1, 9]])
+    is_cold = np.zeros(30, dtype=bool)
+    is_cold[[2, 11, 17, 25, 29]] = True
+    kw = dict(beam_size=30, batch_size=2, device=torch.device("cpu"))
+    (items, scores), _ = recommend_all(model, history, k=30, **kw)  # exhaustive: the exact ranking
+    main, cold = recommend_all(model, history, k=10, cold_trie=model.subset_trie(np.flatnonzero(is_cold)), **kw)
+    np.testing.assert_array_equal(merge_cold(main, cold, is_cold, 0.0, 10), items[:, :10])
+    first = merge_cold(main, cold, is_cold, 1e6, 10)
+    for row, ranked in zip(first, items):
+        assert is_cold[row[:5]].all() and not is_cold[row[5:]].any()  # every cold movie first, then warm ones
+        assert row[:5].tolist() == [i for i in ranked if is_cold[i]]  # each part in the model's order
+        assert row[5:].tolist() == [i for i in ranked if not is_cold[i]][:5]
+        assert len(set(row.tolist())) == 10
+
+
 def test_random_ids_keep_the_shape():
     codes = synthetic_codes(60)
     r = random_codes(codes, seed=3)
@@ -321,6 +366,19 @@ def test_sasrec_ranks_all_movies():
     rec = model.recommend(torch.tensor([[-1, 0, 1]]), k=7)
     assert sorted(rec.items[0].tolist()) == list(range(7))
     assert torch.isfinite(model.loss(torch.tensor([[-1, 0, 1, 2]])))
+
+
+def test_sasrec_ranks_only_the_movies_it_knows_and_its_loss_skips_the_others():
+    torch.manual_seed(0)
+    model = SASRec(7, known=np.array([5, 1, 2, 1]), max_history=3, d_model=8, n_layers=1, n_heads=2).eval()
+    rec = model.recommend(torch.tensor([[-1, 0, 1]]), k=5)
+    assert sorted(rec.items[0, :3].tolist()) == [1, 2, 5] and rec.items[0, 3:].tolist() == [-1, -1]
+    h = model.last_hidden(torch.tensor([[-1, 0, 1], [0, 1, 2]]))
+    both = model.target_loss(h, torch.tensor([2, 6]))  # 6 is unknown: left out
+    torch.testing.assert_close(both, model.target_loss(h[:1], torch.tensor([2])))
+    assert model.target_loss(h, torch.tensor([0, 6])) == 0
+    with pytest.raises(ValueError, match="known"):
+        SASRec(7, known=np.array([7]))
 
 
 # --- metrics -----------------------------------------------------------------------------------

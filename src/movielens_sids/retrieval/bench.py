@@ -7,8 +7,8 @@ movies for the same test events:
 - ``random_id``: the same model and settings over random IDs of the same shape: the run's SIDs
   shuffled across movies (seeded per seed), so L, K per level, uniqueness and even the trie's
   shape are identical and only the link between a movie's content and its tokens is broken;
-- ``sasrec_ce``: SASRec over plain movie ids trained with full softmax cross-entropy over all
-  movies ("SASRec+", Klenitskiy & Vasilev, RecSys 2023), ranking all movies;
+- ``sasrec_ce``: SASRec over plain movie ids trained with full softmax cross-entropy over every
+  movie of its training windows ("SASRec+", Klenitskiy & Vasilev, RecSys 2023), ranking those;
 - ``most_popular``: movies ranked by their number of training interactions;
 - ``content_knn``: movies ranked by content-embedding similarity to the user's latest movies
   (``content.py``), its window chosen on validation.
@@ -50,6 +50,7 @@ from .lightning_modules import fit, training_windows
 from .metrics import ranking_metrics, target_ranks
 from .sasrec import SASRec
 from .sequences import Seen, Split
+from .trie import SidTrie
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +80,62 @@ def most_popular(counts: np.ndarray, k: int, seen: np.ndarray | Seen | None = No
     return np.concatenate(out)
 
 
+Lists = tuple[np.ndarray, np.ndarray]
+"""Ranked lists: (E, k) item indices (-1: none) and (E, k) their scores (-inf: none), best first."""
+
+
 @torch.no_grad()
 def recommend_all(model: torch.nn.Module, history: np.ndarray, *, k: int, beam_size: int, batch_size: int,
-                  device: torch.device, seen: np.ndarray | Seen | None = None) -> np.ndarray:
-    """(E, k) top-k items for (E, M) histories, in batches; ``seen`` (E, S), -1 padded (or a ``Seen``): items to
-    leave out."""
+                  device: torch.device, seen: np.ndarray | Seen | None = None,
+                  cold_trie: SidTrie | None = None) -> tuple[Lists, Lists | None]:
+    """The top ``k`` for (E, M) histories, in batches, and with ``cold_trie`` (a generative model's
+    ``subset_trie``) also the top ``k`` among only its movies (one transformer pass serves both searches).
+
+    ``seen``: (E, S) items to leave out, -1 padded (or a ``Seen``).
+    """
     model.eval().to(device)
-    out = []
+    main: list[tuple[np.ndarray, np.ndarray]] = []
+    cold: list[tuple[np.ndarray, np.ndarray]] = []
     for i in range(0, len(history), batch_size):
-        h = torch.from_numpy(history[i:i + batch_size]).to(device)
+        hidden = model.last_hidden(torch.from_numpy(history[i:i + batch_size]).to(device))  # (B, d)
         exclude = None if seen is None else seen_mask(torch.from_numpy(seen[i:i + batch_size]).to(device),
                                                       model.n_items)
-        rec: Recommendations = model.recommend(h, k, beam_size=beam_size, exclude=exclude)
-        out.append(rec.items.cpu().numpy())
-    return np.concatenate(out) if out else np.empty((0, k), np.int64)
+        rec: Recommendations = model.recommend_from(hidden, k, beam_size=beam_size, exclude=exclude)
+        main.append((rec.items.cpu().numpy(), rec.scores.cpu().numpy()))
+        if cold_trie is not None:
+            rec = model.recommend_from(hidden, k, beam_size=beam_size, exclude=exclude, trie=cold_trie)
+            cold.append((rec.items.cpu().numpy(), rec.scores.cpu().numpy()))
+
+    def stacked(parts: list[tuple[np.ndarray, np.ndarray]]) -> Lists:
+        if not parts:
+            return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
+        return np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
+
+    return stacked(main), (stacked(cold) if cold_trie is not None else None)
+
+
+def merge_cold(main: Lists, cold: Lists, is_cold: np.ndarray, bonus: float, k: int) -> np.ndarray:
+    """(E, k) items: the main list's warm movies and the cold list's movies with ``bonus`` added to their
+    log-probabilities, merged by score (``is_cold``: (N,) bool per item). Bonus 0 gives the main list
+    (up to beam-search ties): the cold list holds the best cold movies by the same score."""
+    items = np.concatenate([main[0], cold[0]], axis=1)  # (E, 2W)
+    main_cold = (main[0] >= 0) & is_cold[np.maximum(main[0], 0)]
+    scores = np.concatenate([np.where(main_cold, -np.inf, main[1]), cold[1] + bonus], axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.where(np.isfinite(np.take_along_axis(scores, order, 1)), np.take_along_axis(items, order, 1), -1)
+
+
+def choose_cold_bonus(model: torch.nn.Module, sh: _Shared, cold_trie: SidTrie, device: torch.device
+                      ) -> tuple[float, dict[str, float]]:
+    """The bonus of ``cfg.cold_bonuses`` with the best validation Recall@10 (ties: the smallest), and the curve."""
+    cfg = sh.cfg
+    main, cold = recommend_all(model, sh.valid_windows[:, :-1], k=10, beam_size=cfg.valid_beam_size,
+                               batch_size=cfg.eval_batch_size, device=device, seen=sh.valid_seen, cold_trie=cold_trie)
+    target = sh.valid_windows[:, -1]
+    curve = {b: float((merge_cold(main, cold, sh.is_cold, b, 10) == target[:, None]).any(1).mean())
+             for b in sorted(cfg.cold_bonuses)}
+    best = max(curve, key=lambda b: (curve[b], -b))
+    return best, {f"{b:g}": round(r, 4) for b, r in curve.items()}
 
 
 def _content(vectors: np.ndarray, split: Split, cfg: RetrievalConfig, valid_hist: np.ndarray,
@@ -119,6 +162,7 @@ class _Shared:
     valid_seen: Seen | None
     test_hist: np.ndarray  # (E, M)
     test_seen: Seen | None
+    is_cold: np.ndarray  # (N,) bool: the item has no training interaction
     cfg: RetrievalConfig
 
 
@@ -144,7 +188,8 @@ def _learned_job(seed: int, method: str, shared: _Shared | None = None) -> tuple
     L.seed_everything(seed, workers=False, verbose=False)
     shape = dict(max_history=cfg.max_history, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads)
     if method == "sasrec_ce":
-        model, lr = SASRec(sh.n_items, dropout=cfg.sasrec_dropout, **shape), cfg.sasrec_lr
+        known = np.unique(sh.windows[sh.windows >= 0])  # the movies of its training windows
+        model, lr = SASRec(sh.n_items, known=known, dropout=cfg.sasrec_dropout, **shape), cfg.sasrec_lr
     else:
         ids = random_codes(sh.codes["semantic_id"], seed) if method == "random_id" else sh.codes[method]
         model, lr = GenerativeRetriever(ids, dropout=cfg.dropout, **shape), cfg.lr
@@ -154,8 +199,27 @@ def _learned_job(seed: int, method: str, shared: _Shared | None = None) -> tuple
                                 patience=cfg.patience, beam_size=cfg.valid_beam_size, seed=seed,
                                 accelerator=accelerator,
                                 devices=[device.index] if device.index is not None else 1)}
-    ranked = recommend_all(model, sh.test_hist, k=MAX_K, beam_size=cfg.beam_size, batch_size=cfg.eval_batch_size,
-                           device=device, seen=sh.test_seen)
+    cold_trie = None
+    if method != "sasrec_ce" and cfg.cold_bonuses and sh.is_cold.any():
+        cold_trie = model.subset_trie(np.flatnonzero(sh.is_cold))
+        info["cold_bonus"], info["valid_recall@10_by_cold_bonus"] = choose_cold_bonus(model, sh, cold_trie, device)
+    main, cold = recommend_all(model, sh.test_hist, k=MAX_K, beam_size=cfg.beam_size, batch_size=cfg.eval_batch_size,
+                               device=device, seen=sh.test_seen, cold_trie=cold_trie)
+    ranked = main[0] if cold is None else merge_cold(main, cold, sh.is_cold, info["cold_bonus"], MAX_K)
+    info["train_s"] = round(time.perf_counter() - t0, 1)
+    return ranked, info
+
+
+def _fixed_job(method: str, seed: int, split: Split, cfg: RetrievalConfig, vectors: np.ndarray | None,
+               valid_hist: np.ndarray, sh: _Shared) -> tuple[np.ndarray, dict]:
+    """most_popular's or content_knn's (E, MAX_K) test lists (no training, no randomness)."""
+    t0 = time.perf_counter()
+    if method == "most_popular":
+        top = most_popular(split.train_counts(), MAX_K, sh.test_seen)
+        ranked, info = np.broadcast_to(top, (len(split.test), top.shape[1])), {"seed": seed}
+    else:
+        ranked, extra = _content(vectors, split, cfg, valid_hist, sh.test_hist)
+        info = {"seed": seed, **extra}
     info["train_s"] = round(time.perf_counter() - t0, 1)
     return ranked, info
 
@@ -181,9 +245,12 @@ def _run_learned(jobs: list[tuple[int, str]], shared: _Shared) -> dict[tuple[int
 
     threads = max(1, (shared.cfg.threads or torch.get_num_threads()) // workers)
     log.info("%d jobs on %d worker processes of %d thread(s)", len(jobs), workers, threads)
+    # Longest first (SASRec's full softmax, then the SID models; random IDs stop soonest), so that the
+    # workers finish together instead of one running the last long job alone.
+    longest_first = sorted(jobs, key=lambda job: {"sasrec_ce": 0, "random_id": 2}.get(job[1], 1))
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                              initargs=(shared, threads, logs.current_level())) as pool:
-        futures = {job: pool.submit(_learned_job, *job) for job in jobs}
+        futures = {job: pool.submit(_learned_job, *job) for job in longest_first}
         return {job: f.result() for job, f in futures.items()}
 
 
@@ -220,7 +287,7 @@ def run_benchmark(split: Split, codes: np.ndarray, cfg: RetrievalConfig, vectors
                      windows=training_windows([t[-cap:] if cap else t for t in split.train], m),
                      valid_windows=np.concatenate([valid_hist, split.valid.target[:, None]], axis=1),
                      valid_seen=split.seen(split.valid) if cfg.exclude_seen else None,
-                     test_hist=test_hist, test_seen=test_seen, cfg=cfg)
+                     test_hist=test_hist, test_seen=test_seen, is_cold=split.train_counts() == 0, cfg=cfg)
     log.info("%d users, %d movies, %d training windows of %d movies; %d validation and %d test events",
              len(split.users), len(split.movie_ids), len(shared.windows), m + 1, len(split.valid), len(split.test))
     methods = list(cfg.methods) + list(compared or {})
@@ -231,20 +298,12 @@ def run_benchmark(split: Split, codes: np.ndarray, cfg: RetrievalConfig, vectors
         for method in methods:
             if method in fixed and results[method]["runs"]:
                 continue  # no randomness: one run serves every seed
-            if method in fixed:
-                t0 = time.perf_counter()
-                if method == "most_popular":
-                    top = most_popular(split.train_counts(), MAX_K, test_seen)
-                    ranked, info = np.broadcast_to(top, (len(split.test), top.shape[1])), {"seed": seed}
-                else:
-                    ranked, extra = _content(vectors, split, cfg, valid_hist, test_hist)
-                    info = {"seed": seed, **extra}
-                info["train_s"] = round(time.perf_counter() - t0, 1)
-            else:
-                ranked, info = learned[(seed, method)]
+            ranked, info = (_fixed_job(method, seed, split, cfg, vectors, valid_hist, shared) if method in fixed
+                            else learned[(seed, method)])
             ranks = target_ranks(ranked, split.test.target)
             results[method]["ranks"].append(ranks)
             results[method]["runs"].append(info)
+            facts = {k: v for k, v in info.items() if k not in ("seed", "valid_curve", "valid_recall@10_by_cold_bonus")}
             log.info("seed %d %-12s recall@10 %.4f (%s)", seed, method, float(((ranks >= 0) & (ranks < 10)).mean()),
-                     ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("valid_curve", "seed")))
+                     ", ".join(f"{k} {v}" for k, v in facts.items()))
     return {name: {"ranks": np.stack(r["ranks"]), "runs": r["runs"]} for name, r in results.items()}

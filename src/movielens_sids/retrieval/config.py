@@ -82,6 +82,12 @@ class RetrievalConfig:
     """Beams of the constrained beam search on validation events (>= 10, the monitored cut-off)."""
     beam_size: int = 50
     """Beams of the constrained beam search at test time (>= 50, the largest cut-off)."""
+    cold_bonuses: list[float] = field(default_factory=lambda: [float(b) for b in range(13)])
+    """Generative models: candidate log-probability bonuses for movies with no training interaction, the best
+    on validation Recall@10 is used. Such a movie's last token was never a target, so a plain beam search all
+    but never ranks it; a second search over only these movies, merged with the main list after adding the
+    bonus, is TIGER's cold-start share (its epsilon) chosen by validation. [] searches every movie once, as
+    before; ID-based models cannot do this."""
     content_windows: list[int] = field(default_factory=lambda: [1, 3, 10, 30])
     """content_knn: how many of the user's latest movies make the profile; the best on validation is used."""
     bootstrap_samples: int = 10_000
@@ -137,6 +143,8 @@ class RetrievalConfig:
         for name in ("max_valid_events", "max_test_events"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+        if any(b < 0 for b in self.cold_bonuses):
+            raise ValueError(f"cold_bonuses: must be >= 0, got {self.cold_bonuses}")
         if not self.content_windows or min(self.content_windows) < 1:
             raise ValueError(f"content_windows: give positive window sizes, got {self.content_windows}")
         if self.bootstrap_samples < 100:

@@ -155,14 +155,22 @@ class GenerativeRetriever(nn.Module):
         keep = (inp >= 0) & (tgt >= 0)
         if last_only:
             keep[:, :-1] = False
-        state = self._hidden(inp)[keep]  # (n, d)
-        toks = self.item_tokens[tgt[keep]]  # (n, L) teacher forcing: the true prefix
+        return self.target_loss(self._hidden(inp)[keep], tgt[keep])
+
+    def target_loss(self, state: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the (n,) ``target`` movies' SID tokens from (n, d) hidden states, each level
+        teacher-forced on the true prefix."""
+        toks = self.item_tokens[target]  # (n, L)
         total = state.new_zeros(())
         for level in range(self.levels):
             logits = self._level_logits(state, level)  # (n, K_l)
             total = total + F.cross_entropy(logits, toks[:, level] - self.offsets[level])
             state = state + self.prefix(toks[:, level])
         return total / self.levels
+
+    def last_hidden(self, history: torch.Tensor) -> torch.Tensor:
+        """(B, M) right-aligned histories (-1 pads on the left) -> (B, d) the state after each one's last movie."""
+        return self._hidden(history[:, -self.max_history:])[:, -1]
 
     @torch.no_grad()
     def recommend(self, history: torch.Tensor, k: int, *, beam_size: int | None = None,
@@ -179,19 +187,35 @@ class GenerativeRetriever(nn.Module):
         Returns:
             ``Recommendations`` with (B, k) distinct items, best first.
         """
+        return self.recommend_from(self.last_hidden(history), k, beam_size=beam_size, exclude=exclude)
+
+    def subset_trie(self, items: np.ndarray) -> SidTrie:
+        """The trie of only these item indices (e.g. the movies with no training interaction), for
+        ``recommend_from(..., trie=)``: its beams are the best SIDs among them."""
+        items = np.asarray(items, dtype=np.int64)
+        codes = (self.item_tokens[torch.from_numpy(items)] - self.offsets[:-1]).cpu().numpy()  # (n, L)
+        return SidTrie(codes, items=items, level_sizes=self.trie.level_sizes).to(self.item_tokens.device)
+
+    @torch.no_grad()
+    def recommend_from(self, hidden: torch.Tensor, k: int, *, beam_size: int | None = None,
+                       exclude: torch.Tensor | None = None, trie: SidTrie | None = None) -> Recommendations:
+        """``recommend`` from (B, d) states (``last_hidden``), so that one forward pass serves the loss too;
+        ``trie``: search only its SIDs (``subset_trie``) instead of every movie's."""
+        trie = trie or self.trie
         w = beam_size or k
         if w < k:
             raise ValueError(f"beam_size ({w}) must be at least k ({k})")
-        if self.trie.items.device != history.device:
-            self.trie.to(history.device)
-        b = history.shape[0]
-        state = self._hidden(history[:, -self.max_history:])[:, -1:]  # (B, 1, d): one live beam per user
-        scores = torch.zeros(b, 1, device=history.device)  # (B, W') log-probability of each beam's prefix
-        nodes = self.trie.root(b)  # (B W',) trie node of each beam
+        device = hidden.device
+        if trie.items.device != device:
+            trie.to(device)
+        b = hidden.shape[0]
+        state = hidden[:, None]  # (B, 1, d): one live beam per user
+        scores = torch.zeros(b, 1, device=device)  # (B, W') log-probability of each beam's prefix
+        nodes = trie.root(b)  # (B W',) trie node of each beam
         for level in range(self.levels):
             nb = scores.shape[1]
             logp = F.log_softmax(self._level_logits(state, level), -1)  # (B, W', K_l)
-            child = self.trie.children(level, nodes).view(b, nb, -1)  # (B, W', K_l)
+            child = trie.children(level, nodes).view(b, nb, -1)  # (B, W', K_l)
             allowed = child >= 0
             if exclude is not None and level == self.levels - 1:  # children are items here
                 allowed &= ~exclude.gather(1, child.clamp(min=0).view(b, -1)).view_as(child)
@@ -199,8 +223,8 @@ class GenerativeRetriever(nn.Module):
             cand = (scores[..., None] + logp.masked_fill(~allowed, -torch.inf)).view(b, nb * kl)  # (B, W' K_l)
             scores, flat = cand.topk(min(w, nb * kl), dim=1)  # (B, W)
             beam, tok = flat // kl, flat % kl
-            src = (torch.arange(b, device=history.device)[:, None] * nb + beam).flatten()  # (B W,)
-            nodes = self.trie.step(level, nodes[src], tok.flatten())
+            src = (torch.arange(b, device=device)[:, None] * nb + beam).flatten()  # (B W,)
+            nodes = trie.step(level, nodes[src], tok.flatten())
             nodes = torch.where(scores.flatten() > -torch.inf, nodes, -1)  # dead beams stay dead
             state = state.reshape(b * nb, -1)[src].view(b, -1, state.shape[-1])
             state = state + self.prefix(tok + self.offsets[level])  # (B, W, d)

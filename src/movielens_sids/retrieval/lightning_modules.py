@@ -1,9 +1,9 @@
 """Lightning training of the next-movie models, stopped when validation loss and Recall@10 both stall.
 
-Both models (``GenerativeRetriever``, ``SASRec``) expose ``loss(windows)`` and
-``recommend(history, k, beam_size=)``; this module holds everything that is the same for them:
-the windows of the training sequences, the validation pass, the optimiser and the callback that
-keeps the best epoch's weights in memory (no checkpoint files in the run folder).
+Both models (``GenerativeRetriever``, ``SASRec``) expose ``loss(windows)``, ``last_hidden(history)``,
+``target_loss(hidden, target)`` and ``recommend_from(hidden, k, beam_size=)``; this module holds
+everything that is the same for them: the windows of the training sequences, the validation pass,
+the optimiser and the callback that keeps the best epoch's weights in memory (no checkpoint files in the run folder).
 
 May import: Lightning, torch and this package's content and metrics.
 """
@@ -72,7 +72,7 @@ class NextItemModule(L.LightningModule):
         super().__init__()
         self.model, self.seen, self.lr, self.weight_decay = model, seen, lr, weight_decay
         self.beam_size, self.k = beam_size, k
-        self._val: list[tuple[float, int, int]] = []
+        self._val: list[tuple[float, int, int, int]] = []  # (loss sum, hits, events, loss terms)
 
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.model.loss(batch[0])
@@ -81,21 +81,24 @@ class NextItemModule(L.LightningModule):
 
     def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
         windows, rows = batch  # (B, M+1): the history, then the event's movie; (B,) event numbers
-        loss = float(self.model.loss(windows, last_only=True))
+        history, target = windows[:, :-1], windows[:, -1]
+        hidden = self.model.last_hidden(history)  # (B, d): one forward pass for the loss and the ranking
+        has_history = history[:, -1] >= 0  # as in training, a movie with nothing before it is not a loss term
+        loss = float(self.model.target_loss(hidden[has_history], target[has_history])) if has_history.any() else 0.0
         exclude = None
         if self.seen is not None:
             exclude = seen_mask(torch.from_numpy(self.seen[rows.cpu().numpy()]).to(windows.device), self.model.n_items)
-        items = self.model.recommend(windows[:, :-1], self.k, beam_size=max(self.beam_size, self.k),
-                                     exclude=exclude).items  # (B, k)
-        hits = int((items == windows[:, -1:]).any(1).sum())
-        self._val.append((loss * len(windows), hits, len(windows)))
+        items = self.model.recommend_from(hidden, self.k, beam_size=max(self.beam_size, self.k),
+                                          exclude=exclude).items  # (B, k)
+        hits = int((items == target[:, None]).any(1).sum())
+        self._val.append((loss * int(has_history.sum()), hits, len(windows), int(has_history.sum())))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val:
             return
-        loss, hits, n = map(sum, zip(*self._val))
+        loss, hits, n, n_loss = map(sum, zip(*self._val))
         self._val.clear()
-        self.log("valid/loss", loss / n)
+        self.log("valid/loss", loss / max(n_loss, 1))
         self.log(f"valid/recall@{self.k}", hits / n)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -199,33 +199,10 @@ def _time_cut(times: np.ndarray, fraction: float) -> int:
     return int(ordered[min(len(ordered) - 1, int(np.floor(len(ordered) * (1.0 - fraction))))])
 
 
-def build_split(ratings: pd.DataFrame, movie_ids: np.ndarray, *, protocol: str = "leave_one_out",
-                min_ratings: int = 5, test_fraction: float = 0.1, valid_fraction: float = 0.05,
-                cutoff: int | None = None, max_valid_events: int | None = None, max_test_events: int | None = None,
-                max_users: int | None = None, seed: int = 0) -> Split:
-    """Turn ratings into the split of ``protocol``.
-
-    Args:
-        ratings: columns ``user_id``, ``movie_id``, ``timestamp``.
-        movie_ids: the movies with a Semantic ID; ratings of any other movie are dropped (counted).
-        protocol: ``leave_one_out`` or ``temporal``.
-        min_ratings: leave-one-out: users with fewer ratings (after that filter) are dropped; at least 3.
-        test_fraction: temporal: the share of interactions at or after the cut-off.
-        valid_fraction: temporal: the share of interactions in the validation slice before the cut-off.
-        cutoff: temporal: the cut-off as a Unix timestamp, instead of ``test_fraction``.
-        max_valid_events: keep a seeded sample of this many validation events (None: all).
-        max_test_events: keep a seeded sample of this many test events (None: all; for the largest variants).
-        max_users: keep a seeded random sample of this many users (for ml-20m/25m/32m); None keeps all.
-        seed: seed of the user and validation samples.
-
-    Returns:
-        A ``Split``; movies are re-indexed densely over ``movie_ids``.
-    """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    if min_ratings < 3:
-        raise ValueError(f"min_ratings: need at least 3 (train, valid, test), got {min_ratings}")
-    movie_ids = np.unique(np.asarray(movie_ids, dtype=np.int64))
+def _select_ratings(ratings: pd.DataFrame, movie_ids: np.ndarray, *, protocol: str, min_ratings: int,
+                    max_users: int | None, seed: int) -> tuple[pd.DataFrame, dict]:
+    """The ratings of movies with a SID, of the kept users, in time order (ties by movie id), each (user, movie)
+    once; and the split's first facts (what was dropped)."""
     known = ratings["movie_id"].isin(movie_ids)
     df = ratings[known]
     info = {
@@ -254,15 +231,14 @@ def build_split(ratings: pd.DataFrame, movie_ids: np.ndarray, *, protocol: str =
     n_before = len(df)
     df = df.drop_duplicates(["user_id", "movie_id"], keep="first")
     info["n_repeat_ratings_dropped"] = int(n_before - len(df))
-    items = np.searchsorted(movie_ids, df["movie_id"].to_numpy())
-    stamps = df["timestamp"].to_numpy().astype(np.int64)
-    users, starts = np.unique(df["user_id"].to_numpy(), return_index=True)
-    bounds = np.append(starts, len(df))
-    sequences = [items[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:])]
-    times = [stamps[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:])]
-    lengths = np.diff(bounds)
-    user_of = np.repeat(np.arange(len(users)), lengths)  # (n,) user index of every interaction
-    pos_of = np.arange(len(df)) - np.repeat(starts, lengths)  # (n,) position in its user's sequence
+    return df, info
+
+
+def _event_marks(protocol: str, stamps: np.ndarray, user_of: np.ndarray, pos_of: np.ndarray, lengths: np.ndarray,
+                 info: dict, *, cutoff: int | None, test_fraction: float, valid_fraction: float
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(n_train (U,), is_valid (n,), is_test (n,))`` for interactions sorted by user then time; temporal
+    records its cut-offs in ``info``."""
     if protocol == "leave_one_out":
         n_train = lengths - 2
         is_valid, is_test = pos_of == np.repeat(lengths - 2, lengths), pos_of == np.repeat(lengths - 1, lengths)
@@ -272,10 +248,53 @@ def build_split(ratings: pd.DataFrame, movie_ids: np.ndarray, *, protocol: str =
             if (stamps < t_test).any() else t_test
         is_test, is_valid = stamps >= t_test, (stamps >= t_valid) & (stamps < t_test)
         # Sequences are in time order, so the training items (before t_valid) are each sequence's prefix.
-        n_train = np.bincount(user_of, weights=stamps < t_valid, minlength=len(users)).astype(np.int64)
+        n_train = np.bincount(user_of, weights=stamps < t_valid, minlength=len(lengths)).astype(np.int64)
         info.update(cutoff=t_test, valid_start=t_valid, cutoff_utc=str(pd.Timestamp(t_test, unit="s")),
                     valid_start_utc=str(pd.Timestamp(t_valid, unit="s")), test_fraction=float(test_fraction),
                     valid_fraction=float(valid_fraction))
+    return n_train, is_valid, is_test
+
+
+def build_split(ratings: pd.DataFrame, movie_ids: np.ndarray, *, protocol: str = "leave_one_out",
+                min_ratings: int = 5, test_fraction: float = 0.1, valid_fraction: float = 0.05,
+                cutoff: int | None = None, max_valid_events: int | None = None, max_test_events: int | None = None,
+                max_users: int | None = None, seed: int = 0) -> Split:
+    """Turn ratings into the split of ``protocol``.
+
+    Args:
+        ratings: columns ``user_id``, ``movie_id``, ``timestamp``.
+        movie_ids: the movies with a Semantic ID; ratings of any other movie are dropped (counted).
+        protocol: ``leave_one_out`` or ``temporal``.
+        min_ratings: leave-one-out: users with fewer ratings (after that filter) are dropped; at least 3.
+        test_fraction: temporal: the share of interactions at or after the cut-off.
+        valid_fraction: temporal: the share of interactions in the validation slice before the cut-off.
+        cutoff: temporal: the cut-off as a Unix timestamp, instead of ``test_fraction``.
+        max_valid_events: keep a seeded sample of this many validation events (None: all).
+        max_test_events: keep a seeded sample of this many test events (None: all; for the largest variants).
+        max_users: keep a seeded random sample of this many users (for ml-20m/25m/32m); None keeps all.
+        seed: seed of the user and validation samples.
+
+    Returns:
+        A ``Split``; movies are re-indexed densely over ``movie_ids``.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if min_ratings < 3:
+        raise ValueError(f"min_ratings: need at least 3 (train, valid, test), got {min_ratings}")
+    movie_ids = np.unique(np.asarray(movie_ids, dtype=np.int64))
+    df, info = _select_ratings(ratings, movie_ids, protocol=protocol, min_ratings=min_ratings, max_users=max_users,
+                               seed=seed)
+    items = np.searchsorted(movie_ids, df["movie_id"].to_numpy())
+    stamps = df["timestamp"].to_numpy().astype(np.int64)
+    users, starts = np.unique(df["user_id"].to_numpy(), return_index=True)
+    bounds = np.append(starts, len(df))
+    sequences = [items[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:])]
+    times = [stamps[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:])]
+    lengths = np.diff(bounds)
+    user_of = np.repeat(np.arange(len(users)), lengths)  # (n,) user index of every interaction
+    pos_of = np.arange(len(df)) - np.repeat(starts, lengths)  # (n,) position in its user's sequence
+    n_train, is_valid, is_test = _event_marks(protocol, stamps, user_of, pos_of, lengths, info, cutoff=cutoff,
+                                              test_fraction=test_fraction, valid_fraction=valid_fraction)
     has_history = pos_of >= 1
     info["n_events_dropped_no_history"] = int(((is_test | is_valid) & ~has_history).sum())
     valid, test = (Events(user=user_of[m], pos=pos_of[m], target=items[m])

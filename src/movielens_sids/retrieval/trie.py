@@ -23,6 +23,10 @@ class SidTrie:
 
     Args:
         codes: (N, L) non-negative integer tokens; rows must be distinct.
+        items: (N,) the item index of each row (default ``arange(N)``): a trie over a subset of a catalogue
+            (e.g. its cold movies) still returns catalogue indices.
+        level_sizes: K_l per level, at least the largest token + 1 (default: exactly that); a subset's
+            trie takes the catalogue's, so its masks line up with a model's logits.
 
     Example:
         >>> trie = SidTrie(np.array([[0, 1], [0, 2], [3, 0]]))
@@ -30,7 +34,7 @@ class SidTrie:
         tensor([[ True, False, False,  True]])
     """
 
-    def __init__(self, codes: np.ndarray):
+    def __init__(self, codes: np.ndarray, *, items: np.ndarray | None = None, level_sizes: list[int] | None = None):
         codes = np.asarray(codes, dtype=np.int64)
         if codes.ndim != 2 or codes.shape[0] == 0 or codes.shape[1] == 0:
             raise ValueError(f"codes must be a non-empty (N, L) array, got shape {codes.shape}")
@@ -38,8 +42,13 @@ class SidTrie:
             raise ValueError("codes must be non-negative")
         n, levels = codes.shape
         self.levels = levels
-        self.level_sizes = [int(codes[:, j].max()) + 1 for j in range(levels)]
-        """K_l: the vocabulary of each level (largest token + 1)."""
+        needed = [int(codes[:, j].max()) + 1 for j in range(levels)]
+        if level_sizes is not None and (len(level_sizes) != levels or any(a < b for a, b in zip(level_sizes, needed))):
+            raise ValueError(f"level_sizes {list(level_sizes)} do not cover the tokens (largest + 1: {needed})")
+        self.level_sizes = list(level_sizes) if level_sizes is not None else needed
+        """K_l: the vocabulary of each level (largest token + 1, unless given)."""
+        if items is not None and np.shape(items) != (n,):
+            raise ValueError(f"items must have one index per row ({n}), got shape {np.shape(items)}")
         order = np.lexsort(codes[:, ::-1].T)  # (N,) lexicographic order of the SIDs
         s = codes[order]
         differs = np.ones((n, levels), dtype=bool)  # differs[i, j]: s[i, :j+1] != s[i-1, :j+1]
@@ -61,7 +70,8 @@ class SidTrie:
             self.offsets.append(torch.from_numpy(np.concatenate([[0], np.cumsum(counts)])))
             self.tokens.append(torch.from_numpy(token))
             self.keys.append(torch.from_numpy(parent * self.level_sizes[j] + token))  # sorted: edge lookup key
-        self.items = torch.from_numpy(order)  # (N,) last-level edge id -> item index
+        self.items = torch.from_numpy(order if items is None else np.asarray(items, dtype=np.int64)[order])
+        """(N,) last-level edge id -> item index."""
 
     def to(self, device: torch.device | str) -> SidTrie:
         """Move the tables to ``device`` (in place); returns self."""
