@@ -511,3 +511,38 @@ def test_cli_bad_input_changes_nothing(tmp_path, capsys):
     assert main(["retrieval", "--run-dir", str(run), "--set", "retrieval.protocol=future"]) == 2
     assert "protocol" in capsys.readouterr().err
     assert sorted(p.name for p in run.iterdir()) == ["sids.parquet"]
+
+
+@pytest.mark.slow
+def test_workers_exit_when_the_benchmark_process_is_killed(tmp_path):
+    """A worker of a parent killed by a signal (which cannot shut its pool down) exits on its own."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import multiprocessing as mp, os, sys, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from movielens_sids.retrieval.bench import watch_parent\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=watch_parent,\n"
+        "                               initargs=(0.1,))\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.submit(time.sleep, 600)\n"
+        "    time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(worker, signal.SIGKILL)
+    raise AssertionError("the worker outlived its parent by 30 s")

@@ -170,7 +170,23 @@ _WORKER: dict = {}
 """The ``_Shared`` of this worker process (set by ``_init_worker``)."""
 
 
+def watch_parent(interval: float = 1.0) -> None:
+    """Exit this (worker) process as soon as its parent is gone: a parent killed by a signal cannot shut its
+    pool down, and its workers would go on training for minutes as orphans."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
 def _init_worker(shared: _Shared, threads: int, verbosity: int) -> None:
+    watch_parent()
     logs.setup(verbosity)  # a spawned process starts with no logging set up: the parent's verbosity
     torch.set_num_threads(threads)
     _WORKER["shared"] = shared
