@@ -141,6 +141,14 @@ _STYLE = """
 """
 
 
+def _cluster_options(meta: dict[str, Any]) -> str:
+    """The first-token picker's options: each drawn first token with its number of movies and its name
+    (escaped by `labels.map_labels`)."""
+    codes, counts = np.unique(np.asarray(meta["l1"], dtype=np.int64), return_counts=True)
+    return "".join(f'<option value="{c}">a_{c} ({m} movies)' + (f": {meta['labels'][c]}" if c in meta["labels"] else "")
+                   + "</option>" for c, m in zip(codes.tolist(), counts.tolist()))
+
+
 def render_page(data: dict[str, Any], idx: np.ndarray, coords: np.ndarray, *, title: str, point_size: float,
                 labels: dict[tuple[int, ...], dict[str, Any]] | None = None) -> str:
     """The self-contained HTML page for the movies ``idx`` at ``coords`` (N, 2); ``labels`` by prefix
@@ -155,10 +163,6 @@ def render_page(data: dict[str, Any], idx: np.ndarray, coords: np.ndarray, *, ti
     plot = plotly.io.to_html(fig, config=CONFIG, include_plotlyjs=True, include_mathjax=False, full_html=False,
                              div_id="map", default_width="100%", default_height="100%", post_script=_WIRING,
                              validate=False)  # built from plain lists above; validating 10^5 points takes seconds
-    l1, labels1 = fig["layout"]["meta"]["l1"], fig["layout"]["meta"]["labels"]
-    sizes = dict(zip(*np.unique(np.asarray(l1, dtype=np.int64), return_counts=True)))
-    options = "".join(f'<option value="{c}">a_{c} ({int(m)} movies){": " + labels1[c] if c in labels1 else ""}'
-                      "</option>" for c, m in ((int(c), m) for c, m in sizes.items()))
     n_all = len(data["tokens"])
     shown = f"{len(idx):,} of {n_all:,} movies (sample)" if len(idx) < n_all else f"{n_all:,} movies"
     subtitle = f"{shown}, UMAP of the embeddings; colour = first SID token; hover for title, genres, SID and labels"
@@ -175,7 +179,7 @@ def render_page(data: dict[str, Any], idx: np.ndarray, coords: np.ndarray, *, ti
   <h1>{html.escape(title)}</h1>
   <span>{html.escape(subtitle)}</span>
   <label>Highlight first token <select id="cluster"><option value="-1">all clusters (colour = first token)</option>
-  {options}</select></label>
+  {_cluster_options(fig["layout"]["meta"])}</select></label>
   <label>Find <input id="find" type="search" placeholder="title, e.g. Matrix" size="24"></label>
   <span id="status"></span>
 </header>
