@@ -180,106 +180,189 @@ def make_unique(
         ``suffix``; for ``semantic`` only if some movie found no free path or ``reserved`` has them).
     """
     codes = np.asarray(codes, dtype=np.int64)
-    n, levels = codes.shape
     movie_ids = np.asarray(movie_ids, dtype=np.int64)
-    k = codebook_size
-    reserved = np.zeros((0, levels), dtype=np.int64) if reserved is None else np.asarray(reserved, dtype=np.int64)
-    res_paths = path_ids(reserved[:, :levels], k)
-    res_set = unique_sorted(res_paths)
-    # Highest collision token already issued on each reserved path (-1 where no token).
-    res_suffix = reserved[:, levels] if reserved.shape[1] > levels else np.zeros(len(reserved), dtype=np.int64)
-    res_top: dict[int, int] = {}
-    for p, s in zip(res_paths.tolist(), res_suffix.tolist()):
-        res_top[p] = max(res_top.get(p, -1), s)
-
-    paths = path_ids(codes, k)  # (N,)
-    final = paths.copy()
-    moved = np.zeros(n, dtype=bool)
-    shared = np.full(n, levels, dtype=np.int64)
-    # Group by path (sorted by path, then movie_id).
-    order = np.lexsort((movie_ids, paths))
-    sp = paths[order]
-    first = np.ones(n, dtype=bool)
-    first[1:] = sp[1:] != sp[:-1]
-    sizes = np.diff(np.flatnonzero(np.r_[first, True]))
-    group_size = np.empty(n, dtype=np.int64)
-    group_size[order] = np.repeat(sizes, sizes)
-    on_reserved = member(paths, res_set)
-    collided = (group_size > 1) | on_reserved
-    if strategy == "semantic" and collided.any():
-        if latents is None or codebooks is None:
-            raise ValueError("the semantic strategy needs latents and codebooks")
-        need = np.flatnonzero(collided)  # every movie whose latent is read below, fetched once
-        z_need = np.asarray(latents[need] if isinstance(latents, np.ndarray) else latents(need), dtype=np.float64)
-        codebooks = np.asarray(codebooks, dtype=np.float64)
-        # Within a group the keeper is the movie closest to the path's point (ties: smallest movie_id).
-        resid = np.zeros(n, dtype=np.float64)
-        resid[need] = path_residuals(z_need, codebooks, codes[need])
-        order = np.lexsort((movie_ids, resid, paths))
-    group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n) - group_start  # position in its group
-    suffix = np.zeros(n, dtype=np.int64)
-
+    taken = _Reserved.of(reserved, codes.shape[1], codebook_size)
+    paths = path_ids(codes, codebook_size)  # (N,)
+    groups = _PathGroups.of(paths, movie_ids)
+    on_reserved = member(paths, taken.distinct)
+    collided = (groups.size > 1) | on_reserved
     if strategy == "suffix":
-        base = np.array([res_top.get(p, -1) + 1 for p in paths.tolist()], dtype=np.int64) if len(res_top) \
-            else np.zeros(n, dtype=np.int64)
-        suffix = base + rank
-        tokens = np.concatenate([codes, suffix[:, None]], axis=1)
-        return Assignment(tokens, moved, suffix > 0, shared, int(collided.sum()))
-
+        return _suffix_assignment(codes, paths, groups.rank(groups.order), taken, collided)
     if strategy != "semantic":
         raise ValueError(f"unknown strategy {strategy!r}")
+    if not collided.any():
+        return _semantic_assignment(codes, movie_ids, paths, groups.rank(groups.order), on_reserved, taken,
+                                    collided, _MoverSearch.none(), codebook_size)
+    if latents is None or codebooks is None:
+        raise ValueError("the semantic strategy needs latents and codebooks")
+    need = np.flatnonzero(collided)  # every movie whose latent is read below, fetched once
+    z_need = np.asarray(latents[need] if isinstance(latents, np.ndarray) else latents(need), dtype=np.float64)
+    search = _MoverSearch(need, z_need, np.asarray(codebooks, dtype=np.float64), beam_width, bias)
+    # Within a group the keeper is the movie closest to the path's point (ties: smallest movie_id).
+    resid = np.zeros(len(paths), dtype=np.float64)
+    resid[need] = path_residuals(z_need, search.codebooks, codes[need])
+    rank = groups.rank(np.lexsort((movie_ids, resid, paths)))
+    return _semantic_assignment(codes, movie_ids, paths, rank, on_reserved, taken, collided, search, codebook_size)
+
+
+@dataclass
+class _Reserved:
+    """The SIDs that must not be issued again, by code path."""
+
+    paths: np.ndarray
+    """(R,) their path ids."""
+    distinct: np.ndarray
+    """The distinct path ids, sorted (for `member`)."""
+    top: dict[int, int]
+    """The highest collision token already issued on each reserved path (-1 where no token)."""
+    with_token: bool
+    """Whether the reserved SIDs carry a collision token."""
+
+    @classmethod
+    def of(cls, reserved: np.ndarray | None, levels: int, k: int) -> _Reserved:
+        reserved = np.zeros((0, levels), dtype=np.int64) if reserved is None else np.asarray(reserved, dtype=np.int64)
+        paths = path_ids(reserved[:, :levels], k)
+        with_token = reserved.shape[1] > levels
+        suffix = reserved[:, levels] if with_token else np.zeros(len(reserved), dtype=np.int64)
+        top: dict[int, int] = {}
+        for p, s in zip(paths.tolist(), suffix.tolist()):
+            top[p] = max(top.get(p, -1), s)
+        return cls(paths, unique_sorted(paths), top, with_token)
+
+
+@dataclass
+class _PathGroups:
+    """The movies grouped by greedy path (sorted by path, then movie_id)."""
+
+    order: np.ndarray
+    """Movie positions sorted by path, then movie_id."""
+    first: np.ndarray
+    """(N,) bool along ``order``: the first movie of its group."""
+    size: np.ndarray
+    """(N,) each movie's group size."""
+
+    @classmethod
+    def of(cls, paths: np.ndarray, movie_ids: np.ndarray) -> _PathGroups:
+        n = len(paths)
+        order = np.lexsort((movie_ids, paths))
+        sp = paths[order]
+        first = np.ones(n, dtype=bool)
+        first[1:] = sp[1:] != sp[:-1]
+        sizes = np.diff(np.flatnonzero(np.r_[first, True]))
+        size = np.empty(n, dtype=np.int64)
+        size[order] = np.repeat(sizes, sizes)
+        return cls(order, first, size)
+
+    def rank(self, order: np.ndarray) -> np.ndarray:
+        """Each movie's position in its group, for ``order`` (any order that sorts by path first)."""
+        n = len(order)
+        group_start = np.maximum.accumulate(np.where(self.first, np.arange(n), 0))
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n) - group_start
+        return rank
+
+
+def _suffix_assignment(codes: np.ndarray, paths: np.ndarray, rank: np.ndarray, taken: _Reserved,
+                       collided: np.ndarray) -> Assignment:
+    """TIGER's rule: the movies on a path are numbered after the tokens already issued there."""
+    n, levels = codes.shape
+    base = np.array([taken.top.get(p, -1) + 1 for p in paths.tolist()], dtype=np.int64) if len(taken.top) \
+        else np.zeros(n, dtype=np.int64)
+    suffix = base + rank
+    tokens = np.concatenate([codes, suffix[:, None]], axis=1)
+    return Assignment(tokens, np.zeros(n, dtype=bool), suffix > 0, np.full(n, levels, dtype=np.int64),
+                      int(collided.sum()))
+
+
+@dataclass
+class _MoverSearch:
+    """What the semantic search needs to move movies off a shared path."""
+
+    need: np.ndarray
+    """Sorted positions of the collided movies (the rows of ``z_need``)."""
+    z_need: np.ndarray
+    """(len(need), H) float64 latents."""
+    codebooks: np.ndarray | None
+    """(L, K, H) float64."""
+    beam_width: int
+    bias: np.ndarray | None
+
+    @classmethod
+    def none(cls) -> _MoverSearch:
+        """No movie collided: nothing to search."""
+        return cls(np.zeros(0, dtype=np.int64), np.zeros((0, 0)), None, 0, None)
+
+    def free_paths(self, movers: np.ndarray, codes: np.ndarray, used_arr: np.ndarray) -> np.ndarray:
+        """The path each mover (in movie_id order) takes, -1 where none is free.
+
+        1. Nearly every mover finds a free code at the last level. Movers are served in movie_id
+        order, each taking its nearest last-level code that is free and not taken by an earlier
+        mover, computed for all at once by deferred acceptance (with one priority order for every
+        path it gives exactly that serial result).
+        2. Movers left without one (their whole last level is taken) search deeper, one by one in
+        movie_id order, among paths nobody holds; when K^L is small, the whole space last.
+        """
+        z = self.z_need[np.searchsorted(self.need, movers)]  # (M, H), row j = movers[j] (movers are collided)
+        cands = np.concatenate([  # (M, T), in blocks to bound memory
+            candidate_paths(z[b], self.codebooks, codes[movers[b]], self.beam_width, part="last", bias=self.bias)
+            for b in np.array_split(np.arange(len(movers)), max(1, -(-len(movers) // CHUNK)))])
+        got = _serve_in_order(cands, ~member(cands, used_arr))  # (M,) path or -1
+        used = set(used_arr.tolist()) | set(got[got >= 0].tolist())
+        levels, k = self.codebooks.shape[:2]
+        for j in np.flatnonzero(got < 0).tolist():
+            if levels > 1:
+                deeper = candidate_paths(z[j:j + 1], self.codebooks, codes[movers[j:j + 1]], self.beam_width,
+                                         part="deeper", bias=self.bias)[0]
+                got[j] = next((p for p in deeper.tolist() if p not in used), -1)
+            if got[j] < 0 and k ** levels <= EXHAUSTIVE_MAX_PATHS:  # small space: scan it all
+                got[j] = next((p for p in _exhaustive_order(z[j], self.codebooks, codes[movers[j]], self.bias).tolist()
+                               if p not in used), -1)
+            if got[j] >= 0:
+                used.add(int(got[j]))
+        return got
+
+
+def _semantic_assignment(codes: np.ndarray, movie_ids: np.ndarray, paths: np.ndarray, rank: np.ndarray,
+                         on_reserved: np.ndarray, taken: _Reserved, collided: np.ndarray, search: _MoverSearch,
+                         k: int) -> Assignment:
+    """The keeper of each path stays; the others move to their nearest free path, or get a collision token."""
+    n, levels = codes.shape
+    final = paths.copy()
+    moved = np.zeros(n, dtype=bool)
     movers = np.flatnonzero((rank > 0) | on_reserved)
     movers = movers[np.argsort(movie_ids[movers], kind="stable")]  # processed in movie_id order
     unresolved: list[int] = []
     if len(movers):
-        z = z_need[np.searchsorted(need, movers)]  # (M, H), row j = movers[j] (movers are collided)
-        used_arr = unique_sorted(np.concatenate([paths[rank == 0], res_paths]))
-        # 1. Nearly every mover finds a free code at the last level. Movers are served in movie_id
-        # order, each taking its nearest last-level code that is free and not taken by an earlier
-        # mover, computed for all at once by deferred acceptance (with one priority order for every
-        # path it gives exactly that serial result).
-        cands = np.concatenate([  # (M, T), in blocks to bound memory
-            candidate_paths(z[b], codebooks, codes[movers[b]], beam_width, part="last", bias=bias)
-            for b in np.array_split(np.arange(len(movers)), max(1, -(-len(movers) // CHUNK)))])
-        got = _serve_in_order(cands, ~member(cands, used_arr))  # (M,) path or -1
-        # 2. Movers left without one (their whole last level is taken) search deeper, one by one in
-        # movie_id order, among paths nobody holds.
-        used = set(used_arr.tolist()) | set(got[got >= 0].tolist())
-        for j in np.flatnonzero(got < 0).tolist():
-            if levels > 1:
-                deeper = candidate_paths(z[j:j + 1], codebooks, codes[movers[j:j + 1]], beam_width, part="deeper",
-                                         bias=bias)[0]
-                got[j] = next((p for p in deeper.tolist() if p not in used), -1)
-            if got[j] < 0 and k ** levels <= EXHAUSTIVE_MAX_PATHS:  # small space: scan it all
-                got[j] = next((p for p in _exhaustive_order(z[j], codebooks, codes[movers[j]], bias).tolist()
-                               if p not in used), -1)
-            if got[j] >= 0:
-                used.add(int(got[j]))
+        got = search.free_paths(movers, codes, unique_sorted(np.concatenate([paths[rank == 0], taken.paths])))
         ok = got >= 0
         final[movers[ok]] = got[ok]
         moved[movers[ok]] = True
         unresolved = movers[~ok].tolist()
     new_codes = path_codes(final, k, levels) if moved.any() else codes
+    shared = np.full(n, levels, dtype=np.int64)
     shared[moved] = np.cumprod(new_codes[moved] == codes[moved], axis=1).sum(1)
-    suffixed = np.zeros(n, dtype=bool)
-    if unresolved or reserved.shape[1] > levels:
-        # No free path left for some movies (or the kept SIDs carry a collision token): number the
-        # movies on each path after the ones already there, in movie_id order.
-        settled = np.ones(n, dtype=bool)
-        settled[unresolved] = False
-        held = set(final[settled].tolist())  # each holds its path with token 0
-        for i in sorted(unresolved, key=lambda i: movie_ids[i]):
-            p = int(final[i])
-            top = max(res_top.get(p, -1), 0 if p in held else -1)
-            suffix[i] = top + 1
-            res_top[p] = top + 1
-        suffixed = suffix > 0
-        tokens = np.concatenate([new_codes, suffix[:, None]], axis=1)
-    else:
-        tokens = new_codes
-    return Assignment(tokens, moved, suffixed, shared, int(collided.sum()))
+    if not unresolved and not taken.with_token:
+        return Assignment(new_codes, moved, np.zeros(n, dtype=bool), shared, int(collided.sum()))
+    suffix = _collision_tokens(final, movie_ids, unresolved, taken)
+    tokens = np.concatenate([new_codes, suffix[:, None]], axis=1)
+    return Assignment(tokens, moved, suffix > 0, shared, int(collided.sum()))
+
+
+def _collision_tokens(final: np.ndarray, movie_ids: np.ndarray, unresolved: list[int],
+                      taken: _Reserved) -> np.ndarray:
+    """No free path left for some movies (or the kept SIDs carry a collision token): number the
+    movies on each path after the ones already there, in movie_id order. (N,) int64 tokens."""
+    suffix = np.zeros(len(final), dtype=np.int64)
+    settled = np.ones(len(final), dtype=bool)
+    settled[unresolved] = False
+    held = set(final[settled].tolist())  # each holds its path with token 0
+    top = dict(taken.top)
+    for i in sorted(unresolved, key=lambda i: movie_ids[i]):
+        p = int(final[i])
+        t = max(top.get(p, -1), 0 if p in held else -1)
+        suffix[i] = t + 1
+        top[p] = t + 1
+    return suffix
 
 
 def unique_sorted(a: np.ndarray) -> np.ndarray:

@@ -108,20 +108,19 @@ def _hub_error(e: BaseException, token: str | None, where: str, doing: str) -> S
     return SidsError(_scrub(msg, token))
 
 
-_NETWORK_ERRORS = {"TransportError", "NetworkError", "ConnectError", "ConnectTimeout", "ReadTimeout",
-                   "TimeoutException", "ProxyError", "RemoteProtocolError", "ConnectionError"}
-
-
 def _is_network_error(e: BaseException) -> bool:
-    """True for a failure to talk to the server at all (whatever HTTP client the Hub library uses)."""
-    from huggingface_hub.errors import HfHubHTTPError
+    """True for a failure to talk to the server at all, anywhere in the chain of causes: the standard
+    library's ``ConnectionError`` / ``TimeoutError``, or an error of the Hub library's HTTP client
+    (``huggingface_hub.errors.HTTPError``, whichever client that is) that is not an HTTP answer
+    (``HfHubHTTPError``): a refused connection, a timeout, a proxy or protocol failure."""
+    from huggingface_hub.errors import HfHubHTTPError, HTTPError
 
     seen: set[int] = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, (ConnectionError, TimeoutError)):
             return True
-        if not isinstance(e, HfHubHTTPError) and any(c.__name__ in _NETWORK_ERRORS for c in type(e).__mro__):
+        if isinstance(e, HTTPError) and not isinstance(e, HfHubHTTPError):
             return True
         e = e.__cause__ or e.__context__
     return False

@@ -130,14 +130,8 @@ def fetch_dataset(
             mismatch, a corrupt archive, or an archive entry that would land outside the folder.
     """
     variant = registry.get(name)
-    retries = RETRIES if retries is None else retries
-    backoff_s = BACKOFF_S if backoff_s is None else backoff_s
-    max_entry_bytes = MAX_ENTRY_BYTES if max_entry_bytes is None else max_entry_bytes
-    max_total_bytes = MAX_TOTAL_BYTES if max_total_bytes is None else max_total_bytes
     root = default_data_dir(data_dir)
-    expected = (md5 or os.environ.get(MD5_ENV) or variant.md5 or "").strip().lower() or None
-    if expected is not None and not re.fullmatch(r"[0-9a-f]{32}", expected):
-        raise SidsError(f"--md5 must be 32 hex digits, got {expected!r}")
+    expected = _expected_md5(variant, md5)
     if not force and (cached := cached_dataset(name, root, md5=expected)) is not None:
         log.info("%s: using the verified copy in %s", name, cached)
         return cached
@@ -145,27 +139,43 @@ def fetch_dataset(
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SidsError(f"cannot create the data folder {root}: {e.strerror or e}") from e
+    retries, backoff_s = (RETRIES if retries is None else retries), (BACKOFF_S if backoff_s is None else backoff_s)
     url = variant.url(base_url)
     with _lock(root / f".{name}.lock"):
         part = root / f"{name}.zip.part"
         if expected is None:
             expected = _published_md5(url, name, retries=retries, backoff_s=backoff_s)
         _download(url, part, name=name, retries=retries, backoff_s=backoff_s)
-        actual = md5_of(part)
-        if actual != expected:
-            part.unlink(missing_ok=True)
-            raise SidsError(f"{name}.zip from {url} has MD5 {actual} but {expected} is expected; "
-                            "the download was deleted: run the command again, or pass --source with a "
-                            "copy you trust")
+        actual = _verified_md5(part, expected, name=name, url=url)
         target = root / name
         try:
-            extract_zip(part, target, folder=variant.folder, max_entry_bytes=max_entry_bytes,
-                        max_total_bytes=max_total_bytes, required=variant.movies_file,
+            extract_zip(part, target, folder=variant.folder, required=variant.movies_file,
+                        max_entry_bytes=MAX_ENTRY_BYTES if max_entry_bytes is None else max_entry_bytes,
+                        max_total_bytes=MAX_TOTAL_BYTES if max_total_bytes is None else max_total_bytes,
                         marker={"dataset": name, "md5": actual, "url": url})
         finally:
             part.unlink(missing_ok=True)  # extracted, or refused: either way the zip is of no further use
     log.info("%s: verified (MD5 %s) and extracted to %s", name, actual, target)
     return target
+
+
+def _expected_md5(variant: registry.Variant, md5: str | None) -> str | None:
+    """The MD5 to verify against: ``md5``, else ``$MOVIELENS_SIDS_MD5``, else the table's; None when unknown."""
+    expected = (md5 or os.environ.get(MD5_ENV) or variant.md5 or "").strip().lower() or None
+    if expected is not None and not re.fullmatch(r"[0-9a-f]{32}", expected):
+        raise SidsError(f"--md5 must be 32 hex digits, got {expected!r}")
+    return expected
+
+
+def _verified_md5(part: Path, expected: str, *, name: str, url: str) -> str:
+    """The download's MD5 when it is ``expected``; otherwise the download is deleted and a one-line error raised."""
+    actual = md5_of(part)
+    if actual != expected:
+        part.unlink(missing_ok=True)
+        raise SidsError(f"{name}.zip from {url} has MD5 {actual} but {expected} is expected; "
+                        "the download was deleted: run the command again, or pass --source with a "
+                        "copy you trust")
+    return actual
 
 
 def md5_of(path: Path) -> str:

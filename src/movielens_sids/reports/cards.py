@@ -135,51 +135,12 @@ def dataset_card(table, prov: dict[str, Any], *, model_repo: str | None, pretty_
     """The dataset card: YAML front matter (license, configs, features) + what, how, metrics, citation.
     A repo id is ``None`` while its Hub account is unknown (the card then points at the run folder)."""
     n = table.num_rows
-    size = ("n<1K" if n < 1_000 else "1K<n<10K" if n < 10_000 else "10K<n<100K" if n < 100_000
-            else "100K<n<1M")
-    front: dict[str, Any] = {
-        "license": "other",
-        "license_name": "movielens",
-        "license_link": "https://files.grouplens.org/datasets/movielens/ml-latest-README.html",
-        "pretty_name": pretty_name,
-        "tags": ["movielens", "semantic-ids", "rq-vae", "recommendation", "generative-retrieval"],
-        "size_categories": [size],
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
-    }
-    features = _features_yaml(table.schema)
-    if features is not None:
-        front["dataset_info"] = {"features": features,
-                                 "splits": [{"name": "train", "num_examples": n}]}
-    emb_meta, sid_meta = prov["embeddings"], prov["sids"]
-    model = prov["model"]
-    mcfg = model.get("config") or {}
-    assign = sid_meta.get("assign") or {}
-    stats = sid_meta.get("assign_stats") or {}
-    dim = table.schema.field("embedding").type.list_size if hasattr(table.schema.field("embedding").type,
-                                                                      "list_size") else "D"
+    field = table.schema.field("embedding").type
+    dim = field.list_size if hasattr(field, "list_size") else "D"
     columns = "\n".join(f"| `{c}` | `{table.schema.field(c).type}` | {COLUMN_DOCS.get(c, 'Enrichment column.')} |"
                         for c in table.column_names)
-    levels, k = assign.get("levels", mcfg.get("levels")), assign.get("codebook_size", mcfg.get("codebook_size"))
-    strategy = assign.get("strategy", "?")
-    dedup = ("colliding movies were moved to the nearest free code path (no extra token)"
-             if strategy == "semantic" else "a collision token numbers the movies sharing a code path (TIGER)")
-    catalog = dict(prov["catalog"].get("summary") or {})
-    if catalog.get("source"):  # a local path says nothing to readers of the card; keep its name
-        catalog["source"] = Path(str(catalog["source"])).name
-    settings = {
-        "catalog": catalog,
-        "embedding model": emb_meta.get("model"),
-        "embedding dimension": emb_meta.get("dimension", dim),
-        "normalized": emb_meta.get("normalized"),
-        "document template": emb_meta.get("template"),
-        "tokenizer": model.get("tokenizer"),
-        "tokenizer config": mcfg,
-        "assign": {k2: v for k2, v in assign.items() if k2 != "model_fingerprint"},
-        "SID version": sid_version_name(prov),
-        "dedup statistics": stats,
-    }
     return f"""---
-{_yaml(front)}
+{_yaml(_dataset_front_matter(table, pretty_name))}
 ---
 
 # {pretty_name}
@@ -202,7 +163,62 @@ ds[0]["sid"]                                                    # e.g. '<a_12><b
 | --- | --- | --- |
 {columns}
 
-## How it was made
+{_how_it_was_made(prov, dim)}
+## Metrics
+
+From the run's evaluation report (`report.json`), measured on the whole catalog:
+
+{_metrics_md(prov['report'])}
+{_dataset_license()}"""
+
+
+def _dataset_front_matter(table, pretty_name: str) -> dict[str, Any]:
+    """The card's YAML header: license, tags, size category, the `train` split and its features."""
+    n = table.num_rows
+    size = ("n<1K" if n < 1_000 else "1K<n<10K" if n < 10_000 else "10K<n<100K" if n < 100_000
+            else "100K<n<1M")
+    front: dict[str, Any] = {
+        "license": "other",
+        "license_name": "movielens",
+        "license_link": "https://files.grouplens.org/datasets/movielens/ml-latest-README.html",
+        "pretty_name": pretty_name,
+        "tags": ["movielens", "semantic-ids", "rq-vae", "recommendation", "generative-retrieval"],
+        "size_categories": [size],
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
+    }
+    features = _features_yaml(table.schema)
+    if features is not None:
+        front["dataset_info"] = {"features": features,
+                                 "splits": [{"name": "train", "num_examples": n}]}
+    return front
+
+
+def _how_it_was_made(prov: dict[str, Any], dim: Any) -> str:
+    """The four steps from MovieLens files to unique SIDs, and the export's settings and statistics."""
+    emb_meta, sid_meta, model = prov["embeddings"], prov["sids"], prov["model"]
+    mcfg = model.get("config") or {}
+    assign = sid_meta.get("assign") or {}
+    stats = sid_meta.get("assign_stats") or {}
+    levels, k = assign.get("levels", mcfg.get("levels")), assign.get("codebook_size", mcfg.get("codebook_size"))
+    strategy = assign.get("strategy", "?")
+    dedup = ("colliding movies were moved to the nearest free code path (no extra token)"
+             if strategy == "semantic" else "a collision token numbers the movies sharing a code path (TIGER)")
+    catalog = dict(prov["catalog"].get("summary") or {})
+    if catalog.get("source"):  # a local path says nothing to readers of the card; keep its name
+        catalog["source"] = Path(str(catalog["source"])).name
+    settings = {
+        "catalog": catalog,
+        "embedding model": emb_meta.get("model"),
+        "embedding dimension": emb_meta.get("dimension", dim),
+        "normalized": emb_meta.get("normalized"),
+        "document template": emb_meta.get("template"),
+        "tokenizer": model.get("tokenizer"),
+        "tokenizer config": mcfg,
+        "assign": {k2: v for k2, v in assign.items() if k2 != "model_fingerprint"},
+        "SID version": sid_version_name(prov),
+        "dedup statistics": stats,
+    }
+    return f"""## How it was made
 
 1. **Catalog**: MovieLens `movies.csv` (+ links and tags when the release has them), titles and years parsed.
 2. **Embeddings**: one text document per movie, embedded with `{emb_meta.get('model', '?')}` ({dim}-d).
@@ -219,13 +235,12 @@ Settings and statistics of this export:
 ```yaml
 {_yaml(settings)}
 ```
+"""
 
-## Metrics
 
-From the run's evaluation report (`report.json`), measured on the whole catalog:
-
-{_metrics_md(prov['report'])}
-## License and citation
+def _dataset_license() -> str:
+    """The MovieLens terms the data is shared under, and the citation they ask for."""
+    return f"""## License and citation
 
 The movie data comes from the [MovieLens](https://grouplens.org/datasets/movielens/) datasets of
 GroupLens Research (University of Minnesota). They are provided for **research use**, under the

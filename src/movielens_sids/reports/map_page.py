@@ -1,24 +1,31 @@
 """``visualization.html``: the single writer of the UMAP map page (one self-contained HTML file).
 
-plotly.js is inlined and nothing is fetched from the network (no CDN, no MathJax, no web fonts).
-Every string that comes from the data is HTML-escaped before plotly renders it.
+plotly draws the map (``plotly.io.to_html`` with plotly.js inlined: nothing is fetched from the network,
+no CDN, no MathJax, no web fonts); a short script run after the plot (``post_script``) wires the search
+box and the first-token picker. Every string that comes from the data is HTML-escaped before plotly
+renders it, and plotly's JSON escapes ``<``, so no title can end a script or become markup.
 
-May import: errors, labels (the map's label data); plotly (for its bundled plotly.js, imported on first use:
-it is large).
+May import: errors, labels (the map's label data); plotly (imported on first use: it is large).
 """
 
 from __future__ import annotations
 
 import colorsys
 import html
-import json
-import re
+import itertools
 from typing import Any
 
 import numpy as np
 
 from ..errors import SidsError
 from ..labels import map_labels
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+HOVER = "<b>%{customdata[0]}</b>%{customdata[1]}<br>%{customdata[2]}<br>%{customdata[3]}%{customdata[4]}<extra></extra>"
+"""The hover label from each movie's parts (`hover_parts`): title (year), genres, SID, the names of its codes."""
+CONFIG = {"responsive": True, "displaylogo": False, "scrollZoom": True, "showSendToCloud": False,
+          "modeBarButtonsToRemove": ["sendDataToCloud"], "toImageButtonOptions": {"filename": "sid-map"}}
+"""plotly.js settings: no logo, no cloud button, zoom with the wheel."""
 
 
 def palette(k: int) -> list[str]:
@@ -34,148 +41,112 @@ def palette(k: int) -> list[str]:
     return out
 
 
-def _script_json(obj: Any) -> str:
-    """JSON that is safe inside a <script> element: with no ``<`` left, no ``</script>`` or ``<!--`` can appear.
+def hover_parts(data: dict[str, Any], idx: np.ndarray, labels: dict[str, Any]) -> list[list[str]]:
+    """Each drawn movie's hover parts (`HOVER`): title, " (year)", genres, SID, and the names of its first
+    two codes (``<br><i>a_3: ...</i>``, empty when unnamed).
 
-    (The page's strings are HTML-escaped already, so this never costs a byte on real data.)
+    Titles and genres are HTML-escaped here (plotly renders a few tags in hover labels); ``labels`` come
+    from `labels.map_labels`, escaped already.
     """
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    esc, lab1, lab2 = html.escape, labels["labels"], labels["labels2"]
+    out = []
+    for i, row in zip(idx.tolist(), data["tokens"][idx].tolist()):
+        year = data["years"][i]
+        sid = "".join(f"&lt;{LETTERS[p]}_{t}&gt;" for p, t in enumerate(itertools.takewhile(lambda t: t >= 0, row)))
+        named = f"<br><i>a_{row[0]}: {lab1[row[0]]}</i>" if lab1.get(row[0]) else ""
+        if len(row) > 1 and lab2.get(f"{row[0]},{row[1]}"):
+            named += f"<br><i>b_{row[1]}: {lab2[f'{row[0]},{row[1]}']}</i>"
+        out.append([esc(data["display"][i]), "" if year is None else f" ({int(year)})",
+                    esc(", ".join(data["genres"][i]) or "(no genres)"), sid, named])
+    return out
 
 
-def hover_fields(data: dict[str, Any], idx: np.ndarray) -> dict[str, Any]:
-    """The hover label's parts for the drawn movies, compact (the page assembles the labels).
+def map_figure(data: dict[str, Any], idx: np.ndarray, coords: np.ndarray, *, point_size: float,
+               labels: dict[tuple[int, ...], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The plotly figure (as a dict): every movie coloured by first token (trace 0), the highlighted
+    cluster (1), the search hits (2) and each first token's name at the median of its movies (3).
+    ``layout.meta`` holds what the page's script needs: first and second tokens, lower-case titles, the
+    code labels."""
+    tokens = data["tokens"][idx]
+    named = map_labels(labels or {}, tokens, coords)
+    k = int(data["tokens"][:, :2].max()) + 1
+    scale = [[i / (k - 1) if k > 1 else 0, c] for i, c in enumerate(palette(k))] + ([[1, palette(1)[0]]] if k == 1
+                                                                                   else [])
+    colour = {"colorscale": scale, "cmin": 0, "cmax": max(k - 1, 1)}
+    l1 = tokens[:, 0].tolist()
+    common = {"type": "scattergl", "mode": "markers", "hovertemplate": HOVER, "showlegend": False}
+    traces = [
+        {**common, "name": "movies", "x": np.round(coords[:, 0].astype(np.float64), 3).tolist(),
+         "y": np.round(coords[:, 1].astype(np.float64), 3).tolist(), "customdata": hover_parts(data, idx, named),
+         "marker": {"color": l1, **colour, "size": point_size, "opacity": 0.85}},
+        {**common, "name": "cluster", "x": [], "y": [], "customdata": [],
+         "marker": {"color": [], **colour, "size": point_size + 2, "opacity": 1}},
+        {**common, "name": "found", "x": [], "y": [], "customdata": [],
+         "marker": {"symbol": "star", "size": 16, "color": "#111", "line": {"color": "#fff", "width": 1}}},
+        {"type": "scatter", "mode": "text", "name": "labels", "x": named["centres"]["x"], "y": named["centres"]["y"],
+         "text": named["centres"]["text"], "textfont": {"size": 11, "color": "#111"}, "hoverinfo": "skip",
+         "showlegend": False},
+    ]
+    layout = {"margin": {"l": 8, "r": 8, "t": 8, "b": 8}, "hovermode": "closest", "dragmode": "pan",
+              "xaxis": {"visible": False}, "yaxis": {"visible": False, "scaleanchor": "x"},
+              "plot_bgcolor": "#fff", "paper_bgcolor": "#fff",
+              "meta": {"l1": l1, "l2": (tokens[:, 1] if tokens.shape[1] > 1 else tokens[:, 0]).tolist(),
+                       "search": [str(data["display"][i]).lower() for i in idx.tolist()],
+                       "labels": named["labels"], "labels2": named["labels2"]}}
+    return {"data": traces, "layout": layout}
 
-    Titles and genres are HTML-escaped here (plotly renders a few tags in hover labels), genre lists
-    are stored once each and referenced by number, and SIDs travel as their integer tokens.
-    """
-    esc = html.escape
-    table: dict[str, int] = {}
-    genre_ref = []
-    for i in idx.tolist():
-        g = esc(", ".join(data["genres"][i]) or "(no genres)")
-        genre_ref.append(table.setdefault(g, len(table)))
-    return {
-        "title": [esc(data["display"][i]) for i in idx.tolist()],
-        "year": [None if data["years"][i] is None else int(data["years"][i]) for i in idx.tolist()],
-        "genre": genre_ref,
-        "genres": list(table),
-        "tokens": [col[idx].tolist() for col in data["tokens"].T],  # T lists, -1 past a movie's length
-    }
 
+# Runs once the plot is drawn: the first-token picker and the search box restyle traces 1 and 2.
+_WIRING = """
+var gd = document.getElementById("{plot_id}"), M = gd.layout.meta, base = gd.data[0];
+var D = {x: base.x, y: base.y, hover: base.customdata, l1: M.l1, l2: M.l2, search: M.search, labels: M.labels,
+         labels2: M.labels2};
+var n = D.x.length, select = document.getElementById("cluster"), status = document.getElementById("status");
+function pick(idx, arr) { return idx.map(function (i) { return arr[i]; }); }
+function selectCluster(c) {
+  select.value = String(c);
+  if (c < 0) {
+    status.textContent = "";
+    return Plotly.update(gd, { "marker.color": [D.l1, []], "marker.opacity": [0.85, 1], x: [D.x, []],
+                               y: [D.y, []], customdata: [D.hover, []] }, {}, [0, 1]);
+  }
+  var idx = [];
+  for (var i = 0; i < n; i++) if (D.l1[i] === c) idx.push(i);
+  status.textContent = "a_" + c + ": " + idx.length + " movies, coloured by second token";
+  return Plotly.update(gd, { "marker.color": ["#c8c8c8", pick(idx, D.l2)], "marker.opacity": [0.25, 1],
+                             x: [D.x, pick(idx, D.x)], y: [D.y, pick(idx, D.y)],
+                             customdata: [D.hover, pick(idx, D.hover)] }, {}, [0, 1]);
+}
+function find(q) {
+  q = q.trim().toLowerCase();
+  var idx = [];
+  if (q) for (var i = 0; i < n; i++) if (D.search[i].indexOf(q) >= 0) idx.push(i);
+  if (q) status.textContent = idx.length + " movies match \\u201c" + q + "\\u201d";
+  return Plotly.restyle(gd, { x: [pick(idx, D.x)], y: [pick(idx, D.y)], customdata: [pick(idx, D.hover)] }, [2]);
+}
+select.addEventListener("change", function () { selectCluster(Number(select.value)); });
+document.getElementById("find").addEventListener("change", function (e) { find(e.target.value); });
+document.body.setAttribute("data-ready", String(n));
+window.sidMap = { ready: Promise.resolve(gd), selectCluster: selectCluster, find: find, data: D, plot: gd };
+"""
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>__TITLE__</title>
-<style>
+_STYLE = """
   html, body { margin: 0; height: 100%; font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; }
   body { display: flex; flex-direction: column; }
   header { padding: 6px 12px; border-bottom: 1px solid #ddd; display: flex; gap: 16px; align-items: center;
            flex-wrap: wrap; }
   header h1 { font-size: 15px; margin: 0; }
-  #map { width: 100%; flex: 1 1 auto; min-height: 300px; }
+  #plot { flex: 1 1 auto; min-height: 300px; }
   #status { color: #555; }
-</style>
-<script>__PLOTLYJS__</script>
-</head>
-<body>
-<header>
-  <h1>__TITLE__</h1>
-  <span>__SUBTITLE__</span>
-  <label>Highlight first token <select id="cluster"><option value="-1">all clusters (colour = first token)</option>
-  </select></label>
-  <label>Find <input id="find" type="search" placeholder="title, e.g. Matrix" size="24"></label>
-  <span id="status"></span>
-</header>
-<div id="map"></div>
-<script type="application/json" id="sid-data">__DATA__</script>
-<script>
-(function () {
-  "use strict";
-  var D = JSON.parse(document.getElementById("sid-data").textContent);
-  var n = D.x.length, K = D.palette.length, gd = document.getElementById("map");
-  // Hover labels from their parts; every string in D is HTML-escaped already, tokens are integers.
-  var letters = "abcdefghijklmnopqrstuvwxyz", T = D.tokens.length;
-  D.l1 = D.tokens[0];
-  D.l2 = T > 1 ? D.tokens[1] : D.l1;
-  D.text = new Array(n);
-  D.search = new Array(n);
-  for (var i = 0; i < n; i++) {
-    var sid = "";
-    for (var p = 0; p < T && D.tokens[p][i] >= 0; p++) sid += "&lt;" + letters[p] + "_" + D.tokens[p][i] + "&gt;";
-    var named = D.labels[D.l1[i]] || "", named2 = T > 1 ? (D.labels2[D.l1[i] + "," + D.l2[i]] || "") : "";
-    D.text[i] = "<b>" + D.title[i] + "</b>" + (D.year[i] === null ? "" : " (" + D.year[i] + ")") + "<br>" +
-                D.genres[D.genre[i]] + "<br>" + sid + (named ? "<br><i>a_" + D.l1[i] + ": " + named + "</i>" : "") +
-                (named2 ? "<br><i>b_" + D.l2[i] + ": " + named2 + "</i>" : "");
-    D.search[i] = D.title[i].replace(/&lt;/g, "<").replace(/&gt;/g, ">").replace(/&amp;/g, "&").toLowerCase();
-  }
-  var scale = D.palette.map(function (c, i) { return [K > 1 ? i / (K - 1) : 0, c]; });
-  if (K === 1) scale.push([1, D.palette[0]]);
-  var sizes = {};
-  for (i = 0; i < n; i++) sizes[D.l1[i]] = (sizes[D.l1[i]] || 0) + 1;
-  var select = document.getElementById("cluster");
-  Object.keys(sizes).map(Number).sort(function (a, b) { return a - b; }).forEach(function (c) {
-    var o = document.createElement("option");
-    o.value = String(c);
-    o.textContent = "a_" + c + " (" + sizes[c] + " movies)" + (D.labels[c] ? ": " + D.labels[c] : "");
-    select.appendChild(o);
-  });
-  function pick(idx, arr) { return idx.map(function (i) { return arr[i]; }); }
-  var hover = "%{text}<extra></extra>";
-  var base = { type: "scattergl", mode: "markers", x: D.x, y: D.y, text: D.text, hovertemplate: hover,
-               showlegend: false, name: "movies",
-               marker: { color: D.l1, colorscale: scale, cmin: 0, cmax: Math.max(K - 1, 1), size: D.size,
-                         opacity: 0.85 } };
-  var hi = { type: "scattergl", mode: "markers", x: [], y: [], text: [], hovertemplate: hover, showlegend: false,
-             name: "cluster", marker: { color: [], colorscale: scale, cmin: 0, cmax: Math.max(K - 1, 1),
-                                        size: D.size + 2, opacity: 1 } };
-  var found = { type: "scattergl", mode: "markers", x: [], y: [], text: [], hovertemplate: hover,
-                showlegend: false, name: "found",
-                marker: { symbol: "star", size: 16, color: "#111", line: { color: "#fff", width: 1 } } };
-  // Each first token's label at the median of its movies on the map (tags decoded: textContent-like).
-  var names = { type: "scatter", mode: "text", x: D.centres.x, y: D.centres.y, text: D.centres.text,
-                textfont: { size: 11, color: "#111" }, hoverinfo: "skip", showlegend: false, name: "labels" };
-  var layout = { margin: { l: 8, r: 8, t: 8, b: 8 }, hovermode: "closest", dragmode: "pan",
-                 xaxis: { visible: false }, yaxis: { visible: false, scaleanchor: "x" },
-                 plot_bgcolor: "#fff", paper_bgcolor: "#fff" };
-  var status = document.getElementById("status");
-  function selectCluster(c) {
-    select.value = String(c);
-    if (c < 0) {
-      status.textContent = "";
-      return Plotly.update(gd, { "marker.color": [D.l1, []], "marker.opacity": [0.85, 1], x: [D.x, []],
-                                 y: [D.y, []], text: [D.text, []] }, {}, [0, 1]);
-    }
-    var idx = [];
-    for (var i = 0; i < n; i++) if (D.l1[i] === c) idx.push(i);
-    status.textContent = "a_" + c + ": " + idx.length + " movies, coloured by second token";
-    return Plotly.update(gd, { "marker.color": ["#c8c8c8", pick(idx, D.l2)], "marker.opacity": [0.25, 1],
-                               x: [D.x, pick(idx, D.x)], y: [D.y, pick(idx, D.y)], text: [D.text, pick(idx, D.text)] },
-                         {}, [0, 1]);
-  }
-  function find(q) {
-    q = q.trim().toLowerCase();
-    var idx = [];
-    if (q) for (var i = 0; i < n; i++) if (D.search[i].indexOf(q) >= 0) idx.push(i);
-    if (q) status.textContent = idx.length + " movies match \u201c" + q + "\u201d";
-    return Plotly.restyle(gd, { x: [pick(idx, D.x)], y: [pick(idx, D.y)], text: [pick(idx, D.text)] }, [2]);
-  }
-  select.addEventListener("change", function () { selectCluster(Number(select.value)); });
-  document.getElementById("find").addEventListener("change", function (e) { find(e.target.value); });
-  var ready = Plotly.newPlot(gd, [base, hi, found, names], layout,
-                             { responsive: true, displaylogo: false, scrollZoom: true, showLink: false,
-                               showSendToCloud: false, modeBarButtonsToRemove: ["sendDataToCloud"],
-                               toImageButtonOptions: { filename: "sid-map" } })
-    .then(function () { document.body.setAttribute("data-ready", String(n)); return gd; });
-  window.sidMap = { ready: ready, selectCluster: selectCluster, find: find, data: D, plot: gd };
-})();
-</script>
-</body>
-</html>
 """
+
+
+def _cluster_options(meta: dict[str, Any]) -> str:
+    """The first-token picker's options: each drawn first token with its number of movies and its name
+    (escaped by `labels.map_labels`)."""
+    codes, counts = np.unique(np.asarray(meta["l1"], dtype=np.int64), return_counts=True)
+    return "".join(f'<option value="{c}">a_{c} ({m} movies)' + (f": {meta['labels'][c]}" if c in meta["labels"] else "")
+                   + "</option>" for c, m in zip(codes.tolist(), counts.tolist()))
 
 
 def render_page(data: dict[str, Any], idx: np.ndarray, coords: np.ndarray, *, title: str, point_size: float,
@@ -184,24 +155,35 @@ def render_page(data: dict[str, Any], idx: np.ndarray, coords: np.ndarray, *, ti
     (``labels.py``) name the first tokens on the map and both levels in the hover."""
     from plotly.offline import get_plotlyjs
 
-    k = int(data["tokens"][:, :2].max()) + 1
-    payload = {
-        "x": np.round(coords[:, 0].astype(np.float64), 3).tolist(),
-        "y": np.round(coords[:, 1].astype(np.float64), 3).tolist(),
-        **hover_fields(data, idx),
-        "palette": palette(k),
-        "size": point_size,
-        **map_labels(labels or {}, data["tokens"][idx], coords),
-    }
+    if "</script" in get_plotlyjs().lower():  # never expected; it would end the inline script early
+        raise SidsError("the installed plotly.js cannot be inlined safely")
+    import plotly.io
+
+    fig = map_figure(data, idx, coords, point_size=point_size, labels=labels)
+    plot = plotly.io.to_html(fig, config=CONFIG, include_plotlyjs=True, include_mathjax=False, full_html=False,
+                             div_id="map", default_width="100%", default_height="100%", post_script=_WIRING,
+                             validate=False)  # built from plain lists above; validating 10^5 points takes seconds
     n_all = len(data["tokens"])
     shown = f"{len(idx):,} of {n_all:,} movies (sample)" if len(idx) < n_all else f"{n_all:,} movies"
     subtitle = f"{shown}, UMAP of the embeddings; colour = first SID token; hover for title, genres, SID and labels"
-    plotlyjs = get_plotlyjs()
-    if "</script" in plotlyjs.lower():  # never expected; it would end the inline script early
-        raise SidsError("the installed plotly.js cannot be inlined safely")
-    values = {"PLOTLYJS": plotlyjs, "TITLE": html.escape(title), "SUBTITLE": html.escape(subtitle),
-              "DATA": _script_json(payload)}
-    # One pass over the template: an inserted value is never scanned for placeholders.
-    return re.sub(r"__([A-Z]+)__", lambda m: values[m.group(1)], _PAGE)
-
-
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<style>{_STYLE}</style>
+</head>
+<body>
+<header>
+  <h1>{html.escape(title)}</h1>
+  <span>{html.escape(subtitle)}</span>
+  <label>Highlight first token <select id="cluster"><option value="-1">all clusters (colour = first token)</option>
+  {_cluster_options(fig["layout"]["meta"])}</select></label>
+  <label>Find <input id="find" type="search" placeholder="title, e.g. Matrix" size="24"></label>
+  <span id="status"></span>
+</header>
+<div id="plot">{plot}</div>
+</body>
+</html>
+"""

@@ -94,14 +94,29 @@ def labels_markdown(labels: list[dict[str, Any]], *, children: int = 3) -> str:
 
 def render_markdown(r: dict[str, Any], *, title: str, labels: str | None = None) -> str:
     """The human-readable report: tables, the charts next to it, and the probe tables."""
-    nb, col, rec, dd = r["neighbors"], r["collisions"], r["reconstruction"], r["dedup"]
     out = [f"# Evaluation report: {title}\n\n",
            f"{r['n_movies']:,} movies, {r['levels']} levels x {r['codebook_size']} codes on a "
            f"{r['latent_dim']}-d latent, embeddings from `{r['embedding_model']}` ({r['embedding_dim']}-d). "
-           "Every number is measured on the whole catalog.\n"]
-    out.append("\n## Summary\n\n")
+           "Every number is measured on the whole catalog.\n",
+           "\n## Summary\n\n", _summary_table(r)]
+    if "coherence" in r:
+        out += ["\n## Prefix coherence\n\n", coherence_markdown(r["coherence"])]
+    if r.get("co_watch"):
+        out += ["\n## Co-watch alignment\n\n", co_watch_markdown(r["co_watch"])]
+    if labels:
+        out += ["\n## What the codes hold\n\n", labels]
+    out += [_codes_section(r), _collisions_section(r), _shared_prefix_section(r), _probes_section(r)]
+    out.append("\n## Timings (seconds)\n\n")
+    t = r.get("timings_s", {})
+    out.append(_md_table(list(t), [[_fmt(v, 1) for v in t.values()]]))
+    return "".join(out)
+
+
+def _summary_table(r: dict[str, Any]) -> str:
+    """The headline metrics, each with what it means."""
+    nb, col, rec = r["neighbors"], r["collisions"], r["reconstruction"]
     lift = nb.get("first_token_lift")
-    out.append(_md_table(["metric", "value", "what it means"], [
+    return _md_table(["metric", "value", "what it means"], [
         ["overlap@10", _fmt(nb["overlap_at_10"]), "share of a movie's 10 embedding neighbours that are "
          "also among its 10 SID neighbours"],
         ["first-token match@10", _fmt(nb["first_token_match_at_10"]),
@@ -116,24 +131,23 @@ def render_markdown(r: dict[str, Any], *, title: str, labels: str | None = None)
         ["unique before dedup", _fmt(col["unique_fraction_before_dedup"]), "movies whose raw codes no other has"],
         ["largest collision group", _fmt(col["max_group_size"]), "movies sharing one raw code tuple"],
         ["unique after dedup", _fmt(col["unique_fraction_after_dedup"]), "movies with a SID of their own"],
-    ]))
-    if "coherence" in r:
-        out.append("\n## Prefix coherence\n\n")
-        out.append(coherence_markdown(r["coherence"]))
-    if r.get("co_watch"):
-        out.append("\n## Co-watch alignment\n\n")
-        out.append(co_watch_markdown(r["co_watch"]))
-    if labels:
-        out.append("\n## What the codes hold\n\n")
-        out.append(labels)
-    out.append("\n## Codes per level\n\n")
-    out.append(_md_table(["level", "utilization", "perplexity", "perplexity / K"], [
+    ])
+
+
+def _codes_section(r: dict[str, Any]) -> str:
+    """Utilization and perplexity of each level's codebook, and the code-usage chart."""
+    out = "\n## Codes per level\n\n" + _md_table(["level", "utilization", "perplexity", "perplexity / K"], [
         [i + 1, _fmt(u), _fmt(p, 1), _fmt(p / r["codebook_size"], 3)]
-        for i, (u, p) in enumerate(zip(r["utilization"], r["perplexity"]))]))
+        for i, (u, p) in enumerate(zip(r["utilization"], r["perplexity"]))])
     charts = r.get("charts", {})
     if "code_usage" in charts:
-        out.append(f"\n![Movies per code, each level sorted by count]({charts['code_usage']})\n")
-    out.append("\n## Collisions and making the IDs unique\n\n")
+        out += f"\n![Movies per code, each level sorted by count]({charts['code_usage']})\n"
+    return out
+
+
+def _collisions_section(r: dict[str, Any]) -> str:
+    """How many raw code tuples collided, what dedup changed, and the assign stage's statistics."""
+    col, dd = r["collisions"], r["dedup"]
     stats = dd.get("assign_stats") or {}
     rows = [["strategy", stats.get("strategy", "–")],
             ["distinct raw code tuples", _fmt(col.get("n_distinct_before_dedup"))],
@@ -145,20 +159,31 @@ def render_markdown(r: dict[str, Any], *, title: str, labels: str | None = None)
              f"{_fmt(dd['overlap_at_10_raw'])} -> {_fmt(dd['overlap_at_10_final'])}"]]
     rows += [[f"assign: {k}", _fmt(v)] for k, v in sorted(stats.items()) if k != "strategy"
              and isinstance(v, (int, float, str, bool))]
-    out.append(_md_table(["", ""], rows))
+    out = "\n## Collisions and making the IDs unique\n\n" + _md_table(["", ""], rows)
+    charts = r.get("charts", {})
     if "collisions" in charts:
-        out.append(f"\n![How many movies share their raw code tuple]({charts['collisions']})\n")
-    out.append("\n## How much SID prefix embedding neighbours share\n\n")
-    hist = nb["shared_prefix_histogram"]
+        out += f"\n![How many movies share their raw code tuple]({charts['collisions']})\n"
+    return out
+
+
+def _shared_prefix_section(r: dict[str, Any]) -> str:
+    """The histogram of SID prefix lengths shared by embedding neighbours, and its chart."""
+    hist = r["neighbors"]["shared_prefix_histogram"]
     total = max(sum(hist), 1)
-    out.append(_md_table(["shared tokens", "neighbour pairs", "share"],
-                         [[d, _fmt(c), f"{c / total:.1%}"] for d, c in enumerate(hist)]))
+    out = "\n## How much SID prefix embedding neighbours share\n\n" + _md_table(
+        ["shared tokens", "neighbour pairs", "share"], [[d, _fmt(c), f"{c / total:.1%}"] for d, c in enumerate(hist)])
+    charts = r.get("charts", {})
     if "shared_prefix" in charts:
-        out.append(f"\n![Shared SID prefix length between each movie and its 10 embedding neighbours]"
-                   f"({charts['shared_prefix']})\n")
-    out.append("\n## Probes: nearest movies by SID next to nearest by embedding\n\n")
-    out.append("By SID: longest shared prefix, then decoded-vector cosine. By embedding: cosine of the "
-               "input vectors. *shared* = SID tokens shared with the probe.\n")
+        out += (f"\n![Shared SID prefix length between each movie and its 10 embedding neighbours]"
+                f"({charts['shared_prefix']})\n")
+    return out
+
+
+def _probes_section(r: dict[str, Any]) -> str:
+    """Each probe movie's nearest movies by SID next to its nearest by embedding."""
+    out = ["\n## Probes: nearest movies by SID next to nearest by embedding\n\n",
+           "By SID: longest shared prefix, then decoded-vector cosine. By embedding: cosine of the "
+           "input vectors. *shared* = SID tokens shared with the probe.\n"]
     for name, d in r.get("probe_details", {}).items():
         out.append(f"\n### {name} `{d['sid']}`\n\n{d['overlap']:.0%} of the lists agree.\n\n")
         rows = []
@@ -168,9 +193,6 @@ def render_markdown(r: dict[str, Any], *, title: str, labels: str | None = None)
         out.append(_md_table(["#", "by SID", "SID", "shared", "by embedding", "cosine", "shared"], rows))
     if r.get("probes_skipped"):
         out.append("\nDefault probes not in this catalog: " + ", ".join(r["probes_skipped"]) + "\n")
-    out.append("\n## Timings (seconds)\n\n")
-    t = r.get("timings_s", {})
-    out.append(_md_table(list(t), [[_fmt(v, 1) for v in t.values()]]))
     return "".join(out)
 
 

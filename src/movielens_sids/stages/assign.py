@@ -32,11 +32,13 @@ Never another stage.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -49,6 +51,7 @@ from ..settings import AssignConfig
 from ..sid import format_sids, path_ids
 
 if TYPE_CHECKING:
+    import torch
 
     from ..config import Config
 
@@ -122,55 +125,89 @@ def fast_codes(tok, x: np.ndarray, *, device=None, batch_size: int = 16384,
     import torch
 
     dev = device or next((t.device for t in (*tok.parameters(), *tok.buffers())), torch.device("cpu"))
-    from ..model.rqvae import beam_search  # torch: imported only when assigning
+    tables = _code_tables(tok)
+    n, levels = len(x), tables.cb.shape[0]
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    codes_out = torch.empty(n, levels, dtype=torch.int64)
+    unsure_out = torch.empty(n, dtype=torch.bool)
+    with _no_tf32(), torch.inference_mode():
+        for s in range(0, n, batch_size):
+            z = tok.encode(xt[s:s + batch_size].to(dev)).float()  # (B, H)
+            for c in range(0, len(z), CHUNK):  # cache-sized blocks for the distance matrices
+                codes, unsure = _block_codes(z[c:c + CHUNK], tables, int(tok.beam_width), margin)
+                codes_out[s + c:s + c + len(codes)] = codes.cpu()
+                unsure_out[s + c:s + c + len(codes)] = unsure.cpu()
+    return codes_out.numpy(), unsure_out.numpy()
+
+
+class _CodeTables(NamedTuple):
+    """The float32 tables `fast_codes` measures distances against."""
+
+    cb: torch.Tensor
+    """(L, K, H) codebooks."""
+    bias: torch.Tensor
+    """(L, K) the codes' biases."""
+    const: torch.Tensor
+    """(L, K): ||c||^2 + bias."""
+    code_scale: torch.Tensor
+    """(L,) max ||c||^2 + max |bias| per level: the code-side part of the scale the margin is relative to."""
+    first: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+    """Level 1's points, their ||p||^2 + bias, their scale, and the code each point stands for."""
+
+
+def _code_tables(tok) -> _CodeTables:
+    """The tokenizer's codebooks as `_CodeTables`; level 1 is chosen among the quantizer's first-level table
+    (its codes, or its prototypes when grouped)."""
+    import torch
 
     cb = tok.codebooks.detach().float()  # (L, K, H)
     bias = tok.code_bias.detach().float()  # (L, K)
-    const = (cb * cb).sum(-1) + bias  # (L, K): ||c||^2 + bias
-    levels = cb.shape[0]
-    width = int(tok.beam_width)
-    # Per level: max ||c||^2 + max |bias|, the code-side part of the scale the margin is relative to.
-    code_scale = (cb * cb).sum(-1).max(dim=1).values + tok.code_bias.detach().float().abs().max(dim=1).values  # (L,)
-    # Level 1 is chosen among the quantizer's first-level table (its codes, or its prototypes when grouped).
+    code_scale = (cb * cb).sum(-1).max(dim=1).values + bias.abs().max(dim=1).values  # (L,)
     pts, pbias, pcode = (t.detach() for t in tok.quantizer.first_level_table()) if hasattr(tok, "quantizer") \
         else (cb[0], bias[0], torch.arange(cb.shape[1], device=cb.device))
     pts, pbias = pts.float(), pbias.float()
     first = (pts, (pts * pts).sum(-1) + pbias, (pts * pts).sum(-1).max() + pbias.abs().max(), pcode)
-    n = len(x)
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    codes_out = torch.empty(n, levels, dtype=torch.int64)
-    unsure_out = torch.empty(n, dtype=torch.bool)
+    return _CodeTables(cb, bias, (cb * cb).sum(-1) + bias, code_scale, first)
+
+
+@contextlib.contextmanager
+def _no_tf32() -> Iterator[None]:
+    """TF32 off on CUDA for the block (float32 matmuls stay float32), restored after."""
+    import torch
+
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
-        with torch.inference_mode():
-            for s in range(0, n, batch_size):
-                z = tok.encode(xt[s:s + batch_size].to(dev)).float()  # (B, H)
-                codes = torch.empty(len(z), levels, dtype=torch.int64, device=z.device)
-                unsure = torch.zeros(len(z), dtype=torch.bool, device=z.device)
-                for c in range(0, len(z), CHUNK):  # cache-sized blocks for the distance matrices
-                    r = z[c:c + CHUNK]  # (b, H)
-                    flag = unsure[c:c + CHUNK]
-                    for level in range(levels if width <= 1 else 1):
-                        points, pconst, pscale, pcode = first if level == 0 else (cb[level], const[level],
-                                                                                  code_scale[level], None)
-                        d = torch.addmm(pconst[None, :], r, points.T, alpha=-2.0)  # (b, K) or (b, P)
-                        best, idx = d.min(dim=1)  # (b,)
-                        tol = margin * ((r * r).sum(1) + pscale)  # (b,)
-                        flag |= (d <= (best + tol)[:, None]).sum(1) > 1
-                        idx = idx if pcode is None else pcode[idx]
-                        codes[c:c + CHUNK, level] = idx
-                        r = r - cb[level][idx]
-                    if width > 1 and levels > 1:
-                        tol = margin * ((r * r).sum(1) + code_scale[1:].sum())  # (b,)
-                        deeper, close = beam_search(r, cb[1:], bias[1:], width, tol)
-                        codes[c:c + CHUNK, 1:] = deeper
-                        flag |= close
-                codes_out[s:s + len(z)] = codes.cpu()
-                unsure_out[s:s + len(z)] = unsure.cpu()
+        yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-    return codes_out.numpy(), unsure_out.numpy()
+
+
+def _block_codes(r: torch.Tensor, t: _CodeTables, width: int, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes (b, L) and close calls (b,) of the latents r (b, H): greedy levels, or level 1 then a beam."""
+    import torch
+
+    from ..model.rqvae import beam_search  # torch: imported only when assigning
+
+    levels = t.cb.shape[0]
+    codes = torch.empty(len(r), levels, dtype=torch.int64, device=r.device)
+    flag = torch.zeros(len(r), dtype=torch.bool, device=r.device)
+    for level in range(levels if width <= 1 else 1):
+        points, pconst, pscale, pcode = t.first if level == 0 else (t.cb[level], t.const[level],
+                                                                    t.code_scale[level], None)
+        d = torch.addmm(pconst[None, :], r, points.T, alpha=-2.0)  # (b, K) or (b, P)
+        best, idx = d.min(dim=1)  # (b,)
+        tol = margin * ((r * r).sum(1) + pscale)  # (b,)
+        flag |= (d <= (best + tol)[:, None]).sum(1) > 1
+        idx = idx if pcode is None else pcode[idx]
+        codes[:, level] = idx
+        r = r - t.cb[level][idx]
+    if width > 1 and levels > 1:
+        tol = margin * ((r * r).sum(1) + t.code_scale[1:].sum())  # (b,)
+        deeper, close = beam_search(r, t.cb[1:], t.bias[1:], width, tol)
+        codes[:, 1:] = deeper
+        flag |= close
+    return codes, flag
 
 
 def reference_codes(tok64, z: np.ndarray) -> np.ndarray:

@@ -318,7 +318,6 @@ def embed_documents(run_dir: Path, catalog: pa.Table, cfg: EmbedConfig) -> dict[
 
     path = run_dir / "embeddings.parquet"
     old_meta = _reusable_metadata(path, identity)
-    old_hashes: dict[str, str] = json.loads(old_meta["doc_hashes"]) if old_meta else {}
     doc_hashes = json.dumps({str(i): h for i, h in zip(ids.tolist(), hashes, strict=True)}, separators=(",", ":"))
     metadata = {"model": ref.name, "model_source": ref.note, "dimension": "?", "normalized": _meta_str(cfg.normalize),
                 "template": template.text, "max_tags": str(cfg.max_tags), "doc_hashes": doc_hashes}
@@ -333,37 +332,8 @@ def embed_documents(run_dir: Path, catalog: pa.Table, cfg: EmbedConfig) -> dict[
                 "reused": len(docs), "duplicates": len(docs) - len(text_of), "movies_per_s": None,
                 "written": False}
 
-    # The current file's vectors win over cached chunks: unchanged movies keep their exact bits.
-    existing = _existing_vectors(path, old_hashes) if old_hashes else {}
-    known = cache.load()
-    known.update(existing)
-    if known:
-        dims = {v.shape[0] for v in known.values()}
-        if len(dims) > 1:
-            log.warning("earlier vectors have mixed dimensions %s: embedding everything again", sorted(dims))
-            known = {}
-    todo = sorted(h for h in text_of if h not in known)
-    log.info("%d movies, %d distinct documents: %d to embed, %d already embedded (%d from embeddings.parquet, "
-             "%d from an interrupted run)", len(docs), len(text_of), len(todo), len(text_of) - len(todo),
-             sum(1 for h in text_of if h in existing), sum(1 for h in text_of if h in known and h not in existing))
-
-    rate = None
-    if todo:
-        devices = resolve_devices(cfg.device, "embed.device")
-        model = load_model(ref, "cpu" if len(devices) > 1 else devices[0], trust_remote_code=cfg.trust_remote_code)
-        dim = model_dimension(model)
-        if known and next(iter(known.values())).shape[0] != dim:
-            log.warning("earlier vectors have dimension %d but %s gives %d: embedding everything again",
-                        next(iter(known.values())).shape[0], ref.name, dim)
-            known = {}
-            todo = sorted(text_of)
-        todo = batch_order(model, todo, text_of)
-        log.info("embedding %d documents with %s on %s", len(todo), ref.note, ", ".join(devices))
-        t0 = time.perf_counter()
-        known.update(_encode_chunks(model, [text_of[h] for h in todo], todo, cfg, devices, cache, dim))
-        rate = len(todo) / max(time.perf_counter() - t0, 1e-9)
-        log.info("embedded %d documents in %.1fs (%.0f movies/s)", len(todo), len(todo) / rate, rate)
-
+    known = _known_vectors(path, json.loads(old_meta["doc_hashes"]) if old_meta else {}, cache, text_of, len(docs))
+    todo, rate = _embed_missing(known, text_of, ref, cfg, cache)
     vectors = np.stack([known[h] for h in hashes])  # (N, D)
     metadata["dimension"] = str(vectors.shape[1])
     written = _write(run_dir, ids, vectors, metadata)
@@ -373,6 +343,52 @@ def embed_documents(run_dir: Path, catalog: pa.Table, cfg: EmbedConfig) -> dict[
             "embedded": len(todo), "reused": sum(1 for h in hashes if h not in fresh),
             "duplicates": len(docs) - len(text_of), "movies_per_s": round(rate, 1) if rate else None,
             "written": written}
+
+
+def _known_vectors(path: Path, old_hashes: dict[str, str], cache: ChunkCache, text_of: dict[str, str],
+                   n_movies: int) -> dict[str, np.ndarray]:
+    """The vectors already at hand, by document hash: the current file's (they win: unchanged movies keep
+    their exact bits) over the chunks an interrupted run left; none when their dimensions are mixed."""
+    existing = _existing_vectors(path, old_hashes) if old_hashes else {}
+    known = cache.load()
+    known.update(existing)
+    if known:
+        dims = {v.shape[0] for v in known.values()}
+        if len(dims) > 1:
+            log.warning("earlier vectors have mixed dimensions %s: embedding everything again", sorted(dims))
+            known = {}
+    todo = sum(1 for h in text_of if h not in known)
+    log.info("%d movies, %d distinct documents: %d to embed, %d already embedded (%d from embeddings.parquet, "
+             "%d from an interrupted run)", n_movies, len(text_of), todo, len(text_of) - todo,
+             sum(1 for h in text_of if h in existing), sum(1 for h in text_of if h in known and h not in existing))
+    return known
+
+
+def _embed_missing(known: dict[str, np.ndarray], text_of: dict[str, str], ref: ModelRef, cfg: EmbedConfig,
+                   cache: ChunkCache) -> tuple[list[str], float | None]:
+    """Embed the documents ``known`` lacks (all of them when the model's dimension differs) into ``known``.
+
+    Returns:
+        The hashes embedded now and the rate (movies/s; None when nothing was embedded).
+    """
+    todo = sorted(h for h in text_of if h not in known)
+    if not todo:
+        return todo, None
+    devices = resolve_devices(cfg.device, "embed.device")
+    model = load_model(ref, "cpu" if len(devices) > 1 else devices[0], trust_remote_code=cfg.trust_remote_code)
+    dim = model_dimension(model)
+    if known and next(iter(known.values())).shape[0] != dim:
+        log.warning("earlier vectors have dimension %d but %s gives %d: embedding everything again",
+                    next(iter(known.values())).shape[0], ref.name, dim)
+        known.clear()
+        todo = sorted(text_of)
+    todo = batch_order(model, todo, text_of)
+    log.info("embedding %d documents with %s on %s", len(todo), ref.note, ", ".join(devices))
+    t0 = time.perf_counter()
+    known.update(_encode_chunks(model, [text_of[h] for h in todo], todo, cfg, devices, cache, dim))
+    rate = len(todo) / max(time.perf_counter() - t0, 1e-9)
+    log.info("embedded %d documents in %.1fs (%.0f movies/s)", len(todo), len(todo) / rate, rate)
+    return todo, rate
 
 
 def _write(run_dir: Path, ids: np.ndarray, vectors: np.ndarray, metadata: dict[str, str]) -> bool:
@@ -449,48 +465,17 @@ def read_vectors(path: Path, *, column: str | None = None, ids_path: Path | None
         SidsError: unreadable file, no/ambiguous vector column, mixed dimensions, duplicate ids,
             NaN or infinite values.
     """
-    import pyarrow as pa
-
     what = f"--from {path}"
     if not path.is_file():
         raise SidsError(f"{what}: file not found")
     if path.suffix == ".npy":
         if ids_path is None:
             raise SidsError(f"{what}: a .npy holds no movie ids; give them with --ids FILE (.npy, .txt or .csv)")
-        try:
-            vectors = np.load(path, allow_pickle=False)
-        except Exception as e:
-            raise SidsError(f"{what}: not a readable .npy of numbers ({type(e).__name__}: "
-                            f"{' '.join(str(e).split())})") from e
-        if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.number) or vectors.shape[1] == 0:
-            raise SidsError(f"{what}: expected a 2-D array (movies x dimension) of numbers, "
-                            f"got {vectors.dtype} of shape {vectors.shape}")
-        ids = _read_ids(ids_path)
-        if len(ids) != len(vectors):
-            raise SidsError(f"{what}: {len(vectors)} vectors but {len(ids)} movie ids in {ids_path}")
-        vectors = vectors.astype(np.float32)
+        ids, vectors = _read_npy_vectors(path, ids_path, what)
     else:
         if ids_path is not None:
             raise SidsError(f"--ids {ids_path}: only used with a .npy; a Parquet file has its own movie_id column")
-        table = read_parquet(path, "embed")
-        id_col = next((c for c in ("movie_id", "movieId") if c in table.column_names), None)
-        if id_col is None:
-            raise SidsError(f"{what}: no movie_id column (columns: {', '.join(table.column_names)})")
-        if column is None:
-            lists = [f.name for f in table.schema if f.name != id_col and (
-                pa.types.is_list(f.type) or pa.types.is_large_list(f.type) or pa.types.is_fixed_size_list(f.type))]
-            if len(lists) != 1:
-                found = ", ".join(lists) if lists else "none"
-                raise SidsError(f"{what}: cannot tell which column holds the vectors (list columns: {found}); "
-                                "name it with --from-column")
-            column = lists[0]
-        elif column not in table.column_names:
-            raise SidsError(f"{what}: no column {column!r} (columns: {', '.join(table.column_names)})")
-        id_arr = table.column(id_col)
-        if not pa.types.is_integer(id_arr.type) or id_arr.null_count:
-            raise SidsError(f"{what}: {id_col} must be non-null integers, got {id_arr.type}")
-        ids = id_arr.to_numpy().astype(np.int64)
-        vectors = vector_matrix(table.column(column), f"{what} column {column}")
+        ids, vectors = _read_parquet_vectors(path, column, what)
     uniq, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         dup = uniq[counts > 1]
@@ -500,6 +485,46 @@ def read_vectors(path: Path, *, column: str | None = None, ids_path: Path | None
         raise SidsError(f"{what}: {int(bad.sum())} vectors contain NaN or infinite values "
                         f"(e.g. movie {', '.join(map(str, ids[bad][:5]))})")
     return ids, vectors
+
+
+def _read_npy_vectors(path: Path, ids_path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """A 2-D ``.npy`` of numbers and its movie ids from ``ids_path``: ids (N,) int64, vectors (N, D) float32."""
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise SidsError(f"{what}: not a readable .npy of numbers ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())})") from e
+    if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.number) or vectors.shape[1] == 0:
+        raise SidsError(f"{what}: expected a 2-D array (movies x dimension) of numbers, "
+                        f"got {vectors.dtype} of shape {vectors.shape}")
+    ids = _read_ids(ids_path)
+    if len(ids) != len(vectors):
+        raise SidsError(f"{what}: {len(vectors)} vectors but {len(ids)} movie ids in {ids_path}")
+    return ids, vectors.astype(np.float32)
+
+
+def _read_parquet_vectors(path: Path, column: str | None, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Parquet with a ``movie_id`` (or ``movieId``) column and one list column of vectors (or ``column``)."""
+    import pyarrow as pa
+
+    table = read_parquet(path, "embed")
+    id_col = next((c for c in ("movie_id", "movieId") if c in table.column_names), None)
+    if id_col is None:
+        raise SidsError(f"{what}: no movie_id column (columns: {', '.join(table.column_names)})")
+    if column is None:
+        lists = [f.name for f in table.schema if f.name != id_col and (
+            pa.types.is_list(f.type) or pa.types.is_large_list(f.type) or pa.types.is_fixed_size_list(f.type))]
+        if len(lists) != 1:
+            found = ", ".join(lists) if lists else "none"
+            raise SidsError(f"{what}: cannot tell which column holds the vectors (list columns: {found}); "
+                            "name it with --from-column")
+        column = lists[0]
+    elif column not in table.column_names:
+        raise SidsError(f"{what}: no column {column!r} (columns: {', '.join(table.column_names)})")
+    id_arr = table.column(id_col)
+    if not pa.types.is_integer(id_arr.type) or id_arr.null_count:
+        raise SidsError(f"{what}: {id_col} must be non-null integers, got {id_arr.type}")
+    return id_arr.to_numpy().astype(np.int64), vector_matrix(table.column(column), f"{what} column {column}")
 
 
 def import_vectors(run_dir: Path, catalog: pa.Table, cfg: EmbedConfig) -> dict[str, Any]:

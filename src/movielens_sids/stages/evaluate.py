@@ -208,19 +208,8 @@ def sid_knn(tokens: np.ndarray, vectors: np.ndarray, k: int, *, max_block: int =
     if not 0 < k < n:
         raise ValueError(f"k must be in 1..{n - 1}, got {k}")
     order = np.lexsort(tokens.T[::-1])  # (N,) sorted by first token, then second, ...
-    st = tokens[order]
     sv = np.ascontiguousarray(vectors[order], dtype=np.float32)
-    # gid[d]: id of each sorted row's group of movies sharing its first d tokens (d = 0..T).
-    differs = np.ones((n, t), dtype=bool)
-    differs[1:] = st[1:] != st[:-1]
-    new_group = np.logical_or.accumulate(differs, axis=1)  # (N, T): differs within the first d+1 tokens
-    gid = np.zeros((t + 1, n), dtype=np.int64)
-    gid[1:] = np.cumsum(new_group.T, axis=1) - 1
-    bounds = []  # per depth: (start, end) in sorted order of each row's group
-    for g in gid:
-        starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-        ends = np.r_[starts[1:], n]
-        bounds.append((starts[g], ends[g]))
+    gid, bounds = _prefix_groups(tokens[order])
     sizes = np.stack([e - s for s, e in bounds])  # (T+1, N)
     depth = (sizes > k).sum(axis=0) - 1  # deepest d whose group has more than k members (sizes shrink with d)
     out = np.empty((n, k), dtype=np.int64)
@@ -232,29 +221,58 @@ def sid_knn(tokens: np.ndarray, vectors: np.ndarray, k: int, *, max_block: int =
         cut = np.flatnonzero(np.r_[True, lo_all[1:] != lo_all[:-1]])  # rows sharing a group are contiguous
         for a, b in zip(cut, np.r_[cut[1:], len(rows)]):
             lo, hi = lo_all[a], hi_all[a]
-            m = hi - lo
-            step = max(1, max_block // m)
+            step = max(1, max_block // (hi - lo))
             for s in range(a, b, step):
                 q = rows[s:min(s + step, b)]
-                score = sv[q] @ sv[lo:hi].T  # (Q, M) cosine
-                if d < t:  # the deeper group's members outrank everyone else
-                    cols = np.arange(m)
-                    inner = (cols >= (bounds[d + 1][0][q] - lo)[:, None]) & (cols < (bounds[d + 1][1][q] - lo)[:, None])
-                    score[inner] = np.inf
-                score[np.arange(len(q)), q - lo] = -np.inf  # not its own neighbour
-                top = np.argpartition(-score, k - 1, axis=1)[:, :k] + lo  # (Q, k) unordered, sorted positions
-                # Exact order of the k: shared prefix (deeper levels agree), then cosine, then index.
-                shared = np.zeros(top.shape, dtype=np.int64)
-                for dd in range(d + 1, t + 1):
-                    shared += gid[dd][top] == gid[dd][q][:, None]
-                sim = np.einsum("qd,qkd->qk", sv[q], sv[top])
-                movie = order[top]
-                top = np.take_along_axis(top, np.lexsort((movie, -sim, -shared), axis=-1), axis=1)
-                out[q] = top
+                out[q] = _nearest_in_group(sv, q, lo, hi, k, inner=bounds[d + 1] if d < t else None,
+                                           deeper=gid[d + 1:], order=order)
     # Back from sorted positions to movie indices.
     result = np.empty_like(out)
     result[order] = order[out]
     return result
+
+
+def _prefix_groups(st: np.ndarray) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """The prefix groups of sorted SID tokens st (N, T).
+
+    Returns:
+        gid (T + 1, N): row d is the id of each row's group of movies sharing its first d tokens; and per
+        depth d, (start, end) in sorted order of each row's group.
+    """
+    n, t = st.shape
+    differs = np.ones((n, t), dtype=bool)
+    differs[1:] = st[1:] != st[:-1]
+    new_group = np.logical_or.accumulate(differs, axis=1)  # (N, T): differs within the first d+1 tokens
+    gid = np.zeros((t + 1, n), dtype=np.int64)
+    gid[1:] = np.cumsum(new_group.T, axis=1) - 1
+    bounds = []
+    for g in gid:
+        starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+        ends = np.r_[starts[1:], n]
+        bounds.append((starts[g], ends[g]))
+    return gid, bounds
+
+
+def _nearest_in_group(sv: np.ndarray, q: np.ndarray, lo: int, hi: int, k: int, *,
+                      inner: tuple[np.ndarray, np.ndarray] | None, deeper: np.ndarray,
+                      order: np.ndarray) -> np.ndarray:
+    """The k nearest (sorted positions, (Q, k)) of the sorted rows q among the group [lo, hi) they share.
+
+    ``inner``: (start, end) of each row's next-deeper group, whose members outrank everyone else (None at
+    the full depth); ``deeper``: the group ids of the deeper prefix lengths, to rank by shared prefix.
+    """
+    score = sv[q] @ sv[lo:hi].T  # (Q, M) cosine
+    if inner is not None:
+        cols = np.arange(hi - lo)
+        score[(cols >= (inner[0][q] - lo)[:, None]) & (cols < (inner[1][q] - lo)[:, None])] = np.inf
+    score[np.arange(len(q)), q - lo] = -np.inf  # not its own neighbour
+    top = np.argpartition(-score, k - 1, axis=1)[:, :k] + lo  # (Q, k) unordered, sorted positions
+    # Exact order of the k: shared prefix (deeper levels agree), then cosine, then index.
+    shared = np.zeros(top.shape, dtype=np.int64)
+    for g in deeper:
+        shared += g[top] == g[q][:, None]
+    sim = np.einsum("qd,qkd->qk", sv[q], sv[top])
+    return np.take_along_axis(top, np.lexsort((order[top], -sim, -shared), axis=-1), axis=1)
 
 
 def neighbor_overlap(a: np.ndarray, b: np.ndarray) -> float:
@@ -416,32 +434,17 @@ def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None,
 
     emb_nn, t_knn = _embedding_neighbours(inp, cfg, cache_dir)
     t0 = time.perf_counter()
-    xn = _normalize(inp.x)
-    dec_final_n, recon_n = _normalize(dec_final), _normalize(recon)
+    dec_final_n = _normalize(dec_final)
     sid_nn = sid_knn(final, dec_final_n, K_NEIGHBORS)
-    raw_nn = sid_knn(raw, recon_n, K_NEIGHBORS)
+    raw_nn = sid_knn(raw, _normalize(recon), K_NEIGHBORS)
     t_sid = time.perf_counter() - t0
     log.info("SID %d-NN (final and raw codes) in %.1fs", K_NEIGHBORS, t_sid)
-
-    overlap = neighbor_overlap(emb_nn, sid_nn)
-    overlap_raw = neighbor_overlap(emb_nn, raw_nn)
-    ftm = metrics.first_token_match(final, emb_nn)
-    rnd = metrics.random_first_token_match(final)
-    shared = shared_prefix_lengths(final, np.repeat(np.arange(n)[:, None], K_NEIGHBORS, axis=1), emb_nn)
-    shared_hist = np.bincount(shared.ravel(), minlength=final.shape[1] + 1)
-
-    before = metrics.collision_stats(raw)
-    after = metrics.collision_stats(final)
-    _, group_sizes = np.unique(raw, axis=0, return_counts=True)
+    neighbors, shared_hist = _neighbours_section(final, emb_nn, sid_nn)
     purity, purity_base, majority_genres = genre_purity(final[:, 0], inp.genres)
-
     rel_mse_raw = metrics.relative_mse(inp.x, recon)
-    dedup = _dedup_section(inp, raw, dec_final, levels, rel_mse_raw=rel_mse_raw, overlap_raw=overlap_raw,
-                           overlap=overlap)
-
-    (probe_rows, skipped) = probes
-    probes_found, details = _probes(inp, cfg, probe_rows, dec_final_n, xn)
-
+    dedup = _dedup_section(inp, raw, dec_final, levels, rel_mse_raw=rel_mse_raw,
+                           overlap_raw=neighbor_overlap(emb_nn, raw_nn), overlap=neighbors["overlap_at_10"])
+    probes_found, details = _probes(inp, cfg, probes[0], dec_final_n, _normalize(inp.x))
     report: dict[str, Any] = {
         "n_movies": n,
         "levels": levels,
@@ -455,19 +458,8 @@ def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None,
         },
         "utilization": metrics.utilization(raw, k_codes),
         "perplexity": metrics.perplexity(raw, k_codes),
-        "collisions": {
-            "unique_fraction_before_dedup": before["unique_fraction"],
-            "max_group_size": before["max_group_size"],
-            "n_distinct_before_dedup": before["n_groups"],
-            "unique_fraction_after_dedup": after["unique_fraction"],
-        },
-        "neighbors": {
-            "overlap_at_10": overlap,
-            "first_token_match_at_10": ftm,
-            "random_first_token_match": rnd,
-            "first_token_lift": ftm / rnd if rnd > 0 else None,
-            "shared_prefix_histogram": shared_hist.tolist(),
-        },
+        "collisions": _collisions_section(raw, final),
+        "neighbors": neighbors,
         "coherence": metrics.prefix_coherence(final, emb_nn, K_MUTUAL),
         "genre_purity_level1": purity,
         "genre_purity_level1_baseline": purity_base,
@@ -475,16 +467,46 @@ def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None,
         "dedup": dedup,
         "probes": probes_found,
         "probe_details": details,
-        "probes_skipped": skipped,
+        "probes_skipped": probes[1],
         "sid_lengths": {str(int(v)): int(c) for v, c in zip(*np.unique(inp.sid_lengths, return_counts=True))},
         "compute_s": {"embedding_knn": round(t_knn, 3), "sid_knn": round(t_sid, 3)},
     }
+    _, group_sizes = np.unique(raw, axis=0, return_counts=True)
     chart_data = {
         "code_counts": metrics.code_counts(raw, k_codes),
         "group_sizes": group_sizes,
         "shared_hist": shared_hist,
     }
     return report, chart_data
+
+
+def _neighbours_section(final: np.ndarray, emb_nn: np.ndarray, sid_nn: np.ndarray) -> tuple[dict[str, Any],
+                                                                                              np.ndarray]:
+    """How well the SIDs keep each movie's embedding neighbours, and the shared-prefix histogram (also charted)."""
+    overlap = neighbor_overlap(emb_nn, sid_nn)
+    ftm = metrics.first_token_match(final, emb_nn)
+    rnd = metrics.random_first_token_match(final)
+    n = len(final)
+    shared = shared_prefix_lengths(final, np.repeat(np.arange(n)[:, None], K_NEIGHBORS, axis=1), emb_nn)
+    shared_hist = np.bincount(shared.ravel(), minlength=final.shape[1] + 1)
+    return {
+        "overlap_at_10": overlap,
+        "first_token_match_at_10": ftm,
+        "random_first_token_match": rnd,
+        "first_token_lift": ftm / rnd if rnd > 0 else None,
+        "shared_prefix_histogram": shared_hist.tolist(),
+    }, shared_hist
+
+
+def _collisions_section(raw: np.ndarray, final: np.ndarray) -> dict[str, Any]:
+    """How unique the raw codes are, and the final SIDs."""
+    before = metrics.collision_stats(raw)
+    return {
+        "unique_fraction_before_dedup": before["unique_fraction"],
+        "max_group_size": before["max_group_size"],
+        "n_distinct_before_dedup": before["n_groups"],
+        "unique_fraction_after_dedup": metrics.collision_stats(final)["unique_fraction"],
+    }
 
 
 def co_watch_section(run_dir: Path, inp: _Inputs) -> dict[str, Any] | None:

@@ -135,12 +135,8 @@ def fit_rqvae(x: np.ndarray, model_cfg, train_cfg: TrainConfig, work_dir: Path, 
     """
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     logs.adopt("lightning")  # Lightning gives its logger a console handler on import: lines would print twice
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-    from torch.utils.data import DataLoader
-
     work_dir = Path(work_dir)
     train_cfg = resolve_defaults(train_cfg, model_cfg)
     L.seed_everything(train_cfg.seed, workers=True, verbose=False)
@@ -154,38 +150,9 @@ def fit_rqvae(x: np.ndarray, model_cfg, train_cfg: TrainConfig, work_dir: Path, 
                         torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
                         torch.from_numpy(val_idx), torch.from_numpy(train_idx),
                         None if positives is None else torch.from_numpy(positives))
-    gen = torch.Generator().manual_seed(train_cfg.seed)
-    train_loader = DataLoader(_Indices(train_idx), batch_size=train_cfg.batch_size, shuffle=True, generator=gen,
-                              num_workers=train_cfg.num_workers)
-    val_loader = DataLoader(_Indices(val_idx), batch_size=max(train_cfg.batch_size, 8192), shuffle=False,
-                            num_workers=train_cfg.num_workers)
-    ckpt_dir = work_dir / "checkpoints"
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}", monitor="val/relative_mse",
-                                 mode="min", save_top_k=1, save_last=True)
-    # With the co-watch term the reconstruction is no longer the only goal: train for max_epochs.
-    patience = train_cfg.patience if positives is None else int(train_cfg.max_epochs or 1) + 1
-    early = EarlyStopping(monitor="val/relative_mse", mode="min", patience=patience, min_delta=train_cfg.min_delta)
-    loggers = [CSVLogger(work_dir / "logs", name="csv", version=""),
-               TensorBoardLogger(work_dir / "logs", name="tensorboard", version="", default_hp_metric=False)]
-    trainer = L.Trainer(
-        accelerator=train_cfg.accelerator, devices=lightning_devices(train_cfg.devices), strategy=train_cfg.strategy,
-        precision=train_cfg.precision, max_epochs=train_cfg.max_epochs, callbacks=[checkpoint, early,
-                                                                                    *(callbacks or [])],
-        logger=loggers, enable_model_summary=False,
-        enable_progress_bar=train_cfg.progress_bar and sys.stderr.isatty(),  # a log file gets no redrawn bar
-        num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=work_dir,
-    )
-    last = ckpt_dir / "last.ckpt"
-    ckpt_path = str(last) if resume and last.is_file() else None
-    resumed_step = 0
-    if ckpt_path:
-        try:
-            resumed_step = int(torch.load(last, map_location="cpu", weights_only=True).get("global_step", 0))
-            log.info("resuming from %s (step %d)", last, resumed_step)
-        except Exception as e:  # a kill during the write leaves a truncated file: start over
-            log.warning("cannot resume from %s (%s: %s); starting over", last, type(e).__name__, e)
-            last.unlink()
-            ckpt_path = None
+    train_loader, val_loader = _loaders(train_idx, val_idx, train_cfg)
+    trainer, checkpoint, early = _trainer(train_cfg, work_dir, callbacks or [], co_watch=positives is not None)
+    ckpt_path, resumed_step = _resume_point(work_dir / "checkpoints" / "last.ckpt", resume)
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
     model = module.model.cpu().eval()
     summary = {
@@ -199,6 +166,59 @@ def fit_rqvae(x: np.ndarray, model_cfg, train_cfg: TrainConfig, work_dir: Path, 
         "n_val": int(len(val_idx)),
     }
     return model, summary
+
+
+def _loaders(train_idx: np.ndarray, val_idx: np.ndarray, train_cfg: TrainConfig) -> tuple[Any, Any]:
+    """The training loader (shuffled by its own generator, seeded with ``train.seed``) and the validation loader."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    gen = torch.Generator().manual_seed(train_cfg.seed)
+    train_loader = DataLoader(_Indices(train_idx), batch_size=train_cfg.batch_size, shuffle=True, generator=gen,
+                              num_workers=train_cfg.num_workers)
+    val_loader = DataLoader(_Indices(val_idx), batch_size=max(train_cfg.batch_size, 8192), shuffle=False,
+                            num_workers=train_cfg.num_workers)
+    return train_loader, val_loader
+
+
+def _trainer(train_cfg: TrainConfig, work_dir: Path, callbacks: list, *, co_watch: bool) -> tuple[Any, Any, Any]:
+    """The Lightning Trainer with its checkpoint (best by validation relative MSE, and last), early stopping
+    and CSV + TensorBoard loggers under ``work_dir``. Returns (trainer, checkpoint, early stopping)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    checkpoint = ModelCheckpoint(dirpath=work_dir / "checkpoints", filename="best-{epoch:03d}",
+                                 monitor="val/relative_mse", mode="min", save_top_k=1, save_last=True)
+    # With the co-watch term the reconstruction is no longer the only goal: train for max_epochs.
+    patience = int(train_cfg.max_epochs or 1) + 1 if co_watch else train_cfg.patience
+    early = EarlyStopping(monitor="val/relative_mse", mode="min", patience=patience, min_delta=train_cfg.min_delta)
+    loggers = [CSVLogger(work_dir / "logs", name="csv", version=""),
+               TensorBoardLogger(work_dir / "logs", name="tensorboard", version="", default_hp_metric=False)]
+    trainer = L.Trainer(
+        accelerator=train_cfg.accelerator, devices=lightning_devices(train_cfg.devices), strategy=train_cfg.strategy,
+        precision=train_cfg.precision, max_epochs=train_cfg.max_epochs, callbacks=[checkpoint, early, *callbacks],
+        logger=loggers, enable_model_summary=False,
+        enable_progress_bar=train_cfg.progress_bar and sys.stderr.isatty(),  # a log file gets no redrawn bar
+        num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=work_dir,
+    )
+    return trainer, checkpoint, early
+
+
+def _resume_point(last: Path, resume: bool) -> tuple[str | None, int]:
+    """The checkpoint to continue from (``last``, when ``resume`` and it loads) and its global step."""
+    import torch
+
+    if not (resume and last.is_file()):
+        return None, 0
+    try:
+        step = int(torch.load(last, map_location="cpu", weights_only=True).get("global_step", 0))
+    except Exception as e:  # a kill during the write leaves a truncated file: start over
+        log.warning("cannot resume from %s (%s: %s); starting over", last, type(e).__name__, e)
+        last.unlink()
+        return None, 0
+    log.info("resuming from %s (step %d)", last, step)
+    return str(last), step
 
 
 def fit_rqkmeans(x: np.ndarray, model_cfg, train_cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
