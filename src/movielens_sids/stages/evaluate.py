@@ -91,6 +91,7 @@ class _Inputs:
     assign_stats: dict[str, Any] | None
     embedding_model: str | None
     embeddings_path: Path
+    embedding_backend: str
     tokenizer: Any
 
 
@@ -120,6 +121,7 @@ def load_inputs(run_dir: Path, tokenizer: Any = None) -> _Inputs:
     return _Inputs(
         movie_ids=ids, titles=titles, genres=genres, x=emb.x, sid_tokens=sids.tokens, sid_lengths=sids.lengths,
         sid_strings=sids.strings, assign_stats=stats, embedding_model=emb.model, embeddings_path=emb.path,
+        embedding_backend=emb.backend,
         tokenizer=tokenizer,
     )
 
@@ -449,6 +451,7 @@ def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None,
         "latent_dim": int(tcfg.latent_dim),  # H (= D unless the encoder is mlp)
         "embedding_dim": int(inp.x.shape[1]),
         "embedding_model": inp.embedding_model,
+        "embedding_backend": inp.embedding_backend,
         "reconstruction": {
             "relative_mse": rel_mse_raw,
             "mean_cosine": metrics.mean_cosine(inp.x, recon),
