@@ -17,11 +17,12 @@ They are computed group by group over the SIDs sorted lexicographically: a movie
 lie in the deepest prefix group that holds at least 11 movies, so each movie is compared only with
 that group (a few hundred movies at most for a healthy codebook) instead of the whole catalog.
 
-The exact embedding k-NN (FAISS, ~20 s for 87,585 x 384 on two cores) is cached in
+The exact embedding k-NN (`metrics.knn`: every pair's cosine computed once, by blocks; its time is
+the report's ``compute_s.embedding_knn`` and the README's evaluate benchmark) is cached in
 ``.cache/knn-<embeddings hash>-k10.npy``, so re-evaluating after a retrain skips it.
 
 May import: artifacts, metrics, io, errors, settings, lookup (the title matcher), reports.charts,
-reports.markdown; torch and faiss on first use. Never another stage.
+reports.markdown; torch on first use. Never another stage.
 """
 
 from __future__ import annotations
@@ -290,7 +291,7 @@ def genre_purity(level1: np.ndarray, genres: list[list[str]]) -> tuple[float, fl
     return purity, baseline, {names[i]: int(c) for i, c in enumerate(per_genre) if c}
 
 
-def embedding_knn(x: np.ndarray, k: int, *, cache_file: Path | None, batch_size: int) -> np.ndarray:
+def embedding_knn(x: np.ndarray, k: int, *, cache_file: Path | None) -> np.ndarray:
     """Exact cosine k-NN of the embeddings, read from ``cache_file`` when it holds a valid result."""
     n = len(x)
     if cache_file is not None and cache_file.is_file():
@@ -303,7 +304,7 @@ def embedding_knn(x: np.ndarray, k: int, *, cache_file: Path | None, batch_size:
             pass
         log.info("ignoring invalid cache %s", cache_file)
     t0 = time.perf_counter()
-    nbrs = metrics.knn(x, k, batch_size=batch_size)
+    nbrs = metrics.knn(x, k)
     log.info("exact embedding %d-NN of %d movies in %.1fs", k, n, time.perf_counter() - t0)
     if cache_file is not None:
         with atomic_path(cache_file) as tmp, open(tmp, "wb") as f:
@@ -383,7 +384,7 @@ def _embedding_neighbours(inp: _Inputs, cfg: EvaluateConfig, cache_dir: Path | N
     cache_file = None
     if cache_dir is not None:
         cache_file = cache_dir / f"knn-{file_hash(inp.embeddings_path)[:20]}-k{K_NEIGHBORS}.npy"
-    emb_nn = embedding_knn(inp.x, K_NEIGHBORS, cache_file=cache_file, batch_size=cfg.batch_size)
+    emb_nn = embedding_knn(inp.x, K_NEIGHBORS, cache_file=cache_file)
     return emb_nn, time.perf_counter() - t0
 
 
