@@ -98,7 +98,8 @@ FLAGS = _flags(
          action="store_true"),
     Flag("--backend", "embed.backend", "torch (default), or onnx: the model exported once to ONNX Runtime (CPU)",
          choices=("torch", "onnx")),
-    Flag("--quantization", "embed.quantization", "none (default), or int8 with --backend onnx (faster on CPUs)",
+    Flag("--quantization", "embed.quantization", "none (default), or int8 with --backend onnx (dynamic int8; "
+                                                 "vectors differ slightly)",
          choices=("none", "int8")),
     Flag("--from", "embed.from_file", "import vectors instead: Parquet with movie_id + a vector column, or .npy "
                                       "with --ids", metavar="FILE"),
