@@ -9,12 +9,18 @@ Measures, in one process (same model, batch size and torch thread count):
    second one on the unchanged catalog (its time as a % of the first), then one after editing
    ``--edits`` documents (how many the stage embedded again, and that every other vector kept
    its bits);
-3. one plain encode of the full catalog, for the full-size ratio.
+3. one plain encode of the full catalog, for the full-size ratio;
+4. the backends (``--backends``, default ``onnx,onnx-int8``): each one's ``encode`` of the same
+   documents against a plain PyTorch ``SentenceTransformer.encode`` in the same process (median of
+   ``--repeats`` alternating runs, wall and CPU seconds), and the agreement of its vectors with the
+   fp32 PyTorch ones (mean and minimum cosine). It prints a table with the speed ratio and whether
+   the bars hold (>= 2x, mean cosine >= 0.995, minimum >= 0.98).
 
 Usage::
 
     python benchmarks/embed.py --data ../shared/data/ml-32m --work /tmp/embed-bench
     python benchmarks/embed.py --limit 2000 --subset 500   # a quick development run
+    python benchmarks/embed.py --only-backends --limit 2000  # step 4 alone, on 2,000 movies
 
 Results are printed and written to ``<work>/results.json`` after every step.
 """
@@ -82,6 +88,64 @@ def subset(table: pa.Table, n: int, seed: int = 0) -> pa.Table:
     return table.take(pa.array(rows))
 
 
+BARS = {"ratio": 2.0, "mean_cos": 0.995, "min_cos": 0.98}
+"""What a CPU backend must reach to become the default: speed against torch, agreement with its vectors."""
+
+
+def _timed_encode(model, texts: list[str], batch_size: int) -> tuple[float, float, np.ndarray]:
+    """Wall seconds, CPU seconds (all threads) and the (N, D) unit vectors of one ``encode``."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    v = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                     show_progress_bar=False)
+    return time.perf_counter() - t0, time.process_time() - c0, np.asarray(v, dtype=np.float32)
+
+
+def compare_backends(texts: list[str], args, backends: list[str]) -> list[dict]:
+    """Step 4: each backend against plain PyTorch encode, alternating, median of ``args.repeats``."""
+    from movielens_sids.stages.embed import load_model, resolve_model
+
+    ref = resolve_model(args.model)
+    models = {"torch": load_model(ref, "cpu")}
+    for name in backends:
+        backend, _, quantization = name.partition("-")
+        models[name] = load_model(ref, "cpu", backend=backend, quantization=quantization or "none")
+    for m in models.values():  # warm-up: first-call costs (allocations, lazy init) are not throughput
+        m.encode(texts[:64], batch_size=args.batch_size, show_progress_bar=False)
+    wall: dict[str, list[float]] = {k: [] for k in models}
+    cpu: dict[str, list[float]] = {k: [] for k in models}
+    vectors: dict[str, np.ndarray] = {}
+    for r in range(args.repeats):
+        for name in (list(models) if r % 2 == 0 else list(models)[::-1]):
+            w, c, vectors[name] = _timed_encode(models[name], texts, args.batch_size)
+            wall[name].append(w)
+            cpu[name].append(c)
+            log.info("repeat %d %s: %.1fs wall, %.1fs cpu", r, name, w, c)
+    rows = []
+    for name in models:
+        cos = (vectors[name] * vectors["torch"]).sum(axis=1)  # (N,) cosine of unit vectors
+        rows.append({"backend": name, "wall_s": statistics.median(wall[name]), "cpu_s": statistics.median(cpu[name]),
+                     "movies_per_s": len(texts) / statistics.median(wall[name]),
+                     "ratio_wall": statistics.median(wall["torch"]) / statistics.median(wall[name]),
+                     "ratio_cpu": statistics.median(cpu["torch"]) / statistics.median(cpu[name]),
+                     "mean_cos": float(cos.mean()), "min_cos": float(cos.min())})
+    return rows
+
+
+def print_backends(rows: list[dict], n: int, repeats: int) -> None:
+    """The table of step 4, with the bars a default backend must pass."""
+    print(f"\nbackends on {n:,} documents (median of {repeats}; ratio = torch time / backend time; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+    head = f"{'backend':<10} {'wall s':>8} {'cpu s':>8} {'movies/s':>9} {'ratio wall':>10} {'ratio cpu':>9} " \
+           f"{'mean cos':>9} {'min cos':>8}  bars (>= {BARS['ratio']:g}x, mean >= {BARS['mean_cos']}, " \
+           f"min >= {BARS['min_cos']})"
+    print(head)
+    for r in rows:
+        ok = (r["ratio_wall"] >= BARS["ratio"], r["mean_cos"] >= BARS["mean_cos"], r["min_cos"] >= BARS["min_cos"])
+        verdict = "-" if r["backend"] == "torch" else " ".join("pass" if o else "FAIL" for o in ok)
+        print(f"{r['backend']:<10} {r['wall_s']:>8.2f} {r['cpu_s']:>8.2f} {r['movies_per_s']:>9.0f} "
+              f"{r['ratio_wall']:>9.2f}x {r['ratio_cpu']:>8.2f}x {r['mean_cos']:>9.5f} {r['min_cos']:>8.5f}  {verdict}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/ml-32m")
@@ -93,6 +157,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="use only this many movies everywhere (development)")
     ap.add_argument("--edits", type=int, default=10)
     ap.add_argument("--skip-full-plain", action="store_true", help="skip step 3")
+    ap.add_argument("--backends", default="onnx,onnx-int8",
+                    help="step 4: backends to time against torch (onnx, onnx-int8; empty: skip)")
+    ap.add_argument("--only-backends", action="store_true", help="run step 4 alone")
     args = ap.parse_args()
     # Other scripts in benchmarks/ are named like packages (tokenizers.py): keep this folder off the path.
     here = Path(__file__).resolve().parent
@@ -125,6 +192,13 @@ def main() -> None:
 
     overrides = {"embed.model": args.model, "embed.batch_size": args.batch_size, "embed.device": "cpu"}
     cfg = load_config(None, overrides)
+    backends = [b for b in args.backends.split(",") if b]
+    if args.only_backends:
+        texts = build_documents(catalog, template=cfg.embed.template, max_tags=cfg.embed.max_tags)
+        rows = compare_backends(texts, args, backends)
+        save(backends=rows)
+        print_backends(rows, len(texts), args.repeats)
+        return
     model = load_model(resolve_model(args.model), "cpu")
 
     # 1. throughput on a fixed subset, alternating which goes first.
@@ -201,6 +275,11 @@ def main() -> None:
         plain_full_s = time.perf_counter() - t0
         save(full_plain_seconds=round(plain_full_s, 2),
              full_ratio_stage_vs_plain=round(plain_full_s / first_s, 3))
+    if backends:
+        all_texts = build_documents(catalog, template=cfg.embed.template, max_tags=cfg.embed.max_tags)
+        rows = compare_backends(all_texts, args, backends)
+        save(backends=rows)
+        print_backends(rows, len(all_texts), args.repeats)
     log.info("done: %s", args.work / "results.json")
 
 

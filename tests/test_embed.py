@@ -309,6 +309,80 @@ def test_unavailable_device_is_a_sids_error(tmp_path, tiny_model):
         embed_stage(tmp_path, cfg(model=tiny_model, device="cuda"))
 
 
+# --------------------------------------------------------------------------- backends
+
+
+@pytest.fixture
+def backend_model(tiny_model, tmp_path) -> str:
+    """A private copy of the tiny model: the onnx backend writes its exported files beside the model."""
+    import shutil
+
+    return str(shutil.copytree(tiny_model, tmp_path / "model"))
+
+
+def test_switching_backend_re_embeds_and_the_same_backend_does_not(tmp_path, backend_model, count_encoded):
+    run = tmp_path / "run"
+    write_catalog(run)
+    meta = lambda: parquet_metadata(run / "embeddings.parquet")  # noqa: E731
+    first = embed_stage(run, cfg(model=backend_model))
+    _, torch_vectors = read(run)
+    assert first["embedded"] == 11 and "backend" not in meta()  # torch files stay as they were
+
+    steps = [("onnx", "none", 11, "onnx"), ("onnx", "none", 0, "onnx"), ("onnx", "int8", 11, "onnx int8"),
+             ("onnx", "int8", 0, "onnx int8"), ("torch", "none", 11, None), ("torch", "none", 0, None)]
+    for backend, quantization, embedded, recorded in steps:
+        before = (run / "embeddings.parquet").read_bytes()
+        result = embed_stage(run, cfg(model=backend_model, backend=backend, quantization=quantization))
+        assert result["embedded"] == embedded, (backend, quantization)
+        assert meta().get("backend") == recorded
+        if embedded == 0:
+            assert (run / "embeddings.parquet").read_bytes() == before  # not even rewritten
+        _, v = read(run)
+        cosine = (v * torch_vectors).sum(axis=1)
+        assert cosine.min() > (0.99 if quantization == "int8" else 0.99999), (backend, quantization, cosine.min())
+    np.testing.assert_allclose(v, torch_vectors, atol=1e-6)  # back on torch: the torch vectors again
+    assert len(count_encoded) == 11 * 4
+
+
+def test_onnx_export_is_built_once_beside_the_model(tmp_path, backend_model, monkeypatch):
+    from movielens_sids import embed_backend
+
+    exported: list[Path] = []
+    original = embed_backend.export
+    monkeypatch.setattr(embed_backend, "export", lambda model, target: (exported.append(target),
+                                                                        original(model, target)))
+    for run in ("a", "b"):
+        write_catalog(tmp_path / run)
+        embed_stage(tmp_path / run, cfg(model=backend_model, backend="onnx", quantization="int8"))
+    assert exported == [Path(backend_model) / "onnx" / "model.onnx"]
+    assert sorted(p.name for p in (Path(backend_model) / "onnx").iterdir()) == [
+        "model.onnx", "model_qint8_dynamic.onnx"]
+    np.testing.assert_array_equal(read(tmp_path / "a")[1], read(tmp_path / "b")[1])
+
+
+def test_onnx_without_onnxruntime_is_one_line_and_changes_nothing(tmp_path, backend_model, monkeypatch):
+    import sys
+
+    write_catalog(tmp_path / "run")
+    before = snapshot(tmp_path / "run")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    with pytest.raises(SidsError, match=r"needs ONNX Runtime: pip install") as e:
+        embed_stage(tmp_path / "run", cfg(model=backend_model, backend="onnx"))
+    assert "\n" not in str(e.value)
+    assert snapshot(tmp_path / "run") == before
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"backend": "openvino"}, "backend: expected torch or onnx"),
+    ({"quantization": "int4", "backend": "onnx"}, "quantization: expected none or int8"),
+    ({"quantization": "int8"}, "quantization: int8 needs backend onnx"),
+    ({"backend": "onnx", "device": "cuda"}, "backend: onnx runs on the CPU"),
+])
+def test_backend_settings_are_checked(kw, match):
+    with pytest.raises(ValueError, match=match):
+        EmbedConfig(**kw)
+
+
 # --------------------------------------------------------------------------- --from
 
 

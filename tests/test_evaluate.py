@@ -369,3 +369,22 @@ def test_report_md_is_one_page_from_the_json_reports(run):
     text = md.read_text()
     assert text.count("## Generative retrieval") == 1 and "0.1234" in text and "stale" not in text
     assert text.index("# Evaluation report") < text.index("## Generative retrieval")
+
+
+@pytest.mark.parametrize("block", [7, 64, 4096])
+def test_exact_knn_matches_brute_force_for_any_block(block):
+    from movielens_sids import metrics
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(150, 12)).astype(np.float32)
+    x[10] = x[20] * 3.0  # a duplicate direction: each must find the other, never itself
+    got = metrics.knn(x, 5, block=block)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sim = xn @ xn.T  # (N, N)
+    np.fill_diagonal(sim, -np.inf)
+    want = np.argsort(-sim, axis=1, kind="stable")[:, :5]
+    assert got.shape == (150, 5) and got.dtype == np.int64
+    assert (got != np.arange(150)[:, None]).all()
+    np.testing.assert_allclose(np.take_along_axis(sim, got, 1), np.take_along_axis(sim, want, 1), atol=1e-6)
+    assert got[10, 0] == 20 and got[20, 0] == 10
+    assert metrics.knn(x[:4], 10).shape == (4, 3)  # k capped at N - 1

@@ -180,6 +180,7 @@ class Embeddings:
     x: np.ndarray  # (N, D) float32
     model: str | None  # the sentence-transformers model recorded in the file's metadata
     path: Path
+    backend: str = "torch"  # how the model ran: torch, onnx or "onnx int8" (no key in the metadata: torch)
 
 
 def read_embeddings(run_dir: Path, *, recorded: bool = True) -> Embeddings:
@@ -199,7 +200,8 @@ def read_embeddings(run_dir: Path, *, recorded: bool = True) -> Embeddings:
     if bad.any():
         raise SidsError(f"{path}: NaN or infinite embeddings for {int(bad.sum())} movies (first movie_id "
                         f"{ids[np.argmax(bad)]}): run `movielens-sids embed` again")
-    return Embeddings(ids, x, parquet_metadata(path).get("model"), path)
+    meta = parquet_metadata(path)
+    return Embeddings(ids, x, meta.get("model"), path, meta.get("backend", "torch"))
 
 
 # ---------------------------------------------------------------------------------------------- collab

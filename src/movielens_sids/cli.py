@@ -96,6 +96,11 @@ FLAGS = _flags(
     Flag("--no-normalize", "embed.normalize", "keep vectors as the model gives them", action="store_false"),
     Flag("--trust-remote-code", "embed.trust_remote_code", "let a model run its own Python code (off unless given)",
          action="store_true"),
+    Flag("--backend", "embed.backend", "torch (default), or onnx: the model exported once to ONNX Runtime (CPU)",
+         choices=("torch", "onnx")),
+    Flag("--quantization", "embed.quantization", "none (default), or int8 with --backend onnx (dynamic int8; "
+                                                 "vectors differ slightly)",
+         choices=("none", "int8")),
     Flag("--from", "embed.from_file", "import vectors instead: Parquet with movie_id + a vector column, or .npy "
                                       "with --ids", metavar="FILE"),
     Flag("--from-column", "embed.from_column", "the vector column of the --from Parquet (default: its only list "
@@ -226,8 +231,8 @@ def catalog_arguments(p: argparse.ArgumentParser) -> None:
 
 def embed_arguments(p: argparse.ArgumentParser) -> None:
     _add(p, "embed.model", "embed.device", "embed.batch_size", "embed.chunk_size", "embed.max_tags",
-         "embed.template", "embed.normalize", "embed.trust_remote_code", "embed.from_file", "embed.from_column",
-         "embed.from_ids")
+         "embed.template", "embed.normalize", "embed.trust_remote_code", "embed.backend", "embed.quantization",
+         "embed.from_file", "embed.from_column", "embed.from_ids")
 
 
 def embed_command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
@@ -366,7 +371,8 @@ def run_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"re-run from this stage on, even if up to date ({', '.join(order)})")
     p.add_argument("--until", metavar="STAGE", choices=order, help="stop after this stage")
     _add(p, "data.dataset", "data.source", "data.enrich", "data.limit", "embed.model", "embed.device",
-         "train.tokenizer", "train.accelerator", "train.devices", "--strategy=train.strategy", "export.push_to_hub")
+         "embed.backend", "embed.quantization", "train.tokenizer", "train.accelerator", "train.devices",
+         "--strategy=train.strategy", "export.push_to_hub")
 
 
 def run_command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:

@@ -83,6 +83,10 @@ class EmbedConfig:
     """L2-normalise the vectors (also imported ones)."""
     trust_remote_code: bool = False
     """Allow a model's own Python code to run (off unless asked)."""
+    backend: str = "torch"
+    """torch, or onnx: the transformer exported once to ONNX and run by ONNX Runtime on the CPU."""
+    quantization: str = "none"
+    """none, or int8: the onnx backend's dynamic int8 quantization (a 4x smaller model; vectors differ slightly)."""
     from_file: str | None = None
     """Import ready vectors instead: Parquet with movie_id + a vector column, or .npy + a movie id list."""
     from_column: str | None = None
@@ -105,6 +109,14 @@ class EmbedConfig:
             raise ValueError(f"max_tags: must be >= 0, got {self.max_tags}")
         if self.template is not None:
             Template(self.template)  # raises ValueError("template: ...")
+        if self.backend not in ("torch", "onnx"):
+            raise ValueError(f"backend: expected torch or onnx, got {self.backend!r}")
+        if self.quantization not in ("none", "int8"):
+            raise ValueError(f"quantization: expected none or int8, got {self.quantization!r}")
+        if self.quantization != "none" and self.backend == "torch":
+            raise ValueError("quantization: int8 needs backend onnx")
+        if self.backend != "torch" and self.device not in ("auto", "cpu"):
+            raise ValueError(f"backend: {self.backend} runs on the CPU; device {self.device!r} needs backend torch")
         if self.from_ids and not self.from_file:
             raise ValueError("from_ids: only used with from_file (a .npy of vectors)")
         if self.from_column and not self.from_file:

@@ -203,6 +203,7 @@ def _probes_section(r: dict[str, Any]) -> str:
 _COMPARE_ROWS: list[tuple[str, tuple[Any, ...], int]] = [
     ("movies", ("n_movies",), 0),
     ("embedding model", ("embedding_model",), 0),
+    ("embedding backend", ("embedding_backend",), 0),
     ("levels", ("levels",), 0),
     ("codebook size", ("codebook_size",), 0),
     ("latent dim", ("latent_dim",), 0),
@@ -259,11 +260,11 @@ def compare_runs(run_dirs: list[Path], *, out: Path | None = None) -> str:
     names = [Path(d).name or str(d) for d in run_dirs]
     if len(set(names)) < len(names):
         names = [str(d) for d in run_dirs]
-    rows: list[tuple[str, tuple[Any, ...], int]] = list(_COMPARE_ROWS[:5])
+    rows: list[tuple[str, tuple[Any, ...], int]] = list(_COMPARE_ROWS[:6])
     max_levels = max(int(r.get("levels") or 0) for r in reports)
     rows += [(f"utilization L{i + 1}", ("utilization", i), +1) for i in range(max_levels)]
     rows += [(f"perplexity L{i + 1}", ("perplexity", i), 0) for i in range(max_levels)]
-    rows += _COMPARE_ROWS[5:]
+    rows += _COMPARE_ROWS[6:]
     stages = list(dict.fromkeys(s for r in reports for s in (r.get("timings_s") or {})))
     rows += [(f"time: {s} (s)", ("timings_s", s), 0) for s in stages]
     table = []

@@ -35,6 +35,7 @@ import numpy as np
 from ..artifacts import EMBEDDINGS, check_recorded, read_catalog, vector_matrix
 from ..devices import resolve_devices
 from ..documents import Template, build_documents, document_hash
+from ..embed_backend import describe, metadata_entry, recorded, use_backend
 from ..errors import SidsError
 from ..io import TMP_PREFIX, atomic_path, file_hash, parquet_metadata, read_parquet, write_parquet
 from ..settings import OFFLINE_MODEL, EmbedConfig
@@ -94,12 +95,17 @@ def resolve_model(name: str) -> ModelRef:
     return ModelRef(name, name, f"Hugging Face Hub id {name}")
 
 
-def load_model(ref: ModelRef, device: str, *, trust_remote_code: bool = False):
-    """Load a ``SentenceTransformer``; any failure becomes a one-line ``SidsError`` that says what to do."""
+def load_model(ref: ModelRef, device: str, *, trust_remote_code: bool = False, backend: str = "torch",
+               quantization: str = "none"):
+    """Load a ``SentenceTransformer`` that encodes with ``backend`` (see `embed_backend`); any failure
+    becomes a one-line ``SidsError`` that says what to do."""
     from sentence_transformers import SentenceTransformer
 
+    if backend != "torch" and device != "cpu":
+        raise SidsError(f"embed.backend={backend} runs on the CPU, not {device}: pass --device cpu, "
+                        "or --backend torch to use the accelerator")
     try:
-        return SentenceTransformer(ref.source, device=device, trust_remote_code=trust_remote_code)
+        model = SentenceTransformer(ref.source, device=device, trust_remote_code=trust_remote_code)
     except Exception as e:
         msg = " ".join(str(e).split())[:300]
         hint = ("without network only local models load: point --model at a folder holding a saved "
@@ -108,6 +114,8 @@ def load_model(ref: ModelRef, device: str, *, trust_remote_code: bool = False):
             hint = "this model ships its own code: pass --trust-remote-code if you trust it"
         raise SidsError(f"could not load the sentence-transformers model {ref.name!r} "
                         f"({type(e).__name__}: {msg}); {hint}") from e
+    use_backend(model, ref.source, backend, quantization)
+    return model
 
 
 def model_dimension(model) -> int:
@@ -196,9 +204,10 @@ def _reusable_metadata(path: Path, identity: dict[str, Any]) -> dict[str, str] |
     except Exception as e:  # damaged or foreign file: it will be replaced
         log.warning("cannot reuse %s (%s): embedding everything again", path, e)
         return None
-    if {k: meta.get(k) for k in identity} != {k: _meta_str(v) for k, v in identity.items()}:
-        log.info("embeddings.parquet was made with %s (normalized=%s): embedding everything again",
-                 meta.get("model"), meta.get("normalized"))
+    if ({k: meta.get(k) for k in identity} != {k: _meta_str(v) for k, v in identity.items()}
+            or recorded(meta) != identity.get("backend", "torch")):
+        log.info("embeddings.parquet was made with %s (normalized=%s, backend %s): embedding everything again",
+                 meta.get("model"), meta.get("normalized"), recorded(meta))
         return None
     return meta
 
@@ -313,14 +322,15 @@ def embed_documents(run_dir: Path, catalog: pa.Table, cfg: EmbedConfig) -> dict[
     ids = catalog.column("movie_id").to_numpy()
     hashes = [document_hash(d) for d in docs]
     ref = resolve_model(cfg.model)
-    identity = {"model": ref.name, "normalized": cfg.normalize}
+    identity = {"model": ref.name, "normalized": cfg.normalize, **metadata_entry(cfg.backend, cfg.quantization)}
     cache = ChunkCache(run_dir / CACHE_DIR, identity)
 
     path = run_dir / "embeddings.parquet"
     old_meta = _reusable_metadata(path, identity)
     doc_hashes = json.dumps({str(i): h for i, h in zip(ids.tolist(), hashes, strict=True)}, separators=(",", ":"))
     metadata = {"model": ref.name, "model_source": ref.note, "dimension": "?", "normalized": _meta_str(cfg.normalize),
-                "template": template.text, "max_tags": str(cfg.max_tags), "doc_hashes": doc_hashes}
+                "template": template.text, "max_tags": str(cfg.max_tags), "doc_hashes": doc_hashes,
+                **metadata_entry(cfg.backend, cfg.quantization)}
     text_of = dict(zip(hashes, docs, strict=True))
     if old_meta is not None and {**metadata, "dimension": old_meta.get("dimension")} == old_meta:
         # Same model, settings, movies and documents: nothing to embed and nothing to write, so
@@ -375,7 +385,8 @@ def _embed_missing(known: dict[str, np.ndarray], text_of: dict[str, str], ref: M
     if not todo:
         return todo, None
     devices = resolve_devices(cfg.device, "embed.device")
-    model = load_model(ref, "cpu" if len(devices) > 1 else devices[0], trust_remote_code=cfg.trust_remote_code)
+    model = load_model(ref, "cpu" if len(devices) > 1 else devices[0], trust_remote_code=cfg.trust_remote_code,
+                       backend=cfg.backend, quantization=cfg.quantization)
     dim = model_dimension(model)
     if known and next(iter(known.values())).shape[0] != dim:
         log.warning("earlier vectors have dimension %d but %s gives %d: embedding everything again",
@@ -383,7 +394,8 @@ def _embed_missing(known: dict[str, np.ndarray], text_of: dict[str, str], ref: M
         known.clear()
         todo = sorted(text_of)
     todo = batch_order(model, todo, text_of)
-    log.info("embedding %d documents with %s on %s", len(todo), ref.note, ", ".join(devices))
+    log.info("embedding %d documents with %s on %s (%s)", len(todo), ref.note, ", ".join(devices),
+             describe(cfg.backend, cfg.quantization))
     t0 = time.perf_counter()
     known.update(_encode_chunks(model, [text_of[h] for h in todo], todo, cfg, devices, cache, dim))
     rate = len(todo) / max(time.perf_counter() - t0, 1e-9)

@@ -17,11 +17,12 @@ They are computed group by group over the SIDs sorted lexicographically: a movie
 lie in the deepest prefix group that holds at least 11 movies, so each movie is compared only with
 that group (a few hundred movies at most for a healthy codebook) instead of the whole catalog.
 
-The exact embedding k-NN (FAISS, ~20 s for 87,585 x 384 on two cores) is cached in
+The exact embedding k-NN (`metrics.knn`: every pair's cosine computed once, by blocks; its time is
+the report's ``compute_s.embedding_knn`` and the README's evaluate benchmark) is cached in
 ``.cache/knn-<embeddings hash>-k10.npy``, so re-evaluating after a retrain skips it.
 
 May import: artifacts, metrics, io, errors, settings, lookup (the title matcher), reports.charts,
-reports.markdown; torch and faiss on first use. Never another stage.
+reports.markdown; torch on first use. Never another stage.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class _Inputs:
     assign_stats: dict[str, Any] | None
     embedding_model: str | None
     embeddings_path: Path
+    embedding_backend: str
     tokenizer: Any
 
 
@@ -120,6 +122,7 @@ def load_inputs(run_dir: Path, tokenizer: Any = None) -> _Inputs:
     return _Inputs(
         movie_ids=ids, titles=titles, genres=genres, x=emb.x, sid_tokens=sids.tokens, sid_lengths=sids.lengths,
         sid_strings=sids.strings, assign_stats=stats, embedding_model=emb.model, embeddings_path=emb.path,
+        embedding_backend=emb.backend,
         tokenizer=tokenizer,
     )
 
@@ -306,7 +309,7 @@ def genre_purity(level1: np.ndarray, genres: list[list[str]]) -> tuple[float, fl
     return purity, baseline, {names[i]: int(c) for i, c in enumerate(per_genre) if c}
 
 
-def embedding_knn(x: np.ndarray, k: int, *, cache_file: Path | None, batch_size: int) -> np.ndarray:
+def embedding_knn(x: np.ndarray, k: int, *, cache_file: Path | None) -> np.ndarray:
     """Exact cosine k-NN of the embeddings, read from ``cache_file`` when it holds a valid result."""
     n = len(x)
     if cache_file is not None and cache_file.is_file():
@@ -319,7 +322,7 @@ def embedding_knn(x: np.ndarray, k: int, *, cache_file: Path | None, batch_size:
             pass
         log.info("ignoring invalid cache %s", cache_file)
     t0 = time.perf_counter()
-    nbrs = metrics.knn(x, k, batch_size=batch_size)
+    nbrs = metrics.knn(x, k)
     log.info("exact embedding %d-NN of %d movies in %.1fs", k, n, time.perf_counter() - t0)
     if cache_file is not None:
         with atomic_path(cache_file) as tmp, open(tmp, "wb") as f:
@@ -399,7 +402,7 @@ def _embedding_neighbours(inp: _Inputs, cfg: EvaluateConfig, cache_dir: Path | N
     cache_file = None
     if cache_dir is not None:
         cache_file = cache_dir / f"knn-{file_hash(inp.embeddings_path)[:20]}-k{K_NEIGHBORS}.npy"
-    emb_nn = embedding_knn(inp.x, K_NEIGHBORS, cache_file=cache_file, batch_size=cfg.batch_size)
+    emb_nn = embedding_knn(inp.x, K_NEIGHBORS, cache_file=cache_file)
     return emb_nn, time.perf_counter() - t0
 
 
@@ -421,14 +424,13 @@ def _dedup_section(inp: _Inputs, raw: np.ndarray, dec_final: np.ndarray, levels:
 def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None,
                  probes: tuple[list[int], list[str]] = ([], [])) -> tuple[dict[str, Any], dict]:
     """Compute the report (SPEC section 4 plus extras) and the arrays its charts plot."""
-    tok = inp.tokenizer
-    tcfg = tok.config
+    tcfg = inp.tokenizer.config
     levels, k_codes = int(tcfg.levels), int(tcfg.codebook_size)
     n = len(inp.x)
     if n <= K_NEIGHBORS:
         raise SidsError(f"the catalog has {n} movies; the neighbour metrics need more than {K_NEIGHBORS}")
     t0 = time.perf_counter()
-    raw, recon, dec_final = run_tokenizer(tok, inp.x, inp.sid_tokens, batch_size=cfg.batch_size)
+    raw, recon, dec_final = run_tokenizer(inp.tokenizer, inp.x, inp.sid_tokens, batch_size=cfg.batch_size)
     log.info("tokenizer on %d movies in %.1fs", n, time.perf_counter() - t0)
     final = inp.sid_tokens
 
@@ -452,6 +454,7 @@ def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None,
         "latent_dim": int(tcfg.latent_dim),  # H (= D unless the encoder is mlp)
         "embedding_dim": int(inp.x.shape[1]),
         "embedding_model": inp.embedding_model,
+        "embedding_backend": inp.embedding_backend,
         "reconstruction": {
             "relative_mse": rel_mse_raw,
             "mean_cosine": metrics.mean_cosine(inp.x, recon),
