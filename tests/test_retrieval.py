@@ -439,7 +439,7 @@ def test_cli_end_to_end_writes_report_and_section(tmp_path, capsys, protocol):
     args = ["retrieval", "--run-dir", str(run), "--ratings", str(tmp_path / "ratings.csv"), "--seeds", "0,1",
             "--protocol", protocol, "--max-epochs", "1", "--set", "retrieval.d_model=16",
             "--set", "retrieval.max_history=6", "--set", "retrieval.bootstrap_samples=200",
-            "--set", "retrieval.test_fraction=0.3"]
+            "--set", "retrieval.test_fraction=0.3", "--set", "retrieval.workers=1"]
     assert main(args) == 0
     assert main(args) == 0  # a second run replaces its section
     out = capsys.readouterr().out

@@ -39,6 +39,19 @@ from torch import nn
 from .trie import SidTrie
 
 
+def next_item_pairs(items: torch.Tensor, max_history: int, *, last_only: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-aligned windows (B, M+1), -1 pads on the left -> ``(inputs (B, M), targets (B, M), keep (B, M))``:
+    position t predicts item t+1, where both exist (``last_only``: only each window's last movie)."""
+    if items.shape[1] != max_history + 1:
+        raise ValueError(f"expected windows of {max_history + 1} items, got {items.shape[1]}")
+    inp, tgt = items[:, :-1], items[:, 1:]
+    keep = (inp >= 0) & (tgt >= 0)
+    if last_only:
+        keep[:, :-1] = False
+    return inp, tgt, keep
+
+
 class Block(nn.Module):
     """Pre-LayerNorm transformer block."""
 
@@ -149,12 +162,7 @@ class GenerativeRetriever(nn.Module):
             items: (B, M+1) item indices, -1 pads on the left; position t predicts item t+1.
             last_only: score only each window's last movie (validation events).
         """
-        if items.shape[1] != self.max_history + 1:
-            raise ValueError(f"expected windows of {self.max_history + 1} items, got {items.shape[1]}")
-        inp, tgt = items[:, :-1], items[:, 1:]  # (B, M)
-        keep = (inp >= 0) & (tgt >= 0)
-        if last_only:
-            keep[:, :-1] = False
+        inp, tgt, keep = next_item_pairs(items, self.max_history, last_only=last_only)
         return self.target_loss(self._hidden(inp)[keep], tgt[keep])
 
     def target_loss(self, state: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .generative import CausalTransformer, Recommendations
+from .generative import CausalTransformer, Recommendations, next_item_pairs
 
 
 class SASRec(nn.Module):
@@ -71,12 +71,7 @@ class SASRec(nn.Module):
     def loss(self, items: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
         """Mean cross-entropy of every next movie in right-aligned windows (B, M+1), -1 pads on the left
         (``last_only``: of each window's last movie only, as for validation events)."""
-        if items.shape[1] != self.max_history + 1:
-            raise ValueError(f"expected windows of {self.max_history + 1} items, got {items.shape[1]}")
-        inp, tgt = items[:, :-1], items[:, 1:]  # (B, M)
-        keep = (inp >= 0) & (tgt >= 0)
-        if last_only:
-            keep[:, :-1] = False
+        inp, tgt, keep = next_item_pairs(items, self.max_history, last_only=last_only)
         return self.target_loss(self._hidden(inp)[keep], tgt[keep])
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
