@@ -30,7 +30,7 @@ import numpy as np
 from .artifacts import EMBEDDINGS, decoded_metadata
 from .config import load_run_config
 from .errors import SidsError
-from .io import run_lock
+from .io import read_parquet, run_lock, write_parquet
 from .lookup import load_index, lookup_prefix, neighbors, resolve_movie
 from .settings import OFFLINE_MODEL
 from .sid import format_sid
@@ -155,7 +155,7 @@ class SemanticIds:
 
     def _embedder(self) -> Any:
         if self._encoder is None:
-            from .stages.embed import load_model, resolve_model
+            from .stages.embed import load_model, resolve_model  # sentence-transformers: only when encoding
 
             name = self.embedding.get("model") or OFFLINE_MODEL
             self._encoder = load_model(resolve_model(_loadable(name)), "cpu")
@@ -181,7 +181,7 @@ class SemanticIds:
         Example:
             >>> print(sids.push_to_hub("me/movielens-rqvae", dry_run=True)["upload_listing"])
         """
-        from .stages.export import export_stage
+        from .stages.export import export_stage  # the export stage and the Hub client: only when pushing
 
         overrides = {"export.push_to_hub": True, "export.dry_run": dry_run, "export.model_repo": repo_id,
                      "export.private": private}
@@ -203,7 +203,7 @@ _COLUMNS = ["movie_id", "sid", "semantic_id", "title", "year", "genres"]
 
 def _loadable(name: str) -> str:
     """The embedding model's recorded name as ``resolve_model`` takes it (the bundled MiniLM by its package)."""
-    from .stages.embed import OFFLINE_MODEL_ID
+    from .stages.embed import OFFLINE_MODEL_ID  # stages.embed loads sentence-transformers' modules
 
     if name == OFFLINE_MODEL_ID:
         try:
@@ -231,7 +231,7 @@ def _from_hub(repo_id: str, *, revision: str | None, dataset_repo: str | None) -
     settings the dataset's shards record."""
     from huggingface_hub import snapshot_download
 
-    from .stages.export import SHARD_METADATA
+    from .stages.export import SHARD_METADATA  # the export stage: only when loading from the Hub
 
     try:
         model_dir = Path(snapshot_download(repo_id, revision=revision))
@@ -264,8 +264,6 @@ def _lay_out(model_dir: Path, data_dir: Path, run_dir: Path) -> dict[str, Any]:
     """``run_dir/model`` (a link to the model snapshot), ``catalog.parquet`` and ``sids.parquet`` (from the
     dataset's shards); returns the shards' decoded metadata."""
     import pyarrow as pa
-
-    from .io import read_parquet, write_parquet
 
     shards = sorted((data_dir / "data").glob("*.parquet"))
     if not shards:
