@@ -105,6 +105,13 @@ class Recommendations(NamedTuple):
     scores: torch.Tensor
     """(B, W) log-probabilities (-inf where ``items`` is -1)."""
 
+    def first(self, k: int) -> Recommendations:
+        """The best ``k`` per user, padded with -1 items (-inf scores) where there are fewer than ``k``."""
+        pad = k - self.items.shape[1]
+        if pad <= 0:
+            return Recommendations(self.items[:, :k], self.scores[:, :k])
+        return Recommendations(F.pad(self.items, (0, pad), value=-1), F.pad(self.scores, (0, pad), value=-torch.inf))
+
 
 class GenerativeRetriever(nn.Module):
     """Generates the next movie's Semantic ID from the SIDs of the movies before it.
@@ -237,7 +244,4 @@ class GenerativeRetriever(nn.Module):
             state = state.reshape(b * nb, -1)[src].view(b, -1, state.shape[-1])
             state = state + self.prefix(tok + self.offsets[level])  # (B, W, d)
         items, scores = nodes.view(b, -1), scores  # after the last level, nodes are item indices
-        if items.shape[1] < k:  # fewer SIDs in the trie than k
-            pad = k - items.shape[1]
-            items, scores = F.pad(items, (0, pad), value=-1), F.pad(scores, (0, pad), value=-torch.inf)
-        return Recommendations(items=items[:, :k], scores=scores[:, :k])
+        return Recommendations(items=items, scores=scores).first(k)  # padded when the trie has fewer SIDs than k

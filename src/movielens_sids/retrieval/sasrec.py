@@ -110,7 +110,4 @@ class SASRec(nn.Module):
             scores = scores.masked_fill(exclude[:, self.known], -torch.inf)
         top, cls = scores.topk(min(k, len(self.known)), dim=1)
         items = self.known[cls].masked_fill(top == -torch.inf, -1)
-        if items.shape[1] < k:  # fewer known movies than k
-            pad = k - items.shape[1]
-            items, top = F.pad(items, (0, pad), value=-1), F.pad(top, (0, pad), value=-torch.inf)
-        return Recommendations(items=items, scores=top)
+        return Recommendations(items=items, scores=top).first(k)  # padded when it knows fewer movies than k
