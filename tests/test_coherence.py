@@ -8,7 +8,7 @@ import torch
 
 from movielens_sids import metrics as M
 from movielens_sids.model import RQVAE, RQVAEConfig, load_tokenizer, save_pretrained
-from movielens_sids.model.groups import knn_graph, neighbour_partition
+from movielens_sids.model.groups import knn_graph, neighbour_partition, subset_links
 from movielens_sids.settings import AssignConfig
 from movielens_sids.stages.assign import assign_sids, fast_codes
 
@@ -77,6 +77,47 @@ def test_neighbour_partition_keeps_groups_and_stays_balanced():
     coh = lambda c: M.prefix_coherence(c[:, None], nb, 3)["first_token"]  # noqa: E731
     assert coh(plain) < 0.95 and coh(grouped) > coh(plain) + 0.04
     assert M.perplexity(grouped[:, None], 16)[0] > 0.85 * 16
+
+
+def test_the_priced_neighbours_are_those_of_graph_points():
+    """Latents that blur the groups: pricing the neighbours of the content vectors (graph_points)
+    keeps the content groups together better than pricing the latents' own neighbours."""
+    x = torch.from_numpy(chains())
+    nb = M.knn(x.numpy(), 10)
+    z = x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))  # (N, D) blurred
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    coh = lambda c: M.prefix_coherence(c[:, None], nb, 3)["first_token"]  # noqa: E731
+    own = neighbour_partition(z, 16, weight=4.0, generator=gen()).numpy()
+    content = neighbour_partition(z, 16, weight=4.0, graph_points=x, generator=gen()).numpy()
+    assert coh(content) > coh(own) + 0.2
+    assert M.perplexity(content[:, None], 16)[0] > 0.85 * 16
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_links_decide_which_neighbouring_groups_share_a_code(shift):
+    """32 tight groups on a ring, 16 codes: each code takes two adjacent groups, and geometry alone cannot
+    say which pairs. Links between the groups of one pairing (shift 0: (0,1), (2,3)...; shift 1: (1,2),
+    (3,4)...) make that pairing win."""
+    rng = np.random.default_rng(0)
+    groups, size = 32, 6
+    angle = 2 * np.pi * np.arange(groups) / groups
+    group = np.repeat(np.arange(groups), size)
+    x = np.stack([np.cos(angle), np.sin(angle)], 1)[group] + 0.02 * rng.normal(size=(groups * size, 2))
+    mate = (((group - shift) ^ 1) + shift) % groups  # the partner group of each row's group
+    links = torch.from_numpy(np.stack([rng.choice(np.flatnonzero(group == m), 3) for m in mate]))  # (N, 3)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    kept = lambda c: float((c[:, None] == c[links]).float().mean())  # noqa: E731
+    z = torch.from_numpy(x.astype(np.float32))
+    plain = neighbour_partition(z, 16, weight=4.0, generator=gen())
+    linked = neighbour_partition(z, 16, weight=4.0, links=links, link_weight=4.0, generator=gen())
+    assert kept(linked) > kept(plain) + 0.15
+    assert torch.bincount(linked, minlength=16).min() >= size  # still balanced
+
+
+def test_subset_links_renumbers_and_drops_links_that_leave_the_subset():
+    links = torch.tensor([[1, 2], [0, -1], [3, 0], [2, 1]])
+    rows = torch.tensor([3, 2, 1])  # row 0 left out
+    assert subset_links(links, rows).tolist() == [[1, 2], [0, -1], [-1, -1]]
 
 
 def grouped_model(x: np.ndarray, **kw) -> RQVAE:

@@ -67,6 +67,10 @@ class RQVAEConfig:
     (``model/groups.py``: a balanced partition with a Potts neighbour term, then ``group_prototypes``
     prototypes per code; a movie's first code is that of its nearest prototype). Level 1 is then fully
     balanced whatever ``balance`` says (it still shapes levels 2..L). 0: the plain power diagram."""
+    group_link_weight: float = 0.5
+    """With ``group_weight`` > 0 and the co-watch term on: the weight of a movie's link to each of its
+    co-watched movies in the level-1 partition's neighbour graph (an embedding neighbour weighs 0.5 each
+    way, a mutual pair 4 more), so that the first token keeps both kinds of group together."""
     group_prototypes: int = 32
     """Prototypes per level-1 code when ``group_weight`` > 0 (more: the rule follows the partition more
     closely, at K x this many distances per movie for level 1)."""
@@ -90,8 +94,9 @@ class RQVAEConfig:
             raise ValueError(f"model.refine_rounds: must be >= 0, got {self.refine_rounds}")
         if not 0.0 <= self.balance <= 1.0:
             raise ValueError(f"model.balance: must be in [0, 1], got {self.balance}")
-        if self.group_weight < 0:
-            raise ValueError(f"model.group_weight: must be >= 0, got {self.group_weight}")
+        for name in ("group_weight", "group_link_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"model.{name}: must be >= 0, got {getattr(self, name)}")
         if int(self.group_prototypes) < 1:
             raise ValueError(f"model.group_prototypes: must be >= 1, got {self.group_prototypes}")
         if self.dead_code_window < 0:

@@ -79,7 +79,8 @@ def neighbour_edges(nbrs: torch.Tensor, mutual_weight: float) -> tuple[torch.Ten
 
 def neighbour_partition(z: torch.Tensor, k: int, *, weight: float, neighbors: int = 5, mutual_weight: float = 4.0,
                         iters: int = 40, kmeans_iters: int = 20, update_share: float = 0.3,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
+                        graph_points: torch.Tensor | None = None, links: torch.Tensor | None = None,
+                        link_weight: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
     """A balanced assignment of z to k codes that pays for splitting neighbours (see the module doc).
 
     Starts from balanced k-means; each sweep moves a seeded random ``update_share`` of the rows to
@@ -97,6 +98,10 @@ def neighbour_partition(z: torch.Tensor, k: int, *, weight: float, neighbors: in
         iters: sweeps.
         kmeans_iters: Lloyd iterations of the balanced k-means start.
         update_share: share of rows that may move in a sweep.
+        graph_points: (N, D) the vectors whose k-NN graph says who the neighbours are (default z).
+        links: (N, P) more neighbours of each row (e.g. co-watched movies), -1 padded: each link is an
+            edge of ``link_weight`` each way.
+        link_weight: weight of a link.
         generator: random source of the start and the sweeps.
 
     Returns:
@@ -107,7 +112,10 @@ def neighbour_partition(z: torch.Tensor, k: int, *, weight: float, neighbors: in
     codes = nearest_code(z, centroids, bias)  # (N,)
     if weight <= 0 or n <= neighbors:
         return codes
-    src, dst, w = neighbour_edges(knn_graph(z, neighbors), mutual_weight)
+    graph = knn_graph(z if graph_points is None else graph_points, neighbors)  # (N, neighbors)
+    src, dst, w = neighbour_edges(graph, mutual_weight)
+    if links is not None:
+        src, dst, w = _with_links(src, dst, w, links, link_weight)
     degree = torch.zeros(n, device=z.device).index_add_(0, src, w).clamp_min(1e-12)  # (N,)
     scale = float(((z - centroids[codes]) ** 2).sum(1).mean())  # the mean squared distance to the code
     full = None
@@ -128,6 +136,26 @@ def neighbour_partition(z: torch.Tensor, k: int, *, weight: float, neighbors: in
         sums = torch.zeros_like(centroids).index_add_(0, codes, z)
         centroids = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centroids)
     return codes
+
+
+def _with_links(src: torch.Tensor, dst: torch.Tensor, w: torch.Tensor, links: torch.Tensor, weight: float
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Edges plus ``links`` (N, P; -1: none) as edges of ``weight`` each way."""
+    i = torch.arange(len(links), device=links.device).repeat_interleave(links.shape[1])  # (N P,)
+    j = links.reshape(-1)
+    keep = (j >= 0) & (j != i)
+    i, j = i[keep], j[keep]
+    extra = torch.full((2 * len(i),), float(weight), device=w.device)
+    return torch.cat([src, i, j]), torch.cat([dst, j, i]), torch.cat([w, extra])
+
+
+def subset_links(links: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Links (N, P) between all N rows -> links (M, P) between the M ``rows`` (positions in ``rows``;
+    -1 where a link leaves the subset)."""
+    position = torch.full((len(links),), -1, dtype=torch.int64, device=links.device)  # (N,)
+    position[rows] = torch.arange(len(rows), device=links.device)
+    sub = links[rows]  # (M, P)
+    return torch.where(sub >= 0, position[sub.clamp_min(0)], sub)
 
 
 class Prototypes(NamedTuple):
@@ -163,18 +191,21 @@ def code_prototypes(z: torch.Tensor, codes: torch.Tensor, k: int, per_code: int,
     return Prototypes(torch.cat(points), proto_codes)
 
 
-def fit_first_level(quantizer, z: torch.Tensor, *, weight: float, iters: int,
+def fit_first_level(quantizer, z: torch.Tensor, *, weight: float, iters: int, graph_points: torch.Tensor | None = None,
+                    links: torch.Tensor | None = None, link_weight: float = 0.5,
                     generator: torch.Generator | None = None) -> torch.Tensor:
     """Fit a grouped quantizer's level 1 on latents z (N, H): the partition, its prototypes (written
     into ``quantizer.prototypes`` / ``prototype_codes``), and each code's vector as the mean of the
-    latents whose nearest prototype is one of its own (biases 0).
+    latents whose nearest prototype is one of its own (biases 0). The neighbours whose splitting is
+    priced are those of ``graph_points`` (N, D) when given (the content embeddings), else of z.
 
     Returns:
         (N,) the level-1 codes of z under the fitted rule (``quantizer.first_codes``).
     """
     k = quantizer.codebooks.shape[1]
     per_code = len(quantizer.prototypes) // k
-    codes = neighbour_partition(z, k, weight=weight, kmeans_iters=iters, generator=generator)
+    codes = neighbour_partition(z, k, weight=weight, kmeans_iters=iters, graph_points=graph_points,
+                                links=links, link_weight=link_weight, generator=generator)
     protos = code_prototypes(z, codes, k, per_code, iters=iters, generator=generator)
     quantizer.prototypes.copy_(protos.points)
     quantizer.prototype_codes.copy_(protos.codes)

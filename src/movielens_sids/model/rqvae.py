@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import RQVAEConfig
+from .groups import fit_first_level, subset_links
 from .kmeans import balanced_kmeans, kmeans, nearest_code, sinkhorn_bias  # noqa: F401 (also re-exported)
 
 # ---------------------------------------------------------------------------------------------------
@@ -244,21 +245,23 @@ class ResidualQuantizer(nn.Module):
 
     @torch.no_grad()
     def init_codebooks(self, z: torch.Tensor, *, iters: int, clip_quantile: float = 1.0, balance: float = 0.0,
-                       group_weight: float = 0.0, generator: torch.Generator | None = None) -> None:
+                       group_weight: float = 0.0, graph_points: torch.Tensor | None = None,
+                       links: torch.Tensor | None = None, link_weight: float = 0.5,
+                       generator: torch.Generator | None = None) -> None:
         """Residual k-means on latents z (N, H): level l's codes are the centroids of level l's residuals.
 
         From level 2 on, residuals longer than the ``clip_quantile`` quantile of their norms are shortened
         to it for the fit (not for the assignment), so that outliers do not pull codes off the dense core.
         When ``grouped``, level 1 is instead a neighbour-aware balanced partition with its prototypes
-        (``groups.fit_first_level``; ``group_weight`` prices split neighbours) and each level-1 code is the
-        mean of the latents its prototypes take.
+        (``groups.fit_first_level``; ``group_weight`` prices split neighbours: those of ``graph_points``
+        (N, D), the content embeddings, when given, plus the (N, P) ``links`` at ``link_weight``) and each
+        level-1 code is the mean of the latents its prototypes take.
         """
         residual = z
         for level in range(self.codebooks.shape[0]):
             if level == 0 and self.grouped:
-                from .groups import fit_first_level  # groups builds on this module's k-means
-
-                first = fit_first_level(self, z, weight=group_weight, iters=iters, generator=generator)
+                first = fit_first_level(self, z, weight=group_weight, iters=iters, graph_points=graph_points,
+                                        links=links, link_weight=link_weight, generator=generator)
                 residual = residual - self.codebooks[0][first]
                 continue
             fit = residual
@@ -437,20 +440,25 @@ class RQVAE(nn.Module):
         return TokenizerOutput(x_hat, q.codes, Losses(total, recon, q.codebook_loss, q.commit_loss), z, q.residuals)
 
     @torch.no_grad()
-    def init_codebooks(self, x: torch.Tensor, *, generator: torch.Generator | None = None,
-                       batch_size: int = 8192) -> None:
+    def init_codebooks(self, x: torch.Tensor, *, links: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None, batch_size: int = 8192) -> None:
         """Put the codebooks on the data: residual k-means, level by level, on the encoder's output for x.
 
         Args:
             x: (N, D) embeddings (a seeded sample of at most ``kmeans_max_points`` is used).
+            links: (N, P) rows of x that each row should share a first code with besides its embedding
+                neighbours (co-watched movies), -1 padded; used by a grouped first level only.
             generator: the random source of the sample and the k-means seeding.
             batch_size: rows encoded at a time.
         """
         if x.shape[0] > self.config.kmeans_max_points:
-            x = x[torch.randperm(x.shape[0], generator=generator)[: self.config.kmeans_max_points].to(x.device)]
+            keep = torch.randperm(x.shape[0], generator=generator)[: self.config.kmeans_max_points].to(x.device)
+            x = x[keep]
+            links = None if links is None else subset_links(links, keep)
         z = torch.cat([self.encode(chunk) for chunk in x.split(batch_size)])  # (N, H)
         self.quantizer.init_codebooks(z, iters=self.config.kmeans_iters, clip_quantile=self.config.kmeans_clip_quantile,
                                       balance=self.config.balance, group_weight=self.config.group_weight,
+                                      graph_points=x, links=links, link_weight=self.config.group_link_weight,
                                       generator=generator)
         if self.config.refine_rounds:
             self.quantizer.refine_codebooks(z, rounds=self.config.refine_rounds)

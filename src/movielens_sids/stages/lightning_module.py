@@ -18,6 +18,7 @@ import torch
 
 from ..metrics import tokenizer_metrics
 from ..model.config import RQVAEConfig
+from ..model.groups import subset_links
 from ..model.rqvae import RQVAE, info_nce
 from ..settings import TrainConfig
 
@@ -57,7 +58,10 @@ class RQVAEModule(L.LightningModule):
         """Residual k-means on the current latents of the training movies, the same on every process."""
         gen = torch.Generator().manual_seed(self.train_cfg.seed)
         t0 = time.perf_counter()
-        self.model.init_codebooks(self.data[self.init_idx], generator=gen)
+        links = None
+        if self.train_cfg.collab_weight > 0 and int(self.positives.max()) >= 0:  # co-watched movies stay together too
+            links = subset_links(self.positives, self.init_idx)  # (N_init, P)
+        self.model.init_codebooks(self.data[self.init_idx], links=links, generator=gen)
         log.info("codebooks %s by residual k-means in %.1fs", what, time.perf_counter() - t0)
         # Every process must start from the same codes (they may differ in the last bits on GPUs).
         cb = self.trainer.strategy.broadcast(self.model.quantizer.codebooks.data, src=0)
