@@ -449,7 +449,7 @@ def test_a_large_catalog_samples_neighbours_records_it_and_repeats_for_a_seed(ru
                                cache_dir=None)[0] for s in (0, 0, 1)]
     first = reports[0]
     assert first["neighbors"]["sample"] == {"movies": 100, "seed": 0} == first["dedup"]["overlap_sample"]
-    assert first["coherence"]["sample"] == {"movies": 20, "seed": 0}
+    assert first["coherence"]["sample"] == {"movies": 10, "seed": 0}
     assert sum(first["neighbors"]["shared_prefix_histogram"]) == 100 * 10  # 10 neighbours of each sampled movie
     assert _neighbour_values(reports[1]) == _neighbour_values(first)
     assert _neighbour_values(reports[2]) != _neighbour_values(first)

@@ -97,10 +97,11 @@ def knn(x: np.ndarray, k: int, *, rows: np.ndarray | None = None, block: int = 4
     With ``rows=None`` every point is a query. The similarity matrix is then symmetric, so only its
     blocks on and above the diagonal are multiplied (half the products of a plain search): each
     block updates the running top k of its rows and, read by columns, of the other block's rows.
-    With ``rows``, only those points are queries, each searched against all N (``len(rows) x N``
-    products: the cost of a sample grows linearly with N). Memory stays at a few ``block x block``
-    matrices. A point's own entry is masked by index, so exact duplicates still find each other.
-    The products are NumPy's (its BLAS), the top-k selection torch's.
+    With ``rows``, only those points are queries, a block of them against all N at once (one product
+    and one top-k per block: ``len(rows) x N`` products, so the cost of a sample grows linearly with
+    N). Memory stays at a few ``block x block`` matrices (or as many similarities, in a band of rows).
+    A point's own entry is masked by index, so exact duplicates still find each other. The products
+    are NumPy's (its BLAS: faster here than torch's), the top-k selection torch's.
 
     Args:
         x: (N, D) vectors (normalised here; the input is not modified).
@@ -117,20 +118,36 @@ def knn(x: np.ndarray, k: int, *, rows: np.ndarray | None = None, block: int = 4
     xn = np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))  # (N, D)
     n = len(xn)
     k = min(k, n - 1)
-    queries = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)  # (Q,)
-    best = torch.full((len(queries), k), -torch.inf), torch.full((len(queries), k), -1, dtype=torch.int64)
+    if rows is not None:
+        return _knn_rows(xn, k, np.asarray(rows, dtype=np.int64), cells=block * block * 2)
+    best = torch.full((n, k), -torch.inf), torch.full((n, k), -1, dtype=torch.int64)  # (N, k) values, indices
     with torch.no_grad():
-        for a in range(0, len(queries), block):
-            q = queries[a:a + block]
-            xq = xn[q]  # (Bq, D)
-            for b in range(a if rows is None else 0, n, block):
-                sim = torch.from_numpy(xq @ xn[b:b + block].T)  # (Bq, Bb)
-                own = np.flatnonzero((q >= b) & (q < b + block))  # queries inside this column block
-                sim[torch.from_numpy(own), torch.from_numpy(q[own] - b)] = -torch.inf
+        for a in range(0, n, block):
+            rows_a = xn[a:a + block]  # (Ba, D)
+            for b in range(a, n, block):
+                sim = torch.from_numpy(rows_a @ xn[b:b + block].T)  # (Ba, Bb)
+                if a == b:
+                    sim.fill_diagonal_(-torch.inf)
                 _keep_top(best, a, sim, b)
-                if rows is None and b != a:  # top-k along the rows of a transposed copy: 3x faster than columns
+                if b != a:  # top-k along the rows of a transposed copy: 3x faster than along strided columns
                     _keep_top(best, b, sim.T.contiguous(), a)
     return best[1].numpy()
+
+
+def _knn_rows(xn: np.ndarray, k: int, rows: np.ndarray, *, cells: int) -> np.ndarray:
+    """The exact k-NN (Q, k) of the unit vectors ``xn[rows]`` among all of xn (N, D), self excluded: each
+    block of queries against all N at once (one product, one top-k; at most ``cells`` similarities)."""
+    import torch  # see knn
+
+    out = np.empty((len(rows), k), dtype=np.int64)
+    step = max(1, min(len(rows), cells // len(xn)))
+    with torch.no_grad():
+        for a in range(0, len(rows), step):
+            q = rows[a:a + step]
+            sim = torch.from_numpy(xn[q] @ xn.T)  # (Bq, N)
+            sim[torch.arange(len(q)), torch.from_numpy(q)] = -torch.inf
+            out[a:a + len(q)] = sim.topk(k, dim=1)[1].numpy()
+    return out
 
 
 def _keep_top(best: tuple, row0: int, sim, col0: int) -> None:

@@ -305,7 +305,7 @@ class EvaluateConfig:
     """Reuse the embedding k-NN cached in ``.cache/`` for identical embeddings."""
     neighbor_sample: int | None = 10_000
     """On a catalog with more movies than this, the neighbour metrics are measured for a seeded sample of
-    this many movies (prefix coherence: a fifth of them), whose neighbours stay exact among all movies; the
+    this many movies (prefix coherence: a tenth of them), whose neighbours stay exact among all movies; the
     report records the sample. None: every movie, however large (the exact k-NN grows as N^2)."""
     seed: int = 0
     """Seed of the neighbour sample."""

@@ -23,7 +23,7 @@ is cached in ``.cache/knn-<embeddings hash>-k10[-rows<hash>].npy``, so re-evalua
 skips it. Over all N movies it grows as N^2, so a catalog larger than ``evaluate.neighbor_sample``
 (default 10,000) measures the neighbour metrics (overlap, first-token match and lift, the shared-prefix
 histogram, the dedup overlaps) for a seeded sample of that many movies, and prefix coherence for the
-mutual pairs that touch a fifth of them. The sampled movies' neighbours stay exact among all N (so the
+mutual pairs that touch a tenth of them. The sampled movies' neighbours stay exact among all N (so the
 cost grows as N), and so do the lists of their neighbours that a mutual pair needs. Each section
 records it: ``sample: {movies, seed}`` (null when every movie was used). The baselines (random pairs,
 prefix counts), reconstruction, codes, collisions, genre purity and probes always use every movie.
@@ -224,6 +224,7 @@ def sid_knn(tokens: np.ndarray, vectors: np.ndarray, k: int, *, max_block: int =
     if not 0 < k < n:
         raise ValueError(f"k must be in 1..{n - 1}, got {k}")
     order = np.lexsort(tokens.T[::-1])  # (N,) sorted by first token, then second, ...
+    sv = np.ascontiguousarray(vectors[order], dtype=np.float32)  # (N, D) in sorted order: groups are slices
     gid, bounds = _prefix_groups(tokens[order])
     sizes = np.stack([e - s for s, e in bounds])  # (T+1, N)
     depth = (sizes > k).sum(axis=0) - 1  # deepest d whose group has more than k members (sizes shrink with d)
@@ -239,7 +240,7 @@ def sid_knn(tokens: np.ndarray, vectors: np.ndarray, k: int, *, max_block: int =
             step = max(1, max_block // (hi - lo))
             for s in range(a, b, step):
                 q = rows[s:min(s + step, b)]
-                out[q] = _nearest_in_group(vectors, q, lo, hi, k, inner=bounds[d + 1] if d < t else None,
+                out[q] = _nearest_in_group(sv, q, lo, hi, k, inner=bounds[d + 1] if d < t else None,
                                            deeper=gid[d + 1:], order=order)
     # Back from sorted positions to movie indices.
     result = np.empty_like(out)
@@ -268,18 +269,15 @@ def _prefix_groups(st: np.ndarray) -> tuple[np.ndarray, list[tuple[np.ndarray, n
     return gid, bounds
 
 
-def _nearest_in_group(vectors: np.ndarray, q: np.ndarray, lo: int, hi: int, k: int, *,
+def _nearest_in_group(sv: np.ndarray, q: np.ndarray, lo: int, hi: int, k: int, *,
                       inner: tuple[np.ndarray, np.ndarray] | None, deeper: np.ndarray,
                       order: np.ndarray) -> np.ndarray:
     """The k nearest (sorted positions, (Q, k)) of the sorted rows q among the group [lo, hi) they share.
 
-    ``vectors``: (N, D) in movie order (``order`` maps sorted positions to movies; only the group's rows are
-    gathered, never a sorted copy of all N); ``inner``: (start, end) of each row's next-deeper group, whose
-    members outrank everyone else (None at the full depth); ``deeper``: the group ids of the deeper prefix
-    lengths, to rank by shared prefix.
+    ``inner``: (start, end) of each row's next-deeper group, whose members outrank everyone else (None at
+    the full depth); ``deeper``: the group ids of the deeper prefix lengths, to rank by shared prefix.
     """
-    vq = vectors[order[q]]  # (Q, D)
-    score = vq @ vectors[order[lo:hi]].T  # (Q, M) cosine
+    score = sv[q] @ sv[lo:hi].T  # (Q, M) cosine
     if inner is not None:
         cols = np.arange(hi - lo)
         score[(cols >= (inner[0][q] - lo)[:, None]) & (cols < (inner[1][q] - lo)[:, None])] = np.inf
@@ -289,7 +287,7 @@ def _nearest_in_group(vectors: np.ndarray, q: np.ndarray, lo: int, hi: int, k: i
     shared = np.zeros(top.shape, dtype=np.int64)
     for g in deeper:
         shared += g[top] == g[q][:, None]
-    sim = np.einsum("qd,qkd->qk", vq, vectors[order[top]])
+    sim = np.einsum("qd,qkd->qk", sv[q], sv[top])
     return np.take_along_axis(top, np.lexsort((order[top], -sim, -shared), axis=-1), axis=1)
 
 
@@ -434,12 +432,12 @@ class _Neighbours:
 
 
 def neighbour_sample(n: int, cfg: EvaluateConfig) -> tuple[np.ndarray, np.ndarray] | None:
-    """The sorted, seeded sample of query movies for the neighbour metrics and the fifth of it for prefix
+    """The sorted, seeded sample of query movies for the neighbour metrics and the tenth of it for prefix
     coherence; None when the catalog is small enough for every movie (``cfg.neighbor_sample``)."""
     if cfg.neighbor_sample is None or n <= cfg.neighbor_sample:
         return None
     order = np.random.default_rng(cfg.seed).permutation(n)  # (N,)
-    return np.sort(order[:cfg.neighbor_sample]), np.sort(order[:max(1, cfg.neighbor_sample // 5)])
+    return np.sort(order[:cfg.neighbor_sample]), np.sort(order[:max(1, cfg.neighbor_sample // 10)])
 
 
 def _knn_cache(inp: _Inputs, cache_dir: Path | None, k: int, rows: np.ndarray | None) -> Path | None:
