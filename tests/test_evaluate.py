@@ -388,3 +388,73 @@ def test_exact_knn_matches_brute_force_for_any_block(block):
     np.testing.assert_allclose(np.take_along_axis(sim, got, 1), np.take_along_axis(sim, want, 1), atol=1e-6)
     assert got[10, 0] == 20 and got[20, 0] == 10
     assert metrics.knn(x[:4], 10).shape == (4, 3)  # k capped at N - 1
+
+
+def test_knn_of_some_rows_matches_brute_force():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(300, 10)).astype(np.float32)
+    x[50] = x[250] * 2.0  # duplicate directions find each other, never themselves
+    rows = np.array([250, 3, 50, 299, 0])
+    got = metrics.knn(x, 6, rows=rows, block=64)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sim = (xn @ xn.T)[rows]  # (Q, N)
+    sim[np.arange(len(rows)), rows] = -np.inf
+    want = np.argsort(-sim, axis=1, kind="stable")[:, :6]
+    assert got.shape == (5, 6) and (got != rows[:, None]).all()
+    np.testing.assert_allclose(np.take_along_axis(sim, got, 1), np.take_along_axis(sim, want, 1), atol=1e-6)
+    assert got[0, 0] == 50 and got[2, 0] == 250
+    np.testing.assert_array_equal(got, metrics.knn(x, 6, block=64)[rows])  # the same as the all-rows search
+
+
+def test_sampled_mutual_pairs_are_the_exact_pairs_touching_the_sample():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(400, 6)).astype(np.float32)
+    full = metrics.knn(x, 5)
+    every = metrics.mutual_pairs(full, 5)
+    sample = np.sort(rng.choice(400, 40, replace=False))
+    table = np.full_like(full, -1)  # only the sample's rows and their neighbours' rows are known
+    need = np.unique(np.r_[sample, full[sample].ravel()])
+    table[need] = full[need]
+    got = metrics.mutual_pairs(table, 5, sample)
+    touching = every[np.isin(every, sample).any(axis=1)]
+    np.testing.assert_array_equal(got, touching)
+    assert len(got) > 10
+    np.testing.assert_array_equal(metrics.mutual_pairs(full, 5, np.arange(400)), every)
+
+
+def _neighbour_values(report: dict) -> dict:
+    """The report's neighbour-based numbers, without the records of the sample."""
+    drop = {"sample", "overlap_sample"}
+    return {s: {k: v for k, v in report[s].items() if k not in drop} for s in ("neighbors", "coherence", "dedup")}
+
+
+def test_sampled_neighbour_metrics_equal_the_exact_ones_when_the_sample_is_everyone(run, monkeypatch):
+    from movielens_sids.stages import evaluate as ev
+
+    run_dir, tok = run
+    exact, _ = ev.build_report(ev.load_inputs(run_dir, tok), EvaluateConfig(), cache_dir=None)
+    assert exact["neighbors"]["sample"] is None and exact["coherence"]["sample"] is None
+    n = exact["n_movies"]
+    monkeypatch.setattr(ev, "neighbour_sample", lambda n_, cfg: (np.arange(n_), np.arange(n_)))
+    sampled, _ = ev.build_report(ev.load_inputs(run_dir, tok), EvaluateConfig(), cache_dir=None)
+    assert sampled["neighbors"]["sample"] == {"movies": n, "seed": 0} == sampled["coherence"]["sample"]
+    assert _neighbour_values(sampled) == _neighbour_values(exact)
+
+
+def test_a_large_catalog_samples_neighbours_records_it_and_repeats_for_a_seed(run):
+    from movielens_sids.stages import evaluate as ev
+
+    run_dir, tok = run
+    reports = [ev.build_report(ev.load_inputs(run_dir, tok), EvaluateConfig(neighbor_sample=100, seed=s),
+                               cache_dir=None)[0] for s in (0, 0, 1)]
+    first = reports[0]
+    assert first["neighbors"]["sample"] == {"movies": 100, "seed": 0} == first["dedup"]["overlap_sample"]
+    assert first["coherence"]["sample"] == {"movies": 10, "seed": 0}
+    assert sum(first["neighbors"]["shared_prefix_histogram"]) == 100 * 10  # 10 neighbours of each sampled movie
+    assert _neighbour_values(reports[1]) == _neighbour_values(first)
+    assert _neighbour_values(reports[2]) != _neighbour_values(first)
+    a, b = ev.neighbour_sample(240, EvaluateConfig(neighbor_sample=100))
+    assert set(b) <= set(a) and len(set(a)) == 100 and (np.diff(a) > 0).all()
+    assert ev.neighbour_sample(100, EvaluateConfig(neighbor_sample=100)) is None
+    with pytest.raises(ValueError, match="neighbor_sample"):
+        EvaluateConfig(neighbor_sample=5)

@@ -260,3 +260,41 @@ def test_map_draws_in_headless_chromium_offline(map_in_browser, tmp_path):
 
     assert page.evaluate("window.__alerts") == []
     assert problems == []
+
+
+def test_umap_gets_an_exact_knn_graph_with_each_point_first():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(80, 6))
+    idx, dist = viz.cosine_knn_graph(z, 7)
+    zn = z / np.linalg.norm(z, axis=1, keepdims=True)
+    sim = zn @ zn.T
+    np.fill_diagonal(sim, -np.inf)
+    want = np.sort(1 - sim, axis=1)[:, :6]  # the 6 smallest cosine distances to others
+    assert idx.shape == dist.shape == (80, 7) and dist.dtype == np.float32
+    assert (idx[:, 0] == np.arange(80)).all() and (dist[:, 0] == 0).all()
+    np.testing.assert_allclose(dist[:, 1:], want, atol=1e-5)
+    assert (np.diff(dist, axis=1) >= 0).all()
+
+
+def test_a_catalog_over_the_cap_is_drawn_as_a_recorded_sample(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    make_map_run(run_dir)
+    seen = []
+
+    def fake_umap(x, cfg):  # the page, not UMAP, is under test here
+        seen.append(len(x))
+        return np.asarray(x[:, :2], dtype=np.float32)
+
+    monkeypatch.setattr(viz, "umap_coordinates", fake_umap)
+    assert VisualizeConfig().sample is not None  # a default cap
+    result = visualize_stage(run_dir, _cfg(sample=50))
+    page = (run_dir / "visualization.html").read_text(encoding="utf-8")
+    assert result["n_points"] == 50 and result["n_movies"] == N and seen == [50]
+    assert f"a seeded sample of 50 of {N} movies" in page
+    assert len(_figure(page)["data"][0]["x"]) == 50
+    visualize_stage(run_dir, _cfg(sample=60))  # another sample: another cache entry, UMAP again
+    assert seen == [50, 60] and len(list((run_dir / ".cache").glob("umap-*.npy"))) == 2
+    result = visualize_stage(run_dir, _cfg(sample=None))
+    assert result["n_points"] == N and f"{N} movies" in (run_dir / "visualization.html").read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match="sample"):
+        VisualizeConfig(sample=1)

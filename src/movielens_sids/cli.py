@@ -150,7 +150,8 @@ FLAGS = _flags(
     Flag("--no-charts", "evaluate.charts", "no PNG charts (and remove those of an earlier evaluate)",
          action="store_false"),
     # visualize
-    Flag("--sample", "visualize.sample", "draw only N movies, chosen reproducibly (for very large catalogs)",
+    Flag("--sample", "visualize.sample", "draw at most N movies: a larger catalog is drawn as a seeded sample "
+                                         "(default 100000)",
          type=int, metavar="N"),
     Flag("--n-neighbors", "visualize.n_neighbors", "UMAP neighbourhood size (default 15)", type=int),
     Flag("--seed", "visualize.seed", "seed of PCA, UMAP and the sample (default 0)", type=int),
@@ -301,7 +302,9 @@ def visualize_arguments(p: argparse.ArgumentParser) -> None:
 
 def visualize_command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     result = pipeline.execute("visualize", cfg, run_dir)
-    log.info("%s: %d movies, %.1f MB", run_dir / "visualization.html", result["n_points"], result["html_bytes"] / 1e6)
+    shown = f"{result['n_points']} movies" + (f" (a sample of {result['n_movies']})"
+                                              if result["n_points"] < result.get("n_movies", 0) else "")
+    log.info("%s: %s, %.1f MB", run_dir / "visualization.html", shown, result["html_bytes"] / 1e6)
     return 0
 
 

@@ -105,6 +105,26 @@ def _year_ranges(years: np.ndarray, group: np.ndarray, n_groups: int, q: tuple[f
     return out
 
 
+def _unit_rows(x: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Rows a..b of x as float64 unit vectors."""
+    xa = np.asarray(x[a:b], dtype=np.float64)
+    return xa / np.maximum(np.linalg.norm(xa, axis=1, keepdims=True), 1e-12)
+
+
+def _score_to_centre(x: np.ndarray, group: np.ndarray, member: Any, chunk: int = 65536) -> np.ndarray:
+    """(N,) each movie's cosine to its group's mean direction, up to the group's scale.
+
+    x: (N, D); group: (N,) group of each movie; member: (G, N) sparse 0/1. In float64, by chunks of rows,
+    so that no N x D float64 copy is made.
+    """
+    centre = np.zeros((member.shape[0], np.shape(x)[1]))  # (G, D): sums; the direction is all cosine needs
+    member = member.tocsc()  # column slices in O(their size)
+    for a in range(0, len(x), chunk):
+        centre += member[:, a:a + chunk] @ _unit_rows(x, a, a + chunk)
+    return np.concatenate([(_unit_rows(x, a, a + chunk) * centre[group[a:a + chunk]]).sum(1)
+                           for a in range(0, len(x), chunk)] or [np.zeros(0)])
+
+
 def short_label(genres: list[str], tags: list[str], years: tuple[int | None, int | None]) -> str:
     """``Sci-Fi, Action · cyberpunk, dystopia · 1982–2003`` (parts that are empty are left out)."""
     parts = []
@@ -136,8 +156,6 @@ def build_labels(tokens: np.ndarray, x: np.ndarray, titles: list[str], genres: l
 
     tokens = np.asarray(tokens, dtype=np.int64)
     n = len(tokens)
-    xn = np.asarray(x, dtype=np.float64)
-    xn = xn / np.maximum(np.linalg.norm(xn, axis=1, keepdims=True), 1e-12)
     yr = np.array([np.nan if y is None or (isinstance(y, float) and math.isnan(y)) else float(y) for y in years])
     g_mat, g_names = _indicator(genres)
     t_mat, t_names = _indicator(tags or [[] for _ in range(n)])
@@ -154,8 +172,7 @@ def build_labels(tokens: np.ndarray, x: np.ndarray, titles: list[str], genres: l
                              settings.min_support)
         top_t = _top_by_lift((member @ t_mat).tocsr(), sizes, t_base, t_names, settings.tags,
                              settings.min_support) if t_names else [[] for _ in prefixes]
-        centre = member @ xn  # (G, D): sums; the direction is all cosine needs
-        score = (xn * centre[group]).sum(1)  # (N,) cosine to the group's mean, up to the group's scale
+        score = _score_to_centre(x, group, member)  # (N,)
         order = np.lexsort((np.arange(n), -score, group))  # by group, nearest first, then by row
         starts = np.searchsorted(group[order], np.arange(len(prefixes)))
         ranges = _year_ranges(yr, group, len(prefixes), settings.year_quantiles)

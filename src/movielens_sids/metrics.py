@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+CHUNK = 65536
+"""Rows per chunk of the float64 sums below, so that memory stays at a few (CHUNK, D) arrays at any N."""
+
 
 def relative_mse(x: np.ndarray, x_hat: np.ndarray) -> float:
     """Reconstruction error as the fraction of the data's variance left unexplained.
@@ -23,20 +26,27 @@ def relative_mse(x: np.ndarray, x_hat: np.ndarray) -> float:
         x: (N, D) input embeddings.
         x_hat: (N, D) reconstructions.
     """
-    x = np.asarray(x, dtype=np.float64)
-    x_hat = np.asarray(x_hat, dtype=np.float64)
-    err = np.square(x - x_hat).sum()
-    var = np.square(x - x.mean(axis=0, keepdims=True)).sum()
+    mean = np.zeros(np.shape(x)[1])
+    for a in range(0, len(x), CHUNK):
+        mean += np.asarray(x[a:a + CHUNK], dtype=np.float64).sum(axis=0)
+    mean /= max(len(x), 1)
+    err = var = 0.0
+    for a in range(0, len(x), CHUNK):
+        xa = np.asarray(x[a:a + CHUNK], dtype=np.float64)  # (B, D)
+        err += float(np.square(xa - np.asarray(x_hat[a:a + CHUNK], dtype=np.float64)).sum())
+        var += float(np.square(xa - mean).sum())
     return float(err / max(var, 1e-12))
 
 
 def mean_cosine(x: np.ndarray, x_hat: np.ndarray) -> float:
     """Mean cosine similarity between each input (N, D) and its reconstruction (N, D)."""
-    x = np.asarray(x, dtype=np.float64)
-    x_hat = np.asarray(x_hat, dtype=np.float64)
-    num = (x * x_hat).sum(axis=1)
-    den = np.linalg.norm(x, axis=1) * np.linalg.norm(x_hat, axis=1)
-    return float(np.mean(num / np.maximum(den, 1e-12)))
+    total = 0.0
+    for a in range(0, len(x), CHUNK):
+        xa = np.asarray(x[a:a + CHUNK], dtype=np.float64)  # (B, D)
+        ya = np.asarray(x_hat[a:a + CHUNK], dtype=np.float64)
+        den = np.linalg.norm(xa, axis=1) * np.linalg.norm(ya, axis=1)
+        total += float(((xa * ya).sum(axis=1) / np.maximum(den, 1e-12)).sum())
+    return total / max(len(x), 1)
 
 
 def code_counts(codes: np.ndarray, codebook_size: int) -> np.ndarray:
@@ -81,40 +91,63 @@ def collision_stats(codes: np.ndarray) -> dict[str, float | int]:
     }
 
 
-def knn(x: np.ndarray, k: int, *, block: int = 4096) -> np.ndarray:
+def knn(x: np.ndarray, k: int, *, rows: np.ndarray | None = None, block: int = 4096) -> np.ndarray:
     """Exact k nearest neighbours by cosine similarity, excluding each point itself.
 
-    The similarity matrix is symmetric, so only its blocks on and above the diagonal are multiplied
-    (half the products of a plain search): each block updates the running top k of its rows and,
-    read by columns, of the other block's rows. Memory stays at a few ``block x block`` matrices.
-    A point's own entry is masked by index, so exact duplicates still find each other.
+    With ``rows=None`` every point is a query. The similarity matrix is then symmetric, so only its
+    blocks on and above the diagonal are multiplied (half the products of a plain search): each
+    block updates the running top k of its rows and, read by columns, of the other block's rows.
+    With ``rows``, only those points are queries, a block of them against all N at once (one product
+    and one top-k per block: ``len(rows) x N`` products, so the cost of a sample grows linearly with
+    N). Memory stays at a few ``block x block`` matrices (or as many similarities, in a band of rows).
+    A point's own entry is masked by index, so exact duplicates still find each other. The products
+    are NumPy's (its BLAS: faster here than torch's), the top-k selection torch's.
 
     Args:
         x: (N, D) vectors (normalised here; the input is not modified).
-        k: neighbours per point.
+        k: neighbours per point (capped at N - 1).
+        rows: (Q,) indices of the query points, or None for all N.
         block: rows per block of the similarity matrix.
 
     Returns:
-        (N, k) int64 indices, nearest first.
+        (Q, k) int64 indices into x, nearest first (Q = N without ``rows``).
     """
-    import torch  # the matrix products and top-k selection; the rest of this module is numpy
+    import torch  # the top-k selection; the rest of this module is numpy
 
     x = np.asarray(x, dtype=np.float32)
-    xn = torch.from_numpy(np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)))
+    xn = np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))  # (N, D)
     n = len(xn)
     k = min(k, n - 1)
+    if rows is not None:
+        return _knn_rows(xn, k, np.asarray(rows, dtype=np.int64), cells=block * block * 2)
     best = torch.full((n, k), -torch.inf), torch.full((n, k), -1, dtype=torch.int64)  # (N, k) values, indices
     with torch.no_grad():
         for a in range(0, n, block):
-            rows = xn[a:a + block]
+            rows_a = xn[a:a + block]  # (Ba, D)
             for b in range(a, n, block):
-                sim = rows @ xn[b:b + block].T  # (Ba, Bb)
+                sim = torch.from_numpy(rows_a @ xn[b:b + block].T)  # (Ba, Bb)
                 if a == b:
                     sim.fill_diagonal_(-torch.inf)
                 _keep_top(best, a, sim, b)
                 if b != a:  # top-k along the rows of a transposed copy: 3x faster than along strided columns
                     _keep_top(best, b, sim.T.contiguous(), a)
     return best[1].numpy()
+
+
+def _knn_rows(xn: np.ndarray, k: int, rows: np.ndarray, *, cells: int) -> np.ndarray:
+    """The exact k-NN (Q, k) of the unit vectors ``xn[rows]`` among all of xn (N, D), self excluded: each
+    block of queries against all N at once (one product, one top-k; at most ``cells`` similarities)."""
+    import torch  # see knn
+
+    out = np.empty((len(rows), k), dtype=np.int64)
+    step = max(1, min(len(rows), cells // len(xn)))
+    with torch.no_grad():
+        for a in range(0, len(rows), step):
+            q = rows[a:a + step]
+            sim = torch.from_numpy(xn[q] @ xn.T)  # (Bq, N)
+            sim[torch.arange(len(q)), torch.from_numpy(q)] = -torch.inf
+            out[a:a + len(q)] = sim.topk(k, dim=1)[1].numpy()
+    return out
 
 
 def _keep_top(best: tuple, row0: int, sim, col0: int) -> None:
@@ -132,10 +165,16 @@ def _keep_top(best: tuple, row0: int, sim, col0: int) -> None:
     index[rows] = merged_i.gather(1, pos)
 
 
-def first_token_match(codes: np.ndarray, neighbors: np.ndarray) -> float:
-    """Share of (movie, neighbour) pairs whose first code agrees. codes (N, L), neighbors (N, k)."""
+def first_token_match(codes: np.ndarray, neighbors: np.ndarray, rows: np.ndarray | None = None) -> float:
+    """Share of (movie, neighbour) pairs whose first code agrees.
+
+    Args:
+        codes: (N, L) codes.
+        neighbors: (Q, k) neighbour indices of the movies ``rows`` (None: all N, Q = N).
+    """
     first = np.asarray(codes)[:, 0]
-    return float((first[neighbors] == first[:, None]).mean())
+    own = first if rows is None else first[np.asarray(rows)]  # (Q,)
+    return float((first[neighbors] == own[:, None]).mean())
 
 
 def random_first_token_match(codes: np.ndarray) -> float:
@@ -159,23 +198,27 @@ def tokenizer_metrics(x: np.ndarray, x_hat: np.ndarray, codes: np.ndarray, codeb
     }
 
 
-def mutual_pairs(neighbors: np.ndarray, k: int) -> np.ndarray:
+def mutual_pairs(neighbors: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.ndarray:
     """The mutual k-nearest-neighbour pairs: i and j each among the other's k nearest.
 
     Args:
-        neighbors: (N, k') int neighbour indices, nearest first, k' >= k (e.g. from `knn`).
+        neighbors: (N, k') int neighbour indices, nearest first, k' >= k (e.g. from `knn`). With ``rows``,
+            only the rows of those movies and of their k nearest are read (the others may hold anything).
         k: how many of the nearest count.
+        rows: the movies whose pairs are wanted (None: every movie, so every mutual pair).
 
     Returns:
-        (P, 2) int64 pairs ``(i, j)`` with ``i < j``, sorted; each mutual pair once.
+        (P, 2) int64 pairs ``(i, j)`` with ``i < j``, sorted, each mutual pair once, having an end in ``rows``.
     """
     nbrs = np.asarray(neighbors, dtype=np.int64)[:, :k]  # (N, k)
     if nbrs.shape[1] < k:
         raise ValueError(f"mutual_pairs needs at least k={k} neighbours per row, got {nbrs.shape[1]}")
-    i = np.repeat(np.arange(len(nbrs)), k)  # (N k,)
-    j = nbrs.reshape(-1)
-    keep = (i < j) & (nbrs[j] == i[:, None]).any(axis=1)  # j lists i too; each pair once
-    return np.stack([i[keep], j[keep]], axis=1)
+    rows = np.arange(len(nbrs)) if rows is None else np.asarray(rows, dtype=np.int64)
+    i = np.repeat(rows, k)  # (Q k,)
+    j = nbrs[rows].reshape(-1)
+    keep = (nbrs[j] == i[:, None]).any(axis=1)  # j lists i too
+    pairs = np.sort(np.stack([i[keep], j[keep]], axis=1), axis=1)  # (P', 2) with i < j
+    return np.unique(pairs, axis=0).reshape(-1, 2)
 
 
 def prefix_pair_rate(codes: np.ndarray, depth: int) -> float:
@@ -188,7 +231,8 @@ def prefix_pair_rate(codes: np.ndarray, depth: int) -> float:
     return float((counts * (counts - 1)).sum() / max(n * (n - 1), 1.0))
 
 
-def prefix_coherence(codes: np.ndarray, neighbors: np.ndarray, k: int = 5) -> dict[str, float | int]:
+def prefix_coherence(codes: np.ndarray, neighbors: np.ndarray, k: int = 5, rows: np.ndarray | None = None
+                     ) -> dict[str, float | int]:
     """Do tight groups in embedding space keep a shared SID prefix? Over the mutual k-NN pairs, the
     share whose first token agrees and whose first two tokens agree, beside the same shares for two
     random movies (`prefix_pair_rate`).
@@ -197,13 +241,14 @@ def prefix_coherence(codes: np.ndarray, neighbors: np.ndarray, k: int = 5) -> di
         codes: (N, L) codes (L >= 2 for the two-token share; with L = 1 it equals the first).
         neighbors: (N, k') embedding neighbours, nearest first, k' >= k.
         k: the k of the mutual k-NN pairs.
+        rows: only the pairs with an end among these movies (a sample; see `mutual_pairs`). None: all.
 
     Returns:
         ``k``, ``pairs`` (how many mutual pairs), ``first_token``, ``first_two_tokens``,
         ``random_first_token``, ``random_first_two_tokens``.
     """
     codes = np.asarray(codes, dtype=np.int64)
-    pairs = mutual_pairs(neighbors, k)
+    pairs = mutual_pairs(neighbors, k, rows)
     two = min(2, codes.shape[1])
     a, b = codes[pairs[:, 0]], codes[pairs[:, 1]]  # (P, L)
     same = np.cumprod(a[:, :two] == b[:, :two], axis=1)  # (P, two): the first d tokens agree

@@ -303,10 +303,18 @@ class EvaluateConfig:
     """Movies per batch for the tokenizer and the exact k-NN (memory, not results)."""
     cache: bool = True
     """Reuse the embedding k-NN cached in ``.cache/`` for identical embeddings."""
+    neighbor_sample: int | None = 10_000
+    """On a catalog with more movies than this, the neighbour metrics are measured for a seeded sample of
+    this many movies (prefix coherence: a tenth of them), whose neighbours stay exact among all movies; the
+    report records the sample. None: every movie, however large (the exact k-NN grows as N^2)."""
+    seed: int = 0
+    """Seed of the neighbour sample."""
 
     def __post_init__(self) -> None:
         if self.probe_neighbors < 1:
             raise ValueError(f"probe_neighbors: must be >= 1, got {self.probe_neighbors}")
+        if self.neighbor_sample is not None and self.neighbor_sample < 100:
+            raise ValueError(f"neighbor_sample: must be >= 100 or None, got {self.neighbor_sample}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
 
@@ -335,8 +343,9 @@ class VisualizeConfig:
     """UMAP: the nearest-neighbour search variant that needs less memory."""
     seed: int = 0
     """Seed of the PCA, UMAP and the sample (same seed, same map)."""
-    sample: int | None = None
-    """Draw only this many movies, chosen reproducibly (for catalogs far larger than MovieLens-32M)."""
+    sample: int | None = 100_000
+    """The most movies on the map: a larger catalog is drawn as a seeded sample of this many, which bounds
+    UMAP's time and the page's size (the page says so). None: every movie, however many."""
     point_size: float = 3.0
     """Marker size in pixels."""
     cache: bool = True

@@ -164,7 +164,7 @@ def render_page(data: dict[str, Any], idx: np.ndarray, coords: np.ndarray, *, ti
                              div_id="map", default_width="100%", default_height="100%", post_script=_WIRING,
                              validate=False)  # built from plain lists above; validating 10^5 points takes seconds
     n_all = len(data["tokens"])
-    shown = f"{len(idx):,} of {n_all:,} movies (sample)" if len(idx) < n_all else f"{n_all:,} movies"
+    shown = f"a seeded sample of {len(idx):,} of {n_all:,} movies" if len(idx) < n_all else f"{n_all:,} movies"
     subtitle = f"{shown}, UMAP of the embeddings; colour = first SID token; hover for title, genres, SID and labels"
     return f"""<!DOCTYPE html>
 <html lang="en">

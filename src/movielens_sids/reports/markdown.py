@@ -97,7 +97,7 @@ def render_markdown(r: dict[str, Any], *, title: str, labels: str | None = None)
     out = [f"# Evaluation report: {title}\n\n",
            f"{r['n_movies']:,} movies, {r['levels']} levels x {r['codebook_size']} codes on a "
            f"{r['latent_dim']}-d latent, embeddings from `{r['embedding_model']}` ({r['embedding_dim']}-d). "
-           "Every number is measured on the whole catalog.\n",
+           + _scope(r) + "\n",
            "\n## Summary\n\n", _summary_table(r)]
     if "coherence" in r:
         out += ["\n## Prefix coherence\n\n", coherence_markdown(r["coherence"])]
@@ -110,6 +110,17 @@ def render_markdown(r: dict[str, Any], *, title: str, labels: str | None = None)
     t = r.get("timings_s", {})
     out.append(_md_table(list(t), [[_fmt(v, 1) for v in t.values()]]))
     return "".join(out)
+
+
+def _scope(r: dict[str, Any]) -> str:
+    """Which numbers cover the whole catalog, and which a sample (``evaluate.neighbor_sample``)."""
+    nb, co = r["neighbors"].get("sample"), (r.get("coherence") or {}).get("sample")
+    if not nb:
+        return "Every number is measured on the whole catalog."
+    return (f"The neighbour metrics (overlap, first-token match, the shared-prefix histogram, the dedup overlaps) "
+            f"are measured for a seeded sample of {nb['movies']:,} movies"
+            + (f", prefix coherence for the mutual pairs of {co['movies']:,} of them" if co else "")
+            + "; their neighbours are exact among all movies. Every other number covers the whole catalog.")
 
 
 def _summary_table(r: dict[str, Any]) -> str:

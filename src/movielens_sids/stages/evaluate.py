@@ -1,6 +1,7 @@
 """``evaluate``: how well do the Semantic IDs keep the meaning of the embeddings? (SPEC section 4)
 
-Everything is measured on the whole catalog, with no sampling:
+Everything is measured on the whole catalog (the neighbour metrics of a very large one: on a recorded
+sample, see below):
 
 - the tokenizer's own quality on the *raw* codes (before the IDs were made unique): reconstruction,
   per-level utilization and perplexity, collisions;
@@ -17,9 +18,15 @@ They are computed group by group over the SIDs sorted lexicographically: a movie
 lie in the deepest prefix group that holds at least 11 movies, so each movie is compared only with
 that group (a few hundred movies at most for a healthy codebook) instead of the whole catalog.
 
-The exact embedding k-NN (`metrics.knn`: every pair's cosine computed once, by blocks; its time is
-the report's ``compute_s.embedding_knn`` and the README's evaluate benchmark) is cached in
-``.cache/knn-<embeddings hash>-k10.npy``, so re-evaluating after a retrain skips it.
+The exact embedding k-NN (`metrics.knn`: by blocks; its time is the report's ``compute_s.embedding_knn``)
+is cached in ``.cache/knn-<embeddings hash>-k10[-rows<hash>].npy``, so re-evaluating after a retrain
+skips it. Over all N movies it grows as N^2, so a catalog larger than ``evaluate.neighbor_sample``
+(default 10,000) measures the neighbour metrics (overlap, first-token match and lift, the shared-prefix
+histogram, the dedup overlaps) for a seeded sample of that many movies, and prefix coherence for the
+mutual pairs that touch a tenth of them. The sampled movies' neighbours stay exact among all N (so the
+cost grows as N), and so do the lists of their neighbours that a mutual pair needs. Each section
+records it: ``sample: {movies, seed}`` (null when every movie was used). The baselines (random pairs,
+prefix counts), reconstruction, codes, collisions, genre purity and probes always use every movie.
 
 May import: artifacts, metrics, io, errors, settings, lookup (the title matcher), reports.charts,
 reports.markdown; torch on first use. Never another stage.
@@ -27,6 +34,7 @@ reports.markdown; torch on first use. Never another stage.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -147,14 +155,14 @@ def run_tokenizer(tok: Any, x: np.ndarray, sid_tokens: np.ndarray, *, batch_size
 
     levels = tok.config.levels
     dev = next((t.device for t in (*tok.parameters(), *tok.buffers())), torch.device("cpu"))
-    codes, recon = [], []
+    raw = np.empty((len(x), levels), dtype=np.int64)  # filled in place: no second copy of N x D floats
+    rec = np.empty(x.shape, dtype=np.float32)
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
             xb = torch.from_numpy(x[start:start + batch_size]).to(dev)  # (B, D)
             c = tok.quantize(tok.encode(xb))  # (B, L)
-            codes.append(c.cpu().numpy().astype(np.int64))
-            recon.append(_f32(tok.decode_codes(c)))  # (B, D)
-        raw, rec = np.concatenate(codes), np.concatenate(recon)
+            raw[start:start + len(c)] = c.cpu().numpy()
+            rec[start:start + len(c)] = _f32(tok.decode_codes(c))  # (B, D)
         # Only movies that dedup moved have final codes other than their raw ones: decode just those.
         dec = rec.copy()
         moved = np.flatnonzero((sid_tokens[:, :levels] != raw).any(axis=1))
@@ -169,8 +177,13 @@ def _f32(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
 
-def _normalize(v: np.ndarray) -> np.ndarray:
-    return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+def _normalize(v: np.ndarray, *, inplace: bool = False) -> np.ndarray:
+    """Rows scaled to unit length, float32 (``inplace``: v itself, a float32 array, is scaled)."""
+    norm = np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)  # (N, 1)
+    if inplace:
+        v /= norm
+        return v
+    return (v / norm).astype(np.float32, copy=False)
 
 
 def shared_prefix_lengths(tokens: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -211,7 +224,7 @@ def sid_knn(tokens: np.ndarray, vectors: np.ndarray, k: int, *, max_block: int =
     if not 0 < k < n:
         raise ValueError(f"k must be in 1..{n - 1}, got {k}")
     order = np.lexsort(tokens.T[::-1])  # (N,) sorted by first token, then second, ...
-    sv = np.ascontiguousarray(vectors[order], dtype=np.float32)
+    sv = np.ascontiguousarray(vectors[order], dtype=np.float32)  # (N, D) in sorted order: groups are slices
     gid, bounds = _prefix_groups(tokens[order])
     sizes = np.stack([e - s for s, e in bounds])  # (T+1, N)
     depth = (sizes > k).sum(axis=0) - 1  # deepest d whose group has more than k members (sizes shrink with d)
@@ -309,21 +322,22 @@ def genre_purity(level1: np.ndarray, genres: list[list[str]]) -> tuple[float, fl
     return purity, baseline, {names[i]: int(c) for i, c in enumerate(per_genre) if c}
 
 
-def embedding_knn(x: np.ndarray, k: int, *, cache_file: Path | None) -> np.ndarray:
-    """Exact cosine k-NN of the embeddings, read from ``cache_file`` when it holds a valid result."""
-    n = len(x)
+def embedding_knn(x: np.ndarray, k: int, *, cache_file: Path | None, rows: np.ndarray | None = None) -> np.ndarray:
+    """Exact cosine k-NN of the embeddings ``rows`` (None: all), read from ``cache_file`` when it holds a
+    valid result."""
+    n, q = len(x), (len(x) if rows is None else len(rows))
     if cache_file is not None and cache_file.is_file():
         try:
             cached = np.load(cache_file, allow_pickle=False)
-            if cached.shape == (n, k) and cached.dtype == np.int64 and 0 <= cached.min() and cached.max() < n:
+            if cached.shape == (q, k) and cached.dtype == np.int64 and 0 <= cached.min() and cached.max() < n:
                 log.info("embedding %d-NN read from %s", k, cache_file)
                 return cached
         except (OSError, ValueError):
             pass
         log.info("ignoring invalid cache %s", cache_file)
     t0 = time.perf_counter()
-    nbrs = metrics.knn(x, k)
-    log.info("exact embedding %d-NN of %d movies in %.1fs", k, n, time.perf_counter() - t0)
+    nbrs = metrics.knn(x, k, rows=rows)
+    log.info("exact embedding %d-NN of %d of %d movies in %.1fs", k, q, n, time.perf_counter() - t0)
     if cache_file is not None:
         with atomic_path(cache_file) as tmp, open(tmp, "wb") as f:
             np.save(f, nbrs)
@@ -356,13 +370,17 @@ def resolve_probes(run_dir: Path, cfg: EvaluateConfig, movie_ids: np.ndarray) ->
 
 def _probe_neighbors(i: int, tokens: np.ndarray, dec: np.ndarray, x: np.ndarray, n: int
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``n`` nearest of movie ``i`` by SID (prefix, then decoded cosine) and by embedding cosine."""
-    others = np.delete(np.arange(len(x)), i)
-    shared = shared_prefix_lengths(tokens, np.full(len(others), i), others)
-    sim_dec = dec[others] @ dec[i]
-    by_sid = others[np.lexsort((others, -sim_dec, -shared))[:n]]
-    sim_emb = x[others] @ x[i]
-    by_emb = others[np.lexsort((others, -sim_emb))[:n]]
+    """The ``n`` nearest of movie ``i`` by SID (prefix, then decoded cosine) and by embedding cosine.
+
+    Ties go to the smaller index. Only (N,) arrays are built, never a copy of an (N, D) matrix.
+    """
+    everyone = np.arange(len(x))
+    shared = shared_prefix_lengths(tokens, np.full(len(x), i), everyone).astype(np.float64)  # (N,)
+    shared[i] = -np.inf  # never its own neighbour
+    by_sid = np.lexsort((everyone, -(dec @ dec[i]), -shared))[:n]
+    sim_emb = (x @ x[i]).astype(np.float64)  # (N,)
+    sim_emb[i] = -np.inf
+    by_emb = np.lexsort((everyone, -sim_emb))[:n]
     return by_sid, by_emb
 
 
@@ -396,28 +414,108 @@ def _probes(inp: _Inputs, cfg: EvaluateConfig, rows: list[int], dec_final_n: np.
     return probes, details
 
 
-def _embedding_neighbours(inp: _Inputs, cfg: EvaluateConfig, cache_dir: Path | None) -> tuple[np.ndarray, float]:
-    """The exact embedding k-NN (N, K_NEIGHBORS), cached per embeddings file, and the seconds it took."""
+@dataclass
+class _Neighbours:
+    """The exact embedding neighbours the neighbour metrics read: of every movie, or of a seeded sample."""
+
+    rows: np.ndarray  # (Q,) the query movies, sorted (all N when exact)
+    nn: np.ndarray  # (Q, K_NEIGHBORS) their exact neighbours among all N, nearest first
+    mutual_rows: np.ndarray  # (C,) the movies whose mutual K_MUTUAL-NN pairs count (all N when exact)
+    table: np.ndarray  # (N, K_MUTUAL) the K_MUTUAL nearest of mutual_rows and of their neighbours, -1 elsewhere
+    sampled: bool
+    seed: int
+    seconds: float
+
+    def sample(self, rows: np.ndarray) -> dict[str, int] | None:
+        """The report's record of a sample of ``rows`` (None when every movie was used)."""
+        return {"movies": int(len(rows)), "seed": self.seed} if self.sampled else None
+
+
+def neighbour_sample(n: int, cfg: EvaluateConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    """The sorted, seeded sample of query movies for the neighbour metrics and the tenth of it for prefix
+    coherence; None when the catalog is small enough for every movie (``cfg.neighbor_sample``)."""
+    if cfg.neighbor_sample is None or n <= cfg.neighbor_sample:
+        return None
+    order = np.random.default_rng(cfg.seed).permutation(n)  # (N,)
+    return np.sort(order[:cfg.neighbor_sample]), np.sort(order[:max(1, cfg.neighbor_sample // 10)])
+
+
+def _knn_cache(inp: _Inputs, cache_dir: Path | None, k: int, rows: np.ndarray | None) -> Path | None:
+    """The cache file of the embedding k-NN of ``rows`` (None: all), named by the embeddings' and rows' hashes."""
+    if cache_dir is None:
+        return None
+    tag = "" if rows is None else "-rows" + hashlib.sha256(np.ascontiguousarray(rows, np.int64)).hexdigest()[:12]
+    return cache_dir / f"knn-{file_hash(inp.embeddings_path)[:20]}-k{k}{tag}.npy"
+
+
+def embedding_neighbours(inp: _Inputs, cfg: EvaluateConfig, cache_dir: Path | None) -> _Neighbours:
+    """The exact embedding neighbours of every movie, or (``neighbour_sample``) of a sample: its K_NEIGHBORS
+    nearest, and the K_MUTUAL nearest of the coherence movies' K_MUTUAL nearest (mutual pairs need both
+    ends' lists). Each k-NN is cached per embeddings file and rows."""
     t0 = time.perf_counter()
-    cache_file = None
-    if cache_dir is not None:
-        cache_file = cache_dir / f"knn-{file_hash(inp.embeddings_path)[:20]}-k{K_NEIGHBORS}.npy"
-    emb_nn = embedding_knn(inp.x, K_NEIGHBORS, cache_file=cache_file)
-    return emb_nn, time.perf_counter() - t0
+    n = len(inp.x)
+    sample = neighbour_sample(n, cfg)
+    rows = None if sample is None else sample[0]
+    nn = embedding_knn(inp.x, K_NEIGHBORS, cache_file=_knn_cache(inp, cache_dir, K_NEIGHBORS, rows), rows=rows)
+    if sample is None:
+        everyone = np.arange(n)
+        return _Neighbours(everyone, nn, everyone, nn[:, :K_MUTUAL], False, cfg.seed, time.perf_counter() - t0)
+    table = np.full((n, K_MUTUAL), -1, dtype=np.int64)  # (N, K_MUTUAL)
+    table[rows] = nn[:, :K_MUTUAL]
+    need = np.unique(table[sample[1]])
+    need = need[table[need, 0] < 0]  # neighbours outside the sample: their own lists
+    if len(need):
+        table[need] = embedding_knn(inp.x, K_MUTUAL, cache_file=_knn_cache(inp, cache_dir, K_MUTUAL, need), rows=need)
+    return _Neighbours(rows, nn, sample[1], table, True, cfg.seed, time.perf_counter() - t0)
 
 
-def _dedup_section(inp: _Inputs, raw: np.ndarray, dec_final: np.ndarray, levels: int, *, rel_mse_raw: float,
-                   overlap_raw: float, overlap: float) -> dict[str, Any]:
+@dataclass
+class _Codes:
+    """What the tokenizer makes of the embeddings, and the SID neighbours of the query movies."""
+
+    raw: np.ndarray  # (N, L) raw codes (before the IDs were made unique)
+    reconstruction: dict[str, float]  # relative_mse and mean_cosine of the raw codes' reconstruction
+    relative_mse_final: float  # of the decoded final SIDs
+    dec_n: np.ndarray  # (N, D) the decoded final SIDs, unit length
+    sid_nn: np.ndarray  # (Q, K_NEIGHBORS) neighbours by final SID of the query movies
+    raw_nn: np.ndarray  # (Q, K_NEIGHBORS) neighbours by raw codes
+    sid_seconds: float
+
+
+def tokenize_and_rank(inp: _Inputs, cfg: EvaluateConfig, rows: np.ndarray) -> _Codes:
+    """Run the tokenizer over the catalog and rank the movies ``rows`` (Q,) by SID and by raw code.
+
+    The N x D arrays are scaled in place once their errors are measured: at most three of them (the
+    embeddings, the reconstructions, the decoded SIDs) are alive at once, whatever N.
+    """
+    t0 = time.perf_counter()
+    raw, recon, dec = run_tokenizer(inp.tokenizer, inp.x, inp.sid_tokens, batch_size=cfg.batch_size)
+    log.info("tokenizer on %d movies in %.1fs", len(raw), time.perf_counter() - t0)
+    reconstruction = {"relative_mse": metrics.relative_mse(inp.x, recon),
+                      "mean_cosine": metrics.mean_cosine(inp.x, recon)}
+    rel_final = metrics.relative_mse(inp.x, dec)
+    t0 = time.perf_counter()
+    raw_nn = sid_knn(raw, _normalize(recon, inplace=True), K_NEIGHBORS)[rows]  # (Q, K_NEIGHBORS)
+    del recon
+    dec_n = _normalize(dec, inplace=True)
+    sid_nn = sid_knn(inp.sid_tokens, dec_n, K_NEIGHBORS)[rows]
+    t_sid = time.perf_counter() - t0
+    log.info("SID %d-NN (final and raw codes) in %.1fs", K_NEIGHBORS, t_sid)
+    return _Codes(raw, reconstruction, rel_final, dec_n, sid_nn, raw_nn, t_sid)
+
+
+def _dedup_section(inp: _Inputs, codes: _Codes, emb: _Neighbours, levels: int, overlap: float) -> dict[str, Any]:
     """What making the IDs unique cost: movies moved or suffixed, error and overlap of raw vs final codes."""
-    moved = (inp.sid_tokens[:, :levels] != raw).any(axis=1)
+    moved = (inp.sid_tokens[:, :levels] != codes.raw).any(axis=1)
     return {
         "assign_stats": inp.assign_stats,
         "n_changed_codes": int(moved.sum()),
         "n_suffixed": int((inp.sid_lengths > levels).sum()),
-        "relative_mse_raw": rel_mse_raw,
-        "relative_mse_final": metrics.relative_mse(inp.x, dec_final),
-        "overlap_at_10_raw": overlap_raw,
+        "relative_mse_raw": codes.reconstruction["relative_mse"],
+        "relative_mse_final": codes.relative_mse_final,
+        "overlap_at_10_raw": neighbor_overlap(emb.nn, codes.raw_nn),
         "overlap_at_10_final": overlap,
+        "overlap_sample": emb.sample(emb.rows),
     }
 
 
@@ -429,24 +527,16 @@ def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None,
     n = len(inp.x)
     if n <= K_NEIGHBORS:
         raise SidsError(f"the catalog has {n} movies; the neighbour metrics need more than {K_NEIGHBORS}")
-    t0 = time.perf_counter()
-    raw, recon, dec_final = run_tokenizer(inp.tokenizer, inp.x, inp.sid_tokens, batch_size=cfg.batch_size)
-    log.info("tokenizer on %d movies in %.1fs", n, time.perf_counter() - t0)
-    final = inp.sid_tokens
-
-    emb_nn, t_knn = _embedding_neighbours(inp, cfg, cache_dir)
-    t0 = time.perf_counter()
-    dec_final_n = _normalize(dec_final)
-    sid_nn = sid_knn(final, dec_final_n, K_NEIGHBORS)
-    raw_nn = sid_knn(raw, _normalize(recon), K_NEIGHBORS)
-    t_sid = time.perf_counter() - t0
-    log.info("SID %d-NN (final and raw codes) in %.1fs", K_NEIGHBORS, t_sid)
-    neighbors, shared_hist = _neighbours_section(final, emb_nn, sid_nn)
+    emb = embedding_neighbours(inp, cfg, cache_dir)  # first: its normalised copy of x is gone before the codes
+    codes = tokenize_and_rank(inp, cfg, emb.rows)
+    final, raw = inp.sid_tokens, codes.raw
+    neighbors, shared_hist = _neighbours_section(final, emb.rows, emb.nn, codes.sid_nn)
+    neighbors["sample"] = emb.sample(emb.rows)
+    coherence = metrics.prefix_coherence(final, emb.table, K_MUTUAL, rows=emb.mutual_rows if emb.sampled else None)
+    coherence["sample"] = emb.sample(emb.mutual_rows)
     purity, purity_base, majority_genres = genre_purity(final[:, 0], inp.genres)
-    rel_mse_raw = metrics.relative_mse(inp.x, recon)
-    dedup = _dedup_section(inp, raw, dec_final, levels, rel_mse_raw=rel_mse_raw,
-                           overlap_raw=neighbor_overlap(emb_nn, raw_nn), overlap=neighbors["overlap_at_10"])
-    probes_found, details = _probes(inp, cfg, probes[0], dec_final_n, _normalize(inp.x))
+    dedup = _dedup_section(inp, codes, emb, levels, neighbors["overlap_at_10"])
+    probes_found, details = _probes(inp, cfg, probes[0], codes.dec_n, _normalize(inp.x))
     report: dict[str, Any] = {
         "n_movies": n,
         "levels": levels,
@@ -455,15 +545,12 @@ def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None,
         "embedding_dim": int(inp.x.shape[1]),
         "embedding_model": inp.embedding_model,
         "embedding_backend": inp.embedding_backend,
-        "reconstruction": {
-            "relative_mse": rel_mse_raw,
-            "mean_cosine": metrics.mean_cosine(inp.x, recon),
-        },
+        "reconstruction": codes.reconstruction,
         "utilization": metrics.utilization(raw, k_codes),
         "perplexity": metrics.perplexity(raw, k_codes),
         "collisions": _collisions_section(raw, final),
         "neighbors": neighbors,
-        "coherence": metrics.prefix_coherence(final, emb_nn, K_MUTUAL),
+        "coherence": coherence,
         "genre_purity_level1": purity,
         "genre_purity_level1_baseline": purity_base,
         "level1_majority_genres": majority_genres,
@@ -472,7 +559,7 @@ def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None,
         "probe_details": details,
         "probes_skipped": probes[1],
         "sid_lengths": {str(int(v)): int(c) for v, c in zip(*np.unique(inp.sid_lengths, return_counts=True))},
-        "compute_s": {"embedding_knn": round(t_knn, 3), "sid_knn": round(t_sid, 3)},
+        "compute_s": {"embedding_knn": round(emb.seconds, 3), "sid_knn": round(codes.sid_seconds, 3)},
     }
     _, group_sizes = np.unique(raw, axis=0, return_counts=True)
     chart_data = {
@@ -483,14 +570,14 @@ def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None,
     return report, chart_data
 
 
-def _neighbours_section(final: np.ndarray, emb_nn: np.ndarray, sid_nn: np.ndarray) -> tuple[dict[str, Any],
-                                                                                              np.ndarray]:
-    """How well the SIDs keep each movie's embedding neighbours, and the shared-prefix histogram (also charted)."""
+def _neighbours_section(final: np.ndarray, rows: np.ndarray, emb_nn: np.ndarray, sid_nn: np.ndarray
+                        ) -> tuple[dict[str, Any], np.ndarray]:
+    """How well the SIDs keep the embedding neighbours of the movies ``rows`` (Q,) (emb_nn and sid_nn: (Q, k)),
+    and the shared-prefix histogram (also charted)."""
     overlap = neighbor_overlap(emb_nn, sid_nn)
-    ftm = metrics.first_token_match(final, emb_nn)
+    ftm = metrics.first_token_match(final, emb_nn, rows)
     rnd = metrics.random_first_token_match(final)
-    n = len(final)
-    shared = shared_prefix_lengths(final, np.repeat(np.arange(n)[:, None], K_NEIGHBORS, axis=1), emb_nn)
+    shared = shared_prefix_lengths(final, np.repeat(rows[:, None], K_NEIGHBORS, axis=1), emb_nn)  # (Q, k)
     shared_hist = np.bincount(shared.ravel(), minlength=final.shape[1] + 1)
     return {
         "overlap_at_10": overlap,

@@ -10,11 +10,15 @@ renders it (plotly's hover labels understand a few HTML tags), so a title like
 ``<img src=x onerror=alert(1)>`` is shown as text and runs nothing.
 
 UMAP (seeded, cosine) runs on the first ``pca_dims`` principal components of the embeddings
-(default 50): on 87,585 x 384 vectors and two cores that keeps the whole stage near two minutes,
-and the map's neighbourhoods barely change. The coordinates are cached in ``.cache/`` keyed by
-the embeddings' hash and the UMAP settings, so re-running after a new ``assign`` only redraws.
+(default 50), with the exact k-NN graph of those vectors (``metrics.knn``) handed to it, so that
+numba never compiles pynndescent's approximate search (a minute of every cold process). A catalog
+larger than ``sample`` (default 100,000) is drawn as a seeded sample of that many movies, which
+keeps UMAP's time and the page's size bounded; the page's header and the log say so. The
+coordinates are cached in ``.cache/`` keyed by the embeddings' hash, the UMAP settings, how the
+k-NN graph was built and the sampled rows, so re-running after a new ``assign`` only redraws.
 
-May import: artifacts, io, errors, settings, reports.map_page; umap and sklearn on first use.
+May import: artifacts, io, errors, settings, labels, metrics, reports.map_page; umap and sklearn on
+first use.
 Never another stage.
 """
 
@@ -24,6 +28,7 @@ import hashlib
 import json
 import logging
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +39,7 @@ from ..artifacts import check_same_movies, movielens_titles, read_catalog, read_
 from ..errors import SidsError
 from ..io import atomic_path, file_hash, write_text
 from ..labels import labels_for_run
+from ..metrics import knn
 from ..reports.map_page import render_page
 from ..settings import VisualizeConfig
 
@@ -44,6 +50,8 @@ log = logging.getLogger(__name__)
 
 
 CACHE_DIR = ".cache"
+KNN_GRAPH = "exact-cosine"
+"""How UMAP's k-NN graph is built (part of the cache key: maps from pynndescent's approximate graph differ)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -97,15 +105,35 @@ def umap_coordinates(x: np.ndarray, cfg: VisualizeConfig) -> np.ndarray:
         from sklearn.decomposition import PCA
 
         z = PCA(n_components=cfg.pca_dims, random_state=cfg.seed).fit_transform(x)  # (N, pca_dims)
+    graph = cosine_knn_graph(z, cfg.n_neighbors) if cfg.metric == "cosine" else (None, None, None)
     reducer = umap.UMAP(n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist, metric=cfg.metric,
-                        n_epochs=cfg.n_epochs, low_memory=cfg.low_memory, random_state=cfg.seed, n_jobs=1)
-    return np.asarray(reducer.fit_transform(z), dtype=np.float32)
+                        n_epochs=cfg.n_epochs, low_memory=cfg.low_memory, random_state=cfg.seed, n_jobs=1,
+                        precomputed_knn=graph)
+    with warnings.catch_warnings():  # no search index: we never call transform
+        warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
+        return np.asarray(reducer.fit_transform(z), dtype=np.float32)
+
+
+def cosine_knn_graph(z: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+    """UMAP's k-NN graph, exact (``metrics.knn``): each point first (distance 0), then its
+    ``n_neighbors - 1`` nearest by cosine distance (1 - cosine). UMAP would otherwise build it with
+    pynndescent, approximately, after numba compiles NN-descent afresh in every process.
+
+    Returns:
+        (N, n_neighbors) int64 indices and (N, n_neighbors) float32 distances, nearest first.
+    """
+    zn = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)  # (N, d)
+    nbrs = knn(z, n_neighbors - 1)  # (N, k-1)
+    dist = np.maximum(1.0 - np.einsum("nd,nkd->nk", zn, zn[nbrs]), 0.0)  # (N, k-1)
+    idx = np.concatenate([np.arange(len(z))[:, None], nbrs], axis=1)  # (N, k)
+    return idx, np.concatenate([np.zeros((len(z), 1)), dist], axis=1).astype(np.float32)
 
 
 def _umap_cache_key(emb_hash: str, cfg: VisualizeConfig, idx: np.ndarray) -> str:
     settings = {k: v for k, v in asdict(cfg).items() if k in (
         "n_neighbors", "min_dist", "metric", "pca_dims", "n_epochs", "low_memory", "seed")}
-    h = hashlib.sha256(json.dumps({"embeddings": emb_hash, "umap": settings}, sort_keys=True).encode())
+    key = {"embeddings": emb_hash, "umap": settings, "knn": KNN_GRAPH}
+    h = hashlib.sha256(json.dumps(key, sort_keys=True).encode())
     h.update(np.ascontiguousarray(idx, dtype=np.int64).tobytes())
     return h.hexdigest()[:20]
 
@@ -142,7 +170,7 @@ def visualize_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
     """Compute (or read from the cache) the UMAP map of a run folder and write ``visualization.html``.
 
     Returns:
-        ``n_points``, ``html_bytes``, ``umap_cached``.
+        ``n_points`` (movies drawn), ``n_movies`` (in the catalog), ``html_bytes``, ``umap_cached``.
     """
     run_dir = Path(run_dir)
     vcfg: VisualizeConfig = cfg.visualize
@@ -157,4 +185,6 @@ def visualize_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
     page = render_page(data, idx, coords, title=f"Semantic IDs map: {run_dir.resolve().name}",
                        point_size=vcfg.point_size, labels=labels_for_run(run_dir))
     write_text(run_dir / "visualization.html", page)
-    return {"n_points": int(len(idx)), "html_bytes": len(page.encode("utf-8")), "umap_cached": cached}
+    if len(idx) < n:
+        log.info("the map shows a seeded sample of %d of the %d movies (visualize.sample)", len(idx), n)
+    return {"n_points": int(len(idx)), "n_movies": n, "html_bytes": len(page.encode("utf-8")), "umap_cached": cached}
