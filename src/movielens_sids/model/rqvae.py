@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import RQVAEConfig
-from .groups import fit_first_level, subset_links
 from .kmeans import balanced_kmeans, kmeans, nearest_code, sinkhorn_bias  # noqa: F401 (also re-exported)
 
 # ---------------------------------------------------------------------------------------------------
@@ -260,6 +259,8 @@ class ResidualQuantizer(nn.Module):
         residual = z
         for level in range(self.codebooks.shape[0]):
             if level == 0 and self.grouped:
+                from .groups import fit_first_level  # on first use: `settings` imports this package's config
+
                 first = fit_first_level(self, z, weight=group_weight, iters=iters, graph_points=graph_points,
                                         links=links, link_weight=link_weight, generator=generator)
                 residual = residual - self.codebooks[0][first]
@@ -454,7 +455,10 @@ class RQVAE(nn.Module):
         if x.shape[0] > self.config.kmeans_max_points:
             keep = torch.randperm(x.shape[0], generator=generator)[: self.config.kmeans_max_points].to(x.device)
             x = x[keep]
-            links = None if links is None else subset_links(links, keep)
+            if links is not None:
+                from .groups import subset_links  # see ResidualQuantizer.init_codebooks
+
+                links = subset_links(links, keep)
         z = torch.cat([self.encode(chunk) for chunk in x.split(batch_size)])  # (N, H)
         self.quantizer.init_codebooks(z, iters=self.config.kmeans_iters, clip_quantile=self.config.kmeans_clip_quantile,
                                       balance=self.config.balance, group_weight=self.config.group_weight,
