@@ -211,8 +211,15 @@ def run_labels(run_dir: Path, *, settings: LabelSettings = LabelSettings()) -> l
     emb, sids = artifacts.read_embeddings(run_dir), artifacts.read_sids(run_dir)
     artifacts.check_same_movies(ids, run_dir / artifacts.CATALOG, emb.movie_ids, emb.path, "embed")
     artifacts.check_same_movies(ids, run_dir / artifacts.CATALOG, sids.movie_ids, sids.path, "assign")
+    return catalog_labels(catalog, sids.tokens, emb.x, settings=settings)
+
+
+def catalog_labels(catalog, tokens: np.ndarray, x: np.ndarray, *, settings: LabelSettings = LabelSettings()
+                   ) -> list[dict[str, Any]]:
+    """The labels of the SIDs ``tokens`` (N, T) and embeddings ``x`` (N, D) of a catalog table's movies (same
+    order, sorted by movie_id), for a caller that has read them already."""
     tags = catalog.column("tags").to_pylist() if "tags" in catalog.column_names else None
-    return build_labels(sids.tokens, emb.x, artifacts.movielens_titles(catalog),
+    return build_labels(tokens, x, artifacts.movielens_titles(catalog),
                         [g or [] for g in catalog.column("genres").to_pylist()], catalog.column("year").to_pylist(),
                         [t or [] for t in tags] if tags is not None else None, settings=settings)
 

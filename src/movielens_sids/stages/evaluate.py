@@ -56,7 +56,7 @@ from ..artifacts import (
 )
 from ..errors import SidsError
 from ..io import atomic_path, file_hash, write_json, write_parquet
-from ..labels import LABELS_FILE, labels_table, run_labels
+from ..labels import LABELS_FILE, catalog_labels, labels_table
 from ..lookup import load_index, resolve_movie
 from ..reports.charts import write_charts
 from ..reports.markdown import write_page
@@ -102,6 +102,7 @@ class _Inputs:
     embeddings_path: Path
     embedding_backend: str
     tokenizer: Any
+    catalog: Any  # the catalog table (pyarrow), sorted by movie_id: what the code labels are made from
 
 
 def load_inputs(run_dir: Path, tokenizer: Any = None) -> _Inputs:
@@ -131,7 +132,7 @@ def load_inputs(run_dir: Path, tokenizer: Any = None) -> _Inputs:
         movie_ids=ids, titles=titles, genres=genres, x=emb.x, sid_tokens=sids.tokens, sid_lengths=sids.lengths,
         sid_strings=sids.strings, assign_stats=stats, embedding_model=emb.model, embeddings_path=emb.path,
         embedding_backend=emb.backend,
-        tokenizer=tokenizer,
+        tokenizer=tokenizer, catalog=catalog,
     )
 
 
@@ -640,7 +641,7 @@ def evaluate_stage(run_dir: Path, cfg: Config, *, tokenizer: Any = None) -> dict
     cowatch = co_watch_section(run_dir, inp)
     if cowatch is not None:
         report["co_watch"] = cowatch
-    labels = run_labels(run_dir)  # names for the codes (labels.py), before anything is written
+    labels = catalog_labels(inp.catalog, inp.sid_tokens, inp.x)  # names for the codes, before anything is written
     recorded = stage_seconds(run_dir, ["catalog", "embed", "train", "assign", "export", "visualize"])
     timings = {s: recorded.get(s) for s in ("catalog", "embed", "train", "assign")}
     timings.update({s: v for s, v in recorded.items() if s not in timings and s != "evaluate"})
