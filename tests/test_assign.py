@@ -366,3 +366,22 @@ def test_incremental_refuses_to_change_the_length_of_existing_sids(tmp_path):
     assign_stage(tmp_path, _cfg())  # a full assign gives every movie a unique SID with a token
     tokens = read_sids(tmp_path / "sids.parquet")[1]
     assert tokens.shape == (5, 2) and _unique_rows(tokens)
+
+
+def test_the_exhaustive_scan_orders_every_path_by_shared_prefix_then_distance():
+    from movielens_sids.dedup import _PathSpace
+    from movielens_sids.sid import path_codes
+
+    rng = np.random.default_rng(0)
+    levels, k, h = 3, 5, 4
+    codebooks = rng.normal(size=(levels, k, h))
+    bias = rng.normal(size=(levels, k)) * 0.1
+    space = _PathSpace(codebooks, bias)
+    all_codes = path_codes(np.arange(k ** levels), k, levels)  # (P, L)
+    points = codebooks[np.arange(levels)[None, :], all_codes].sum(1)  # (P, H), the brute force
+    for _ in range(5):
+        z, codes = rng.normal(size=h), rng.integers(0, k, size=levels)
+        dist = np.square(points - z).sum(1) + bias[np.arange(levels)[None, :], all_codes].sum(1)
+        shared = np.cumprod(all_codes == codes, axis=1).sum(1)
+        want = np.lexsort((np.arange(k ** levels), dist, -shared))
+        assert list(space.order(z, codes)) == want.tolist()  # every path once, in the same order

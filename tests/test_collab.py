@@ -127,7 +127,7 @@ def test_a_movie_without_ratings_still_gets_a_sid(tmp_path):
 
 
 def test_a_dataset_without_ratings_behaves_exactly_as_content_only(tmp_path):
-    run, cfg = make_run(tmp_path, "noratings", None)  # movies.csv alone
+    run, cfg = make_run(tmp_path, "noratings", None, **{"model.collab_input": 1.0})  # movies.csv alone
     (run / "collab.parquet").write_bytes(b"stale")  # left by an earlier setting: must not be read
     result = pipeline.execute("collab", cfg, run)
     assert result["reason"] == "the dataset has no ratings" and not (run / "collab.parquet").exists()
@@ -137,3 +137,84 @@ def test_a_dataset_without_ratings_behaves_exactly_as_content_only(tmp_path):
     pipeline.execute("train", cfg0, content)
     a, b = (artifacts.read_model(r).state_dict() for r in (run, content))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the very same model
+    assert artifacts.read_model(run).config.collab_dim == 0  # and it reads the embeddings alone
+
+
+# ---------------------------------------------------------------------------------------------------
+# The fused input: content and collaborative vectors side by side (model.collab_input)
+
+
+def _fuse_case(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    content = rng.normal(size=(40, 6)).astype(np.float32)
+    vectors = rng.normal(size=(40, 3)).astype(np.float32)
+    counts = rng.integers(0, 30, size=40)
+    counts[:5] = 0
+    vectors[counts == 0] = 0.0  # as ALS leaves a movie nobody rated
+    return content, vectors, counts
+
+
+def _unit(v):
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def test_fused_input_shrinks_each_collaborative_vector_towards_its_content_neighbours():
+    content, vectors, counts = _fuse_case()
+    x = collab.fused_input(content, vectors, counts, weight=2.0, shrinkage=5.0)  # (N, D + F)
+    assert x.shape == (40, 9) and np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    # The content part keeps the content's direction; the parts' lengths are 1 : weight.
+    assert np.allclose(_unit(x[:, :6]), _unit(content), atol=1e-5)
+    assert np.allclose(np.linalg.norm(x[:, 6:], axis=1) / np.linalg.norm(x[:, :6], axis=1), 2.0, atol=1e-4)
+    warm = np.flatnonzero(counts > 0)
+    cos = _unit(content) @ _unit(content)[warm].T  # (N, M)
+    for i in range(40):
+        if counts[i] > 0:
+            cos[i, np.flatnonzero(warm == i)] = -np.inf  # never its own neighbour
+        near = warm[np.argsort(-cos[i])[:collab.FUSE_NEIGHBORS]]
+        imputed = _unit(_unit(vectors[near]).mean(0))
+        share = counts[i] / (counts[i] + 5.0)
+        own = _unit(vectors[i]) if counts[i] > 0 else 0.0
+        assert np.allclose(_unit(x[i, 6:]), _unit(share * own + (1 - share) * imputed), atol=1e-5), i
+    # No shrinkage: a rated movie's collaborative part is its own vector, whatever its neighbours.
+    x0 = collab.fused_input(content, vectors, counts, weight=1.0, shrinkage=0.0)
+    assert np.allclose(_unit(x0[warm, 6:]), _unit(vectors[warm]), atol=1e-5)
+
+
+def test_a_new_movie_gets_the_input_of_a_catalog_movie_nobody_rated():
+    content, vectors, counts = _fuse_case(1)
+    x = collab.fused_input(content, vectors, counts, weight=1.5, shrinkage=5.0)
+    cold = np.flatnonzero(counts == 0)
+    new = collab.new_movie_input(content[cold], content, vectors, counts, weight=1.5)
+    assert np.allclose(new, x[cold], atol=1e-6)
+
+
+def test_a_tokenizer_of_both_signals_gives_every_movie_a_sid_and_reads_the_same_input_everywhere(tmp_path):
+    from movielens_sids import verify
+
+    run, cfg = make_run(tmp_path, "fused", ratings_rows(), **{"model.collab_input": 1.0})
+    for stage in ("collab", "train", "assign", "evaluate"):
+        pipeline.execute(stage, cfg, run)
+    tok = artifacts.read_model(run)
+    assert tok.config.collab_dim == 8 and tok.config.input_dim == D + 8  # collab.factors 8
+    sids = artifacts.read_sids(run)
+    assert sids.movie_ids.tolist() == list(range(1, N_MOVIES + 1)) and len(set(sids.strings)) == N_MOVIES
+    import json
+
+    report = json.loads((run / "report.json").read_text())
+    assert report["collab_input"] == {"weight": 1.0, "shrinkage": 0.0, "dim": 8}
+    assert report["embedding_dim"] == D  # the neighbour metrics read the content embeddings
+    checks = {c.what: c for c in verify.sid_checks(run)}
+    assert checks["model codes agree with sids.parquet"].ok, checks["model codes agree with sids.parquet"].detail
+    # A new movie is encoded like a catalog movie nobody rated: a cold movie's embedding gives its raw codes.
+    emb = artifacts.read_embeddings(run)
+    cold = np.flatnonzero(np.isin(emb.movie_ids, COLD))
+    x_new = artifacts.new_movie_model_input(run, tok, emb.x[cold])
+    x_all = artifacts.model_input(run, tok, emb)
+    assert np.allclose(x_new, x_all[cold], atol=1e-6)
+    with torch.no_grad():
+        assert torch.equal(tok.quantize(tok.encode(torch.from_numpy(x_new))),
+                           tok.quantize(tok.encode(torch.from_numpy(np.ascontiguousarray(x_all[cold])))))
+    # Without its collaborative vectors the run cannot give the model its input: a clear error.
+    (run / "collab.parquet").unlink()
+    with pytest.raises(SidsError, match="reads collaborative vectors too"):
+        artifacts.model_input(run, tok, emb)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .artifacts import EMBEDDINGS, decoded_metadata
+from .artifacts import EMBEDDINGS, decoded_metadata, new_movie_model_input
 from .config import load_run_config
 from .errors import SidsError
 from .io import read_parquet, run_lock, write_parquet
@@ -149,6 +149,7 @@ class SemanticIds:
         x = np.array(self._embedder().encode(list(texts), normalize_embeddings=bool(self.embedding.get(
             "normalized", True)), convert_to_numpy=True), dtype=np.float32, copy=True)  # (B, D)
         tok = self._index.tokenizer()
+        x = new_movie_model_input(self.run_dir, tok, x)  # (B, D), or (B, D + F) for a tokenizer of both signals
         with torch.inference_mode():
             codes = tok.quantize(tok.encode(torch.from_numpy(x))).long().numpy()  # (B, L)
         return codes if return_codes else [format_sid(c) for c in codes.tolist()]

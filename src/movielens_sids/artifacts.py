@@ -4,7 +4,7 @@ Every stage reads what an earlier stage wrote through these functions, so every 
 same things and fails with the same one-line ``SidsError`` that names the file and the command to
 run again. Readers return arrays sorted by ``movie_id`` (the order every stage writes).
 
-May import: errors, io, model (for the model folder). Never a stage module.
+May import: errors, io, model (for the model folder); collab on first use (the fused input). Never a stage module.
 """
 
 from __future__ import annotations
@@ -336,6 +336,60 @@ def read_model(run_dir: Path, *, input_dim: int | None = None, recorded: bool = 
         raise SidsError(f"embeddings have dimension {input_dim} but the model in {model_dir} expects "
                         f"{tok.config.input_dim}; retrain the model (`movielens-sids train`) or re-embed")
     return tok
+
+
+def tokenizer_input(run_dir: Path, emb: Embeddings, *, collab_input: float, shrinkage: float
+                    ) -> tuple[np.ndarray, int]:
+    """What the tokenizer reads, and F, its collaborative width: the embeddings (N, D) and F = 0, or, with
+    ``collab_input`` > 0 and a ``collab.parquet``, the embeddings fused with its vectors (N, D + F)
+    (``collab.fused_input``). With no ``collab.parquet`` (a dataset without ratings), the embeddings."""
+    from .collab import fused_input  # scipy: only for a run that fuses
+
+    collab = read_collab(run_dir) if collab_input > 0 else None
+    if collab is None:
+        return emb.x, 0
+    check_same_movies(emb.movie_ids, emb.path, collab.movie_ids, collab.path, "collab")
+    return fused_input(emb.x, collab.vectors, collab.counts, weight=collab_input, shrinkage=shrinkage), \
+        int(collab.vectors.shape[1])
+
+
+def model_input(run_dir: Path, tok: Any, emb: Embeddings) -> np.ndarray:
+    """(N, input_dim) what ``tok`` was trained to read, built from the run's embeddings (and, for a tokenizer
+    trained on both signals, ``collab.parquet``); a ``SidsError`` when the run cannot give it."""
+    cfg = tok.config
+    f = int(getattr(cfg, "collab_dim", 0))
+    if f:
+        if not (Path(run_dir) / COLLAB).exists():
+            raise SidsError(f"the model in {Path(run_dir) / MODEL} reads collaborative vectors too, and "
+                            f"{Path(run_dir) / COLLAB} is missing: run `movielens-sids collab` again")
+        x, got = tokenizer_input(run_dir, emb, collab_input=cfg.collab_input, shrinkage=cfg.collab_shrinkage)
+        if got != f:
+            raise SidsError(f"{Path(run_dir) / COLLAB} has {got}-d vectors but the model expects {f}: "
+                            "run `movielens-sids train` again")
+    else:
+        x = emb.x
+    if x.shape[1] != int(cfg.input_dim):
+        raise SidsError(f"embeddings have dimension {x.shape[1] - f} but the model in {Path(run_dir) / MODEL} "
+                        f"expects {int(cfg.input_dim) - f}; retrain the model (`movielens-sids train`) or re-embed")
+    return x
+
+
+def new_movie_model_input(run_dir: Path, tok: Any, x: np.ndarray) -> np.ndarray:
+    """(B, input_dim) what ``tok`` reads for new movies' embeddings x (B, D): x itself, or, for a tokenizer
+    trained on both signals, x with collaborative vectors from their content neighbours in the run
+    (``collab.new_movie_input``: nobody has rated a new movie)."""
+    cfg = tok.config
+    if not int(getattr(cfg, "collab_dim", 0)):
+        return x
+    from .collab import new_movie_input
+
+    collab = read_collab(run_dir)
+    if collab is None or not (Path(run_dir) / EMBEDDINGS).exists():
+        raise SidsError(f"the model in {Path(run_dir) / MODEL} reads collaborative vectors too: encoding new "
+                        f"text needs the run folder's {EMBEDDINGS} and {COLLAB}")
+    emb = read_embeddings(run_dir)
+    check_same_movies(emb.movie_ids, emb.path, collab.movie_ids, collab.path, "collab")
+    return new_movie_input(x, emb.x, collab.vectors, collab.counts, weight=cfg.collab_input)
 
 
 # ---------------------------------------------------------------------------------------------- records

@@ -15,7 +15,7 @@ May import: numpy, sid; torch inside the functions (so that importing the stages
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -116,19 +116,43 @@ def candidate_paths(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray, bea
     return torch.cat(groups, dim=1).numpy() if groups else np.zeros((m, 0), dtype=np.int64)
 
 
-def _exhaustive_order(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray,
-                      bias: np.ndarray | None = None) -> np.ndarray:
-    """Every code path for one movie, by shared prefix with its greedy path (longest first), then by
-    distance to the latent. Only for small K^L (<= EXHAUSTIVE_MAX_PATHS)."""
-    levels, k, _ = codebooks.shape
-    all_paths = np.arange(k ** levels, dtype=np.int64)
-    all_codes = path_codes(all_paths, k, levels)  # (P, L)
-    points = codebooks[np.arange(levels)[None, :], all_codes].sum(1)  # (P, H)
-    dist = np.square(points - z[None, :]).sum(1)
-    if bias is not None:
-        dist = dist + np.asarray(bias)[np.arange(levels)[None, :], all_codes].sum(1)
-    shared = np.cumprod(all_codes == codes[None, :], axis=1).sum(1)
-    return all_paths[np.lexsort((all_paths, dist, -shared))]
+class _PathSpace:
+    """Every code path at once, for the exhaustive scan (only for small K^L, <= EXHAUSTIVE_MAX_PATHS).
+
+    A path's squared distance to a latent z is ``||sum_l c_l||^2 + sum_l b_l - 2 sum_l z . c_l + ||z||^2``:
+    the first two terms are the same for every movie and computed once here, from the codebooks' Gram
+    matrices, so a movie costs L x K products and a few (K^L,) passes, never a (K^L, H) matrix.
+    """
+
+    def __init__(self, codebooks: np.ndarray, bias: np.ndarray | None) -> None:
+        levels, k, _ = codebooks.shape
+        self.codebooks = codebooks  # (L, K, H) float64
+        self.paths = np.arange(k ** levels, dtype=np.int64)  # (P,)
+        self.codes = path_codes(self.paths, k, levels)  # (P, L)
+        sq = np.zeros(len(self.paths))  # (P,) ||sum of the path's codes||^2 (+ their biases)
+        for a in range(levels):
+            sq += np.square(codebooks[a]).sum(1)[self.codes[:, a]]
+            for b in range(a + 1, levels):
+                sq += 2.0 * (codebooks[a] @ codebooks[b].T)[self.codes[:, a], self.codes[:, b]]
+            if bias is not None:
+                sq += np.asarray(bias, dtype=np.float64)[a][self.codes[:, a]]
+        self.sq = sq
+
+    def order(self, z: np.ndarray, codes: np.ndarray) -> Iterator[int]:
+        """Every path for one movie (latent z (H,), greedy codes (L,)), by shared prefix with its greedy path
+        (longest first), then by distance to the latent, then by path id; lazily, one shared-prefix length
+        at a time (the paths that share s codes are one id range, less the range that shares s + 1)."""
+        levels, k, _ = self.codebooks.shape
+        dots = self.codebooks @ np.asarray(z, dtype=np.float64)  # (L, K)
+        inner = (-1, -1)  # the id range of the paths sharing one code more
+        for shared in range(levels, -1, -1):
+            span = k ** (levels - shared)
+            lo = int(path_ids(codes[None, :shared], k)[0]) * span if shared else 0  # (codes[:s], anything)
+            ids = self.paths[lo:lo + span]
+            ids = ids[(ids < inner[0]) | (ids >= inner[1])]
+            dist = self.sq[ids] - 2.0 * dots[np.arange(levels)[None, :], self.codes[ids]].sum(1)  # less ||z||^2
+            yield from ids[np.lexsort((ids, dist))].tolist()
+            inner = (lo, lo + span)
 
 
 @dataclass
@@ -309,14 +333,15 @@ class _MoverSearch:
         got = _serve_in_order(cands, ~member(cands, used_arr))  # (M,) path or -1
         used = set(used_arr.tolist()) | set(got[got >= 0].tolist())
         levels, k = self.codebooks.shape[:2]
+        space = None  # built on first need
         for j in np.flatnonzero(got < 0).tolist():
             if levels > 1:
                 deeper = candidate_paths(z[j:j + 1], self.codebooks, codes[movers[j:j + 1]], self.beam_width,
                                          part="deeper", bias=self.bias)[0]
                 got[j] = next((p for p in deeper.tolist() if p not in used), -1)
             if got[j] < 0 and k ** levels <= EXHAUSTIVE_MAX_PATHS:  # small space: scan it all
-                got[j] = next((p for p in _exhaustive_order(z[j], self.codebooks, codes[movers[j]], self.bias).tolist()
-                               if p not in used), -1)
+                space = space or _PathSpace(self.codebooks, self.bias)
+                got[j] = next((p for p in space.order(z[j], codes[movers[j]]) if p not in used), -1)
             if got[j] >= 0:
                 used.add(int(got[j]))
         return got

@@ -79,10 +79,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("train", train.train_stage, ("model", "train"),
           inputs=("embeddings.parquet", "collab.parquet"), outputs=(MODEL,)),
     Stage("assign", assign.assign_stage, ("assign",),
-          inputs=("embeddings.parquet", *MODEL_FILES),
+          inputs=("embeddings.parquet", "collab.parquet", *MODEL_FILES),
           outputs=("sids.parquet", "sids.previous.parquet", "sid_changes.parquet")),
     Stage("evaluate", evaluate.evaluate_stage, ("evaluate",),
-          inputs=("catalog.parquet", "embeddings.parquet", "sids.parquet", "cowatch.parquet", *MODEL_FILES),
+          inputs=("catalog.parquet", "embeddings.parquet", "sids.parquet", "collab.parquet", "cowatch.parquet",
+                  *MODEL_FILES),
           outputs=("report.json", "labels.parquet")),  # report.md is a page of the JSON reports (write_page)
     Stage("export", export.export_stage, ("export",),
           inputs=("catalog.parquet", "embeddings.parquet", "sids.parquet", "report.json", *MODEL_FILES),

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import model as tokenizers
-from .artifacts import MODEL, read_catalog, read_embeddings, read_record, read_sids
+from .artifacts import MODEL, model_input, read_catalog, read_embeddings, read_record, read_sids
 from .dedup import make_unique, member, unique_sorted
 from .errors import SidsError
 from .pipeline import ORDER, STAGES, changed_outputs
@@ -124,11 +124,11 @@ def sid_checks(run_dir: Path) -> list[Check]:
                       else f"{int(out.sum())} SIDs with a code outside 0..{k - 1} (first movie_id: "
                            f"{_first(ids, out)})"))
     if "embeddings" in parts and not wrong.any() and not out.any():
-        rows.append(_agreement(tok, parts["embeddings"], sids, read_record(run_dir, "assign") or {}))
+        rows.append(_agreement(tok, parts["embeddings"], sids, read_record(run_dir, "assign") or {}, run_dir))
     return rows
 
 
-def _agreement(tok, emb, sids, assign: dict[str, Any]) -> Check:
+def _agreement(tok, emb, sids, assign: dict[str, Any], run_dir: Path) -> Check:
     """The model's greedy codes equal the SID's first L tokens for every movie dedup did not move; after a
     full (not incremental) assign, every SID is also the one dedup gives (assign is deterministic).
 
@@ -138,10 +138,13 @@ def _agreement(tok, emb, sids, assign: dict[str, Any]) -> Check:
     what = "model codes agree with sids.parquet"
     levels, k = int(tok.config.levels), int(tok.config.codebook_size)
     both, ie, js = np.intersect1d(emb.movie_ids, sids.movie_ids, return_indices=True)
-    if len(both) == 0 or emb.x.shape[1] != int(tok.config.input_dim):
-        return Check(what, False, f"no movie with an embedding and a SID, or {emb.x.shape[1]}-d embeddings for a "
-                                  f"model of {tok.config.input_dim}")
-    x, final = emb.x[ie], sids.tokens[js]
+    try:
+        x_in = model_input(run_dir, tok, emb)  # (N, D), or (N, D + F) for a tokenizer that reads both signals
+    except SidsError as e:
+        return Check(what, False, str(e))
+    if len(both) == 0:
+        return Check(what, False, "no movie with an embedding and a SID")
+    x, final = x_in[ie], sids.tokens[js]
     tok64 = exact_model(tok)
     codes = model_codes(tok, tok64, x)  # (N, L), the codes assign started from
     strategy = (sids.metadata.get("assign") or {}).get("strategy", "semantic")

@@ -281,7 +281,12 @@ def use_section(prov: dict[str, Any], *, model_repo: str | None, dataset_repo: s
     n, moved = stats.get("n_movies"), int(stats.get("n_moved", 0) or 0) + int(stats.get("n_suffixed", 0) or 0)
     share = f"{moved:,} of {n:,} movies ({moved / n:.1%})" if n else "some movies"
     source = json.dumps(model_repo or str(prov.get("run_dir") or "runs/demo"))  # the Hub repo, or the run folder
-    dim = (prov["model"].get("config") or {}).get("input_dim", "D")
+    mcfg = prov["model"].get("config") or {}
+    dim = mcfg.get("input_dim", "D")
+    what = "float32 embeddings"
+    if mcfg.get("collab_dim"):  # a tokenizer of both signals (model.collab_input): collab.fused_input's rows
+        what = (f"rows of [embedding, {mcfg.get('collab_input')} x collaborative vector] "
+                "(movielens_sids.collab.fused_input)")
     example = prov.get("example") or "Toy Story (1995)"
     return f"""## Use
 
@@ -308,7 +313,7 @@ from movielens_sids.model import load_tokenizer
 
 tok = load_tokenizer({f'snapshot_download("{model_repo}", revision="{revision}")' if model_repo
                       else json.dumps(str(prov.get("run_dir") or "runs/demo") + "/model")})
-codes = tok.quantize(tok.encode(x))   # x: (B, {dim}) float32 embeddings -> (B, L) raw codes, before dedup
+codes = tok.quantize(tok.encode(x))   # x: (B, {dim}) {what} -> (B, L) raw codes, before dedup
 x_hat = tok.decode_codes(codes)       # (B, {dim}) reconstruction
 ```
 

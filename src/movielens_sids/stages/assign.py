@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from ..artifacts import read_embeddings, read_model, read_sids
+from ..artifacts import model_input, read_embeddings, read_model, read_sids
 from ..dedup import CHUNK, make_unique, unique_sorted
 from ..devices import resolve_device
 from ..errors import SidsError
@@ -499,8 +499,9 @@ def assign_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
     run_dir = Path(run_dir)
     acfg: AssignConfig = cfg.assign
     emb = read_embeddings(run_dir)
-    ids, x = emb.movie_ids, emb.x
-    tok = read_model(run_dir, input_dim=x.shape[1]).to(resolve_device(acfg.device, "assign.device"))
+    tok = read_model(run_dir)
+    ids, x = emb.movie_ids, model_input(run_dir, tok, emb)  # (N, D), or (N, D + F) with collaborative vectors
+    tok = tok.to(resolve_device(acfg.device, "assign.device"))
     levels, k = int(tok.config.levels), int(tok.config.codebook_size)
     sids_path = run_dir / "sids.parquet"
     retired_ids = np.zeros(0, dtype=np.int64)

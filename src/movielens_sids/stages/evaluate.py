@@ -46,6 +46,7 @@ import numpy as np
 from .. import metrics
 from ..artifacts import (
     check_same_movies,
+    model_input,
     movielens_titles,
     read_catalog,
     read_cowatch,
@@ -93,7 +94,8 @@ class _Inputs:
     movie_ids: np.ndarray  # (N,) int64
     titles: list[str]  # N MovieLens-form titles, "Matrix, The (1999)"
     genres: list[list[str]]  # N genre lists
-    x: np.ndarray  # (N, D) float32 embeddings
+    x: np.ndarray  # (N, D) float32 embeddings: what the neighbour metrics and labels read
+    x_in: np.ndarray  # (N, D') what the tokenizer reads: x, or x with collaborative vectors (D' = D + F)
     sid_tokens: np.ndarray  # (N, T) int64 final SID tokens, -1 past a movie's length (T = L or L+1)
     sid_lengths: np.ndarray  # (N,) int64
     sid_strings: list[str]  # N
@@ -118,9 +120,7 @@ def load_inputs(run_dir: Path, tokenizer: Any = None) -> _Inputs:
     cat_path = run_dir / "catalog.parquet"
     check_same_movies(ids, cat_path, emb.movie_ids, emb.path, "embed")
     check_same_movies(ids, cat_path, sids.movie_ids, sids.path, "assign")
-    if emb.x.shape[1] != tcfg.input_dim:
-        raise SidsError(f"{emb.path} has {emb.x.shape[1]}-d embeddings but the model expects {tcfg.input_dim}: "
-                        "run `movielens-sids train` again")
+    x_in = model_input(run_dir, tokenizer, emb)
     stats = sids.metadata.get("assign_stats")
     if not isinstance(stats, dict):
         if stats is not None:
@@ -129,10 +129,9 @@ def load_inputs(run_dir: Path, tokenizer: Any = None) -> _Inputs:
     titles = movielens_titles(catalog)
     genres = [g or [] for g in catalog.column("genres").to_pylist()]
     return _Inputs(
-        movie_ids=ids, titles=titles, genres=genres, x=emb.x, sid_tokens=sids.tokens, sid_lengths=sids.lengths,
-        sid_strings=sids.strings, assign_stats=stats, embedding_model=emb.model, embeddings_path=emb.path,
-        embedding_backend=emb.backend,
-        tokenizer=tokenizer, catalog=catalog,
+        movie_ids=ids, titles=titles, genres=genres, x=emb.x, x_in=x_in, sid_tokens=sids.tokens,
+        sid_lengths=sids.lengths, sid_strings=sids.strings, assign_stats=stats, embedding_model=emb.model,
+        embeddings_path=emb.path, embedding_backend=emb.backend, tokenizer=tokenizer, catalog=catalog,
     )
 
 
@@ -490,11 +489,11 @@ def tokenize_and_rank(inp: _Inputs, cfg: EvaluateConfig, rows: np.ndarray) -> _C
     embeddings, the reconstructions, the decoded SIDs) are alive at once, whatever N.
     """
     t0 = time.perf_counter()
-    raw, recon, dec = run_tokenizer(inp.tokenizer, inp.x, inp.sid_tokens, batch_size=cfg.batch_size)
+    raw, recon, dec = run_tokenizer(inp.tokenizer, inp.x_in, inp.sid_tokens, batch_size=cfg.batch_size)
     log.info("tokenizer on %d movies in %.1fs", len(raw), time.perf_counter() - t0)
-    reconstruction = {"relative_mse": metrics.relative_mse(inp.x, recon),
-                      "mean_cosine": metrics.mean_cosine(inp.x, recon)}
-    rel_final = metrics.relative_mse(inp.x, dec)
+    reconstruction = {"relative_mse": metrics.relative_mse(inp.x_in, recon),
+                      "mean_cosine": metrics.mean_cosine(inp.x_in, recon)}
+    rel_final = metrics.relative_mse(inp.x_in, dec)
     t0 = time.perf_counter()
     raw_nn = sid_knn(raw, _normalize(recon, inplace=True), K_NEIGHBORS)[rows]  # (Q, K_NEIGHBORS)
     del recon
@@ -546,6 +545,8 @@ def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None,
         "embedding_dim": int(inp.x.shape[1]),
         "embedding_model": inp.embedding_model,
         "embedding_backend": inp.embedding_backend,
+        "collab_input": ({"weight": float(tcfg.collab_input), "shrinkage": float(tcfg.collab_shrinkage),
+                          "dim": int(tcfg.collab_dim)} if getattr(tcfg, "collab_dim", 0) else None),
         "reconstruction": codes.reconstruction,
         "utilization": metrics.utilization(raw, k_codes),
         "perplexity": metrics.perplexity(raw, k_codes),

@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import logs
 from .. import model as tokenizers  # torch is imported on first use of tokenizers.RQVAE, ...
-from ..artifacts import check_same_movies, read_collab, read_embeddings
+from ..artifacts import check_same_movies, read_collab, read_embeddings, tokenizer_input
 from ..devices import lightning_devices
 from ..errors import SidsError
 from ..io import atomic_dir, file_hash, write_json
@@ -259,8 +259,24 @@ def _fingerprint(emb_path: Path, cfg: Config) -> dict[str, Any]:
     and settings. (The pipeline's record says whether ``model/`` is up to date; this guards the
     checkpoints of a training that never finished, which have no record.)"""
     collab = emb_path.parent / "collab.parquet"
+    reads_collab = cfg.train.collab_weight > 0 or cfg.model.collab_input > 0
     return {"embeddings": file_hash(emb_path), "model": dataclasses.asdict(cfg.model), "train": decisive(cfg.train),
-            "collab": file_hash(collab) if collab.exists() and cfg.train.collab_weight > 0 else None}
+            "collab": file_hash(collab) if collab.exists() and reads_collab else None}
+
+
+def _input_and_shape(run_dir: Path, emb, cfg: Config) -> tuple[np.ndarray, Any]:
+    """What the tokenizer will read, (N, D) or with collaborative vectors (N, D + F) (``model.collab_input``),
+    and the model's settings with ``input_dim`` and ``collab_dim`` read from it."""
+    x, collab_dim = tokenizer_input(run_dir, emb, collab_input=cfg.model.collab_input,
+                                    shrinkage=cfg.model.collab_shrinkage)
+    if collab_dim:
+        if cfg.train.tokenizer != "rqvae":
+            raise SidsError("model.collab_input needs train.tokenizer: rqvae (residual k-means reads the "
+                            "embeddings alone); set model.collab_input=0 or train.tokenizer=rqvae")
+        log.info("tokenizer input: %d-d embeddings + %d-d collaborative vectors (weight %g, shrinkage %g)",
+                 emb.x.shape[1], collab_dim, cfg.model.collab_input, cfg.model.collab_shrinkage)
+    # D comes from the data; a local copy keeps the run's recorded settings independent of it.
+    return x, dataclasses.replace(cfg.model, input_dim=int(x.shape[1]), collab_dim=collab_dim)
 
 
 def train_stage(run_dir: Path, cfg: Config, *, callbacks: list | None = None) -> dict[str, Any]:
@@ -276,9 +292,8 @@ def train_stage(run_dir: Path, cfg: Config, *, callbacks: list | None = None) ->
     """
     run_dir = Path(run_dir)
     emb = read_embeddings(run_dir)
-    emb_path, x = emb.path, emb.x
-    # D comes from the data; a local copy keeps the run's recorded settings independent of it.
-    model_cfg = dataclasses.replace(cfg.model, input_dim=int(x.shape[1]))
+    emb_path = emb.path
+    x, model_cfg = _input_and_shape(run_dir, emb, cfg)
     if len(x) < model_cfg.codebook_size:
         raise SidsError(f"{emb_path} holds {len(x)} movies, fewer than model.codebook_size="
                         f"{model_cfg.codebook_size}; use a smaller codebook")
