@@ -8,6 +8,15 @@ Rows:
   (b) rqkmeans     residual k-means on FAISS, 3 x 256
   (c) faiss-rq     ``faiss.ResidualQuantizer`` 3 x 256 (8 bits), its default beam
   (d) seed         4 x 1024 on the raw vector (identity encoder), our initialisation (``seed`` preset)
+  (e) rqvae-collab the ``collab`` preset: content and collaborative vectors side by side
+                   (``model.collab_input``), with its co-watch term; needs ``--run-dir`` with ratings
+
+With ``--run-dir`` (a run folder after ``collab``) the vectors are its embeddings, every RQ-VAE row trains
+as ``movielens-sids train`` would there (a preset's ``model.collab_input`` fuses ``collab.parquet`` into
+the input, its ``train.collab_weight`` adds the co-watch term), and every row also reports co-watch
+alignment over ``cowatch.parquet``'s pairs (CW L1, CW L2: the share of the most co-watched pairs that share
+the first token, the first two). The neighbour metrics always use the content embeddings; reconstruction
+uses what each tokenizer reads.
 
 With ``--seeds 0,1,2`` every row runs once per seed and the table gives the mean and, after
 ``±``, the standard deviation over seeds: lift and unique fraction move by about 1 % between
@@ -23,6 +32,8 @@ the same for random pairs (on the raw codes, before the IDs are made unique).
 Usage:
     python benchmarks/tokenizer_bench.py --embeddings runs/ml-32m/embeddings.parquet [more fallbacks: x.npy]
     python benchmarks/tokenizer_bench.py --embeddings vecs.npy --rows rqvae-best,rqkmeans --out bench.json
+    python benchmarks/tokenizer_bench.py --run-dir runs/collab --preset demo --set train.collab_weight=0 \
+        --rows rqkmeans,faiss-rq,rqvae-best,rqvae-collab --seeds 0,1,2
 
 The first ``--embeddings`` path that exists is used (Parquet from the embed stage, or a .npy matrix).
 """
@@ -43,16 +54,43 @@ import torch
 import yaml
 
 from movielens_sids import metrics as M
-from movielens_sids.artifacts import read_embeddings
+from movielens_sids.artifacts import read_cowatch, read_embeddings, tokenizer_input
 from movielens_sids.config import load_config
 from movielens_sids.model import RQKMeans, RQKMeansConfig
-from movielens_sids.stages.train import fit_rqvae, tokenize
+from movielens_sids.stages.train import cowatch_positives, fit_rqvae, tokenize
 
 log = logging.getLogger("benchmark")
 
 # The preset each RQ-VAE row trains with (its model and train sections, as `movielens-sids train` would).
-PRESETS: dict[str, str] = {"rqvae-best": "ml-32m", "rqvae-grouped": "ml-32m", "rqvae-tiger": "tiger", "seed": "seed"}
-ROWS = ["faiss-rq", "rqvae-best", "rqvae-grouped", "rqkmeans", "seed", "rqvae-tiger"]
+PRESETS: dict[str, str] = {"rqvae-best": "ml-32m", "rqvae-grouped": "ml-32m", "rqvae-tiger": "tiger", "seed": "seed",
+                           "rqvae-collab": "collab"}
+ROWS = ["faiss-rq", "rqvae-best", "rqvae-grouped", "rqkmeans", "seed", "rqvae-tiger", "rqvae-collab"]
+
+
+@dataclasses.dataclass
+class Run:
+    """A run folder's signals beside its embeddings: what ``train`` would read there."""
+
+    run_dir: Path
+    emb: object  # artifacts.Embeddings
+    pairs: tuple[np.ndarray, np.ndarray] | None  # row indices of cowatch.parquet's pairs, or None
+
+    @classmethod
+    def read(cls, run_dir: Path) -> Run:
+        emb = read_embeddings(run_dir)
+        table = read_cowatch(run_dir)
+        pairs = None
+        if table is not None:
+            a, b = (np.searchsorted(emb.movie_ids, table.column(c).to_numpy()) for c in ("movie_a", "movie_b"))
+            pairs = (a, b)
+        return cls(Path(run_dir), emb, pairs)
+
+    def inputs(self, cfg) -> tuple[np.ndarray, int, np.ndarray | None]:
+        """(N, D [+ F]) the tokenizer's input, F, and the co-watch positives, as ``train`` builds them."""
+        x, f = tokenizer_input(self.run_dir, self.emb, collab_input=cfg.model.collab_input,
+                               shrinkage=cfg.model.collab_shrinkage)
+        positives, _ = cowatch_positives(self.run_dir, self.emb.movie_ids, cfg.train)
+        return x, f, positives
 
 
 def load_vectors(paths: list[Path]) -> tuple[np.ndarray, Path]:
@@ -64,21 +102,29 @@ def load_vectors(paths: list[Path]) -> tuple[np.ndarray, Path]:
     sys.exit(f"none of the embeddings files exist: {', '.join(map(str, paths))}")
 
 
-def run_rqvae(x: np.ndarray, name: str, seed: int, max_epochs: int | None = None, extra: dict | None = None
-              ) -> tuple[np.ndarray, np.ndarray, float, dict]:
+def run_rqvae(x: np.ndarray, name: str, seed: int, max_epochs: int | None = None, extra: dict | None = None,
+              run: Run | None = None) -> tuple[np.ndarray, np.ndarray, float, dict]:
+    """Train row ``name``'s preset; returns codes, the reconstruction, seconds and facts, and under
+    ``"input"`` what it read (x, or with ``run`` the fused input when the preset fuses)."""
     over = {"train.seed": seed, "train.progress_bar": False, "train.accelerator": "cpu", "train.devices": "1",
             **(extra or {})}
     if max_epochs:
         over["train.max_epochs"] = max_epochs
     cfg = load_config(PRESETS[name], over)
-    cfg.model = dataclasses.replace(cfg.model, input_dim=x.shape[1])
+    f, positives = 0, None
+    if run is not None:
+        x, f, positives = run.inputs(cfg)
+    elif cfg.model.collab_input > 0:
+        sys.exit(f"row {name} reads collaborative vectors: pass --run-dir, a run folder after `collab`")
+    cfg.model = dataclasses.replace(cfg.model, input_dim=x.shape[1], collab_dim=f)
     with tempfile.TemporaryDirectory() as work:
         t0 = time.perf_counter()
-        model, summary = fit_rqvae(x, cfg.model, cfg.train, Path(work))
+        model, summary = fit_rqvae(x, cfg.model, cfg.train, Path(work), positives=positives)
         seconds = time.perf_counter() - t0
     codes, x_hat = tokenize(model, x)
     return codes, x_hat, seconds, {"steps": summary["global_step"], "epochs": summary["epochs"],
-                                   "codebook_size": cfg.model.codebook_size}
+                                   "codebook_size": cfg.model.codebook_size, "input": x,
+                                   "co_watch_term": positives is not None, "collab_dim": f}
 
 
 def run_rqkmeans(x: np.ndarray, seed: int, levels: int = 3, k: int = 256) -> tuple[np.ndarray, np.ndarray, float, dict]:
@@ -110,8 +156,12 @@ def _unpack(packed: np.ndarray, levels: int, bits: int) -> np.ndarray:
     return np.stack(cols, axis=1).astype(np.int64)
 
 
-def measure(x: np.ndarray, codes: np.ndarray, x_hat: np.ndarray, k: int, neighbors: np.ndarray) -> dict:
+def measure(x: np.ndarray, codes: np.ndarray, x_hat: np.ndarray, k: int, neighbors: np.ndarray,
+            pairs: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """x: (N, D) what the tokenizer read (reconstruction); neighbors: (N, 10) content neighbours; pairs: the
+    co-watched pairs' rows, for co-watch alignment."""
     col = M.collision_stats(codes)
+    cw = M.co_watch(codes, *pairs) if pairs is not None else None
     coh = M.prefix_coherence(codes, neighbors, 5)
     ftm = M.first_token_match(codes, neighbors)
     rnd = M.random_first_token_match(codes)
@@ -122,6 +172,7 @@ def measure(x: np.ndarray, codes: np.ndarray, x_hat: np.ndarray, k: int, neighbo
         "first_token_match_at_10": ftm, "random_first_token_match": rnd, "lift": ftm / max(rnd, 1e-12),
         "coherence": coh, "coh_l1": coh["first_token"], "coh_l2": coh["first_two_tokens"],
         "coh_random_l1": coh["random_first_token"], "coh_random_l2": coh["random_first_two_tokens"],
+        **({"co_watch": cw, "cw_l1": cw["first_token"], "cw_l2": cw["first_two_tokens"]} if cw else {}),
     }
 
 
@@ -132,9 +183,11 @@ def _mean_std(values: list) -> tuple:
 
 def table(results: dict[str, list[dict]]) -> str:
     """One row per tokenizer: means over seeds, ``± std`` where there are several."""
+    cw = all("cw_l1" in r for runs in results.values() for r in runs)
     head = ("| tokenizer | L x K | seeds | train s | rel. MSE | cosine | utilization | perplexity | unique "
-            "| max group | 1st-token@10 | random | lift | coh L1 | coh L2 | random L1 | random L2 |")
-    lines = [head, "|" + " --- |" * 17]
+            "| max group | 1st-token@10 | random | lift | coh L1 | coh L2 | random L1 | random L2 |"
+            + (" CW L1 | CW L2 |" if cw else ""))
+    lines = [head, "|" + " --- |" * (19 if cw else 17)]
 
     def cell(runs: list[dict], key: str, fmt: str) -> str:
         m, sd = _mean_std([r[key] for r in runs])
@@ -150,7 +203,8 @@ def table(results: dict[str, list[dict]]) -> str:
             f"| {cell(runs, 'unique_fraction_before_dedup', '.4f')} | {max(r['max_group_size'] for r in runs)} "
             f"| {cell(runs, 'first_token_match_at_10', '.4f')} | {cell(runs, 'random_first_token_match', '.5f')} "
             f"| {cell(runs, 'lift', '.1f')} | {cell(runs, 'coh_l1', '.3f')} | {cell(runs, 'coh_l2', '.3f')} "
-            f"| {cell(runs, 'coh_random_l1', '.4f')} | {cell(runs, 'coh_random_l2', '.5f')} |")
+            f"| {cell(runs, 'coh_random_l1', '.4f')} | {cell(runs, 'coh_random_l2', '.5f')} |"
+            + (f" {cell(runs, 'cw_l1', '.3f')} | {cell(runs, 'cw_l2', '.3f')} |" if cw else ""))
     return "\n".join(lines)
 
 
@@ -158,7 +212,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--embeddings", type=Path, nargs="+", default=[Path("runs/ml-32m/embeddings.parquet")],
                    help="embeddings.parquet or .npy (the first that exists is used)")
-    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
+    p.add_argument("--run-dir", type=Path, help="a run folder: its embeddings, and its collab.parquet and "
+                   "cowatch.parquet for rqvae-collab, the presets' co-watch terms and the CW columns")
+    p.add_argument("--rows", default=None, help=f"comma-separated subset of {','.join(ROWS)} (default: all; "
+                   "rqvae-collab only with --run-dir)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds; every row runs once per seed")
     p.add_argument("--single-seed-rows", default="seed,rqvae-tiger",
                    help="rows that run with the first seed only (the slow ones not compared in the acceptance)")
@@ -179,10 +236,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "movielens_sids.stages.train"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    x, source = load_vectors(args.embeddings)
+    run = Run.read(args.run_dir) if args.run_dir else None
+    x, source = (run.emb.x, run.emb.path) if run else load_vectors(args.embeddings)
     if args.limit:
+        if run:
+            sys.exit("--limit and --run-dir do not go together (the run's collaborative files cover every movie)")
         x = x[: args.limit]
-    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    rows = [r.strip() for r in (args.rows or ",".join(r for r in ROWS if run or r != "rqvae-collab")).split(",")
+            if r.strip()]
     log.info("%d x %d vectors from %s; torch threads %d", *x.shape, source, torch.get_num_threads())
     if args.neighbors and args.neighbors.exists():
         neighbors = np.load(args.neighbors)
@@ -211,12 +272,13 @@ def main() -> None:
             elif name == "faiss-rq":
                 codes, x_hat, seconds, extra = run_faiss_rq(x, seed, *shape)
             elif name in PRESETS:
-                codes, x_hat, seconds, extra = run_rqvae(x, name, seed, args.max_epochs, extras.get(name))
+                codes, x_hat, seconds, extra = run_rqvae(x, name, seed, args.max_epochs, extras.get(name), run)
             else:
                 sys.exit(f"unknown row {name!r}; rows: {', '.join(ROWS)}")
             k = extra.pop("codebook_size", 256)
+            read = extra.pop("input", x)
             r = {"seed": seed, "shape": f"{codes.shape[1]} x {k}", "train_seconds": seconds, **extra,
-                 **measure(x, codes, x_hat, k, neighbors)}
+                 **measure(read, codes, x_hat, k, neighbors, run.pairs if run else None)}
             results.setdefault(name, []).append(r)
             log.info("%s seed %d: %.1fs, relative MSE %.4f, unique %.4f, lift %.1f, coherence L1 %.3f L2 %.3f, "
                      "perplexity %s", name, seed, seconds, r["relative_mse"], r["unique_fraction_before_dedup"],
