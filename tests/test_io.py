@@ -102,3 +102,43 @@ def test_run_lock_removes_parents_it_created(tmp_path):
     with run_lock(tmp_path / "a" / "b" / "run"):
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_vector_file_is_read_group_by_group_into_the_same_matrix(tmp_path):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from movielens_sids.artifacts import read_embeddings, read_vector_file
+    from movielens_sids.io import VECTOR_ROW_GROUP
+
+    n, d = 2 * VECTOR_ROW_GROUP + 123, 3
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    ids = rng.permutation(n).astype(np.int64) + 1  # not in id order
+    table = pa.table({"movie_id": ids, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), d)})
+    write_parquet(tmp_path / "embeddings.parquet", table, vectors="embedding")
+    meta = pq.ParquetFile(tmp_path / "embeddings.parquet").metadata
+    assert meta.num_row_groups == 3 and meta.row_group(0).num_rows == VECTOR_ROW_GROUP
+    assert "RLE_DICTIONARY" not in meta.row_group(0).column(1).encodings  # the floats are stored plainly
+    rest, got, _ = read_vector_file(tmp_path / "embeddings.parquet", "embedding", "embed")
+    assert rest.column_names == ["movie_id"] and np.array_equal(got, x)  # in file order
+    emb = read_embeddings(tmp_path)  # sorted by movie_id, vectors moved with their ids
+    order = np.argsort(ids)
+    assert np.array_equal(emb.movie_ids, ids[order]) and np.array_equal(emb.x, x[order])
+    assert emb.x.flags.writeable and emb.x.flags.c_contiguous
+
+
+def test_a_vector_file_with_mixed_dimensions_or_no_vectors_is_a_clear_error(tmp_path):
+    import pyarrow.parquet as pq
+
+    from movielens_sids.artifacts import read_embeddings
+
+    rows = [[0.1, 0.2]] * 3 + [[0.1, 0.2, 0.3]] * 3  # lists whose length changes between row groups
+    table = pa.table({"movie_id": pa.array(range(1, 7), pa.int64()),
+                      "embedding": pa.array(rows, pa.list_(pa.float32()))})
+    pq.write_table(table, tmp_path / "embeddings.parquet", row_group_size=3)
+    with pytest.raises(SidsError, match="mixed dimensions"):
+        read_embeddings(tmp_path)
+    pq.write_table(table.drop_columns(["embedding"]), tmp_path / "embeddings.parquet")
+    with pytest.raises(SidsError, match="no 'embedding' column"):
+        read_embeddings(tmp_path)

@@ -110,6 +110,55 @@ def vector_matrix(column: pa.ChunkedArray | pa.Array, what: str) -> np.ndarray:
     return np.require(x, dtype=np.float32, requirements=["C", "W"])  # torch wants writable memory
 
 
+def read_vector_file(path: Path, column: str, stage: str) -> tuple[pa.Table, np.ndarray, dict[str, str]]:
+    """A Parquet file with a vector column: its other columns, the vectors (N, D) float32 in file order, and
+    its key-value metadata, from one read of the footer. The vectors are read one row group at a time into
+    one array (``vector_matrix`` checks each group), the pool's freed memory returned after each: memory is
+    the result and about one group, not the several copies of a whole-file read.
+
+    Raises:
+        SidsError: the file is missing or unreadable, has no ``column``, or holds bad vectors.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise SidsError(f"{path} not found: run `movielens-sids {stage}` first")
+    try:
+        f = pq.ParquetFile(path)
+        names = f.schema_arrow.names
+        if column not in names:
+            raise SidsError(f"{path} has no {column!r} column: run `movielens-sids {stage}` again")
+        table = f.read(columns=[c for c in names if c != column])
+        meta = {k.decode(): v.decode() for k, v in (f.schema_arrow.metadata or {}).items()
+                if not k.startswith(b"ARROW:") and k != b"pandas"}
+        out, at = None, 0
+        for i in range(f.num_row_groups):
+            part = vector_matrix(f.read_row_group(i, columns=[column]).column(column), str(path))  # (n_i, D)
+            if out is None:
+                out = np.empty((f.metadata.num_rows, part.shape[1]), dtype=np.float32)
+            elif part.shape[1] != out.shape[1]:
+                raise SidsError(f"{path}: vectors of mixed dimensions ({out.shape[1]}, {part.shape[1]}); "
+                                "every vector must have the same length")
+            out[at:at + len(part)] = part
+            at += len(part)
+            pa.default_memory_pool().release_unused()
+    except SidsError:
+        raise
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise SidsError(f"{path} is not a readable Parquet file ({type(e).__name__}: {e})") from e
+    return table, (out if out is not None else np.zeros((0, 0), dtype=np.float32)), meta
+
+
+def _in_id_order(table: pa.Table, x: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+    """``table`` (with ``movie_id``) and its rows' vectors x (N, D), both sorted by movie_id (``sorted_by_id``)."""
+    ids = table.column("movie_id").to_numpy()
+    if len(ids) > 1 and (np.diff(ids) <= 0).any():
+        order = np.argsort(ids, kind="stable")
+        return table.take(order), x[order]
+    return table, x
+
+
 def decoded_metadata(path: Path) -> dict[str, Any]:
     """A Parquet file's key-value metadata, JSON values decoded (others kept as strings)."""
     meta = {}
@@ -189,18 +238,16 @@ def read_embeddings(run_dir: Path, *, recorded: bool = True) -> Embeddings:
     path = Path(run_dir) / EMBEDDINGS
     if recorded:
         check_recorded(run_dir, EMBEDDINGS)
-    table = read_parquet(path, "embed")
-    require_columns(table, path, ("movie_id", "embedding"), "embed")
+    table, x, meta = read_vector_file(path, "embedding", "embed")
+    require_columns(table, path, ("movie_id",), "embed")
     if table.num_rows == 0:
         raise SidsError(f"{path} holds no movies: run `movielens-sids embed` again")
-    table = sorted_by_id(table)
+    table, x = _in_id_order(table, x)
     ids = movie_ids(table, path, "embed")
-    x = vector_matrix(table.column("embedding"), str(path))
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
         raise SidsError(f"{path}: NaN or infinite embeddings for {int(bad.sum())} movies (first movie_id "
                         f"{ids[np.argmax(bad)]}): run `movielens-sids embed` again")
-    meta = parquet_metadata(path)
     return Embeddings(ids, x, meta.get("model"), path, meta.get("backend", "torch"))
 
 
@@ -227,10 +274,10 @@ def read_collab(run_dir: Path, *, recorded: bool = True) -> Collab | None:
         return None
     if recorded:
         check_recorded(run_dir, COLLAB)
-    table = sorted_by_id(read_parquet(path, "collab"))
-    require_columns(table, path, ("movie_id", "vector", "n_train"), "collab")
+    table, x, meta = read_vector_file(path, "vector", "collab")
+    require_columns(table, path, ("movie_id", "n_train"), "collab")
+    table, x = _in_id_order(table, x)
     ids = movie_ids(table, path, "collab")
-    x = vector_matrix(table.column("vector"), str(path))
     if not np.isfinite(x).all():
         raise SidsError(f"{path}: NaN or infinite collaborative vectors: run `movielens-sids collab` again")
     split = decoded_metadata(path).get("split")

@@ -42,8 +42,11 @@ def _sq_dists(r: torch.Tensor, cb: torch.Tensor, cb_sq: torch.Tensor) -> torch.T
 def path_residuals(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Squared distance from each latent to its path's quantized point, float64. z (M, H), codes (M, L) -> (M,)."""
     levels = codebooks.shape[0]
-    q = codebooks[np.arange(levels)[None, :], codes].sum(1) if len(codes) else np.zeros_like(z)  # (M, H)
-    return np.square(np.asarray(z, dtype=np.float64) - q).sum(1)
+    out = np.empty(len(codes), dtype=np.float64)
+    for s in range(0, len(codes), CHUNK):  # blocks: no (M, L, H) gather of the whole set
+        q = codebooks[np.arange(levels)[None, :], codes[s:s + CHUNK]].sum(1)  # (B, H)
+        out[s:s + len(q)] = np.square(np.asarray(z[s:s + CHUNK], dtype=np.float64) - q).sum(1)
+    return out
 
 
 def _smallest(d: torch.Tensor, n: int) -> torch.Tensor:

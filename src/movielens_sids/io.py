@@ -150,9 +150,17 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
-def write_parquet(path: str | Path, table, *, metadata: dict[str, str] | None = None) -> None:
+VECTOR_ROW_GROUP = 16384
+"""Rows per Parquet row group of a vector file (``write_parquet(vectors=...)``): readers take one group at
+a time (``artifacts.read_vector_file``), so reading N vectors needs about their own size."""
+
+
+def write_parquet(path: str | Path, table, *, metadata: dict[str, str] | None = None,
+                  vectors: str | None = None) -> None:
     """Write a ``pyarrow.Table`` (or DataFrame) to Parquet atomically, merging ``metadata`` into the schema.
 
+    ``vectors``: the name of a column of float vectors, written without a dictionary (floats seldom repeat)
+    in row groups of ``VECTOR_ROW_GROUP`` rows.
     Byte-for-byte deterministic for the same table and metadata (no creation time is written).
     """
     import pyarrow as pa
@@ -165,7 +173,11 @@ def write_parquet(path: str | Path, table, *, metadata: dict[str, str] | None = 
         meta.update({k.encode(): v.encode() if isinstance(v, str) else v for k, v in metadata.items()})
         table = table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", write_statistics=True)
+        if vectors is None:
+            pq.write_table(table, tmp, compression="zstd", write_statistics=True)
+        else:
+            pq.write_table(table, tmp, compression="zstd", write_statistics=True, row_group_size=VECTOR_ROW_GROUP,
+                           use_dictionary=[c for c in table.column_names if c != vectors])
 
 
 def read_parquet(path: str | Path, what: str):

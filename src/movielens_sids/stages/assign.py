@@ -87,18 +87,15 @@ def exact_latents(tok64, x: np.ndarray, rows: np.ndarray | None = None, *, batch
     """
     import torch
 
-    xs = x if rows is None else x[rows]
-    h = int(tok64.codebooks.shape[-1])
-    if len(xs) == 0:
-        return np.zeros((0, h), dtype=np.float64)
-    xt = torch.from_numpy(np.ascontiguousarray(xs, dtype=np.float32)).double()
-    out = []
-    with torch.inference_mode():
-        for b in xt.split(batch_size):
+    rows = np.arange(len(x)) if rows is None else np.asarray(rows)
+    out = np.empty((len(rows), int(tok64.codebooks.shape[-1])), dtype=np.float64)  # (M, H)
+    with torch.inference_mode():  # one batch at a time in float64: memory is the output plus a batch
+        for s in range(0, len(rows), batch_size):
+            b = torch.from_numpy(np.asarray(x[rows[s:s + batch_size]], dtype=np.float32)).double()  # (B, D)
             pad = -len(b) % ALIGN  # the same kernels for a row whatever rows come with it
             zb = tok64.encode(torch.cat([b, b.new_zeros(pad, b.shape[1])]) if pad else b)
-            out.append(zb[:len(b)])
-    return torch.cat(out).numpy()
+            out[s:s + len(b)] = zb[:len(b)].numpy()
+    return out
 
 
 def fast_codes(tok, x: np.ndarray, *, device=None, batch_size: int = 16384,
@@ -315,14 +312,15 @@ def _move_cost(tok64, x: np.ndarray, before: np.ndarray, after: np.ndarray, move
     if not moved.any():
         return {"moved_relative_error_before": None, "moved_relative_error_after": None}
     idx = np.flatnonzero(moved)
-    xm = torch.from_numpy(np.ascontiguousarray(x[idx], dtype=np.float32)).double()  # (M, D)
-    out = {}
+    total = {"before": 0.0, "after": 0.0}
     with torch.inference_mode():
-        for name, c in (("before", before), ("after", after)):
-            rec = tok64.decode_codes(torch.from_numpy(c[idx]))  # (M, D) float64
-            err = ((xm - rec) ** 2).sum(1) / (xm ** 2).sum(1).clamp_min(1e-12)
-            out[f"moved_relative_error_{name}"] = _sig(float(err.mean()))
-    return out
+        for s in range(0, len(idx), CHUNK * 4):  # blocks: memory stays at a few (B, D) float64 matrices
+            rows = idx[s:s + CHUNK * 4]
+            xm = torch.from_numpy(np.asarray(x[rows], dtype=np.float32)).double()  # (B, D)
+            for name, c in (("before", before), ("after", after)):
+                rec = tok64.decode_codes(torch.from_numpy(c[rows]))  # (B, D) float64
+                total[name] += float((((xm - rec) ** 2).sum(1) / (xm ** 2).sum(1).clamp_min(1e-12)).sum())
+    return {f"moved_relative_error_{name}": _sig(v / len(idx)) for name, v in total.items()}
 
 
 # ----------------------------------------------------------------------------------------------

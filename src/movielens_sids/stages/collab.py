@@ -66,7 +66,7 @@ def collab_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
                       "n_train": counts})
     a, b, users = collab.top_cowatch_pairs(x, c.cowatch_pairs)
     pairs = pa.table({"movie_a": split.movie_ids[a], "movie_b": split.movie_ids[b], "users": users})
-    write_parquet(run_dir / COLLAB, table, metadata=meta)
+    write_parquet(run_dir / COLLAB, table, metadata=meta, vectors="vector")
     write_parquet(run_dir / COWATCH, pairs, metadata={"split": json.dumps(info)})
     warm = int((counts > 0).sum())
     log.info("collab: ALS vectors of %d movies (%d with training ratings) from %d interactions in %.1fs",

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..artifacts import EMBEDDINGS, check_recorded, read_catalog, vector_matrix
+from ..artifacts import EMBEDDINGS, check_recorded, read_catalog, read_vector_file, vector_matrix
 from ..devices import resolve_devices
 from ..documents import Template, build_documents, document_hash
 from ..embed_backend import describe, metadata_entry, recorded, use_backend
@@ -215,9 +215,8 @@ def _reusable_metadata(path: Path, identity: dict[str, Any]) -> dict[str, str] |
 def _existing_vectors(path: Path, doc_hashes: dict[str, str]) -> dict[str, np.ndarray]:
     """Hash -> vector from the current ``embeddings.parquet`` (``doc_hashes``: its movie id -> hash map)."""
     try:
-        table = read_parquet(path, "embed")
+        table, found, _ = read_vector_file(path, "embedding", "embed")  # found: (N, D), in file order
         ids = table.column("movie_id").to_pylist()
-        found = vector_matrix(table.column("embedding"), str(path))
     except (SidsError, KeyError, OSError) as e:
         log.warning("cannot reuse %s (%s): embedding everything again", path, e)
         return {}
@@ -426,7 +425,7 @@ def _write(run_dir: Path, ids: np.ndarray, vectors: np.ndarray, metadata: dict[s
         "movie_id": pa.array(ids, type=pa.int64()),
         "embedding": pa.FixedSizeListArray.from_arrays(values, d),  # (N, D)
     })
-    write_parquet(path, table, metadata=metadata)
+    write_parquet(path, table, metadata=metadata, vectors="embedding")
     log.info("wrote %s: %d vectors of dimension %d", path, n, d)
     return True
 
