@@ -7,7 +7,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +46,7 @@ def write_embeddings(run_dir: Path, x: np.ndarray, ids: np.ndarray) -> None:
     table = pa.table({"movie_id": pa.array(ids[o], pa.int64()), "embedding": emb})
     write_parquet(Path(run_dir) / "embeddings.parquet", table,
                   metadata={"model": "test", "dimension": str(x.shape[1]), "normalized": "true",
-                            "template": "test", "doc_hashes": json.dumps({})})
+                            "template": "test"})
 
 
 def write_catalog(run_dir: Path, rows: list[dict]) -> None:

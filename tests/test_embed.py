@@ -14,10 +14,10 @@ import pytest
 
 from movielens_sids.documents import build_documents, document_hash
 from movielens_sids.errors import SidsError
-from movielens_sids.io import parquet_metadata
+from movielens_sids.io import parquet_metadata, write_parquet
 from movielens_sids.settings import EmbedConfig
 from movielens_sids.stages import embed as embed_mod
-from movielens_sids.stages.embed import CACHE_DIR, embed_stage, resolve_model
+from movielens_sids.stages.embed import CACHE_DIR, documents_digest, embed_stage, resolve_model
 
 DIM = 16
 
@@ -124,7 +124,10 @@ def test_embed_writes_sorted_unit_vectors_with_metadata(tmp_path, tiny_model, co
     assert meta["model"] == str(Path(tiny_model).resolve())
     assert meta["dimension"] == str(DIM) and meta["normalized"] == "true"
     assert "{title}" in meta["template"]
-    assert json.loads(meta["doc_hashes"]) == {str(i): document_hash(d) for i, d in zip(ids, docs, strict=True)}
+    # Each row's document hash is a column (a footer holding a million hashes exceeds Parquet's limits);
+    # the metadata holds one digest of them all.
+    assert t.column("doc_hash").to_pylist() == [document_hash(d) for d in docs]
+    assert "doc_hashes" not in meta and meta["documents"] == documents_digest(ids, [document_hash(d) for d in docs])
     # Movies 50 and 60 share a document: it is embedded once and both get the same vector.
     assert docs[4] == docs[5]
     assert len(count_encoded) == len(set(docs)) == 11
@@ -142,6 +145,26 @@ def test_rerun_embeds_nothing_and_keeps_the_file(tmp_path, tiny_model, count_enc
     assert result["embedded"] == 0 and result["reused"] == 12 and not result["written"]
     assert count_encoded == []
     assert (tmp_path / "embeddings.parquet").read_bytes() == before
+
+
+def test_a_file_with_the_hashes_in_its_metadata_is_still_reused(tmp_path, tiny_model, count_encoded):
+    """Runs embedded before the ``doc_hash`` column kept the hashes as a JSON map in the metadata."""
+    catalog = write_catalog(tmp_path)
+    embed_stage(tmp_path, cfg(model=tiny_model))
+    path = tmp_path / "embeddings.parquet"
+    t = pq.read_table(path)
+    ids, hashes = t.column("movie_id").to_pylist(), t.column("doc_hash").to_pylist()
+    meta = {k: v for k, v in parquet_metadata(path).items() if k != "documents"}
+    meta["doc_hashes"] = json.dumps({str(i): h for i, h in zip(ids, hashes, strict=True)})
+    write_parquet(path, t.drop_columns(["doc_hash"]), metadata=meta)
+    _, v0 = read(tmp_path)
+    write_catalog(tmp_path, edits={3: ["a new tag"]})
+    count_encoded.clear()
+    result = embed_stage(tmp_path, cfg(model=tiny_model))
+    _, v1 = read(tmp_path)
+    assert result["embedded"] == 1 and result["reused"] == 11 and len(count_encoded) == 1
+    assert np.flatnonzero((v0 != v1).any(axis=1)).tolist() == [2]
+    assert pq.read_table(path).column("doc_hash").to_pylist()[0] == document_hash(build_documents(catalog)[0])
 
 
 def test_editing_one_document_embeds_exactly_that_one(tmp_path, tiny_model, count_encoded):
@@ -409,6 +432,9 @@ def test_import_parquet(tmp_path, kind):
     np.testing.assert_allclose(got, want, rtol=1e-6)
     meta = parquet_metadata(tmp_path / "run" / "embeddings.parquet")
     assert meta["model"] == "imported" and meta["dimension"] == "8" and "v.parquet" in meta["model_source"]
+    hashes = {i: document_hash(d) for i, d in zip(catalog.column("movie_id").to_pylist(), build_documents(catalog))}
+    assert pq.read_table(tmp_path / "run" / "embeddings.parquet").column("doc_hash").to_pylist() == [
+        hashes[i] for i in got_ids.tolist()]
     assert result["imported"] == 12
 
 

@@ -110,11 +110,13 @@ def vector_matrix(column: pa.ChunkedArray | pa.Array, what: str) -> np.ndarray:
     return np.require(x, dtype=np.float32, requirements=["C", "W"])  # torch wants writable memory
 
 
-def read_vector_file(path: Path, column: str, stage: str) -> tuple[pa.Table, np.ndarray, dict[str, str]]:
-    """A Parquet file with a vector column: its other columns, the vectors (N, D) float32 in file order, and
-    its key-value metadata, from one read of the footer. The vectors are read one row group at a time into
-    one array (``vector_matrix`` checks each group), the pool's freed memory returned after each: memory is
-    the result and about one group, not the several copies of a whole-file read.
+def read_vector_file(path: Path, column: str, stage: str, columns: list[str] | None = None
+                     ) -> tuple[pa.Table, np.ndarray, dict[str, str]]:
+    """A Parquet file with a vector column: its other columns (or just ``columns``), the vectors (N, D)
+    float32 in file order, and its key-value metadata, from one read of the footer. The vectors are read
+    one row group at a time into one array (``vector_matrix`` checks each group), the pool's freed memory
+    returned after each: memory is the result and about one group, not the several copies of a whole-file
+    read.
 
     Raises:
         SidsError: the file is missing or unreadable, has no ``column``, or holds bad vectors.
@@ -129,7 +131,10 @@ def read_vector_file(path: Path, column: str, stage: str) -> tuple[pa.Table, np.
         names = f.schema_arrow.names
         if column not in names:
             raise SidsError(f"{path} has no {column!r} column: run `movielens-sids {stage}` again")
-        table = f.read(columns=[c for c in names if c != column])
+        missing = [c for c in columns or () if c not in names]
+        if missing:
+            raise SidsError(f"{path} has no {missing[0]!r} column: run `movielens-sids {stage}` again")
+        table = f.read(columns=[c for c in names if c != column] if columns is None else columns)
         meta = {k.decode(): v.decode() for k, v in (f.schema_arrow.metadata or {}).items()
                 if not k.startswith(b"ARROW:") and k != b"pandas"}
         out, at = None, 0
@@ -238,8 +243,7 @@ def read_embeddings(run_dir: Path, *, recorded: bool = True) -> Embeddings:
     path = Path(run_dir) / EMBEDDINGS
     if recorded:
         check_recorded(run_dir, EMBEDDINGS)
-    table, x, meta = read_vector_file(path, "embedding", "embed")
-    require_columns(table, path, ("movie_id",), "embed")
+    table, x, meta = read_vector_file(path, "embedding", "embed", columns=["movie_id"])
     if table.num_rows == 0:
         raise SidsError(f"{path} holds no movies: run `movielens-sids embed` again")
     table, x = _in_id_order(table, x)

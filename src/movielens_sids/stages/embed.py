@@ -54,6 +54,8 @@ CACHE_DIR = ".embed-cache"
 """Run-folder subfolder holding the chunks of an unfinished run."""
 IMPORTED = "imported"
 """The model name recorded for vectors imported with ``--from``."""
+DOC_HASH = "doc_hash"
+"""The column of ``embeddings.parquet`` with each row's document hash (``documents.document_hash``)."""
 
 
 # --------------------------------------------------------------------------- the model
@@ -200,7 +202,6 @@ def _reusable_metadata(path: Path, identity: dict[str, Any]) -> dict[str, str] |
         return None
     try:
         meta = parquet_metadata(path)
-        json.loads(meta["doc_hashes"])
     except Exception as e:  # damaged or foreign file: it will be replaced
         log.warning("cannot reuse %s (%s): embedding everything again", path, e)
         return None
@@ -212,15 +213,30 @@ def _reusable_metadata(path: Path, identity: dict[str, Any]) -> dict[str, str] |
     return meta
 
 
-def _existing_vectors(path: Path, doc_hashes: dict[str, str]) -> dict[str, np.ndarray]:
-    """Hash -> vector from the current ``embeddings.parquet`` (``doc_hashes``: its movie id -> hash map)."""
+def _existing_vectors(path: Path) -> dict[str, np.ndarray]:
+    """Document hash -> vector from the current ``embeddings.parquet`` (its ``doc_hash`` column; files
+    written before that column existed keep the hashes as a JSON map in the metadata key ``doc_hashes``)."""
     try:
-        table, found, _ = read_vector_file(path, "embedding", "embed")  # found: (N, D), in file order
-        ids = table.column("movie_id").to_pylist()
-    except (SidsError, KeyError, OSError) as e:
+        table, found, meta = read_vector_file(path, "embedding", "embed")  # found: (N, D), in file order
+        if DOC_HASH in table.column_names:
+            hashes = table.column(DOC_HASH).to_pylist()
+        else:
+            by_id = json.loads(meta["doc_hashes"])
+            hashes = [by_id.get(str(i)) for i in table.column("movie_id").to_pylist()]
+    except (SidsError, KeyError, ValueError, OSError) as e:
         log.warning("cannot reuse %s (%s): embedding everything again", path, e)
         return {}
-    return {doc_hashes[str(i)]: v for i, v in zip(ids, found, strict=True) if str(i) in doc_hashes}
+    return {h: v for h, v in zip(hashes, found, strict=True) if h is not None}
+
+
+def documents_digest(ids: np.ndarray, hashes: list[str]) -> str:
+    """One SHA-256 over every (movie id, document hash) pair: the metadata's ``documents`` entry, equal
+    exactly when the same movies have the same documents (the per-movie hashes are the ``doc_hash``
+    column; a million of them would not fit a Parquet footer)."""
+    h = hashlib.sha256()
+    for i, d in zip(ids.tolist(), hashes, strict=True):
+        h.update(f"{i}:{d}\n".encode())
+    return h.hexdigest()
 
 
 def _meta_str(v: Any) -> str:
@@ -326,9 +342,8 @@ def embed_documents(run_dir: Path, catalog: pa.Table, cfg: EmbedConfig) -> dict[
 
     path = run_dir / "embeddings.parquet"
     old_meta = _reusable_metadata(path, identity)
-    doc_hashes = json.dumps({str(i): h for i, h in zip(ids.tolist(), hashes, strict=True)}, separators=(",", ":"))
     metadata = {"model": ref.name, "model_source": ref.note, "dimension": "?", "normalized": _meta_str(cfg.normalize),
-                "template": template.text, "max_tags": str(cfg.max_tags), "doc_hashes": doc_hashes,
+                "template": template.text, "max_tags": str(cfg.max_tags), "documents": documents_digest(ids, hashes),
                 **metadata_entry(cfg.backend, cfg.quantization)}
     text_of = dict(zip(hashes, docs, strict=True))
     if old_meta is not None and {**metadata, "dimension": old_meta.get("dimension")} == old_meta:
@@ -341,11 +356,11 @@ def embed_documents(run_dir: Path, catalog: pa.Table, cfg: EmbedConfig) -> dict[
                 "reused": len(docs), "duplicates": len(docs) - len(text_of), "movies_per_s": None,
                 "written": False}
 
-    known = _known_vectors(path, json.loads(old_meta["doc_hashes"]) if old_meta else {}, cache, text_of, len(docs))
+    known = _known_vectors(path if old_meta else None, cache, text_of, len(docs))
     todo, rate = _embed_missing(known, text_of, ref, cfg, cache)
     vectors = np.stack([known[h] for h in hashes])  # (N, D)
     metadata["dimension"] = str(vectors.shape[1])
-    written = _write(run_dir, ids, vectors, metadata)
+    written = _write(run_dir, ids, vectors, hashes, metadata)
     cache.clear()
     fresh = set(todo)
     return {"movies": len(docs), "dimension": int(vectors.shape[1]), "model": ref.name,
@@ -354,11 +369,12 @@ def embed_documents(run_dir: Path, catalog: pa.Table, cfg: EmbedConfig) -> dict[
             "written": written}
 
 
-def _known_vectors(path: Path, old_hashes: dict[str, str], cache: ChunkCache, text_of: dict[str, str],
+def _known_vectors(path: Path | None, cache: ChunkCache, text_of: dict[str, str],
                    n_movies: int) -> dict[str, np.ndarray]:
-    """The vectors already at hand, by document hash: the current file's (they win: unchanged movies keep
-    their exact bits) over the chunks an interrupted run left; none when their dimensions are mixed."""
-    existing = _existing_vectors(path, old_hashes) if old_hashes else {}
+    """The vectors already at hand, by document hash: the current file's (``path``, None when it cannot be
+    reused; they win: unchanged movies keep their exact bits) over the chunks an interrupted run left; none
+    when their dimensions are mixed."""
+    existing = _existing_vectors(path) if path is not None else {}
     known = cache.load()
     known.update(existing)
     if known:
@@ -402,7 +418,7 @@ def _embed_missing(known: dict[str, np.ndarray], text_of: dict[str, str], ref: M
     return todo, rate
 
 
-def _write(run_dir: Path, ids: np.ndarray, vectors: np.ndarray, metadata: dict[str, str]) -> bool:
+def _write(run_dir: Path, ids: np.ndarray, vectors: np.ndarray, hashes: list[str], metadata: dict[str, str]) -> bool:
     """Write ``embeddings.parquet`` unless the file already holds exactly this (keeps its bytes and hash)."""
     import pyarrow as pa
 
@@ -424,6 +440,7 @@ def _write(run_dir: Path, ids: np.ndarray, vectors: np.ndarray, metadata: dict[s
     table = pa.table({
         "movie_id": pa.array(ids, type=pa.int64()),
         "embedding": pa.FixedSizeListArray.from_arrays(values, d),  # (N, D)
+        DOC_HASH: pa.array(hashes, type=pa.string()),
     })
     write_parquet(path, table, metadata=metadata, vectors="embedding")
     log.info("wrote %s: %d vectors of dimension %d", path, n, d)
@@ -578,11 +595,12 @@ def import_vectors(run_dir: Path, catalog: pa.Table, cfg: EmbedConfig) -> dict[s
         "normalized": _meta_str(cfg.normalize),
         "template": template.text,
         "max_tags": str(cfg.max_tags),
-        # The documents these vectors stand for; a later `embed` with a model re-embeds everything anyway.
-        "doc_hashes": json.dumps({str(i): document_hash(d) for i, d in zip(cat_ids.tolist(), docs, strict=True)},
-                                 separators=(",", ":")),
     }
-    written = _write(run_dir, ids, vectors, metadata)
+    # The documents these vectors stand for; a later `embed` with a model re-embeds everything anyway.
+    hash_of = {i: document_hash(d) for i, d in zip(cat_ids.tolist(), docs, strict=True)}
+    hashes = [hash_of[i] for i in ids.tolist()]
+    metadata["documents"] = documents_digest(ids, hashes)
+    written = _write(run_dir, ids, vectors, hashes, metadata)
     ChunkCache(run_dir / CACHE_DIR, {}).clear()
     log.info("imported %d vectors of dimension %d from %s", len(ids), vectors.shape[1], path)
     return {"movies": len(ids), "dimension": int(vectors.shape[1]), "model": IMPORTED, "imported": len(ids),
