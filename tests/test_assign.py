@@ -136,6 +136,44 @@ def test_serve_in_order_is_the_serial_result(m, t, n_paths, seed):
     assert _serve_in_order(cands, ok).tolist() == expect
 
 
+@pytest.mark.parametrize("exhaustive", [True, False])
+@pytest.mark.parametrize("seed", range(4))
+def test_movers_take_paths_by_the_rule_one_at_a_time(seed, exhaustive, monkeypatch):
+    """free_paths (deferred acceptance over the last level, then over the deeper paths) gives what taking
+    movers one at a time gives: first every mover its nearest free last-level path, in movie_id order; then
+    those left their nearest free deeper path, in order; then (small spaces only) the whole space."""
+    from movielens_sids import dedup
+
+    if not exhaustive:
+        monkeypatch.setattr(dedup, "EXHAUSTIVE_MAX_PATHS", 0)
+    rng = np.random.default_rng(seed)
+    levels, k, beam = 3, 3, 2
+    cb = rng.normal(size=(levels, k, 4))
+    z = rng.normal(scale=0.3, size=(40, 4))  # 40 movies, 27 paths: many collide, some find no path
+    codes, _ = greedy_codes(z, cb)
+    paths = path_ids(codes, k)
+    keepers = np.unique(paths, return_index=True)[1]
+    movers = np.setdiff1d(np.arange(len(z)), keepers)  # in movie_id order (ids = rows)
+    search = dedup._MoverSearch(movers, z[movers], cb, beam, None)
+    got = search.free_paths(movers, codes, np.sort(paths[keepers]))
+
+    used = set(paths[keepers].tolist())
+    expect = {}
+    for j in movers:  # 1. the last level
+        last = candidate_paths(z[j:j + 1], cb, codes[j:j + 1], beam, part="last")[0].tolist()
+        expect[j] = next((p for p in last if p not in used), -1)
+        used.add(expect[j])
+    space = dedup._PathSpace(cb, None)
+    for j in [j for j in movers if expect[j] < 0]:  # 2. deeper, 3. the whole space
+        deeper = candidate_paths(z[j:j + 1], cb, codes[j:j + 1], beam, part="deeper")[0].tolist()
+        expect[j] = next((p for p in deeper if p not in used), -1)
+        if expect[j] < 0 and exhaustive:
+            expect[j] = next((p for p in space.order(z[j], codes[j]) if p not in used), -1)
+        used.add(expect[j])
+    assert got.tolist() == [expect[j] for j in movers]
+    assert (got < 0).any() and (got >= 0).any()  # the case reaches every branch
+
+
 def test_suffix_numbers_each_group_by_movie_id():
     codes = np.array([[1, 2], [0, 0], [1, 2], [1, 2], [3, 3]])
     ids = np.array([40, 5, 7, 20, 1])

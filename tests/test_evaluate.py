@@ -222,6 +222,8 @@ def test_sid_knn_matches_brute_force(k_codes, with_suffix):
         shared = shared_prefix_lengths(tokens, np.full(10, i), got[i])
         sim = vectors[got[i]] @ vectors[i]
         assert list(zip(shared.tolist(), np.round(sim, 5).tolist())) == want[i]
+    some = rng.choice(n, 37, replace=False)  # the neighbours of a sample are those rows of the full answer
+    np.testing.assert_array_equal(sid_knn(tokens, vectors, 10, some, max_block=997), got[some])
 
 
 def test_neighbor_overlap_and_genre_purity_by_hand():

@@ -326,25 +326,39 @@ class _MoverSearch:
         order, each taking its nearest last-level code that is free and not taken by an earlier
         mover, computed for all at once by deferred acceptance (with one priority order for every
         path it gives exactly that serial result).
-        2. Movers left without one (their whole last level is taken) search deeper, one by one in
-        movie_id order, among paths nobody holds; when K^L is small, the whole space last.
+        2. Movers left without one (their whole last level is taken) search deeper, in movie_id order by
+        the same deferred acceptance, among paths nobody holds; when K^L is small, the whole space last
+        (one by one).
         """
-        z = self.z_need[np.searchsorted(self.need, movers)]  # (M, H), row j = movers[j] (movers are collided)
+        zrow = np.searchsorted(self.need, movers)  # row of z_need of each mover (movers are collided)
         cands = np.concatenate([  # (M, T), in blocks to bound memory
-            candidate_paths(z[b], self.codebooks, codes[movers[b]], self.beam_width, part="last", bias=self.bias)
+            candidate_paths(self.z_need[zrow[b]], self.codebooks, codes[movers[b]], self.beam_width, part="last",
+                            bias=self.bias)
             for b in np.array_split(np.arange(len(movers)), max(1, -(-len(movers) // CHUNK)))])
         got = _serve_in_order(cands, ~member(cands, used_arr))  # (M,) path or -1
-        used = set(used_arr.tolist()) | set(got[got >= 0].tolist())
         levels, k = self.codebooks.shape[:2]
-        space = None  # built on first need
-        for j in np.flatnonzero(got < 0).tolist():
-            if levels > 1:
-                deeper = candidate_paths(z[j:j + 1], self.codebooks, codes[movers[j:j + 1]], self.beam_width,
-                                         part="deeper", bias=self.bias)[0]
-                got[j] = next((p for p in deeper.tolist() if p not in used), -1)
-            if got[j] < 0 and k ** levels <= EXHAUSTIVE_MAX_PATHS:  # small space: scan it all
-                space = space or _PathSpace(self.codebooks, self.bias)
-                got[j] = next((p for p in space.order(z[j], codes[movers[j]]) if p not in used), -1)
+        left = np.flatnonzero(got < 0)  # in movie_id order
+        if len(left) == 0:
+            return got
+        used_arr = unique_sorted(np.concatenate([used_arr, got[got >= 0]]))
+        deeper = np.concatenate([  # (M', T'): the same serial rule over the deeper paths, for all at once
+            candidate_paths(self.z_need[zrow[b]], self.codebooks, codes[movers[b]], self.beam_width, part="deeper",
+                            bias=self.bias)
+            for b in np.array_split(left, max(1, -(-len(left) // CHUNK)))]) if levels > 1 else None
+        got[left] = _serve_in_order(deeper, ~member(deeper, used_arr)) if levels > 1 else -1
+        if k ** levels > EXHAUSTIVE_MAX_PATHS or not (got[left] < 0).any():
+            return got
+        # Small space: a mover with no free path yet scans the whole space. A mover's path depends only on
+        # the movers before it, so from the first such mover on they are redone one by one.
+        first = int(np.flatnonzero(got[left] < 0)[0])
+        used = set(used_arr.tolist()) | set(got[left[:first]][got[left[:first]] >= 0].tolist())
+        space = _PathSpace(self.codebooks, self.bias)
+        for i in range(first, len(left)):
+            j = left[i]
+            options = deeper[i].tolist() if deeper is not None else []
+            got[j] = next((p for p in options if p not in used), -1)
+            if got[j] < 0:
+                got[j] = next((p for p in space.order(self.z_need[zrow[j]], codes[movers[j]]) if p not in used), -1)
             if got[j] >= 0:
                 used.add(int(got[j]))
         return got

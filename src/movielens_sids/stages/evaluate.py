@@ -179,7 +179,7 @@ def _f32(t: torch.Tensor) -> np.ndarray:
 
 def _normalize(v: np.ndarray, *, inplace: bool = False) -> np.ndarray:
     """Rows scaled to unit length, float32 (``inplace``: v itself, a float32 array, is scaled)."""
-    norm = np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)  # (N, 1)
+    norm = np.maximum(np.sqrt(np.einsum("nd,nd->n", v, v))[:, None], 1e-12)  # (N, 1), no (N, D) temporary
     if inplace:
         v /= norm
         return v
@@ -201,51 +201,63 @@ def shared_prefix_lengths(tokens: np.ndarray, a: np.ndarray, b: np.ndarray) -> n
     return np.cumprod(eq, axis=-1).sum(axis=-1)
 
 
-def sid_knn(tokens: np.ndarray, vectors: np.ndarray, k: int, *, max_block: int = 1 << 22) -> np.ndarray:
-    """Every movie's k nearest movies by SID: longest shared prefix first, then decoded-vector cosine.
+def sid_knn(tokens: np.ndarray, vectors: np.ndarray, k: int, rows: np.ndarray | None = None, *,
+            max_block: int = 1 << 22) -> np.ndarray:
+    """The k nearest movies by SID of the movies ``rows`` (default: all): longest shared prefix first, then
+    decoded-vector cosine.
 
     Sorting the SIDs makes each prefix group a contiguous block. Let d be the deepest prefix length
     whose group around a movie has more than k members. Every movie outside that group shares a
     shorter prefix, so the k nearest lie inside it; the movies of the next-deeper group (at most
     k - 1 of them) are all among the k nearest; the rest of the group share exactly d tokens and are
     ranked by cosine. So each movie is scored against one block (a few hundred movies for a healthy
-    codebook) with one matrix product, instead of against the whole catalog.
+    codebook) with one matrix product, instead of against the whole catalog; only the blocks of the
+    movies asked for are read, and no sorted copy of the N vectors is made.
 
     Args:
         tokens: (N, T) int64 SID tokens, -1 past a movie's length.
         vectors: (N, D) decoded vectors, L2-normalised.
         k: neighbours per movie (< N).
+        rows: (Q,) the movies whose neighbours are wanted; None: every movie.
         max_block: largest (queries x members) score matrix built at once.
 
     Returns:
-        (N, k) int64 indices, nearest first (ties: the smaller index first).
+        (Q, k) int64 movie indices, nearest first (ties: the smaller index first), row i for ``rows[i]``.
     """
     n, t = tokens.shape
     if not 0 < k < n:
         raise ValueError(f"k must be in 1..{n - 1}, got {k}")
     order = np.lexsort(tokens.T[::-1])  # (N,) sorted by first token, then second, ...
-    sv = np.ascontiguousarray(vectors[order], dtype=np.float32)  # (N, D) in sorted order: groups are slices
+    pos = np.empty(n, dtype=np.int64)
+    pos[order] = np.arange(n)  # sorted position of each movie
+    qpos = np.arange(n) if rows is None else pos[np.asarray(rows, dtype=np.int64)]  # (Q,)
     gid, bounds = _prefix_groups(tokens[order])
-    sizes = np.stack([e - s for s, e in bounds])  # (T+1, N)
+    sizes = np.stack([e[qpos] - s[qpos] for s, e in bounds])  # (T+1, Q)
     depth = (sizes > k).sum(axis=0) - 1  # deepest d whose group has more than k members (sizes shrink with d)
-    out = np.empty((n, k), dtype=np.int64)
+    out = np.empty((n, k), dtype=np.int64) if rows is None else {}
     for d in range(t + 1):
-        rows = np.flatnonzero(depth == d)  # sorted
-        if not len(rows):
+        at = np.sort(qpos[depth == d])  # sorted positions of the queries at this depth
+        if not len(at):
             continue
-        lo_all, hi_all = bounds[d][0][rows], bounds[d][1][rows]
-        cut = np.flatnonzero(np.r_[True, lo_all[1:] != lo_all[:-1]])  # rows sharing a group are contiguous
-        for a, b in zip(cut, np.r_[cut[1:], len(rows)]):
+        lo_all, hi_all = bounds[d][0][at], bounds[d][1][at]
+        cut = np.flatnonzero(np.r_[True, lo_all[1:] != lo_all[:-1]])  # queries sharing a group are contiguous
+        for a, b in zip(cut, np.r_[cut[1:], len(at)]):
             lo, hi = lo_all[a], hi_all[a]
+            members = np.ascontiguousarray(vectors[order[lo:hi]], dtype=np.float32)  # (M, D), sorted order
             step = max(1, max_block // (hi - lo))
             for s in range(a, b, step):
-                q = rows[s:min(s + step, b)]
-                out[q] = _nearest_in_group(sv, q, lo, hi, k, inner=bounds[d + 1] if d < t else None,
-                                           deeper=gid[d + 1:], order=order)
-    # Back from sorted positions to movie indices.
-    result = np.empty_like(out)
-    result[order] = order[out]
-    return result
+                q = at[s:min(s + step, b)]
+                near = _nearest_in_group(members, q, lo, hi, k, inner=bounds[d + 1] if d < t else None,
+                                         deeper=gid[d + 1:], order=order)
+                if rows is None:
+                    out[q] = near
+                else:
+                    out.update(zip(q.tolist(), near))
+    if rows is None:  # back from sorted positions to movie indices
+        result = np.empty_like(out)
+        result[order] = order[out]
+        return result
+    return order[np.stack([out[p] for p in qpos.tolist()])] if len(qpos) else np.zeros((0, k), dtype=np.int64)
 
 
 def _prefix_groups(st: np.ndarray) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
@@ -269,15 +281,17 @@ def _prefix_groups(st: np.ndarray) -> tuple[np.ndarray, list[tuple[np.ndarray, n
     return gid, bounds
 
 
-def _nearest_in_group(sv: np.ndarray, q: np.ndarray, lo: int, hi: int, k: int, *,
+def _nearest_in_group(members: np.ndarray, q: np.ndarray, lo: int, hi: int, k: int, *,
                       inner: tuple[np.ndarray, np.ndarray] | None, deeper: np.ndarray,
                       order: np.ndarray) -> np.ndarray:
     """The k nearest (sorted positions, (Q, k)) of the sorted rows q among the group [lo, hi) they share.
 
-    ``inner``: (start, end) of each row's next-deeper group, whose members outrank everyone else (None at
-    the full depth); ``deeper``: the group ids of the deeper prefix lengths, to rank by shared prefix.
+    ``members``: (hi - lo, D) the group's vectors, in sorted order; ``inner``: (start, end) of each row's
+    next-deeper group, whose members outrank everyone else (None at the full depth); ``deeper``: the group
+    ids of the deeper prefix lengths, to rank by shared prefix.
     """
-    score = sv[q] @ sv[lo:hi].T  # (Q, M) cosine
+    qv = members[q - lo]  # (Q, D)
+    score = qv @ members.T  # (Q, M) cosine
     if inner is not None:
         cols = np.arange(hi - lo)
         score[(cols >= (inner[0][q] - lo)[:, None]) & (cols < (inner[1][q] - lo)[:, None])] = np.inf
@@ -287,7 +301,7 @@ def _nearest_in_group(sv: np.ndarray, q: np.ndarray, lo: int, hi: int, k: int, *
     shared = np.zeros(top.shape, dtype=np.int64)
     for g in deeper:
         shared += g[top] == g[q][:, None]
-    sim = np.einsum("qd,qkd->qk", sv[q], sv[top])
+    sim = np.einsum("qd,qkd->qk", qv, members[top - lo])
     return np.take_along_axis(top, np.lexsort((order[top], -sim, -shared), axis=-1), axis=1)
 
 
@@ -368,9 +382,10 @@ def resolve_probes(run_dir: Path, cfg: EvaluateConfig, movie_ids: np.ndarray) ->
     return list(dict.fromkeys(rows)), skipped
 
 
-def _probe_neighbors(i: int, tokens: np.ndarray, dec: np.ndarray, x: np.ndarray, n: int
+def _probe_neighbors(i: int, tokens: np.ndarray, dec: np.ndarray, x: np.ndarray, norms: np.ndarray, n: int
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``n`` nearest of movie ``i`` by SID (prefix, then decoded cosine) and by embedding cosine.
+    """The ``n`` nearest of movie ``i`` by SID (prefix, then decoded cosine) and by embedding cosine
+    (x (N, D) and its row norms (N,)).
 
     Ties go to the smaller index. Only (N,) arrays are built, never a copy of an (N, D) matrix.
     """
@@ -378,21 +393,22 @@ def _probe_neighbors(i: int, tokens: np.ndarray, dec: np.ndarray, x: np.ndarray,
     shared = shared_prefix_lengths(tokens, np.full(len(x), i), everyone).astype(np.float64)  # (N,)
     shared[i] = -np.inf  # never its own neighbour
     by_sid = np.lexsort((everyone, -(dec @ dec[i]), -shared))[:n]
-    sim_emb = (x @ x[i]).astype(np.float64)  # (N,)
+    sim_emb = (x @ x[i]).astype(np.float64) / (norms * norms[i])  # (N,) cosine
     sim_emb[i] = -np.inf
     by_emb = np.lexsort((everyone, -sim_emb))[:n]
     return by_sid, by_emb
 
 
-def _probes(inp: _Inputs, cfg: EvaluateConfig, rows: list[int], dec_final_n: np.ndarray, xn: np.ndarray
+def _probes(inp: _Inputs, cfg: EvaluateConfig, rows: list[int], dec_final_n: np.ndarray
             ) -> tuple[dict[str, list[str]], dict[str, Any]]:
     """The probes' nearest titles by SID and the details (by SID next to by embedding).
 
     Args:
         rows: the probe movies' rows (`resolve_probes`).
-        dec_final_n: (N, D) normalised decoded vectors of the final SIDs. xn: (N, D) normalised embeddings.
+        dec_final_n: (N, D) normalised decoded vectors of the final SIDs.
     """
-    final = inp.sid_tokens
+    final, x = inp.sid_tokens, inp.x
+    norms = np.maximum(np.sqrt(np.einsum("nd,nd->n", x, x, dtype=np.float64)), 1e-12) if rows else None  # (N,)
     probes: dict[str, list[str]] = {}
     details: dict[str, Any] = {}
 
@@ -401,14 +417,15 @@ def _probes(inp: _Inputs, cfg: EvaluateConfig, rows: list[int], dec_final_n: np.
                 "shared_prefix": int(shared_prefix_lengths(final, np.array(i), np.array(j)))}
 
     for i in rows:
-        by_sid, by_emb = _probe_neighbors(i, final, dec_final_n, xn, cfg.probe_neighbors)
+        by_sid, by_emb = _probe_neighbors(i, final, dec_final_n, x, norms, cfg.probe_neighbors)
         name = inp.titles[i]
         probes[name] = [inp.titles[j] for j in by_sid]
         details[name] = {
             "movie_id": int(inp.movie_ids[i]),
             "sid": inp.sid_strings[i],
             "by_sid": [neighbour(i, j) for j in by_sid],
-            "by_embedding": [neighbour(i, j, cosine=round(float(xn[i] @ xn[j]), 4)) for j in by_emb],
+            "by_embedding": [neighbour(i, j, cosine=round(float(x[i] @ x[j]) / (norms[i] * norms[j]), 4))
+                             for j in by_emb],
             "overlap": len(set(by_sid.tolist()) & set(by_emb.tolist())) / cfg.probe_neighbors,
         }
     return probes, details
@@ -495,10 +512,10 @@ def tokenize_and_rank(inp: _Inputs, cfg: EvaluateConfig, rows: np.ndarray) -> _C
                       "mean_cosine": metrics.mean_cosine(inp.x_in, recon)}
     rel_final = metrics.relative_mse(inp.x_in, dec)
     t0 = time.perf_counter()
-    raw_nn = sid_knn(raw, _normalize(recon, inplace=True), K_NEIGHBORS)[rows]  # (Q, K_NEIGHBORS)
+    raw_nn = sid_knn(raw, _normalize(recon, inplace=True), K_NEIGHBORS, rows)  # (Q, K_NEIGHBORS)
     del recon
     dec_n = _normalize(dec, inplace=True)
-    sid_nn = sid_knn(inp.sid_tokens, dec_n, K_NEIGHBORS)[rows]
+    sid_nn = sid_knn(inp.sid_tokens, dec_n, K_NEIGHBORS, rows)
     t_sid = time.perf_counter() - t0
     log.info("SID %d-NN (final and raw codes) in %.1fs", K_NEIGHBORS, t_sid)
     return _Codes(raw, reconstruction, rel_final, dec_n, sid_nn, raw_nn, t_sid)
@@ -536,7 +553,7 @@ def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None,
     coherence["sample"] = emb.sample(emb.mutual_rows)
     purity, purity_base, majority_genres = genre_purity(final[:, 0], inp.genres)
     dedup = _dedup_section(inp, codes, emb, levels, neighbors["overlap_at_10"])
-    probes_found, details = _probes(inp, cfg, probes[0], codes.dec_n, _normalize(inp.x))
+    probes_found, details = _probes(inp, cfg, probes[0], codes.dec_n)
     report: dict[str, Any] = {
         "n_movies": n,
         "levels": levels,
