@@ -379,7 +379,7 @@ def test_onnx_export_is_built_once_beside_the_model(tmp_path, backend_model, mon
         embed_stage(tmp_path / run, cfg(model=backend_model, backend="onnx", quantization="int8"))
     assert exported == [Path(backend_model) / "onnx" / "model.onnx"]
     assert sorted(p.name for p in (Path(backend_model) / "onnx").iterdir()) == [
-        "model.onnx", "model_qint8_dynamic.onnx"]
+        "model.onnx", "model_qint8_ffn_out_fp32.onnx"]
     np.testing.assert_array_equal(read(tmp_path / "a")[1], read(tmp_path / "b")[1])
 
 

@@ -50,8 +50,11 @@ def recorded(metadata: dict[str, str]) -> str:
 
 def metadata_entry(backend: str, quantization: str) -> dict[str, str]:
     """What the embeddings' metadata records about the backend: nothing for torch (so a torch file keeps
-    the bytes it had before backends existed), else ``{"backend": "onnx int8"}``."""
-    return {} if backend == "torch" else {"backend": describe(backend, quantization)}
+    the bytes it had before backends existed), else ``{"backend": "onnx int8"}`` (with ``int8_recipe``)."""
+    if backend == "torch":
+        return {}
+    return {"backend": describe(backend, quantization)} | ({"int8_recipe": INT8_RECIPE} if quantization == "int8"
+                                                           else {})
 
 
 def _hf_module(model) -> Any:
@@ -117,14 +120,27 @@ def export(model, target: Path) -> None:
                           dynamic_axes=axes, opset_version=OPSET)
 
 
+INT8_RECIPE = "matmul-per-channel, ffn-out-fp32"
+"""What ``quantize`` does, recorded in the embeddings' metadata: another recipe gives other vectors."""
+INT8_FILE = "model_qint8_ffn_out_fp32.onnx"
+
+
 def quantize(source: Path, target: Path) -> None:
-    """Dynamic int8 quantization of an exported model (weights int8, activations quantized per batch)."""
+    """Dynamic int8 quantization of an exported model: the MatMul weights int8 per output channel, activations
+    quantized per batch, except each layer's feed-forward output projection (``.../output/dense/MatMul``
+    outside the attention), kept in fp32. Quantizing every MatMul, on 1,500 ML-32M documents with MiniLM:
+    2.8x the torch encode on an AVX-512 VNNI CPU, but mean cosine to torch 0.9927 (min 0.984); with the
+    feed-forward outputs in fp32: 2.3x, mean cosine 0.9965 (min 0.9915)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    keep = [n.name for n in onnx.load(str(source), load_external_data=False).graph.node
+            if n.op_type == "MatMul" and "/output/dense/" in n.name and "/attention/" not in n.name]
     logging.getLogger().disabled, was = True, logging.getLogger().disabled  # it logs a hint on the root logger
     try:
         with atomic_path(target) as tmp:
-            quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+            quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul"], nodes_to_exclude=keep)
     finally:
         logging.getLogger().disabled = was
 
@@ -138,7 +154,7 @@ def built_model(model, folder: Path, quantization: str) -> Path:
         export(model, fp32)
     if quantization == "none":
         return fp32
-    q = folder / "model_qint8_dynamic.onnx"
+    q = folder / INT8_FILE
     if not q.is_file():
         log.info("quantizing it to int8: %s (once)", q)
         quantize(fp32, q)
