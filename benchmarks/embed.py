@@ -10,7 +10,8 @@ Measures, in one process (same model, batch size and torch thread count):
    ``--edits`` documents (how many the stage embedded again, and that every other vector kept
    its bits);
 3. one plain encode of the full catalog, for the full-size ratio;
-4. the backends (``--backends``, default ``onnx,onnx-int8``): each one's ``encode`` of the same
+4. the backends (``--backends``, default ``auto,torch-bf16,onnx,onnx-int8``; ``auto`` is what the
+   embed stage picks by default, on this machine ``openvino-bf16``): each one's ``encode`` of the same
    documents against a plain PyTorch ``SentenceTransformer.encode`` in the same process (median of
    ``--repeats`` alternating runs, wall and CPU seconds), and the agreement of its vectors with the
    fp32 PyTorch ones (mean and minimum cosine). It prints a table with the speed ratio and whether
@@ -105,10 +106,14 @@ def compare_backends(texts: list[str], args, backends: list[str]) -> list[dict]:
     from movielens_sids.stages.embed import load_model, resolve_model
 
     ref = resolve_model(args.model)
+    from movielens_sids.embed_backend import describe, resolve
+
     models = {"torch": load_model(ref, "cpu")}
     for name in backends:
         backend, _, quantization = name.partition("-")
-        models[name] = load_model(ref, "cpu", backend=backend, quantization=quantization or "none")
+        backend, quantization = resolve(backend, quantization or ("auto" if backend == "auto" else "none"), "cpu")
+        label = describe(backend, quantization).replace(" ", "-") + (" (auto)" if name == "auto" else "")
+        models[label] = load_model(ref, "cpu", backend=backend, quantization=quantization)
     for m in models.values():  # warm-up: first-call costs (allocations, lazy init) are not throughput
         m.encode(texts[:64], batch_size=args.batch_size, show_progress_bar=False)
     wall: dict[str, list[float]] = {k: [] for k in models}
@@ -135,14 +140,14 @@ def print_backends(rows: list[dict], n: int, repeats: int) -> None:
     """The table of step 4, with the bars a default backend must pass."""
     print(f"\nbackends on {n:,} documents (median of {repeats}; ratio = torch time / backend time; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
-    head = f"{'backend':<10} {'wall s':>8} {'cpu s':>8} {'movies/s':>9} {'ratio wall':>10} {'ratio cpu':>9} " \
+    head = f"{'backend':<20} {'wall s':>8} {'cpu s':>8} {'movies/s':>9} {'ratio wall':>10} {'ratio cpu':>9} " \
            f"{'mean cos':>9} {'min cos':>8}  bars (>= {BARS['ratio']:g}x, mean >= {BARS['mean_cos']}, " \
            f"min >= {BARS['min_cos']})"
     print(head)
     for r in rows:
         ok = (r["ratio_wall"] >= BARS["ratio"], r["mean_cos"] >= BARS["mean_cos"], r["min_cos"] >= BARS["min_cos"])
         verdict = "-" if r["backend"] == "torch" else " ".join("pass" if o else "FAIL" for o in ok)
-        print(f"{r['backend']:<10} {r['wall_s']:>8.2f} {r['cpu_s']:>8.2f} {r['movies_per_s']:>9.0f} "
+        print(f"{r['backend']:<20} {r['wall_s']:>8.2f} {r['cpu_s']:>8.2f} {r['movies_per_s']:>9.0f} "
               f"{r['ratio_wall']:>9.2f}x {r['ratio_cpu']:>8.2f}x {r['mean_cos']:>9.5f} {r['min_cos']:>8.5f}  {verdict}")
 
 
@@ -157,8 +162,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="use only this many movies everywhere (development)")
     ap.add_argument("--edits", type=int, default=10)
     ap.add_argument("--skip-full-plain", action="store_true", help="skip step 3")
-    ap.add_argument("--backends", default="onnx,onnx-int8",
-                    help="step 4: backends to time against torch (onnx, onnx-int8; empty: skip)")
+    ap.add_argument("--backends", default="auto,torch-bf16,onnx,onnx-int8",
+                    help="step 4: backends to time against torch (auto, openvino, openvino-bf16, torch-bf16, onnx, "
+                         "onnx-int8; empty: skip)")
     ap.add_argument("--only-backends", action="store_true", help="run step 4 alone")
     args = ap.parse_args()
     # Other scripts in benchmarks/ are named like packages (tokenizers.py): keep this folder off the path.

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from movielens_sids import embed_backend
 from movielens_sids.documents import build_documents, document_hash
 from movielens_sids.errors import SidsError
 from movielens_sids.io import parquet_metadata, write_parquet
@@ -273,9 +274,10 @@ def test_multi_process_pool_matches_one_process(tmp_path, tiny_model):
     # The path several GPUs take (one worker per device), exercised with two CPU workers.
     write_catalog(tmp_path / "one")
     write_catalog(tmp_path / "pool")
-    embed_stage(tmp_path / "one", cfg(model=tiny_model, chunk_size=4))
-    result = embed_stage(tmp_path / "pool", cfg(model=tiny_model, chunk_size=4, device="cpu,cpu"))
+    embed_stage(tmp_path / "one", cfg(model=tiny_model, chunk_size=4, backend="torch"))
+    result = embed_stage(tmp_path / "pool", cfg(model=tiny_model, chunk_size=4, device="cpu,cpu"))  # auto: torch
     assert result["embedded"] == 11
+    assert "backend" not in parquet_metadata(tmp_path / "pool" / "embeddings.parquet")
     ids_a, a = read(tmp_path / "one")
     ids_b, b = read(tmp_path / "pool")
     np.testing.assert_array_equal(ids_a, ids_b)
@@ -337,22 +339,27 @@ def test_unavailable_device_is_a_sids_error(tmp_path, tiny_model):
 
 @pytest.fixture
 def backend_model(tiny_model, tmp_path) -> str:
-    """A private copy of the tiny model: the onnx backend writes its exported files beside the model."""
+    """A private copy of the tiny model, without the exports other tests (the default backend) left beside it."""
     import shutil
 
-    return str(shutil.copytree(tiny_model, tmp_path / "model"))
+    return str(shutil.copytree(tiny_model, tmp_path / "model", ignore=shutil.ignore_patterns("onnx")))
 
 
 def test_switching_backend_re_embeds_and_the_same_backend_does_not(tmp_path, backend_model, count_encoded):
     run = tmp_path / "run"
     write_catalog(run)
     meta = lambda: parquet_metadata(run / "embeddings.parquet")  # noqa: E731
-    first = embed_stage(run, cfg(model=backend_model))
+    first = embed_stage(run, cfg(model=backend_model, backend="torch", quantization="none"))
     _, torch_vectors = read(run)
     assert first["embedded"] == 11 and "backend" not in meta()  # torch files stay as they were
 
     steps = [("onnx", "none", 11, "onnx"), ("onnx", "none", 0, "onnx"), ("onnx", "int8", 11, "onnx int8"),
-             ("onnx", "int8", 0, "onnx int8"), ("torch", "none", 11, None), ("torch", "none", 0, None)]
+             ("onnx", "int8", 0, "onnx int8"), ("openvino", "none", 11, "openvino"),
+             ("openvino", "none", 0, "openvino"),
+             ("torch", "bf16", 11, "torch bf16"), ("torch", "bf16", 0, "torch bf16"),
+             ("torch", "none", 11, None), ("torch", "none", 0, None)]
+    if embed_backend.cpu_has_bf16():  # OpenVINO refuses bf16 on a CPU without it (tested below)
+        steps[6:6] = [("openvino", "bf16", 11, "openvino bf16"), ("openvino", "bf16", 0, "openvino bf16")]
     for backend, quantization, embedded, recorded in steps:
         before = (run / "embeddings.parquet").read_bytes()
         result = embed_stage(run, cfg(model=backend_model, backend=backend, quantization=quantization))
@@ -362,9 +369,58 @@ def test_switching_backend_re_embeds_and_the_same_backend_does_not(tmp_path, bac
             assert (run / "embeddings.parquet").read_bytes() == before  # not even rewritten
         _, v = read(run)
         cosine = (v * torch_vectors).sum(axis=1)
-        assert cosine.min() > (0.99 if quantization == "int8" else 0.99999), (backend, quantization, cosine.min())
+        assert cosine.min() > (0.99 if quantization != "none" else 0.99999), (backend, quantization, cosine.min())
     np.testing.assert_allclose(v, torch_vectors, atol=1e-6)  # back on torch: the torch vectors again
-    assert len(count_encoded) == 11 * 4
+    assert len(count_encoded) == 11 * (1 + sum(1 for step in steps if step[2]))  # the first, then each switch
+
+
+def test_auto_is_openvino_on_the_cpu_in_bf16_where_the_cpu_has_it(monkeypatch):
+    from movielens_sids import embed_backend
+
+    resolve = embed_backend.resolve
+    monkeypatch.setattr(embed_backend, "cpu_has_bf16", lambda: True)
+    assert resolve("auto", "auto", "cpu") == ("openvino", "bf16")
+    assert resolve("auto", "none", "cpu") == ("openvino", "none")
+    assert resolve("auto", "int8", "cpu") == ("onnx", "int8")
+    assert resolve("onnx", "auto", "cpu") == ("onnx", "none")
+    assert resolve("torch", "auto", "cpu") == ("torch", "none")
+    assert resolve("auto", "auto", "cuda:0") == ("torch", "none")  # accelerators: torch
+    assert resolve("auto", "bf16", "cuda:0") == ("torch", "bf16")
+    monkeypatch.setattr(embed_backend, "cpu_has_bf16", lambda: False)
+    assert resolve("auto", "auto", "cpu") == ("openvino", "none")  # no native bf16: fp32
+    monkeypatch.setattr(embed_backend, "_has_openvino", lambda: False)
+    assert resolve("auto", "auto", "cpu") == ("torch", "none")  # not installed: torch
+
+
+def test_auto_default_records_what_ran_and_switching_to_it_re_embeds(tmp_path, backend_model, monkeypatch):
+    from movielens_sids import embed_backend
+
+    run = tmp_path / "run"
+    write_catalog(run)
+    embed_stage(run, cfg(model=backend_model, backend="torch"))
+    wanted = embed_backend.resolve("auto", "auto", "cpu")
+    assert wanted[0] == "openvino"  # a base dependency
+    result = embed_stage(run, cfg(model=backend_model))  # the defaults: auto, auto
+    assert result["embedded"] == 11
+    assert parquet_metadata(run / "embeddings.parquet")["backend"] == embed_backend.describe(*wanted)
+    assert embed_stage(run, cfg(model=backend_model, backend=wanted[0], quantization=wanted[1]))["embedded"] == 0
+
+
+def test_openvino_bf16_on_a_cpu_without_it_is_one_line(tmp_path, backend_model, monkeypatch):
+    import openvino as ov
+
+    write_catalog(tmp_path / "run")
+    before = snapshot(tmp_path / "run")
+    compile_model = ov.Core.compile_model
+
+    def f32_only(self, model, device, config):  # a CPU without native bf16 computes in f32
+        return compile_model(self, model, device, {**config, "INFERENCE_PRECISION_HINT": "f32"})
+
+    monkeypatch.setattr(ov.Core, "compile_model", f32_only)
+    with pytest.raises(SidsError, match="this CPU computes in f32, not bf16; use embed.quantization=none") as e:
+        embed_stage(tmp_path / "run", cfg(model=backend_model, backend="openvino", quantization="bf16"))
+    assert "\n" not in str(e.value)
+    assert snapshot(tmp_path / "run") == before
 
 
 def test_onnx_export_is_built_once_beside_the_model(tmp_path, backend_model, monkeypatch):
@@ -383,23 +439,26 @@ def test_onnx_export_is_built_once_beside_the_model(tmp_path, backend_model, mon
     np.testing.assert_array_equal(read(tmp_path / "a")[1], read(tmp_path / "b")[1])
 
 
-def test_onnx_without_onnxruntime_is_one_line_and_changes_nothing(tmp_path, backend_model, monkeypatch):
+def test_a_missing_runtime_is_one_line_and_changes_nothing(tmp_path, backend_model, monkeypatch):
     import sys
 
     write_catalog(tmp_path / "run")
     before = snapshot(tmp_path / "run")
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
-    with pytest.raises(SidsError, match=r"needs ONNX Runtime: pip install") as e:
-        embed_stage(tmp_path / "run", cfg(model=backend_model, backend="onnx"))
-    assert "\n" not in str(e.value)
-    assert snapshot(tmp_path / "run") == before
+    for runtime, backend in (("onnxruntime", "onnx"), ("openvino", "openvino")):
+        monkeypatch.setitem(sys.modules, runtime, None)  # import fails as if not installed
+        with pytest.raises(SidsError, match=rf"embed.backend={backend} needs {runtime} and onnx: pip install") as e:
+            embed_stage(tmp_path / "run", cfg(model=backend_model, backend=backend))
+        assert "\n" not in str(e.value)
+        assert snapshot(tmp_path / "run") == before
 
 
 @pytest.mark.parametrize(("kw", "match"), [
-    ({"backend": "openvino"}, "backend: expected torch or onnx"),
-    ({"quantization": "int4", "backend": "onnx"}, "quantization: expected none or int8"),
-    ({"quantization": "int8"}, "quantization: int8 needs backend onnx"),
+    ({"backend": "tensorrt"}, "backend: expected one of auto, torch, onnx, openvino"),
+    ({"quantization": "int4", "backend": "onnx"}, "quantization: expected one of auto, none, int8, bf16"),
+    ({"quantization": "int8", "backend": "torch"}, "quantization: int8 works with backend onnx, not torch"),
+    ({"quantization": "bf16", "backend": "onnx"}, "quantization: bf16 works with backend torch or openvino, not onnx"),
     ({"backend": "onnx", "device": "cuda"}, "backend: onnx runs on the CPU"),
+    ({"backend": "openvino", "device": "cuda:1"}, "backend: openvino runs on the CPU"),
 ])
 def test_backend_settings_are_checked(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -571,3 +630,16 @@ def test_cli_embed_and_error_exit(tmp_path, tiny_model, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: --from") and "NaN" in err[-1]
     assert (run / "embeddings.parquet").read_bytes() == before
+
+
+def test_auto_takes_torch_for_a_model_that_cannot_be_exported(tmp_path, backend_model):
+    import json as _json
+
+    assert embed_backend.exportable(backend_model)
+    assert not embed_backend.exportable(backend_model, trust_remote_code=True)  # its own code: torch
+    assert embed_backend.exportable("nobody/not-downloaded-yet") is None  # not in the Hub cache: not known yet
+    modules = Path(backend_model) / "modules.json"
+    listed = _json.loads(modules.read_text())
+    listed[0]["type"] = "my_package.MyEncoder"
+    modules.write_text(_json.dumps(listed))
+    assert not embed_backend.exportable(backend_model)

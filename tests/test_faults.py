@@ -12,6 +12,7 @@ helpers that check a run folder are shared with it (``fault_checks.py``).
 from __future__ import annotations
 
 import errno
+import multiprocessing
 import os
 import shutil
 import signal
@@ -51,38 +52,47 @@ def reference(tmp_path_factory) -> dict:
     return {"tmp": tmp, "snaps": snaps, "seconds": seconds, "final": snapshot(run)}
 
 
-def _kill_at(argv: list[str], run: Path, sig: signal.Signals, delay: float) -> tuple[bool, int]:
-    """Fork a process running ``main(argv)``; signal it ``delay`` s after it takes the run-folder lock.
+# Children are forked from a fork server, a fresh process that imported the CLI and nothing else: a
+# process that has run OpenVINO (as this one has, in other tests) cannot be forked safely.
+_FORK = multiprocessing.get_context("forkserver")
+_FORK.set_forkserver_preload(["movielens_sids.cli", "torch"])
 
-    Returns (whether the signal landed while the stage ran, the exit status).
-    """
+
+def _command(argv: list[str]) -> None:
+    """The child: the command, as a user's process would run it."""
     import torch
 
-    pid = os.fork()
-    if pid == 0:  # the child: the command, as a user's process would run it
+    code = 1
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the parent ignores SIGINT
+        torch.set_num_threads(1)
+        code = main(argv)
+    except BaseException:
         code = 1
-        try:
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # even if pytest runs with SIGINT ignored
-            torch.set_num_threads(1)
-            code = main(argv)
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
+    finally:
+        os._exit(code)
+
+
+def _kill_at(argv: list[str], run: Path, sig: signal.Signals, delay: float) -> tuple[bool, int]:
+    """Start a process running ``main(argv)``; signal it ``delay`` s after it takes the run-folder lock.
+
+    Returns (whether the signal landed while the stage ran, the exit status: -N for signal N).
+    """
+    child = _FORK.Process(target=_command, args=(argv,))
+    child.start()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (run / ".lock").exists():
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return False, os.waitstatus_to_exitcode(status)
+        if not child.is_alive():
+            child.join()
+            return False, child.exitcode
         time.sleep(0.002)
     time.sleep(delay)
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done:
-        return False, os.waitstatus_to_exitcode(status)
-    os.kill(pid, sig)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    return code != 0, code  # 0: it finished in the instant before the signal
+    if not child.is_alive():
+        child.join()
+        return False, child.exitcode
+    os.kill(child.pid, sig)
+    child.join()
+    return child.exitcode != 0, child.exitcode  # 0: it finished in the instant before the signal
 
 
 @pytest.mark.parametrize("stage", ["embed", "train", "assign", "export"])

@@ -243,6 +243,11 @@ def test_remote_code_is_trusted_only_when_asked(tmp_path, monkeypatch, flags, tr
                  *flags]) == 0
     assert _FakeSentenceTransformer.calls, "the model was never loaded"
     assert all(c.get("trust_remote_code") is trusted for c in _FakeSentenceTransformer.calls)
+    # The default backend (auto) guessed OpenVINO for a model it had not seen; this one is no Hugging Face
+    # transformer, so it ran on torch, and the file says so.
+    from movielens_sids.io import parquet_metadata
+
+    assert "backend" not in parquet_metadata(run / "embeddings.parquet")
 
 
 def test_config_default_does_not_trust_remote_code():

@@ -96,11 +96,12 @@ FLAGS = _flags(
     Flag("--no-normalize", "embed.normalize", "keep vectors as the model gives them", action="store_false"),
     Flag("--trust-remote-code", "embed.trust_remote_code", "let a model run its own Python code (off unless given)",
          action="store_true"),
-    Flag("--backend", "embed.backend", "torch (default), or onnx: the model exported once to ONNX Runtime (CPU)",
-         choices=("torch", "onnx")),
-    Flag("--quantization", "embed.quantization", "none (default), or int8 with --backend onnx (dynamic int8; "
-                                                 "vectors differ slightly)",
-         choices=("none", "int8")),
+    Flag("--backend", "embed.backend", "auto (default: openvino on the CPU when installed, else torch), torch, "
+                                       "openvino or onnx (ONNX Runtime): the last two run an ONNX export on the CPU",
+         choices=("auto", "torch", "openvino", "onnx")),
+    Flag("--quantization", "embed.quantization", "auto (default: bf16 for openvino on a CPU with native bf16, else "
+                                                 "none), none (fp32), bf16 (openvino or torch) or int8 (onnx)",
+         choices=("auto", "none", "bf16", "int8")),
     Flag("--from", "embed.from_file", "import vectors instead: Parquet with movie_id + a vector column, or .npy "
                                       "with --ids", metavar="FILE"),
     Flag("--from-column", "embed.from_column", "the vector column of the --from Parquet (default: its only list "

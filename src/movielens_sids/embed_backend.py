@@ -1,26 +1,34 @@
-"""Faster CPU inference for the embed stage: the model's transformer run by ONNX Runtime.
+"""Faster inference for the embed stage: the model's transformer run by OpenVINO, ONNX Runtime, or in bf16.
 
-``embed.backend=onnx`` exports the transformer of a loaded ``SentenceTransformer`` to ONNX once,
-optionally quantizes it to int8 (``embed.quantization=int8``: ONNX Runtime's dynamic quantization,
-int8 weights and per-batch int8 activations, no calibration data), and swaps it in for the PyTorch
-module. Tokenizer, pooling and normalisation stay the model's own, so ``encode`` and every caller
-of it work unchanged.
+- ``embed.backend=openvino`` exports the transformer of a loaded ``SentenceTransformer`` to ONNX once
+  and runs it with OpenVINO on the CPU; ``embed.quantization=bf16`` computes in bfloat16 where the CPU
+  has native bf16 (AVX512-BF16 or AMX; about 2x fp32, vectors at cosine 0.99999 to torch's).
+- ``embed.backend=onnx`` runs the same export with ONNX Runtime, optionally quantized to int8
+  (``embed.quantization=int8``: dynamic quantization, int8 weights and per-batch int8 activations,
+  no calibration data).
+- ``embed.backend=torch`` with ``embed.quantization=bf16`` runs the PyTorch model under bf16 autocast.
+- ``auto`` (the default of both settings): on the CPU, OpenVINO when it is installed, in bf16 when the
+  CPU has it natively; elsewhere torch. Chosen by ``benchmarks/embed.py`` (README: "Embedding backends").
+
+Each swaps a module in for the PyTorch transformer; tokenizer, pooling and normalisation stay the
+model's own, so ``encode`` and every caller of it work unchanged.
 
 The exported files are cached beside the model, in ``<model folder>/onnx/`` (the layout
 sentence-transformers itself uses), or for a Hub id that is not a folder, or a folder that is not
 writable, in the user cache directory; each file is written atomically and built once.
 
-Why not sentence-transformers' own ``backend="onnx"``: it needs ``optimum-onnx``, whose only
-release (0.1.0) requires ``transformers<4.58`` while sentence-transformers 6 requires
-``transformers>=5``; this module needs ``onnxruntime`` and ``onnx`` only, neither of which
+Why not sentence-transformers' own ``backend="onnx"`` / ``"openvino"``: they need ``optimum-onnx`` /
+``optimum-intel``, whose releases require ``transformers<4.58`` while sentence-transformers 6 requires
+``transformers>=5``; this module needs ``onnx`` with ``onnxruntime`` or ``openvino`` only, none of which
 depends on torch or CUDA.
 
-May import: errors, io; torch, onnx and onnxruntime on first use.
+May import: errors, io; torch, onnx, onnxruntime and openvino on first use.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import warnings
@@ -39,8 +47,64 @@ _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def describe(backend: str, quantization: str) -> str:
-    """How the embeddings' metadata and the reports name a backend: ``torch``, ``onnx``, ``onnx int8``."""
+    """How the embeddings' metadata and the reports name a backend: ``torch``, ``onnx int8``, ``openvino bf16``."""
     return backend if quantization == "none" else f"{backend} {quantization}"
+
+
+def _has_openvino() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO computes natively in bf16 on this CPU (AVX512-BF16 or AMX); False without OpenVINO."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return False
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def exportable(source: str, trust_remote_code: bool = False) -> bool | None:
+    """Whether a model can be expected to export to ONNX, judged from its ``modules.json`` without loading
+    it: its first module is sentence-transformers' plain ``Transformer`` and it runs no code of its own.
+    A Hub id is looked up in the Hub cache only (no network); None: not there, so not known yet."""
+    if trust_remote_code:
+        return False
+    path: Any = Path(source) / "modules.json"
+    if not Path(source).is_dir():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            path = try_to_load_from_cache(source, "modules.json")
+        except Exception:  # not a repo id
+            return False
+        if not isinstance(path, str):
+            return None
+    try:
+        modules = json.loads(Path(path).read_text())
+        return str(modules[0]["type"]).rsplit(".", 1)[-1] == "Transformer"
+    except (OSError, ValueError, LookupError, TypeError):
+        return False
+
+
+def resolve(backend: str, quantization: str, device: str, *, export_ok: bool = True) -> tuple[str, str]:
+    """``auto`` settings -> what runs on ``device`` (a resolved device: ``cpu``, ``cuda:0``, ...).
+
+    backend auto: ``onnx`` when int8 is asked for, else ``openvino`` on the CPU when it is installed and
+    the model can be exported (``export_ok``, see `exportable`), else ``torch``. quantization auto:
+    ``bf16`` for OpenVINO on a CPU with native bf16, else ``none``.
+    """
+    if backend == "auto":
+        on_cpu = device == "cpu"
+        backend = ("onnx" if quantization == "int8"
+                   else "openvino" if on_cpu and export_ok and _has_openvino() and quantization != "int8"
+                   else "torch")
+    if quantization == "auto":
+        quantization = "bf16" if backend == "openvino" and cpu_has_bf16() else "none"
+    return backend, quantization
 
 
 def recorded(metadata: dict[str, str]) -> str:
@@ -49,9 +113,10 @@ def recorded(metadata: dict[str, str]) -> str:
 
 
 def metadata_entry(backend: str, quantization: str) -> dict[str, str]:
-    """What the embeddings' metadata records about the backend: nothing for torch (so a torch file keeps
-    the bytes it had before backends existed), else ``{"backend": "onnx int8"}`` (with ``int8_recipe``)."""
-    if backend == "torch":
+    """What the embeddings' metadata records about a resolved backend: nothing for fp32 torch (so a torch
+    file keeps the bytes it had before backends existed), else ``{"backend": "onnx int8"}`` (with
+    ``int8_recipe``)."""
+    if backend == "torch" and quantization == "none":
         return {}
     return {"backend": describe(backend, quantization)} | ({"int8_recipe": INT8_RECIPE} if quantization == "int8"
                                                            else {})
@@ -161,64 +226,124 @@ def built_model(model, folder: Path, quantization: str) -> Path:
     return q
 
 
-class _OrtTransformer:
-    """Stands in for the Hugging Face model: same call, runs an ONNX Runtime session on the CPU."""
+def _runtime_module(run, config, names: tuple[str, ...]):
+    """A torch module that stands in for the Hugging Face model: same call, the tokenizer's tensors go to
+    ``run`` (a runtime's session: feeds by input name -> (B, T, D) last hidden state) as numpy arrays."""
+    import torch
+    from transformers.modeling_outputs import BaseModelOutput
 
-    def __new__(cls, path: Path, config, names: tuple[str, ...], threads: int):
-        import onnxruntime as ort
+    class Module(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = config
+            self.register_buffer("anchor", torch.zeros(0))  # a tensor, so the model still has a device
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None, **_):
+            given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+            if given["token_type_ids"] is None:
+                given["token_type_ids"] = torch.zeros_like(input_ids)
+            out = run({n: given[n].cpu().numpy() for n in names})  # (B, T, D), the runtime's own array
+            return BaseModelOutput(last_hidden_state=torch.from_numpy(out))
+
+    return Module()
+
+
+def _ort_module(path: Path, config, names: tuple[str, ...], threads: int):
+    """The exported model in an ONNX Runtime CPU session."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    # Idle threads sleep instead of spinning: spinning wins a little on an idle CPU, loses badly on a busy one.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return _runtime_module(lambda feeds: session.run(None, feeds)[0], config, names)
+
+
+def _ov_module(path: Path, config, names: tuple[str, ...], threads: int, precision: str):
+    """The exported model compiled by OpenVINO for the CPU, computing in ``precision`` (bf16 or f32)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {
+        "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY"})
+    got = compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type
+    if got != {"bf16": ov.Type.bf16, "f32": ov.Type.f32}[precision]:
+        raise SidsError(f"embed.backend=openvino: this CPU computes in {got.get_type_name()}, not "
+                        f"{precision}; use embed.quantization=none")
+    request = compiled.create_infer_request()
+    return _runtime_module(lambda feeds: request.infer(feeds)[0], config, names)  # infer copies its outputs
+
+
+class _Bf16Autocast:
+    """Wraps the Hugging Face model: the same call under bf16 autocast, fp32 hidden states out."""
+
+    def __new__(cls, hf):
         import torch
-        from transformers.modeling_outputs import BaseModelOutput
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        # Idle threads sleep instead of spinning: spinning wins a little on an idle CPU, loses badly on a busy one.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
         class Module(torch.nn.Module):
             def __init__(self) -> None:
                 super().__init__()
-                self.config = config
-                self.register_buffer("anchor", torch.zeros(0))  # a tensor, so the model still has a device
+                self.inner = hf
+                self.config = hf.config
 
-            def forward(self, input_ids, attention_mask, token_type_ids=None, **_):
-                given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-                if given["token_type_ids"] is None:
-                    given["token_type_ids"] = torch.zeros_like(input_ids)
-                out = session.run(None, {n: given[n].cpu().numpy() for n in names})[0]  # (B, T, D)
-                return BaseModelOutput(last_hidden_state=torch.from_numpy(out))
+            def forward(self, *args, **kwargs):
+                with torch.autocast(self.inner.device.type, dtype=torch.bfloat16):
+                    out = self.inner(*args, **kwargs)
+                out.last_hidden_state = out.last_hidden_state.float()  # (B, T, D)
+                return out
 
         return Module()
 
 
-def use_backend(model, source: str, backend: str, quantization: str) -> str:
-    """Make ``model`` (a CPU ``SentenceTransformer``) encode with ``backend``; returns its description.
+def _swap(model, module) -> None:
+    first = model[0]
+    setattr(first, "model" if "model" in first._modules else "auto_model", module)
+
+
+def use_backend(model, source: str, backend: str, quantization: str, *, fallback: bool = False) -> tuple[str, str]:
+    """Make ``model`` (a ``SentenceTransformer``, on the CPU unless torch) encode with a resolved ``backend``
+    (see `resolve`); returns the backend and quantization it runs with: with ``fallback`` (``auto`` chose
+    the backend before the model was known), a model that is no Hugging Face transformer stays on fp32 torch.
 
     Raises:
-        SidsError: onnxruntime is missing, or the model cannot be exported.
+        SidsError: the backend's runtime is missing, or the model cannot be exported.
     """
+    if fallback and backend != "torch":
+        try:
+            _input_names(model) and _hf_module(model)
+        except Exception:
+            log.info("the model is no Hugging Face transformer: embedding with torch (embed.backend=auto)")
+            return "torch", "none"
     if backend == "torch":
-        return describe(backend, quantization)
+        if quantization == "bf16":
+            _swap(model, _Bf16Autocast(_hf_module(model)))
+        return backend, quantization
+    runtime = "openvino" if backend == "openvino" else "onnxruntime"
     try:
         import onnx  # noqa: F401  (the exporter needs it)
-        import onnxruntime  # noqa: F401
+
+        __import__(runtime)
     except ImportError:
-        raise SidsError("embed.backend=onnx needs ONNX Runtime: pip install 'movielens-sids[onnx]' "
-                        "(or onnxruntime onnx)") from None
+        raise SidsError(f"embed.backend={backend} needs {runtime} and onnx: pip install "
+                        f"'movielens-sids[{backend}]' (or {runtime} onnx)") from None
     import torch
 
-    names = _input_names(model)
     try:
-        path = built_model(model, cache_dir(source, model), quantization)
+        names = _input_names(model)
+        path = built_model(model, cache_dir(source, model), "none" if backend == "openvino" else quantization)
     except SidsError:
         raise
     except Exception as e:
-        raise SidsError(f"embed.backend=onnx: cannot export the model to ONNX ({type(e).__name__}: "
+        raise SidsError(f"embed.backend={backend}: cannot export the model to ONNX ({type(e).__name__}: "
                         f"{' '.join(str(e).split())[:200]}); use embed.backend=torch") from e
-    first = model[0]
     hf = _hf_module(model)
-    swapped = _OrtTransformer(path, hf.config, names, torch.get_num_threads())
-    setattr(first, "model" if "model" in first._modules else "auto_model", swapped)
-    log.info("embedding with ONNX Runtime (%s): %s", describe(backend, quantization), path)
-    return describe(backend, quantization)
+    if backend == "openvino":
+        precision = "bf16" if quantization == "bf16" else "f32"
+        _swap(model, _ov_module(path, hf.config, names, torch.get_num_threads(), precision))
+    else:
+        _swap(model, _ort_module(path, hf.config, names, torch.get_num_threads()))
+    log.info("embedding with %s (%s): %s", "OpenVINO" if backend == "openvino" else "ONNX Runtime",
+             describe(backend, quantization), path)
+    return backend, quantization

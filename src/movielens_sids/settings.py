@@ -61,6 +61,13 @@ class DataConfig:
             raise ValueError(f"limit: must be at least 1, got {self.limit}")
 
 
+BACKENDS = ("auto", "torch", "onnx", "openvino")
+"""Values of ``embed.backend`` (see `movielens_sids.embed_backend`)."""
+QUANTIZATIONS = {"auto": BACKENDS, "none": BACKENDS, "int8": ("auto", "onnx"),
+                 "bf16": ("auto", "torch", "openvino")}
+"""Values of ``embed.quantization`` and the backends each one works with."""
+
+
 @dataclass
 class EmbedConfig:
     """Documents and the sentence-transformers model."""
@@ -83,10 +90,12 @@ class EmbedConfig:
     """L2-normalise the vectors (also imported ones)."""
     trust_remote_code: bool = False
     """Allow a model's own Python code to run (off unless asked)."""
-    backend: str = "torch"
-    """torch, or onnx: the transformer exported once to ONNX and run by ONNX Runtime on the CPU."""
-    quantization: str = "none"
-    """none, or int8: the onnx backend's dynamic int8 quantization (a 4x smaller model; vectors differ slightly)."""
+    backend: str = "auto"
+    """auto (openvino on the CPU when installed, else torch), torch, openvino, or onnx (ONNX Runtime): the
+    transformer exported once to ONNX and run on the CPU (see `movielens_sids.embed_backend`)."""
+    quantization: str = "auto"
+    """auto (bf16 for openvino on a CPU with native bf16, else none), none (fp32), bf16 (openvino, or torch
+    autocast) or int8 (onnx: dynamic int8, a 4x smaller model). Vectors differ slightly from fp32 ones."""
     from_file: str | None = None
     """Import ready vectors instead: Parquet with movie_id + a vector column, or .npy + a movie id list."""
     from_column: str | None = None
@@ -109,13 +118,15 @@ class EmbedConfig:
             raise ValueError(f"max_tags: must be >= 0, got {self.max_tags}")
         if self.template is not None:
             Template(self.template)  # raises ValueError("template: ...")
-        if self.backend not in ("torch", "onnx"):
-            raise ValueError(f"backend: expected torch or onnx, got {self.backend!r}")
-        if self.quantization not in ("none", "int8"):
-            raise ValueError(f"quantization: expected none or int8, got {self.quantization!r}")
-        if self.quantization != "none" and self.backend == "torch":
-            raise ValueError("quantization: int8 needs backend onnx")
-        if self.backend != "torch" and self.device not in ("auto", "cpu"):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization: expected one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
+        if self.backend not in QUANTIZATIONS[self.quantization]:
+            raise ValueError(f"quantization: {self.quantization} works with backend "
+                             f"{' or '.join(b for b in QUANTIZATIONS[self.quantization] if b != 'auto')}, "
+                             f"not {self.backend}")
+        if self.backend in ("onnx", "openvino") and self.device not in ("auto", "cpu"):
             raise ValueError(f"backend: {self.backend} runs on the CPU; device {self.device!r} needs backend torch")
         if self.from_ids and not self.from_file:
             raise ValueError("from_ids: only used with from_file (a .npy of vectors)")

@@ -20,6 +20,7 @@ on first use. Never another stage.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -35,7 +36,7 @@ import numpy as np
 from ..artifacts import EMBEDDINGS, check_recorded, read_catalog, read_vector_file, vector_matrix
 from ..devices import resolve_devices
 from ..documents import Template, build_documents, document_hash
-from ..embed_backend import describe, metadata_entry, recorded, use_backend
+from ..embed_backend import describe, exportable, metadata_entry, recorded, resolve, use_backend
 from ..errors import SidsError
 from ..io import TMP_PREFIX, atomic_path, file_hash, parquet_metadata, read_parquet, write_parquet
 from ..settings import OFFLINE_MODEL, EmbedConfig
@@ -98,12 +99,17 @@ def resolve_model(name: str) -> ModelRef:
 
 
 def load_model(ref: ModelRef, device: str, *, trust_remote_code: bool = False, backend: str = "torch",
-               quantization: str = "none"):
-    """Load a ``SentenceTransformer`` that encodes with ``backend`` (see `embed_backend`); any failure
-    becomes a one-line ``SidsError`` that says what to do."""
+               quantization: str = "none", auto: bool = False):
+    """Load a ``SentenceTransformer`` that encodes with ``backend`` (see `embed_backend`; ``auto``: the backend
+    was chosen by ``embed.backend=auto``, so a model that cannot be exported falls back to torch); its
+    ``sids_backend`` is the (backend, quantization) it runs. Any failure becomes a one-line ``SidsError``
+    that says what to do."""
     from sentence_transformers import SentenceTransformer
 
-    if backend != "torch" and device != "cpu":
+    auto = auto or backend == "auto"
+    backend, quantization = resolve(backend, quantization, device,
+                                    export_ok=not auto or exportable(ref.source, trust_remote_code) is not False)
+    if backend in ("onnx", "openvino") and device != "cpu":
         raise SidsError(f"embed.backend={backend} runs on the CPU, not {device}: pass --device cpu, "
                         "or --backend torch to use the accelerator")
     try:
@@ -116,7 +122,7 @@ def load_model(ref: ModelRef, device: str, *, trust_remote_code: bool = False, b
             hint = "this model ships its own code: pass --trust-remote-code if you trust it"
         raise SidsError(f"could not load the sentence-transformers model {ref.name!r} "
                         f"({type(e).__name__}: {msg}); {hint}") from e
-    use_backend(model, ref.source, backend, quantization)
+    model.sids_backend = use_backend(model, ref.source, backend, quantization, fallback=auto)  # what it runs
     return model
 
 
@@ -337,6 +343,14 @@ def embed_documents(run_dir: Path, catalog: pa.Table, cfg: EmbedConfig) -> dict[
     ids = catalog.column("movie_id").to_numpy()
     hashes = [document_hash(d) for d in docs]
     ref = resolve_model(cfg.model)
+    # What will run, and what is recorded. Before a Hub model is first downloaded, auto assumes it exports;
+    # loading it tells (``load_model``), and the metadata records what ran.
+    auto = cfg.backend == "auto"
+    export_ok = not auto or exportable(ref.source, cfg.trust_remote_code) is not False
+    devices = resolve_devices(cfg.device, "embed.device")
+    backend, quantization = resolve(cfg.backend, cfg.quantization, devices[0] if len(devices) == 1 else "pool",
+                                    export_ok=export_ok)  # a pool of devices (several GPUs): torch
+    cfg = dataclasses.replace(cfg, backend=backend, quantization=quantization)
     identity = {"model": ref.name, "normalized": cfg.normalize, **metadata_entry(cfg.backend, cfg.quantization)}
     cache = ChunkCache(run_dir / CACHE_DIR, identity)
 
@@ -357,7 +371,10 @@ def embed_documents(run_dir: Path, catalog: pa.Table, cfg: EmbedConfig) -> dict[
                 "written": False}
 
     known = _known_vectors(path if old_meta else None, cache, text_of, len(docs))
-    todo, rate = _embed_missing(known, text_of, ref, cfg, cache)
+    todo, rate, ran = _embed_missing(known, text_of, ref, cfg, cache, auto=auto)
+    if ran != (cfg.backend, cfg.quantization):  # auto guessed before the model was downloaded
+        metadata = {k: v for k, v in metadata.items() if k not in ("backend", "int8_recipe")}
+        metadata.update(metadata_entry(*ran))
     vectors = np.stack([known[h] for h in hashes])  # (N, D)
     metadata["dimension"] = str(vectors.shape[1])
     written = _write(run_dir, ids, vectors, hashes, metadata)
@@ -390,18 +407,24 @@ def _known_vectors(path: Path | None, cache: ChunkCache, text_of: dict[str, str]
 
 
 def _embed_missing(known: dict[str, np.ndarray], text_of: dict[str, str], ref: ModelRef, cfg: EmbedConfig,
-                   cache: ChunkCache) -> tuple[list[str], float | None]:
-    """Embed the documents ``known`` lacks (all of them when the model's dimension differs) into ``known``.
+                   cache: ChunkCache, *, auto: bool = False) -> tuple[list[str], float | None, tuple[str, str]]:
+    """Embed the documents ``known`` lacks (all of them when the model's dimension differs, or when the
+    backend ``auto`` chose could not run the model) into ``known``.
 
     Returns:
-        The hashes embedded now and the rate (movies/s; None when nothing was embedded).
+        The hashes embedded now, the rate (movies/s; None when nothing was embedded) and the
+        (backend, quantization) that ran.
     """
     todo = sorted(h for h in text_of if h not in known)
     if not todo:
-        return todo, None
+        return todo, None, (cfg.backend, cfg.quantization)
     devices = resolve_devices(cfg.device, "embed.device")
     model = load_model(ref, "cpu" if len(devices) > 1 else devices[0], trust_remote_code=cfg.trust_remote_code,
-                       backend=cfg.backend, quantization=cfg.quantization)
+                       backend=cfg.backend, quantization=cfg.quantization, auto=auto)
+    if model.sids_backend != (cfg.backend, cfg.quantization):
+        known.clear()  # vectors of another backend
+        todo = sorted(text_of)
+        cfg = dataclasses.replace(cfg, backend=model.sids_backend[0], quantization=model.sids_backend[1])
     dim = model_dimension(model)
     if known and next(iter(known.values())).shape[0] != dim:
         log.warning("earlier vectors have dimension %d but %s gives %d: embedding everything again",
@@ -415,7 +438,7 @@ def _embed_missing(known: dict[str, np.ndarray], text_of: dict[str, str], ref: M
     known.update(_encode_chunks(model, [text_of[h] for h in todo], todo, cfg, devices, cache, dim))
     rate = len(todo) / max(time.perf_counter() - t0, 1e-9)
     log.info("embedded %d documents in %.1fs (%.0f movies/s)", len(todo), len(todo) / rate, rate)
-    return todo, rate
+    return todo, rate, (cfg.backend, cfg.quantization)
 
 
 def _write(run_dir: Path, ids: np.ndarray, vectors: np.ndarray, hashes: list[str], metadata: dict[str, str]) -> bool:
