@@ -103,11 +103,10 @@ def _timed_encode(model, texts: list[str], batch_size: int) -> tuple[float, floa
 
 def compare_backends(texts: list[str], args, backends: list[str]) -> list[dict]:
     """Step 4: each backend against plain PyTorch encode, alternating, median of ``args.repeats``."""
+    from movielens_sids.embed_backend import describe, resolve
     from movielens_sids.stages.embed import load_model, resolve_model
 
     ref = resolve_model(args.model)
-    from movielens_sids.embed_backend import describe, resolve
-
     models = {"torch": load_model(ref, "cpu")}
     for name in backends:
         backend, _, quantization = name.partition("-")

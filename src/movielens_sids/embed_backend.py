@@ -100,7 +100,7 @@ def resolve(backend: str, quantization: str, device: str, *, export_ok: bool = T
     if backend == "auto":
         on_cpu = device == "cpu"
         backend = ("onnx" if quantization == "int8"
-                   else "openvino" if on_cpu and export_ok and _has_openvino() and quantization != "int8"
+                   else "openvino" if on_cpu and export_ok and _has_openvino()
                    else "torch")
     if quantization == "auto":
         quantization = "bf16" if backend == "openvino" and cpu_has_bf16() else "none"
@@ -312,7 +312,8 @@ def use_backend(model, source: str, backend: str, quantization: str, *, fallback
     """
     if fallback and backend != "torch":
         try:
-            _input_names(model) and _hf_module(model)
+            _hf_module(model)
+            _input_names(model)
         except Exception:
             log.info("the model is no Hugging Face transformer: embedding with torch (embed.backend=auto)")
             return "torch", "none"

@@ -106,9 +106,9 @@ def load_model(ref: ModelRef, device: str, *, trust_remote_code: bool = False, b
     that says what to do."""
     from sentence_transformers import SentenceTransformer
 
+    export_ok = backend != "auto" or exportable(ref.source, trust_remote_code) is not False
     auto = auto or backend == "auto"
-    backend, quantization = resolve(backend, quantization, device,
-                                    export_ok=not auto or exportable(ref.source, trust_remote_code) is not False)
+    backend, quantization = resolve(backend, quantization, device, export_ok=export_ok)
     if backend in ("onnx", "openvino") and device != "cpu":
         raise SidsError(f"embed.backend={backend} runs on the CPU, not {device}: pass --device cpu, "
                         "or --backend torch to use the accelerator")
