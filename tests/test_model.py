@@ -10,6 +10,7 @@ import torch
 
 from movielens_sids.errors import SidsError
 from movielens_sids.model import RQVAE, RQKMeans, RQKMeansConfig, RQVAEConfig, load_tokenizer, save_pretrained
+from movielens_sids.model.kmeans import nearest_code_screened
 from movielens_sids.model.rqvae import (
     ResidualQuantizer,
     beam_search,
@@ -97,6 +98,38 @@ def test_encode_decode_round_trip(gradient, encoder):
 def test_nearest_code_matches_brute_force():
     x, cb = torch.randn(100, 5), torch.randn(7, 5)
     assert torch.equal(nearest_code(x, cb), torch.cdist(x, cb).argmin(1))
+
+
+@pytest.mark.parametrize("scale", [0.05, 1.0, 30.0])
+def test_screened_nearest_code_is_exact(scale):
+    """The bf16-screened search returns the fp32 search's answer, near-ties and biases included: codes come
+    in clusters of four 1e-3 apart (far below bf16's resolution) and points lie close to them."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(512, 48, generator=g)
+    cb = (base.repeat_interleave(4, 0) + 1e-3 * torch.randn(2048, 48, generator=g)) * scale  # (K, H)
+    x = (base[torch.randint(0, 512, (3000,), generator=g)] + 0.05 * torch.randn(3000, 48, generator=g)) * scale
+    x = torch.cat([x, cb[:5].clone()])  # points exactly on codes
+    for bias in (None, 0.01 * scale ** 2 * torch.randn(2048, generator=g)):
+        const = (cb * cb).sum(1) + (0 if bias is None else bias)
+        d = (const[None].double() - 2 * x.double() @ cb.double().T)  # (N, K) exact
+        got = nearest_code_screened(x, cb, const, rows=100)
+        # Where the two best differ by more than fp32 can resolve, the answer is the true nearest; elsewhere
+        # (a tie in fp32) it is one of the tied.
+        two = d.topk(2, dim=1, largest=False).values  # (N, 2)
+        tol = 1e-6 * ((x * x).sum(1).double() + const.abs().max())  # (N,) well above fp32's rounding
+        clear = (two[:, 1] - two[:, 0]) > tol
+        assert torch.equal(got[clear], d.argmin(1)[clear])
+        assert ((d.gather(1, got[:, None])[:, 0] - two[:, 0]) <= tol).all()
+        assert clear.float().mean() > 0.7  # most rows have one clear nearest: the check has teeth
+
+
+def test_screened_nearest_code_breaks_ties_low_and_handles_empty_input():
+    cb = torch.randn(6, 8).repeat(2, 1)  # codes i and i + 6 are the same
+    x = cb[[7, 1, 11]] + 0.0
+    assert nearest_code_screened(x, cb, (cb * cb).sum(1)).tolist() == [1, 1, 5]
+    assert nearest_code(x, cb).tolist() == [1, 1, 5]
+    assert nearest_code_screened(x[:0], cb, (cb * cb).sum(1)).shape == (0,)
+    assert nearest_code(x[:0], cb).shape == (0,)
 
 
 def test_kmeans_uses_every_centroid_and_is_seeded():

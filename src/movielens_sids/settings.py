@@ -348,8 +348,9 @@ class VisualizeConfig:
     """UMAP: distance between (PCA-reduced) embeddings."""
     pca_dims: int = 50
     """Reduce the embeddings to this many principal components before UMAP (0: use them as they are)."""
-    n_epochs: int | None = None
-    """UMAP optimisation epochs (None: UMAP's default, 200 for large catalogs)."""
+    n_epochs: int | None = 200
+    """UMAP optimisation epochs. 200 is UMAP's own choice above 10,000 points; below that it runs 500, which
+    for the demo's 9,742 movies took 6.5 s more for a map that looks the same. None: UMAP's choice."""
     low_memory: bool = True
     """UMAP: the nearest-neighbour search variant that needs less memory."""
     seed: int = 0
