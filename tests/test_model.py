@@ -343,6 +343,28 @@ def test_training_step_uses_the_quantizer_rule_with_beam_and_biases():
     assert model.quantizer.codebooks.grad is not None
 
 
+def test_refining_balanced_levels_fits_their_biases_again():
+    """Biases fitted for codes that have since moved let a level crowd onto a few codes; refining with the
+    balance fits them again for the moved codes, and usage is uniform again."""
+    x = torch.randn(3000, 16, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.2, 3, 16)
+    cfg = tiny(encoder="identity", input_dim=16, levels=3, codebook_size=16, beam_width=4, balance=1.0)
+
+    def perplexity(model: RQVAE) -> list[float]:
+        with torch.no_grad():
+            codes = model.quantize(model.encode(x))  # (N, L)
+        p = torch.stack([torch.bincount(c, minlength=16) for c in codes.T]).float() / len(x)  # (L, K)
+        return torch.exp(-(p * p.clamp_min(1e-12).log()).sum(1)).tolist()
+
+    stale, refit = init_model(cfg, x), init_model(cfg, x)
+    for model in (stale, refit):  # biases that no longer fit: usage crowds onto a few codes
+        model.quantizer.code_bias[1:] = 10 * torch.randn(2, 16, generator=torch.Generator().manual_seed(1))
+    before = perplexity(stale)
+    stale.quantizer.refine_codebooks(stale.encode(x), rounds=1)
+    refit.quantizer.refine_codebooks(refit.encode(x), rounds=1, balance=1.0)
+    assert max(before[1:]) < 8 and max(perplexity(stale)[1:]) < 8  # of 16
+    assert min(perplexity(refit)[1:]) > 14
+
+
 def test_refining_the_deeper_levels_lowers_the_error_and_keeps_level_one():
     x = clustered(800, centers=30)
     base = init_model(tiny(encoder="identity", levels=3, beam_width=3), x)

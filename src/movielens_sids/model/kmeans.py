@@ -155,9 +155,9 @@ def sinkhorn_bias(dist: torch.Tensor, eps: float, iters: int = 50, init: torch.T
 def balanced_kmeans(x: torch.Tensor, k: int, *, iters: int, balance: float, rounds: int = 3,
                     sample: int = 16384, generator: torch.Generator | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """k-means, then ``rounds`` of: biases towards uniform usage (``sinkhorn_bias`` on a seeded sample of
-    at most ``sample`` points, x ``balance``), reassign every point by ``nearest_code`` with the biases,
-    move each centroid to the mean of its points; the biases are fitted once more at the end.
+    """k-means, then ``rounds`` of: biases towards uniform usage (``uniform_potentials`` on a seeded sample
+    of at most ``sample`` points, x ``balance``), reassign every point by ``nearest_code`` with the biases, move each
+    centroid to the mean of its points; the biases are fitted once more at the end.
 
     Returns:
         (k, H) centroids and (k,) biases (zeros when ``balance`` is 0).
@@ -167,12 +167,9 @@ def balanced_kmeans(x: torch.Tensor, k: int, *, iters: int, balance: float, roun
     if balance <= 0:
         return centroids, bias
     sub = x if len(x) <= sample else x[torch.randperm(len(x), generator=generator)[:sample].to(x.device)]
-    full = x.new_zeros(k)  # the unscaled potentials, warm-started round to round
+    full = None  # the unscaled potentials, warm-started round to round
     for r in range(rounds + 1):
-        dist = ((sub * sub).sum(1, keepdim=True) + (centroids * centroids).sum(1)[None]
-                - 2 * sub @ centroids.T).clamp_min(0)  # (S, K)
-        eps = 0.02 * float(dist.min(dim=1).values.mean())  # 2% of the typical distance to the nearest code
-        full = sinkhorn_bias(dist, max(eps, 1e-12), iters=50 if r == 0 else 20, init=full)  # later rounds: warm
+        full = uniform_potentials(sub, centroids, init=full, iters=50 if r == 0 else 20)  # later rounds: warm
         bias = balance * full
         if r == rounds:
             break
@@ -181,6 +178,21 @@ def balanced_kmeans(x: torch.Tensor, k: int, *, iters: int, balance: float, roun
         counts = torch.bincount(assign, minlength=k).to(x.dtype)
         centroids = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centroids)
     return centroids, bias
+
+
+def uniform_potentials(x: torch.Tensor, centroids: torch.Tensor, *, init: torch.Tensor | None = None,
+                       iters: int = 50) -> torch.Tensor:
+    """Sinkhorn's potentials (``sinkhorn_bias``) towards uniform usage of ``centroids`` (K, H) by the points
+    x (S, H), at a temperature of 2% of the typical squared distance to the nearest code; x ``balance``,
+    they are the codes' biases (``RQVAEConfig.balance``). ``init``: potentials to warm-start from.
+
+    Returns:
+        (K,) potentials with mean 0.
+    """
+    dist = ((x * x).sum(1, keepdim=True) + (centroids * centroids).sum(1)[None]
+            - 2 * x @ centroids.T).clamp_min(0)  # (S, K)
+    eps = 0.02 * float(dist.min(dim=1).values.mean())  # 2% of the typical distance to the nearest code
+    return sinkhorn_bias(dist, max(eps, 1e-12), iters=iters, init=init)
 
 
 # The residual quantizer

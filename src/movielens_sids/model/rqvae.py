@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import RQVAEConfig
-from .kmeans import balanced_kmeans, kmeans, nearest_code, sinkhorn_bias  # noqa: F401 (also re-exported)
+from .kmeans import balanced_kmeans, kmeans, nearest_code, sinkhorn_bias, uniform_potentials  # noqa: F401 (also re-exported)
 
 # ---------------------------------------------------------------------------------------------------
 # k-means, for the codebook initialisation
@@ -223,11 +223,14 @@ class ResidualQuantizer(nn.Module):
         return QuantizerOutput(quantized, codes, torch.stack(residuals), codebook_loss, commit_loss)
 
     @torch.no_grad()
-    def refine_codebooks(self, z: torch.Tensor, rounds: int = 1) -> None:
+    def refine_codebooks(self, z: torch.Tensor, rounds: int = 1, *, balance: float = 0.0, sample: int = 16384) -> None:
         """Refit levels 2..L jointly for the encoding ``quantize`` does (beam included): each code moves to
         the mean of what the other levels leave of the residuals assigned to it (block coordinate descent
         on the reconstruction error, as additive quantization refines residual k-means; Babenko &
-        Lempitsky 2014). Biases and level 1 stay as they are."""
+        Lempitsky 2014). With ``balance`` > 0 the biases of levels 2..L are then fitted again for the moved
+        codes, on every (N // ``sample``)-th row's residual at that level: biases fitted for the old codes
+        let a level drift towards a few codes (level 3 of the ml-32m preset fell to perplexity 151 of 256
+        on one seed). Level 1 stays as it is."""
         levels = self.codebooks.shape[0]
         for _ in range(rounds):
             codes = self.quantize(z)  # (N, L)
@@ -241,6 +244,12 @@ class ResidualQuantizer(nn.Module):
                 new = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], self.codebooks[level])
                 self.codebooks[level] = new
                 parts[:, level] = new[idx]
+            if balance > 0:
+                rows = torch.arange(0, len(z), max(1, len(z) // sample), device=z.device)  # (S,)
+                for level in range(1, levels):
+                    residual = z[rows] - parts[rows, :level].sum(1)  # (S, H) what level l quantizes
+                    warm = self.code_bias[level] / balance
+                    self.code_bias[level] = balance * uniform_potentials(residual, self.codebooks[level], init=warm)
 
     @torch.no_grad()
     def init_codebooks(self, z: torch.Tensor, *, iters: int, clip_quantile: float = 1.0, balance: float = 0.0,
@@ -465,5 +474,5 @@ class RQVAE(nn.Module):
                                       graph_points=x, links=links, link_weight=self.config.group_link_weight,
                                       generator=generator)
         if self.config.refine_rounds:
-            self.quantizer.refine_codebooks(z, rounds=self.config.refine_rounds)
+            self.quantizer.refine_codebooks(z, rounds=self.config.refine_rounds, balance=self.config.balance)
 
