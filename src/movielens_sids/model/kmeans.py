@@ -34,8 +34,8 @@ def nearest_code(x: torch.Tensor, codebook: torch.Tensor, bias: torch.Tensor | N
     if k >= SCREEN_MIN_CODES and x.dtype == torch.float32 and x.device.type == "cpu" and native_bf16():
         return nearest_code_screened(x, codebook, const)
     rows = max(256, BLOCK_ELEMENTS // max(k, 1))  # a (rows, K) block of distances fits in a few MB
-    return torch.cat([torch.addmm(const[None, :], xb, codebook.T, alpha=-2.0).argmin(dim=1)  # (rows, K) -> (rows,)
-                      for xb in x.split(rows)]) if len(x) else x.new_zeros(0, dtype=torch.long)
+    out = [torch.addmm(const[None, :], xb, codebook.T, alpha=-2.0).argmin(dim=1) for xb in x.split(rows)]
+    return torch.cat(out) if out else x.new_zeros(0, dtype=torch.long)
 
 
 SCREEN_MIN_CODES = 1024
@@ -93,8 +93,8 @@ def nearest_code_screened(x: torch.Tensor, codebook: torch.Tensor, const: torch.
         best = torch.full_like(xn, float("inf")).scatter_reduce(0, r, exact, "amin")  # (b,)
         top = torch.where(exact == best[r], c, k)  # (n,) the lowest index among each row's minima wins
         idx = torch.full((len(xb),), k, dtype=torch.long).scatter_reduce(0, r, top, "amin")  # (b,)
-        if (idx == k).any():  # no candidate: NaN in the row; as the unscreened search does
-            miss = idx == k
+        miss = idx == k  # no candidate: NaN in the row; answered as the unscreened search does
+        if miss.any():
             idx[miss] = torch.addmm(const[None, :], xb[miss], codebook.T, alpha=-2.0).argmin(dim=1)
         out.append(idx)
     return torch.cat(out) if out else x.new_zeros(0, dtype=torch.long)
@@ -156,8 +156,8 @@ def balanced_kmeans(x: torch.Tensor, k: int, *, iters: int, balance: float, roun
                     sample: int = 16384, generator: torch.Generator | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """k-means, then ``rounds`` of: biases towards uniform usage (``uniform_potentials`` on a seeded sample
-    of at most ``sample`` points, x ``balance``), reassign every point by ``nearest_code`` with the biases, move each
-    centroid to the mean of its points; the biases are fitted once more at the end.
+    of at most ``sample`` points, x ``balance``), reassign every point by ``nearest_code`` with the biases,
+    move each centroid to the mean of its points; the biases are fitted once more at the end.
 
     Returns:
         (k, H) centroids and (k,) biases (zeros when ``balance`` is 0).

@@ -371,7 +371,7 @@ def embed_documents(run_dir: Path, catalog: pa.Table, cfg: EmbedConfig) -> dict[
                 "written": False}
 
     known = _known_vectors(path if old_meta else None, cache, text_of, len(docs))
-    todo, rate, ran = _embed_missing(known, text_of, ref, cfg, cache, auto=auto)
+    todo, rate, ran = _embed_missing(known, text_of, ref, cfg, devices, cache, auto=auto)
     if ran != (cfg.backend, cfg.quantization):  # auto guessed before the model was downloaded
         metadata = {k: v for k, v in metadata.items() if k not in ("backend", "int8_recipe")}
         metadata.update(metadata_entry(*ran))
@@ -407,7 +407,8 @@ def _known_vectors(path: Path | None, cache: ChunkCache, text_of: dict[str, str]
 
 
 def _embed_missing(known: dict[str, np.ndarray], text_of: dict[str, str], ref: ModelRef, cfg: EmbedConfig,
-                   cache: ChunkCache, *, auto: bool = False) -> tuple[list[str], float | None, tuple[str, str]]:
+                   devices: list[str], cache: ChunkCache, *, auto: bool = False
+                   ) -> tuple[list[str], float | None, tuple[str, str]]:
     """Embed the documents ``known`` lacks (all of them when the model's dimension differs, or when the
     backend ``auto`` chose could not run the model) into ``known``.
 
@@ -418,7 +419,6 @@ def _embed_missing(known: dict[str, np.ndarray], text_of: dict[str, str], ref: M
     todo = sorted(h for h in text_of if h not in known)
     if not todo:
         return todo, None, (cfg.backend, cfg.quantization)
-    devices = resolve_devices(cfg.device, "embed.device")
     model = load_model(ref, "cpu" if len(devices) > 1 else devices[0], trust_remote_code=cfg.trust_remote_code,
                        backend=cfg.backend, quantization=cfg.quantization, auto=auto)
     if model.sids_backend != (cfg.backend, cfg.quantization):
