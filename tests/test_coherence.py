@@ -185,3 +185,62 @@ def test_a_model_folder_written_before_groups_loads_as_ungrouped(tmp_path):
     back = load_tokenizer(tmp_path / "m")
     z = torch.from_numpy(x)
     assert not back.quantizer.grouped and torch.equal(back.quantize(back.encode(z)), tok.quantize(tok.encode(z)))
+
+
+def test_prototype_cache_answers_exactly_as_the_full_search():
+    from movielens_sids.model.groups import NearestPrototypeCache
+    from movielens_sids.model.kmeans import nearest_code
+
+    g = torch.Generator().manual_seed(0)
+    points = torch.randn(600, 16, generator=g)
+    points[300:310] = points[:10]  # repeated points: exact ties, lowest index wins
+    z = torch.randn(400, 16, generator=g)
+    z[:5] = points[:5]  # queries on a repeated point
+    cache = NearestPrototypeCache(len(z), 16, candidates=8)
+    for step in range(40):
+        jump = 0.5 if step % 10 == 9 else 0.01  # now and then rows move far past their candidates
+        z = z + jump * torch.randn(z.shape, generator=g)
+        rows = torch.randperm(len(z), generator=g)[:150]
+        assert torch.equal(cache.nearest(rows, z[rows], points), nearest_code(z[rows], points))
+        if step == 25:  # new points: the anchors no longer apply
+            points = points + 0.05 * torch.randn(points.shape, generator=g)
+            cache.clear()
+    assert 0.3 < cache.hits / cache.calls < 1.0  # it saves work, and it does not answer every row from the cache
+
+
+def test_prototype_cache_refuses_rows_whose_drift_could_change_the_answer():
+    from movielens_sids.model.groups import NearestPrototypeCache
+
+    points = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [4.0, 0.0]])
+    cache = NearestPrototypeCache(1, 2, candidates=1)
+    row = torch.tensor([0])
+    assert cache.nearest(row, torch.tensor([[0.1, 0.0]]), points).item() == 0  # candidates: [0]; next at 0.9
+    assert cache.hits == 0
+    assert cache.nearest(row, torch.tensor([[0.15, 0.0]]), points).item() == 0  # 0.05 moved: still clearly 0
+    assert cache.hits == 1
+    assert cache.nearest(row, torch.tensor([[0.6, 0.0]]), points).item() == 1  # crossed over: searched again
+    assert cache.hits == 1
+
+
+def test_grouped_training_with_the_cache_equals_training_without_it(tmp_path, monkeypatch):
+    from movielens_sids.stages import train
+    from movielens_sids.stages.lightning_module import RQVAEModule
+
+    x = chains(n_groups=30)
+    cfg = RQVAEConfig(input_dim=x.shape[1], hidden_dims=[16], levels=2, codebook_size=8, kmeans_iters=5,
+                      encoder="residual", group_weight=4.0, group_prototypes=4)
+    tcfg = train.TrainConfig(max_epochs=4, batch_size=32, lr=1e-2, progress_bar=False, accelerator="cpu")
+    hits = []
+    first_level = RQVAEModule.first_level
+
+    def counting(self, idx):
+        hits.append(self.first_cache)
+        return first_level(self, idx)
+
+    monkeypatch.setattr(RQVAEModule, "first_level", counting)
+    cached, _ = train.fit_rqvae(x, cfg, tcfg, tmp_path / "a")
+    assert hits[-1] is not None and hits[-1].hits > 0  # the cache answered some rows
+    monkeypatch.setattr(RQVAEModule, "first_level", lambda self, idx: None)  # the quantizer's own full search
+    plain, _ = train.fit_rqvae(x, cfg, tcfg, tmp_path / "b")
+    a, b = cached.state_dict(), plain.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

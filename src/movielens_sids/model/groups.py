@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import torch
 
-from .kmeans import balanced_kmeans, kmeans, nearest_code, sinkhorn_bias
+from .kmeans import BLOCK_ELEMENTS, balanced_kmeans, kmeans, nearest_code, sinkhorn_bias
 
 
 def knn_graph(z: torch.Tensor, k: int, *, block: int = 4096) -> torch.Tensor:
@@ -216,3 +216,100 @@ def fit_first_level(quantizer, z: torch.Tensor, *, weight: float, iters: int, gr
     quantizer.codebooks[0] = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], proto_mean)
     quantizer.code_bias[0] = 0.0
     return first
+
+
+class NearestPrototypeCache:
+    """``nearest_code`` over a fixed set of points (the prototypes) for rows that come back with their latents
+    moved a little (training epochs), exactly, without a full search for most of them.
+
+    For each row the last full search keeps its anchor (the latent then), its ``candidates`` nearest points,
+    and ``reach``: a lower bound on the anchor's distance to every other point. A latent z at distance
+    delta from its anchor is at least ``reach - delta`` from every non-candidate (triangle inequality), so
+    when the nearest candidate is clearly closer than that, the answer is among the candidates: they are
+    scored with ``nearest_code``'s own fp32 formula, ties to the lowest index. Any other row gets a full
+    search, which renews its anchor. A margin (``_slack``) covers the fp32 rounding of the scores.
+
+    Measured on the demo's training (8,192 prototypes, 20 epochs, the points re-fitted once): 82 % of rows
+    hit. Points that change (a re-fit) must be followed by ``clear``.
+
+    Memory: N x (H + C) x 4-8 bytes (the anchors and candidates), on the latents' device (on the CPU
+    for MPS, which has no float64).
+    """
+
+    def __init__(self, n: int, dim: int, *, candidates: int = 16, device: torch.device | str | None = None) -> None:
+        self.anchor = torch.zeros(n, dim, device=device)  # (N, H) each row's latent at its last full search
+        self.cand = torch.zeros(n, candidates, dtype=torch.int64, device=device)  # (N, C) its nearest points then
+        self.reach = torch.full((n,), -1.0, dtype=torch.float64, device=device)  # (N,) < 0: no anchor
+        self.hits = self.calls = 0
+
+    def clear(self) -> None:
+        """Forget every anchor (the points changed)."""
+        self.reach.fill_(-1.0)
+
+    def nearest(self, rows: torch.Tensor, z: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest point for each latent: ``nearest_code(z, points)``.
+
+        Args:
+            rows: (B,) int64 the rows of z (which anchors apply); distinct.
+            z: (B, H) latents.
+            points: (M, H) the points, M > C; the same as at the anchors' searches (else ``clear`` first).
+
+        Returns:
+            (B,) int64 indices; ties go to the lowest index.
+        """
+        out_device = z.device
+        home = torch.device("cpu") if z.device.type == "mps" else z.device  # the bounds need float64
+        if self.anchor.device != home:
+            self.anchor, self.cand, self.reach = (t.to(home) for t in (self.anchor, self.cand, self.reach))
+        rows, z, points = rows.to(home), z.detach().float().to(home), points.float().to(home)
+        pmax = float(points.norm(dim=1).max())
+        idx, ok = self._from_candidates(rows, z, points, pmax)
+        self.calls += len(rows)
+        self.hits += int(ok.sum())
+        if not bool(ok.all()):
+            miss = (~ok).nonzero().squeeze(1)  # (b,)
+            self._search(rows[miss], z[miss], points, pmax)
+            idx_m, ok_m = self._from_candidates(rows[miss], z[miss], points, pmax)
+            if not bool(ok_m.all()):  # near-ties beyond the C candidates (repeated points): plain search
+                hard = (~ok_m).nonzero().squeeze(1)
+                idx_m[hard] = nearest_code(z[miss[hard]], points)
+                self.reach[rows[miss[hard]]] = -1.0
+            idx[miss] = idx_m
+        return idx.to(out_device)
+
+    @staticmethod
+    def _slack(z: torch.Tensor, pmax: float) -> torch.Tensor:
+        """(B,) twice a bound on the fp32 error of |z|^2 + |p|^2 - 2 z.p, in any summation order:
+        (H + 3) 2^-24 (|z| + |p|)^2 (Higham's gamma_H for the dot products, and the two additions); float64."""
+        return 2 * (z.shape[1] + 3) * 2.0 ** -24 * (z.double().norm(dim=1) + pmax) ** 2
+
+    def _from_candidates(self, rows: torch.Tensor, z: torch.Tensor, points: torch.Tensor, pmax: float
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The nearest among each row's candidates (B,), and whether it is the nearest of all (B,) bool."""
+        sq = (points * points).sum(1)  # (M,) as nearest_code's constant
+        idx = torch.empty(len(z), dtype=torch.int64, device=z.device)
+        low = torch.empty(len(z), device=z.device)  # (B,) each row's smallest score
+        for s in range(0, len(z), 256):  # blocks: the gathered (b, C, H) candidates stay in cache
+            cand = self.cand[rows[s:s + 256]]  # (b, C)
+            score = sq[cand] - 2 * (z[s:s + 256, None, :] * points[cand]).sum(-1)  # (b, C): nearest_code's formula
+            low[s:s + 256] = score.amin(1)
+            idx[s:s + 256] = torch.where(score == low[s:s + 256, None], cand, len(points)).amin(1)  # lowest index
+        # score = |z - p|^2 - |z|^2 up to fp32 rounding; the slack covers that rounding twice.
+        zd = z.double()
+        best = low.double() + (zd * zd).sum(1) + self._slack(z, pmax)  # (B,) above the chosen one's |z - p|^2
+        delta = (zd - self.anchor[rows].double()).norm(dim=1)  # (B,) drift since the anchor
+        floor = (self.reach[rows] - delta).clamp_min(0.0)  # (B,) every non-candidate is at least this far
+        return idx, (self.reach[rows] >= 0) & (best < floor * floor)
+
+    def _search(self, rows: torch.Tensor, z: torch.Tensor, points: torch.Tensor, pmax: float) -> None:
+        """Full search for rows: new anchors, candidates and reach."""
+        c = self.cand.shape[1]
+        sq = (points * points).sum(1)  # (M,)
+        block = max(1, BLOCK_ELEMENTS // len(points))
+        for s in range(0, len(z), block):
+            zb, rb = z[s:s + block], rows[s:s + block]
+            d = torch.addmm(sq[None, :] + (zb * zb).sum(1, keepdim=True), zb, points.T, alpha=-2.0)  # (b, M)
+            vals, top = d.topk(c + 1, dim=1, largest=False)  # sorted: the C nearest and the next one
+            self.anchor[rb] = zb
+            self.cand[rb] = top[:, :c]
+            self.reach[rb] = (vals[:, c].double() - self._slack(zb, pmax)).clamp_min(0.0).sqrt()

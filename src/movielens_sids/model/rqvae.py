@@ -27,6 +27,7 @@ May import: torch, model.config and model.kmeans; model.groups on first use (pur
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -35,6 +36,9 @@ from torch import nn
 
 from .config import RQVAEConfig
 from .kmeans import balanced_kmeans, kmeans, nearest_code, sinkhorn_bias, uniform_potentials  # noqa: F401 (also re-exported)
+
+FirstLevel = Callable[[torch.Tensor], torch.Tensor]
+"""Latents (B, H) -> their level-1 codes (B,) int64, by the quantizer's own rule (e.g. ``NearestPrototypeCache``)."""
 
 # ---------------------------------------------------------------------------------------------------
 # k-means, for the codebook initialisation
@@ -172,12 +176,12 @@ class ResidualQuantizer(nn.Module):
             return self.prototype_codes[nearest_code(z, self.prototypes)]
         return nearest_code(z, self.codebooks[0], self.code_bias[0])
 
-    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+    def quantize(self, z: torch.Tensor, first_level: FirstLevel | None = None) -> torch.Tensor:
         """Residual assignment: level 1 by ``first_codes`` (nearest code with the biases, or nearest
-        prototype), levels 2..L greedily or, with
-        ``beam_width`` > 1, jointly by ``beam_search``. z: (B, H) -> codes (B, L) int64."""
+        prototype) or by ``first_level`` when given (the same rule, e.g. cached), levels 2..L greedily or,
+        with ``beam_width`` > 1, jointly by ``beam_search``. z: (B, H) -> codes (B, L) int64."""
         cbs, bias = self.codebooks, self.code_bias
-        first = self.first_codes(z)  # (B,)
+        first = self.first_codes(z) if first_level is None else first_level(z)  # (B,)
         residual = z - cbs[0][first]
         if len(cbs) == 1:
             return first[:, None]
@@ -196,10 +200,10 @@ class ResidualQuantizer(nn.Module):
         levels = torch.arange(codes.shape[1], device=codes.device)
         return self.codebooks[levels, codes].sum(dim=1)  # (B, L, H) -> (B, H)
 
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+    def forward(self, z: torch.Tensor, first_level: FirstLevel | None = None) -> QuantizerOutput:
         residual = z  # (B, H)
         with torch.no_grad():
-            all_codes = self.quantize(z.detach())  # (B, L)
+            all_codes = self.quantize(z.detach(), first_level)  # (B, L)
         codes, residuals = [], []
         codebook_loss = commit_loss = z.new_zeros(())
         for level, codebook in enumerate(self.codebooks):
@@ -433,17 +437,18 @@ class RQVAE(nn.Module):
         """x (B, D) -> latent (B, H)."""
         return self.encoder(x)
 
-    def quantize(self, z: torch.Tensor) -> torch.Tensor:
-        """latent (B, H) -> codes (B, L) int64, greedy residual assignment."""
-        return self.quantizer.quantize(z)
+    def quantize(self, z: torch.Tensor, first_level: FirstLevel | None = None) -> torch.Tensor:
+        """latent (B, H) -> codes (B, L) int64 (``ResidualQuantizer.quantize``)."""
+        return self.quantizer.quantize(z, first_level)
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (B, L) int64 -> reconstruction (B, D)."""
         return self.decoder(self.quantizer.lookup(codes))
 
-    def forward(self, x: torch.Tensor) -> TokenizerOutput:
+    def forward(self, x: torch.Tensor, first_level: FirstLevel | None = None) -> TokenizerOutput:
+        """x (B, D) -> reconstruction, codes and losses; ``first_level``: see ``ResidualQuantizer.quantize``."""
         z = self.encoder(x)  # (B, H)
-        q = self.quantizer(z)
+        q = self.quantizer(z, first_level)
         x_hat = self.decoder(q.quantized)  # (B, D)
         recon = (x - x_hat).pow(2).sum(-1).mean()
         total = recon + self.config.codebook_weight * q.codebook_loss + self.config.commitment_weight * q.commit_loss

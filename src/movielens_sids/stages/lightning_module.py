@@ -18,8 +18,8 @@ import torch
 
 from ..metrics import tokenizer_metrics
 from ..model.config import RQVAEConfig
-from ..model.groups import subset_links
-from ..model.rqvae import RQVAE, info_nce
+from ..model.groups import NearestPrototypeCache, subset_links
+from ..model.rqvae import RQVAE, FirstLevel, info_nce
 from ..settings import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,11 @@ class RQVAEModule(L.LightningModule):
         self.register_buffer("initialized", torch.tensor(False))
         self.reseed_rng = torch.Generator().manual_seed(self.train_cfg.seed + 1)
         self.last_val: dict[str, Any] = {}
+        # A grouped first level searches thousands of prototypes; over several epochs the rows come back
+        # moved a little, and most answers are found among a few cached candidates (exactly).
+        q = self.model.quantizer
+        cached = q.grouped and (self.train_cfg.max_epochs or 1) > 1
+        self.first_cache = NearestPrototypeCache(len(data), q.prototypes.shape[1]) if cached else None
 
     def on_fit_start(self) -> None:
         if self.initialized.item():
@@ -62,6 +67,8 @@ class RQVAEModule(L.LightningModule):
         if self.train_cfg.collab_weight > 0 and int(self.positives.max()) >= 0:  # co-watched movies stay together too
             links = subset_links(self.positives, self.init_idx)  # (N_init, P)
         self.model.init_codebooks(self.data[self.init_idx], links=links, generator=gen)
+        if self.first_cache is not None:  # new prototypes
+            self.first_cache.clear()
         log.info("codebooks %s by residual k-means in %.1fs", what, time.perf_counter() - t0)
         # Every process must start from the same codes (they may differ in the last bits on GPUs).
         cb = self.trainer.strategy.broadcast(self.model.quantizer.codebooks.data, src=0)
@@ -74,9 +81,16 @@ class RQVAEModule(L.LightningModule):
         if refit and self.current_epoch + 1 == max(1, int(self.trainer.max_epochs) // 2):
             self.fit_codebooks("re-fitted to the co-watch-trained latents")
 
+    def first_level(self, idx: torch.Tensor) -> FirstLevel | None:
+        """The level-1 rule for the latents of rows ``idx``: the quantizer's own, through the cache when grouped."""
+        if self.first_cache is None:
+            return None
+        q = self.model.quantizer
+        return lambda z: q.prototype_codes[self.first_cache.nearest(idx, z, q.prototypes)]
+
     def shared_step(self, idx: torch.Tensor, stage: str):
         x = self.data[idx]  # (B, D)
-        out = self.model(x)
+        out = self.model(x, self.first_level(idx))
         k = self.model.config.codebook_size
         used = torch.zeros(out.codes.shape[1], k, device=x.device).scatter_(1, out.codes.T, 1.0)  # (L, K)
         on_step = stage == "train"
@@ -127,7 +141,7 @@ class RQVAEModule(L.LightningModule):
             return
         x = self.data[self.val_idx]
         with torch.no_grad():
-            codes = self.model.quantize(self.model.encode(x))
+            codes = self.model.quantize(self.model.encode(x), self.first_level(self.val_idx))
             x_hat = self.model.decode_codes(codes)
         m = tokenizer_metrics(x.float().cpu().numpy(), x_hat.float().cpu().numpy(), codes.cpu().numpy(),
                               self.model.config.codebook_size)

@@ -24,6 +24,7 @@ Never another stage.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -96,6 +97,7 @@ def umap_coordinates(x: np.ndarray, cfg: VisualizeConfig) -> np.ndarray:
     """(N, D) embeddings -> (N, 2) float32 UMAP coordinates (PCA first when ``cfg.pca_dims``)."""
     import umap  # slow import (numba): only when a map is computed
 
+    _cache_umap_kernels()
     n = len(x)
     if n <= cfg.n_neighbors:
         raise SidsError(f"UMAP needs more movies ({n}) than visualize.n_neighbors ({cfg.n_neighbors}); "
@@ -112,6 +114,20 @@ def umap_coordinates(x: np.ndarray, cfg: VisualizeConfig) -> np.ndarray:
     with warnings.catch_warnings():  # no search index: we never call transform
         warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
         return np.asarray(reducer.fit_transform(z), dtype=np.float32)
+
+
+@functools.cache  # once per process
+def _cache_umap_kernels() -> None:
+    """Keep numba's compilation of UMAP's fuzzy-graph kernels on disk (numba's own cache, beside umap's
+    sources or in the user's cache folder): compiled afresh in every process they took 6-7 s of the
+    demo's 14 s map. umap-learn compiles them without ``cache=True`` (its PR #1257 proposes it); a
+    kernel this version lacks is skipped."""
+    import umap.umap_ as uu
+
+    for name in ("smooth_knn_dist", "compute_membership_strengths"):
+        kernel = getattr(uu, name, None)
+        if hasattr(kernel, "enable_caching"):  # a numba dispatcher
+            kernel.enable_caching()
 
 
 def cosine_knn_graph(z: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
