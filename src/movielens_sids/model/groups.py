@@ -236,7 +236,7 @@ class NearestPrototypeCache:
     for MPS, which has no float64).
     """
 
-    def __init__(self, n: int, dim: int, *, candidates: int = 16, device: torch.device | str | None = None) -> None:
+    def __init__(self, n: int, dim: int, *, candidates: int = 8, device: torch.device | str | None = None) -> None:
         self.anchor = torch.zeros(n, dim, device=device)  # (N, H) each row's latent at its last full search
         self.cand = torch.zeros(n, candidates, dtype=torch.int64, device=device)  # (N, C) its nearest points then
         self.reach = torch.full((n,), -1.0, dtype=torch.float64, device=device)  # (N,) < 0: no anchor

@@ -74,6 +74,11 @@ class RQVAEModule(L.LightningModule):
         cb = self.trainer.strategy.broadcast(self.model.quantizer.codebooks.data, src=0)
         self.model.quantizer.codebooks.data.copy_(cb)
 
+    def on_train_end(self) -> None:
+        if self.first_cache is not None and self.first_cache.calls:
+            log.debug("nearest level-1 prototype from cached candidates for %.1f%% of %d rows",
+                      100 * self.first_cache.hits / self.first_cache.calls, self.first_cache.calls)
+
     def on_train_epoch_end(self) -> None:
         # The co-watch term moves the latents away from the content geometry the codebooks were fitted to;
         # halfway, the codebooks are fitted again to where the latents now are, then trained with them.
