@@ -298,3 +298,18 @@ def test_a_catalog_over_the_cap_is_drawn_as_a_recorded_sample(tmp_path, monkeypa
     assert result["n_points"] == N and f"{N} movies" in (run_dir / "visualization.html").read_text(encoding="utf-8")
     with pytest.raises(ValueError, match="sample"):
         VisualizeConfig(sample=1)
+
+
+def test_umap_kernels_compile_as_before_where_numba_cannot_cache(monkeypatch):
+    import umap.umap_ as uu
+
+    calls = []
+
+    class Kernel:  # a dispatcher whose source folder and user cache are both read-only
+        def enable_caching(self):
+            calls.append(1)
+            raise RuntimeError("cannot cache function 'smooth_knn_dist': no locator available")
+
+    monkeypatch.setattr(uu, "smooth_knn_dist", Kernel())
+    viz._cache_umap_kernels.__wrapped__()  # no error: the map is computed, only slower
+    assert calls == [1]

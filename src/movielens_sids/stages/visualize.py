@@ -121,13 +121,16 @@ def _cache_umap_kernels() -> None:
     """Keep numba's compilation of UMAP's fuzzy-graph kernels on disk (numba's own cache, beside umap's
     sources or in the user's cache folder): compiled afresh in every process they took 6-7 s of the
     demo's 14 s map. umap-learn compiles them without ``cache=True`` (its PR #1257 proposes it); a
-    kernel this version lacks is skipped."""
+    kernel this version lacks, or one numba finds no writable cache folder for, compiles as before."""
     import umap.umap_ as uu
 
     for name in ("smooth_knn_dist", "compute_membership_strengths"):
         kernel = getattr(uu, name, None)
         if hasattr(kernel, "enable_caching"):  # a numba dispatcher
-            kernel.enable_caching()
+            try:
+                kernel.enable_caching()
+            except (RuntimeError, OSError) as e:  # "no locator available": nowhere to write
+                log.debug("numba cache for %s: %s", name, e)
 
 
 def cosine_knn_graph(z: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
