@@ -244,3 +244,53 @@ def test_grouped_training_with_the_cache_equals_training_without_it(tmp_path, mo
     plain, _ = train.fit_rqvae(x, cfg, tcfg, tmp_path / "b")
     a, b = cached.state_dict(), plain.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _prefix_model(x: np.ndarray, prefix_balance: float, **kw) -> RQVAE:
+    torch.manual_seed(0)
+    cfg = RQVAEConfig(input_dim=x.shape[1], hidden_dims=[16], levels=3, codebook_size=8, kmeans_iters=5,
+                      encoder="residual", balance=0.5, prefix_balance=prefix_balance, **kw)
+    tok = RQVAE(cfg).eval()
+    tok.init_codebooks(torch.from_numpy(x), generator=torch.Generator().manual_seed(0))
+    return tok
+
+
+def test_prefix_balance_spreads_level_two_inside_each_first_code():
+    x = chains(n_groups=80, dim=4)
+    with torch.no_grad():
+        plain = _prefix_model(x, 0.0)
+        spread = _prefix_model(x, 1.0)
+        a, b = (t.quantize(t.encode(torch.from_numpy(x))).numpy() for t in (plain, spread))
+    assert "quantizer.prefix_bias" not in plain.state_dict() and spread.quantizer.prefix_bias.abs().sum() > 0
+    assert np.array_equal(a[:, 0], b[:, 0])  # the first token keeps its meaning
+
+    def cell_entropy(codes):  # mean entropy of level-2 usage within each first code, in nats
+        out = []
+        for c in np.unique(codes[:, 0]):
+            p = np.bincount(codes[codes[:, 0] == c, 1], minlength=8) / (codes[:, 0] == c).sum()
+            out.append(-(p[p > 0] * np.log(p[p > 0])).sum())
+        return float(np.mean(out))
+
+    assert cell_entropy(b) > cell_entropy(a) + 0.05
+    assert M.collision_stats(b)["unique_fraction"] > M.collision_stats(a)["unique_fraction"]
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_assign_and_a_reloaded_model_use_the_prefix_biases(tmp_path, beam):
+    x = chains(n_groups=40, dim=4)
+    tok = _prefix_model(x, 1.0, beam_width=beam)
+    with torch.no_grad():
+        want = tok.quantize(tok.encode(torch.from_numpy(x))).numpy()
+        plain = tok.quantizer.prefix_bias.clone()
+        tok.quantizer.prefix_bias.zero_()
+        without = tok.quantize(tok.encode(torch.from_numpy(x))).numpy()
+        tok.quantizer.prefix_bias.copy_(plain)
+    assert not np.array_equal(want, without)  # the biases decide some codes here
+    codes, _ = fast_codes(tok, x)
+    assert np.array_equal(codes, want)
+    save_pretrained(tok, tmp_path / "m")
+    back = load_tokenizer(tmp_path / "m")
+    assert torch.equal(back.quantizer.prefix_bias, tok.quantizer.prefix_bias)
+    tokens, _ = assign_sids(back, x, np.arange(len(x), dtype=np.int64) + 1, AssignConfig())
+    # Every path the model gives is kept by one of its movies (the others move): the same codes as quantize.
+    assert {tuple(r) for r in want.tolist()} <= {tuple(r) for r in tokens[:, :3].tolist()}

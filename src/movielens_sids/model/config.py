@@ -89,6 +89,14 @@ class RQVAEConfig:
     group_prototypes: int = 32
     """Prototypes per level-1 code when ``group_weight`` > 0 (more: the rule follows the partition more
     closely, at K x this many distances per movie for level 1)."""
+    prefix_balance: float = 0.0
+    """Level 2's balance inside each level-1 code: every first code gets its own level-2 biases (Sinkhorn
+    towards uniform level-2 usage among the movies under it, scaled by this factor), added to level 2's
+    own, so that the movies under one first token spread over the level-2 codes and fewer share a whole
+    path. Fitted after the initialisation (and its refine rounds), fixed during training. 0: off. (On
+    the 87,585 ML-32M MiniLM vectors, 0.5: unique IDs before dedup +0.016 to +0.026, relative MSE +0.007
+    to +0.011; assign's search of a free path for a collided movie ranks the alternatives without these
+    biases.)"""
 
     def __post_init__(self) -> None:
         for name in ("input_dim", "latent_dim", "levels", "codebook_size", "kmeans_iters", "kmeans_max_points",
@@ -109,7 +117,8 @@ class RQVAEConfig:
             raise ValueError(f"model.refine_rounds: must be >= 0, got {self.refine_rounds}")
         if not 0.0 <= self.balance <= 1.0:
             raise ValueError(f"model.balance: must be in [0, 1], got {self.balance}")
-        for name in ("group_weight", "group_link_weight", "collab_input", "collab_shrinkage", "collab_dim"):
+        for name in ("group_weight", "group_link_weight", "collab_input", "collab_shrinkage", "collab_dim",
+                     "prefix_balance"):
             if getattr(self, name) < 0:
                 raise ValueError(f"model.{name}: must be >= 0, got {getattr(self, name)}")
         if int(self.group_prototypes) < 1:

@@ -53,7 +53,7 @@ class Beam(NamedTuple):
 
 
 def beam_search(residual: torch.Tensor, codebooks: torch.Tensor, bias: torch.Tensor, width: int,
-                tol: torch.Tensor | None = None) -> Beam:
+                tol: torch.Tensor | None = None, row_bias: torch.Tensor | None = None) -> Beam:
     """Codes for several residual levels at once: the path with the smallest final squared error plus
     the chosen codes' biases, found by a beam of ``width`` partial paths.
 
@@ -66,6 +66,7 @@ def beam_search(residual: torch.Tensor, codebooks: torch.Tensor, bias: torch.Ten
         width: partial paths kept after each level but the last.
         tol: (B,) if given, also report the rows where the final choice, or the cut of a beam, was
             within tol of going the other way (close calls, for callers that re-check them).
+        row_bias: (B, K) more biases of the first level's codes, each row its own (``prefix_bias``).
 
     Returns:
         ``Beam(codes (B, M) int64, close (B,) bool)``.
@@ -80,6 +81,8 @@ def beam_search(residual: torch.Tensor, codebooks: torch.Tensor, bias: torch.Ten
     paths = torch.zeros(b, 1, 0, dtype=torch.int64, device=residual.device)  # (B, W, m)
     for m in range(levels):
         d = score[..., None] - 2 * dots[m] + (sq[m] + bias[m])  # (B, W, K): squared error after this level + biases
+        if m == 0 and row_bias is not None:
+            d = d + row_bias[:, None, :]
         flat = d.reshape(b, -1)
         keep = 1 if m == levels - 1 else min(width, flat.shape[1])
         extra = int(tol is not None and keep < flat.shape[1])  # one more, to see how close the cut was
@@ -142,7 +145,8 @@ class ResidualQuantizer(nn.Module):
     """
 
     def __init__(self, *, levels: int, codebook_size: int, dim: int, gradient: str = "rotation",
-                 dead_code_window: int = 20, beam_width: int = 1, prototypes: int = 0) -> None:
+                 dead_code_window: int = 20, beam_width: int = 1, prototypes: int = 0,
+                 prefix_bias: bool = False) -> None:
         super().__init__()
         self.gradient = gradient
         self.dead_code_window = dead_code_window
@@ -153,6 +157,8 @@ class ResidualQuantizer(nn.Module):
         self.register_buffer("idle_steps", torch.zeros(levels, codebook_size, dtype=torch.long))  # (L, K)
         # Added to each code's squared distance when assigning (a power diagram); 0 = nearest code.
         self.register_buffer("code_bias", torch.zeros(levels, codebook_size))  # (L, K)
+        if prefix_bias and levels > 1:  # level 2's biases per first code (RQVAEConfig.prefix_balance)
+            self.register_buffer("prefix_bias", torch.zeros(codebook_size, codebook_size))  # (K first, K level 2)
         if prototypes:  # the first level by nearest prototype (``groups.py``; RQVAEConfig.group_weight)
             self.register_buffer("prototypes", torch.zeros(prototypes, dim))  # (M, H)
             self.register_buffer("prototype_codes", torch.arange(prototypes) % codebook_size)  # (M,)
@@ -185,15 +191,42 @@ class ResidualQuantizer(nn.Module):
         residual = z - cbs[0][first]
         if len(cbs) == 1:
             return first[:, None]
+        row_bias = self.prefix_bias[first] if hasattr(self, "prefix_bias") else None  # (B, K) or None
         if self.beam_width > 1:  # in blocks: the beam's (B, W, K) tables stay in cache
-            rest = torch.cat([beam_search(r, cbs[1:], bias[1:], self.beam_width).codes for r in residual.split(4096)])
+            rows = [None] * len(residual.split(4096)) if row_bias is None else row_bias.split(4096)
+            rest = torch.cat([beam_search(r, cbs[1:], bias[1:], self.beam_width, row_bias=rb).codes
+                              for r, rb in zip(residual.split(4096), rows)])
             return torch.cat([first[:, None], rest], 1)
         codes = [first]
-        for codebook, b in zip(cbs[1:], bias[1:]):  # (K, H), (K,)
-            idx = nearest_code(residual, codebook, b)  # (B,)
+        for level, (codebook, b) in enumerate(zip(cbs[1:], bias[1:]), 1):  # (K, H), (K,)
+            if level == 1 and row_bias is not None:
+                const = (codebook * codebook).sum(1) + b  # (K,)
+                idx = (torch.addmm(const[None, :], residual, codebook.T, alpha=-2.0) + row_bias).argmin(1)  # (B,)
+            else:
+                idx = nearest_code(residual, codebook, b)  # (B,)
             residual = residual - codebook[idx]
             codes.append(idx)
         return torch.stack(codes, dim=1)  # (B, L)
+
+    @torch.no_grad()
+    def fit_prefix_bias(self, z: torch.Tensor, weight: float) -> None:
+        """``prefix_bias`` for latents z (N, H): for each first code, Sinkhorn's potentials towards uniform
+        level-2 usage among its rows (of their level-2 squared distances plus level 2's own biases), x
+        ``weight``. A first code with fewer than 2 rows keeps zeros."""
+        first = self.first_codes(z)  # (N,)
+        r = z - self.codebooks[0][first]  # (N, H)
+        cb = self.codebooks[1]
+        k = cb.shape[0]
+        out = torch.zeros(k, k, dtype=z.dtype, device=z.device)
+        for c in range(k):
+            rows = (first == c).nonzero().squeeze(1)
+            if len(rows) < 2:
+                continue
+            d = ((r[rows] * r[rows]).sum(1, keepdim=True) + (cb * cb).sum(1)[None]
+                 - 2 * r[rows] @ cb.T).clamp_min(0) + self.code_bias[1]  # (n_c, K)
+            eps = 0.02 * float(d.min(dim=1).values.abs().mean())  # as uniform_potentials
+            out[c] = weight * sinkhorn_bias(d, max(eps, 1e-12), iters=100)
+        self.prefix_bias.copy_(out)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Sum of the codes' vectors. codes: (B, L) -> (B, H)."""
@@ -270,6 +303,8 @@ class ResidualQuantizer(nn.Module):
         level-1 code is the mean of the latents its prototypes take.
         """
         residual = z
+        if hasattr(self, "prefix_bias"):  # fitted again after the codebooks (``fit_prefix_bias``)
+            self.prefix_bias.zero_()
         for level in range(self.codebooks.shape[0]):
             if level == 0 and self.grouped:
                 from .groups import fit_first_level  # on first use: `settings` imports this package's config
@@ -416,7 +451,8 @@ class RQVAE(nn.Module):
                                            gradient=config.gradient, dead_code_window=config.dead_code_window,
                                            beam_width=config.beam_width,
                                            prototypes=config.codebook_size * config.group_prototypes
-                                           if config.group_weight > 0 else 0)
+                                           if config.group_weight > 0 else 0,
+                                           prefix_bias=config.prefix_balance > 0)
 
     @property
     def codebooks(self) -> torch.Tensor:
@@ -480,4 +516,6 @@ class RQVAE(nn.Module):
                                       generator=generator)
         if self.config.refine_rounds:
             self.quantizer.refine_codebooks(z, rounds=self.config.refine_rounds, balance=self.config.balance)
+        if hasattr(self.quantizer, "prefix_bias"):
+            self.quantizer.fit_prefix_bias(z, self.config.prefix_balance)
 

@@ -150,6 +150,8 @@ class _CodeTables(NamedTuple):
     """(L,) max ||c||^2 + max |bias| per level: the code-side part of the scale the margin is relative to."""
     first: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
     """Level 1's points, their ||p||^2 + bias, their scale, and the code each point stands for."""
+    prefix: torch.Tensor | None
+    """(K, K) level 2's biases per first code (``prefix_bias``), or None."""
 
 
 def _code_tables(tok) -> _CodeTables:
@@ -164,7 +166,11 @@ def _code_tables(tok) -> _CodeTables:
         else (cb[0], bias[0], torch.arange(cb.shape[1], device=cb.device))
     pts, pbias = pts.float(), pbias.float()
     first = (pts, (pts * pts).sum(-1) + pbias, (pts * pts).sum(-1).max() + pbias.abs().max(), pcode)
-    return _CodeTables(cb, bias, (cb * cb).sum(-1) + bias, code_scale, first)
+    prefix = getattr(getattr(tok, "quantizer", None), "prefix_bias", None)
+    if prefix is not None:
+        prefix = prefix.detach().float()
+        code_scale[1] += prefix.abs().max()  # part of level 2's scale, like its own biases
+    return _CodeTables(cb, bias, (cb * cb).sum(-1) + bias, code_scale, first, prefix)
 
 
 @contextlib.contextmanager
@@ -193,6 +199,8 @@ def _block_codes(r: torch.Tensor, t: _CodeTables, width: int, margin: float) -> 
         points, pconst, pscale, pcode = t.first if level == 0 else (t.cb[level], t.const[level],
                                                                     t.code_scale[level], None)
         d = torch.addmm(pconst[None, :], r, points.T, alpha=-2.0)  # (b, K) or (b, P)
+        if level == 1 and t.prefix is not None:
+            d = d + t.prefix[codes[:, 0]]  # (b, K) each row's first code's level-2 biases
         best, idx = d.min(dim=1)  # (b,)
         tol = margin * ((r * r).sum(1) + pscale)  # (b,)
         flag |= (d <= (best + tol)[:, None]).sum(1) > 1
@@ -201,7 +209,8 @@ def _block_codes(r: torch.Tensor, t: _CodeTables, width: int, margin: float) -> 
         r = r - t.cb[level][idx]
     if width > 1 and levels > 1:
         tol = margin * ((r * r).sum(1) + t.code_scale[1:].sum())  # (b,)
-        deeper, close = beam_search(r, t.cb[1:], t.bias[1:], width, tol)
+        row_bias = None if t.prefix is None else t.prefix[codes[:, 0]]  # (b, K)
+        deeper, close = beam_search(r, t.cb[1:], t.bias[1:], width, tol, row_bias=row_bias)
         codes[:, 1:] = deeper
         flag |= close
     return codes, flag
