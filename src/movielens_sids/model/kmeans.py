@@ -181,18 +181,21 @@ def balanced_kmeans(x: torch.Tensor, k: int, *, iters: int, balance: float, roun
 
 
 def uniform_potentials(x: torch.Tensor, centroids: torch.Tensor, *, init: torch.Tensor | None = None,
-                       iters: int = 50) -> torch.Tensor:
+                       iters: int = 50, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Sinkhorn's potentials (``sinkhorn_bias``) towards uniform usage of ``centroids`` (K, H) by the points
     x (S, H), at a temperature of 2% of the typical squared distance to the nearest code; x ``balance``,
     they are the codes' biases (``RQVAEConfig.balance``). ``init``: potentials to warm-start from.
+    ``bias``: (K,) biases the codes already have, added to the distances (the potentials come on top).
 
     Returns:
         (K,) potentials with mean 0.
     """
-    dist = ((x * x).sum(1, keepdim=True) + (centroids * centroids).sum(1)[None]
+    cost = ((x * x).sum(1, keepdim=True) + (centroids * centroids).sum(1)[None]
             - 2 * x @ centroids.T).clamp_min(0)  # (S, K)
-    eps = 0.02 * float(dist.min(dim=1).values.mean())  # 2% of the typical distance to the nearest code
-    return sinkhorn_bias(dist, max(eps, 1e-12), iters=iters, init=init)
+    if bias is not None:
+        cost = cost + bias
+    eps = 0.02 * float(cost.min(dim=1).values.abs().mean())  # 2% of the typical cost of the nearest code
+    return sinkhorn_bias(cost, max(eps, 1e-12), iters=iters, init=init)
 
 
 # The residual quantizer

@@ -193,9 +193,10 @@ class ResidualQuantizer(nn.Module):
             return first[:, None]
         row_bias = self.prefix_bias[first] if hasattr(self, "prefix_bias") else None  # (B, K) or None
         if self.beam_width > 1:  # in blocks: the beam's (B, W, K) tables stay in cache
-            rows = [None] * len(residual.split(4096)) if row_bias is None else row_bias.split(4096)
+            blocks = residual.split(4096)
+            row_blocks = [None] * len(blocks) if row_bias is None else row_bias.split(4096)
             rest = torch.cat([beam_search(r, cbs[1:], bias[1:], self.beam_width, row_bias=rb).codes
-                              for r, rb in zip(residual.split(4096), rows)])
+                              for r, rb in zip(blocks, row_blocks)])
             return torch.cat([first[:, None], rest], 1)
         codes = [first]
         for level, (codebook, b) in enumerate(zip(cbs[1:], bias[1:]), 1):  # (K, H), (K,)
@@ -214,18 +215,13 @@ class ResidualQuantizer(nn.Module):
         level-2 usage among its rows (of their level-2 squared distances plus level 2's own biases), x
         ``weight``. A first code with fewer than 2 rows keeps zeros."""
         first = self.first_codes(z)  # (N,)
-        r = z - self.codebooks[0][first]  # (N, H)
-        cb = self.codebooks[1]
-        k = cb.shape[0]
+        r = z - self.codebooks[0][first]  # (N, H) what level 2 quantizes
+        k = self.codebooks.shape[1]
         out = torch.zeros(k, k, dtype=z.dtype, device=z.device)
         for c in range(k):
             rows = (first == c).nonzero().squeeze(1)
-            if len(rows) < 2:
-                continue
-            d = ((r[rows] * r[rows]).sum(1, keepdim=True) + (cb * cb).sum(1)[None]
-                 - 2 * r[rows] @ cb.T).clamp_min(0) + self.code_bias[1]  # (n_c, K)
-            eps = 0.02 * float(d.min(dim=1).values.abs().mean())  # as uniform_potentials
-            out[c] = weight * sinkhorn_bias(d, max(eps, 1e-12), iters=100)
+            if len(rows) >= 2:
+                out[c] = weight * uniform_potentials(r[rows], self.codebooks[1], bias=self.code_bias[1], iters=100)
         self.prefix_bias.copy_(out)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
