@@ -160,6 +160,14 @@ def test_bad_input_is_one_line_error_and_changes_nothing(tmp_path):
 CHROMIUM = next((p for p in (shutil.which(c) for c in ("chromium", "chromium-browser", "google-chrome")) if p), None)
 
 
+def _drawn_screenshot(page) -> bytes:
+    """A screenshot once the page has painted: WebGL points are drawn in animation frames after plotly's
+    promise resolves, so a screenshot taken at once may catch part of them."""
+    page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(1))))")
+    page.wait_for_timeout(200)
+    return page.screenshot()
+
+
 def _coloured_pixels(png: bytes) -> int:
     from PIL import Image
 
@@ -213,7 +221,7 @@ def test_map_draws_in_headless_chromium_offline(map_in_browser, tmp_path):
     assert state["title"].startswith("Semantic IDs map: "), state
     l1 = page.evaluate("window.sidMap.data.l1")
     assert page.evaluate("window.sidMap.plot._fullData[3].text.length") == len(set(l1)) == 6
-    shot = page.screenshot()
+    shot = _drawn_screenshot(page)
     (tmp_path / "map.png").write_bytes(shot)
     assert _coloured_pixels(shot) > 300, "no coloured points were drawn (see map.png)"
 
@@ -242,7 +250,7 @@ def test_map_draws_in_headless_chromium_offline(map_in_browser, tmp_path):
         hi: gd.data[1].x.length, want: window.sidMap.data.l1.filter(c => c === 2).length,
         base: gd.data[0].marker.color, picked: document.getElementById('cluster').value}))""")
     assert sizes["hi"] == sizes["want"] > 0 and sizes["base"] == "#c8c8c8" and sizes["picked"] == "2"
-    shot2 = page.screenshot()
+    shot2 = _drawn_screenshot(page)
     (tmp_path / "map-cluster.png").write_bytes(shot2)
     assert 0 < _coloured_pixels(shot2) < _coloured_pixels(shot)
     # The picker does the same through the page's own <select>.
