@@ -67,6 +67,8 @@ def nearest_code_screened(x: torch.Tensor, codebook: torch.Tensor, const: torch.
     (2u + u^2)|x||e|; fp32 accumulation over H terms adds H 2^-24 |x||e|; rounding the product, the
     constant and the sum to bf16 adds u each of |2 x.e|, |const| and the result. Any code within twice
     that bound of the smallest approximate distance is a candidate, so the nearest is always among them.
+    Most rows have one candidate (their runner-up, from the same pass as the smallest, is beyond the
+    bound) and need no fp32 score at all.
 
     Args:
         x: (B, H) fp32 vectors.
@@ -78,6 +80,8 @@ def nearest_code_screened(x: torch.Tensor, codebook: torch.Tensor, const: torch.
         (B,) int64 indices; ties (in fp32) go to the lowest index.
     """
     u, h, k = 2.0 ** -8, x.shape[1], codebook.shape[0]
+    if k < 2:
+        return torch.zeros(len(x), dtype=torch.long, device=x.device)
     cb16, const16 = codebook.to(torch.bfloat16), const.to(torch.bfloat16)[None, :]  # (K, H), (1, K)
     cmax, m = float(codebook.norm(dim=1).max()), float(const.abs().max())
     dot = (2 * u + u * u + h * 2.0 ** -24) * (1 + u) ** 2 + 2 * u  # error of x.e per unit of |x| |e|
@@ -86,14 +90,18 @@ def nearest_code_screened(x: torch.Tensor, codebook: torch.Tensor, const: torch.
         approx = torch.addmm(const16, xb.to(torch.bfloat16), cb16.T, alpha=-2.0)  # (b, K) bf16
         xn = xb.norm(dim=1)  # (b,)
         err = (2 * dot + 3 * u) * xn * cmax + 3 * u * m  # (b,) >= |approx - exact| for every code
-        limit = approx.amin(dim=1).float() + 2 * err  # (b,) the nearest's approximate distance is below
-        limit = limit + 2 * u * limit.abs()  # so that rounding to bf16 cannot lower it
-        r, c = (approx <= limit.to(torch.bfloat16)[:, None]).nonzero(as_tuple=True)  # candidates (n,), (n,)
-        exact = const[c] - 2 * (xb[r] * codebook[c]).sum(1)  # (n,) fp32
-        best = torch.full_like(xn, float("inf")).scatter_reduce(0, r, exact, "amin")  # (b,)
-        top = torch.where(exact == best[r], c, k)  # (n,) the lowest index among each row's minima wins
-        idx = torch.full((len(xb),), k, dtype=torch.long).scatter_reduce(0, r, top, "amin")  # (b,)
-        miss = idx == k  # no candidate: NaN in the row; answered as the unscreened search does
+        low, top = approx.topk(2, dim=1, largest=False)  # (b, 2): the two smallest approximate distances
+        limit = low[:, 0].float() + 2 * err  # (b,) the nearest's approximate distance is below
+        limit = (limit + 2 * u * limit.abs()).to(torch.bfloat16)  # so that rounding to bf16 cannot lower it
+        idx = top[:, 0].clone()  # a row whose runner-up is beyond the limit has one candidate: this one
+        many = (low[:, 1] <= limit).nonzero().squeeze(1)  # (m,) rows with more candidates: scored in fp32
+        if len(many):
+            r, c = (approx[many] <= limit[many, None]).nonzero(as_tuple=True)  # candidates (n,), (n,)
+            exact = const[c] - 2 * (xb[many[r]] * codebook[c]).sum(1)  # (n,) fp32
+            best = torch.full((len(many),), float("inf")).scatter_reduce(0, r, exact, "amin")  # (m,)
+            lowest = torch.where(exact == best[r], c, k)  # (n,) the lowest index among each row's minima wins
+            idx[many] = torch.full((len(many),), k, dtype=torch.long).scatter_reduce(0, r, lowest, "amin")
+        miss = (idx == k) | ~torch.isfinite(limit.float())  # NaN in the row: answered as the unscreened search does
         if miss.any():
             idx[miss] = torch.addmm(const[None, :], xb[miss], codebook.T, alpha=-2.0).argmin(dim=1)
         out.append(idx)
