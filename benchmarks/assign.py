@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             args.repeats)
         rows.append((f"  part: make_unique ({strategy}, float64 latents of the collided included)", t_dedup))
         cfg = AssignConfig(strategy=strategy, batch_size=args.batch_size)
-        t_all, (tokens, stats) = median_time(lambda c=cfg: assign_sids(tok, x, ids, c), args.repeats)
+        t_all, (tokens, _, stats) = median_time(lambda c=cfg: assign_sids(tok, x, ids, c), args.repeats)
         assert len(np.unique(tokens, axis=0)) == n, "SIDs are not unique"
         rows.append((f"assign_sids ({strategy})", t_all))
         results[strategy] = {"seconds": t_all, "movies_per_s": n / t_all, "vs_tokenizer_only": t_all / t_base,

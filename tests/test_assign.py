@@ -23,6 +23,7 @@ from movielens_sids.stages.assign import (
     exact_latents,
     exact_model,
     fast_codes,
+    model_codes,
     reference_codes,
 )
 
@@ -73,7 +74,7 @@ def test_fast_codes_agree_with_the_float64_reference_except_flagged_close_calls(
     assert fast_codes(tok, x, margin=10.0)[1].all()
     assert not fast_codes(tok, x, margin=0.0)[1].any()
     # what assign_sids uses as greedy codes is exactly the float64 reference
-    tokens, stats = assign_sids(tok, x, np.arange(len(x)), AssignConfig(strategy="suffix"))
+    tokens, _, stats = assign_sids(tok, x, np.arange(len(x)), AssignConfig(strategy="suffix"))
     assert np.array_equal(tokens[:, :3], ref)
 
 
@@ -89,9 +90,9 @@ def test_fast_codes_follow_the_reference_with_biases_and_beam(model):
         assert np.array_equal(ref, greedy_codes(z, tok64.codebooks.numpy(), tok64.code_bias.numpy())[0])
     codes, unsure = fast_codes(tok, x, batch_size=256)
     assert unsure.mean() < 0.2 and np.array_equal(codes[~unsure], ref[~unsure])
-    tokens, _ = assign_sids(tok, x, ids, AssignConfig(strategy="suffix", batch_size=100))
+    tokens, _, _ = assign_sids(tok, x, ids, AssignConfig(strategy="suffix", batch_size=100))
     assert np.array_equal(tokens[:, :3], ref)
-    sem, stats = assign_sids(tok, x, ids, AssignConfig())
+    sem, _, stats = assign_sids(tok, x, ids, AssignConfig())
     assert _unique_rows(sem) and stats["n_suffixed"] == 0
 
 
@@ -106,7 +107,7 @@ def test_float32_decisions_are_flagged_when_the_gap_is_within_float32_error():
     x = np.array([[0.0, 1e-7]], dtype=np.float32)  # nearer to code 1 by 4e-14 in squared distance
     codes, unsure = fast_codes(tok, x)
     assert unsure.tolist() == [True]
-    tokens, _ = assign_sids(tok, x, np.array([1]), AssignConfig(strategy="suffix"))
+    tokens, _, _ = assign_sids(tok, x, np.array([1]), AssignConfig(strategy="suffix"))
     assert tokens[0, 0] == 1
 
 
@@ -117,7 +118,7 @@ def test_latents_and_codes_do_not_depend_on_batch_size():
     ref = exact_latents(tok64, x, batch_size=4096)
     for bs in (1, 7, 64, 100):
         assert np.array_equal(exact_latents(tok64, x, batch_size=bs), ref)
-    ref_tokens, _ = assign_sids(tok, x, ids, AssignConfig(batch_size=4096))
+    ref_tokens, _, _ = assign_sids(tok, x, ids, AssignConfig(batch_size=4096))
     for bs in (1, 7, 100):
         assert np.array_equal(assign_sids(tok, x, ids, AssignConfig(batch_size=bs))[0], ref_tokens)
 
@@ -254,7 +255,7 @@ def test_identical_embeddings_get_distinct_sids_without_a_token():
     x, ids = clustered_embeddings(200, dim=8)
     x[10:15] = x[3]  # six movies with the same embedding
     tok = tiny_tokenizer(x, levels=2, codebook_size=16)
-    tokens, stats = assign_sids(tok, x, ids, AssignConfig())
+    tokens, _, stats = assign_sids(tok, x, ids, AssignConfig())
     assert tokens.shape == (200, 2) and _unique_rows(tokens)
     assert stats["n_suffixed"] == 0 and stats["n_moved"] >= 5
     dup = tokens[[3, 10, 11, 12, 13, 14]]
@@ -338,6 +339,52 @@ def test_incremental_keeps_old_sids_and_never_reuses_retired_ones(tmp_path, stra
     back = dict(zip(back_ids.tolist(), map(tuple, back_tok.tolist())))
     assert back[int(ids[1])] == old[int(ids[1])] and res["n_restored"] == 1 and meta["retired"] == []
     assert all(back[m] == new[m] for m in new)
+
+
+def test_sids_record_the_model_codes_before_dedup_and_incremental_runs_keep_them(tmp_path):
+    x, ids = clustered_embeddings(300, dim=8, seed=1)
+    x[20:30] = x[7]  # identical movies: dedup must move some
+    tok = write_run(tmp_path, x[:250], ids[:250], levels=2, codebook_size=32)
+    assign_stage(tmp_path, _cfg(strategy="semantic"))
+    s = artifacts.read_sids(tmp_path, levels=2, codebook_size=32)
+    expected = model_codes(tok, exact_model(tok), x[:250][np.argsort(ids[:250])])  # (N, L) in movie_id order
+    assert np.array_equal(s.model_codes, expected)
+    moved = (s.tokens[:, :2] != s.model_codes).any(axis=1)
+    assert 0 < moved.sum() == s.metadata["assign_stats"]["n_moved"]
+
+    # incremental, same model: kept movies keep their recorded codes, new movies get theirs
+    write_embeddings(tmp_path, x, ids)
+    assign_stage(tmp_path, _cfg(strategy="semantic", incremental=True))
+    s2 = artifacts.read_sids(tmp_path, levels=2, codebook_size=32)
+    assert np.array_equal(s2.model_codes, model_codes(tok, exact_model(tok), x[np.argsort(ids)]))
+
+    # incremental after the model changed: kept movies' codes are unknown (null), new movies' are the new model's
+    other = tiny_tokenizer(x, levels=2, codebook_size=32, seed=5)
+    save_pretrained(other, tmp_path / "model")
+    x3, ids3 = np.concatenate([x, x[:3] + 0.01]), np.concatenate([ids, ids.max() + 1 + np.arange(3)])
+    write_embeddings(tmp_path, x3, ids3)
+    assign_stage(tmp_path, _cfg(strategy="semantic", incremental=True))
+    s3 = artifacts.read_sids(tmp_path, levels=2, codebook_size=32)
+    new = np.isin(s3.movie_ids, ids3[300:])
+    assert (s3.model_codes[~new] == -1).all()
+    assert np.array_equal(s3.model_codes[new], model_codes(other, exact_model(other), x3[300:]))
+
+
+def test_model_codes_that_are_not_codes_of_the_model_are_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x, ids = clustered_embeddings(60, dim=8)
+    write_run(tmp_path, x, ids, levels=2, codebook_size=8)
+    assign_stage(tmp_path, _cfg())
+    t = pq.read_table(tmp_path / "sids.parquet")
+    meta = t.schema.metadata
+    for bad in ([[1, 2, 3]] * 60, [[1, 99]] * 60):  # wrong length; a code outside 0..K-1
+        col = t.schema.get_field_index("model_codes")
+        broken = t.set_column(col, "model_codes", pa.array(bad, pa.list_(pa.int32())))
+        pq.write_table(broken.replace_schema_metadata(meta), tmp_path / "sids.parquet")
+        with pytest.raises(SidsError, match="model_codes"):
+            artifacts.read_sids(tmp_path, levels=2, codebook_size=8, recorded=False)
 
 
 def test_incremental_needs_existing_sids_and_the_same_strategy(tmp_path):

@@ -186,6 +186,21 @@ def test_verify_catches_sids_that_disagree_with_the_model(built, tmp_path, capsy
     assert "FAIL" in line and "first movie_id: 1" in line, out
 
 
+def test_verify_catches_recorded_model_codes_that_are_not_the_models(built, tmp_path, capsys):
+    run = _copy(built, tmp_path)
+    assert main(["verify", "--run-dir", str(run)]) == 0
+    capsys.readouterr()
+    table = pq.read_table(run / "sids.parquet")
+    codes = table.column("model_codes").to_pylist()
+    codes[0] = [(codes[0][0] + 1) % 4, *codes[0][1:]]  # what evaluate would read as movie 1's codes
+    col = table.schema.get_field_index("model_codes")
+    pq.write_table(table.set_column(col, "model_codes", pa.array(codes, pa.list_(pa.int32())))
+                   .replace_schema_metadata(table.schema.metadata), run / "sids.parquet")
+    assert main(["verify", "--run-dir", str(run)]) == 1
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("model codes agree"))
+    assert "FAIL" in line and "model_codes" in line and "first movie_id: 1" in line, line
+
+
 # ------------------------------------------------------------------------------------------ SID versions
 
 

@@ -150,7 +150,7 @@ def test_assign_uses_the_grouped_rule(tmp_path):
     with torch.no_grad():
         want = tok.quantize(tok.encode(torch.from_numpy(x))).numpy()
     assert np.array_equal(codes, want)
-    tokens, _ = assign_sids(tok, x, np.arange(len(x), dtype=np.int64) + 1, AssignConfig())
+    tokens, _, _ = assign_sids(tok, x, np.arange(len(x), dtype=np.int64) + 1, AssignConfig())
     moved = (tokens[:, :2] != want).any(1)
     assert (tokens[~moved, 0] == want[~moved, 0]).all() and moved.mean() < 0.5
 
@@ -291,6 +291,6 @@ def test_assign_and_a_reloaded_model_use_the_prefix_biases(tmp_path, beam):
     save_pretrained(tok, tmp_path / "m")
     back = load_tokenizer(tmp_path / "m")
     assert torch.equal(back.quantizer.prefix_bias, tok.quantizer.prefix_bias)
-    tokens, _ = assign_sids(back, x, np.arange(len(x), dtype=np.int64) + 1, AssignConfig())
+    tokens, _, _ = assign_sids(back, x, np.arange(len(x), dtype=np.int64) + 1, AssignConfig())
     # Every path the model gives is kept by one of its movies (the others move): the same codes as quantize.
     assert {tuple(r) for r in want.tolist()} <= {tuple(r) for r in tokens[:, :3].tolist()}

@@ -460,3 +460,38 @@ def test_a_large_catalog_samples_neighbours_records_it_and_repeats_for_a_seed(ru
     assert ev.neighbour_sample(100, EvaluateConfig(neighbor_sample=100)) is None
     with pytest.raises(ValueError, match="neighbor_sample"):
         EvaluateConfig(neighbor_sample=5)
+
+
+def test_the_codes_assign_recorded_give_the_report_that_quantizing_again_gives(tmp_path, monkeypatch):
+    from sids_fixtures import clustered_embeddings, tiny_tokenizer, write_catalog, write_run
+
+    from movielens_sids.model import RQVAE, save_pretrained
+    from movielens_sids.stages.assign import assign_stage
+
+    x, ids = clustered_embeddings(300, dim=8, seed=2)
+    x[40:50] = x[3]  # identical movies: dedup moves some, so raw and final codes differ
+    write_run(tmp_path, x, ids, levels=2, codebook_size=16)
+    write_catalog(tmp_path, [{"movie_id": int(i), "title": f"Movie {i}", "year": 1990, "genres": ["Drama"]}
+                             for i in ids])
+    assign_stage(tmp_path, Config())
+    quantized = []
+    real = RQVAE.quantize
+    monkeypatch.setattr(RQVAE, "quantize", lambda self, z, *a, **k: quantized.append(len(z)) or real(self, z, *a, **k))
+
+    def report() -> dict:
+        evaluate_stage(tmp_path, _cfg(charts=False, extra_probes=[]))
+        r = json.loads((tmp_path / "report.json").read_text())
+        r.pop("timings_s"), r.pop("compute_s")
+        return r
+
+    recorded = report()
+    assert sum(quantized) == 0 and recorded["dedup"]["n_changed_codes"] > 0
+    t = pq.read_table(tmp_path / "sids.parquet")  # the same file without the column: every movie is quantized
+    pq.write_table(t.drop_columns(["model_codes"]).replace_schema_metadata(t.schema.metadata),
+                   tmp_path / "sids.parquet")
+    again = report()
+    assert sum(quantized) == 300 and again == recorded
+    assign_stage(tmp_path, Config())  # the column again, but another model in model/: its codes are not those
+    save_pretrained(tiny_tokenizer(x, levels=2, codebook_size=16, seed=9), tmp_path / "model")
+    report()
+    assert sum(quantized) == 600

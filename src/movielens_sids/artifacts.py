@@ -303,6 +303,21 @@ def read_cowatch(run_dir: Path, *, recorded: bool = True) -> pa.Table | None:
     return table
 
 
+def model_fingerprint(tok) -> str:
+    """sha256 of what decides the codes: the config and every weight, codebook, bias and prototype, by name
+    (not the training's bookkeeping, ``idle_steps``); not of the file: a save/load round trip keeps it."""
+    import dataclasses
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(dataclasses.asdict(tok.config), sort_keys=True).encode())
+    named = {**dict(tok.named_parameters()), **dict(tok.named_buffers())}
+    for name in sorted(n for n in named if not n.endswith("idle_steps")):
+        t = named[name].detach().to("cpu").contiguous()
+        h.update(name.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
 # ---------------------------------------------------------------------------------------------- SIDs
 
 
@@ -316,6 +331,8 @@ class Sids:
     strings: list[str]  # N, "<a_12><b_201><c_7>"
     metadata: dict[str, Any]  # the file's metadata, JSON values decoded (assign, assign_stats, retired)
     path: Path
+    model_codes: np.ndarray | None = None  # (N, L) int64 the model's codes before dedup, -1 rows unknown; None:
+    # not recorded (a file from before the column)
 
 
 def _token_matrix(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -349,8 +366,27 @@ def read_sids(run_dir: Path, *, levels: int | None = None, codebook_size: int | 
         raise SidsError(f"{path}: negative tokens in semantic_id: run `movielens-sids assign` again")
     if levels is not None and codebook_size is not None:
         _check_against_model(tokens, lengths, path, levels, codebook_size)
+    codes = _model_codes(table, path, levels, codebook_size) if "model_codes" in table.column_names else None
     return Sids(ids, tokens, lengths, [str(s) for s in table.column("sid").to_pylist()], decoded_metadata(path),
-                path)
+                path, codes)
+
+
+def _model_codes(table: pa.Table, path: Path, levels: int | None, codebook_size: int | None) -> np.ndarray:
+    """The optional ``model_codes`` column as (N, L) int64, -1 rows where null; its lists must all have one
+    length (the model's L when given) and hold codes of the model."""
+    col = table.column("model_codes").combine_chunks()
+    if not pa.types.is_list(col.type):
+        raise SidsError(f"{path}: 'model_codes' must be a list of integers, got {col.type}")
+    known = np.asarray(col.is_valid())  # (N,)
+    codes, lengths = _token_matrix(col)
+    width = levels if levels is not None else codes.shape[1]
+    if (lengths[known] != width).any() or codes.shape[1] not in (0, width) or (codes[known] < 0).any() \
+            or (codebook_size is not None and (codes >= codebook_size).any()):
+        raise SidsError(f"{path}: 'model_codes' are not {width} codes of the model per movie: run "
+                        "`movielens-sids assign` again")
+    out = np.full((len(col), width), -1, dtype=np.int64)
+    out[known] = codes[known]
+    return out
 
 
 def _check_against_model(tokens: np.ndarray, lengths: np.ndarray, path: Path, levels: int,

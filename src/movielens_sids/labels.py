@@ -105,24 +105,35 @@ def _year_ranges(years: np.ndarray, group: np.ndarray, n_groups: int, q: tuple[f
     return out
 
 
-def _unit_rows(x: np.ndarray, a: int, b: int) -> np.ndarray:
-    """Rows a..b of x as float64 unit vectors."""
-    xa = np.asarray(x[a:b], dtype=np.float64)
-    return xa / np.maximum(np.linalg.norm(xa, axis=1, keepdims=True), 1e-12)
+CHUNK = 65536
+"""Rows converted to float64 at a time: no N x D float64 copy is made."""
 
 
-def _score_to_centre(x: np.ndarray, group: np.ndarray, member: Any, chunk: int = 65536) -> np.ndarray:
+def _row_norms(x: np.ndarray) -> np.ndarray:
+    """(N, 1) float64 norms of the rows of x (N, D), at least 1e-12; by chunks of rows."""
+    out = np.empty((len(x), 1))
+    for a in range(0, len(x), CHUNK):
+        out[a:a + CHUNK] = np.linalg.norm(np.asarray(x[a:a + CHUNK], dtype=np.float64), axis=1, keepdims=True)
+    return np.maximum(out, 1e-12)
+
+
+def _unit_rows(x: np.ndarray, norms: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Rows a..b of x as float64 unit vectors; norms: (N, 1) from ``_row_norms``."""
+    return np.asarray(x[a:b], dtype=np.float64) / norms[a:b]
+
+
+def _score_to_centre(x: np.ndarray, norms: np.ndarray, group: np.ndarray, member: Any) -> np.ndarray:
     """(N,) each movie's cosine to its group's mean direction, up to the group's scale.
 
-    x: (N, D); group: (N,) group of each movie; member: (G, N) sparse 0/1. In float64, by chunks of rows,
-    so that no N x D float64 copy is made.
+    x: (N, D); norms: (N, 1) its row norms (``_row_norms``); group: (N,) group of each movie; member: (G, N)
+    sparse 0/1. In float64, by chunks of rows.
     """
     centre = np.zeros((member.shape[0], np.shape(x)[1]))  # (G, D): sums; the direction is all cosine needs
     member = member.tocsc()  # column slices in O(their size)
-    for a in range(0, len(x), chunk):
-        centre += member[:, a:a + chunk] @ _unit_rows(x, a, a + chunk)
-    return np.concatenate([(_unit_rows(x, a, a + chunk) * centre[group[a:a + chunk]]).sum(1)
-                           for a in range(0, len(x), chunk)] or [np.zeros(0)])
+    for a in range(0, len(x), CHUNK):
+        centre += member[:, a:a + CHUNK] @ _unit_rows(x, norms, a, a + CHUNK)
+    return np.concatenate([(_unit_rows(x, norms, a, a + CHUNK) * centre[group[a:a + CHUNK]]).sum(1)
+                           for a in range(0, len(x), CHUNK)] or [np.zeros(0)])
 
 
 def short_label(genres: list[str], tags: list[str], years: tuple[int | None, int | None]) -> str:
@@ -161,6 +172,7 @@ def build_labels(tokens: np.ndarray, x: np.ndarray, titles: list[str], genres: l
     t_mat, t_names = _indicator(tags or [[] for _ in range(n)])
     g_base = np.asarray(g_mat.sum(0)).ravel() / max(n, 1)
     t_base = np.asarray(t_mat.sum(0)).ravel() / max(n, 1)
+    norms = _row_norms(x)  # (N, 1): the same at every level
     out: list[dict[str, Any]] = []
     for level in range(1, min(depth, tokens.shape[1]) + 1):
         prefixes, group = np.unique(tokens[:, :level], axis=0, return_inverse=True)
@@ -172,7 +184,7 @@ def build_labels(tokens: np.ndarray, x: np.ndarray, titles: list[str], genres: l
                              settings.min_support)
         top_t = _top_by_lift((member @ t_mat).tocsr(), sizes, t_base, t_names, settings.tags,
                              settings.min_support) if t_names else [[] for _ in prefixes]
-        score = _score_to_centre(x, group, member)  # (N,)
+        score = _score_to_centre(x, norms, group, member)  # (N,)
         order = np.lexsort((np.arange(n), -score, group))  # by group, nearest first, then by row
         starts = np.searchsorted(group[order], np.arange(len(prefixes)))
         ranges = _year_ranges(yr, group, len(prefixes), settings.year_quantiles)

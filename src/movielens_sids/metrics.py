@@ -26,15 +26,23 @@ def relative_mse(x: np.ndarray, x_hat: np.ndarray) -> float:
         x: (N, D) input embeddings.
         x_hat: (N, D) reconstructions.
     """
-    mean = np.zeros(np.shape(x)[1])
-    for a in range(0, len(x), CHUNK):
-        mean += np.asarray(x[a:a + CHUNK], dtype=np.float64).sum(axis=0)
-    mean /= max(len(x), 1)
+    n, d = np.shape(x)
+    xa_buf, diff_buf = np.empty((min(n, CHUNK), d)), np.empty((min(n, CHUNK), d))  # reused: no page faults
+    mean = np.zeros(d)
+    for a in range(0, n, CHUNK):
+        xa = xa_buf[:len(x[a:a + CHUNK])]
+        xa[...] = x[a:a + CHUNK]  # (B, D) float64
+        mean += xa.sum(axis=0)
+    mean /= max(n, 1)
     err = var = 0.0
-    for a in range(0, len(x), CHUNK):
-        xa = np.asarray(x[a:a + CHUNK], dtype=np.float64)  # (B, D)
-        err += float(np.square(xa - np.asarray(x_hat[a:a + CHUNK], dtype=np.float64)).sum())
-        var += float(np.square(xa - mean).sum())
+    for a in range(0, n, CHUNK):
+        xa, diff = xa_buf[:len(x[a:a + CHUNK])], diff_buf[:len(x[a:a + CHUNK])]
+        xa[...] = x[a:a + CHUNK]
+        diff[...] = x_hat[a:a + CHUNK]
+        np.subtract(xa, diff, out=diff)
+        err += float(np.square(diff, out=diff).sum())
+        np.subtract(xa, mean, out=diff)
+        var += float(np.square(diff, out=diff).sum())
     return float(err / max(var, 1e-12))
 
 

@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 
 from . import model as tokenizers
-from .artifacts import MODEL, model_input, read_catalog, read_embeddings, read_record, read_sids
+from .artifacts import MODEL, model_fingerprint, model_input, read_catalog, read_embeddings, read_record, read_sids
 from .dedup import make_unique, member, unique_sorted
 from .errors import SidsError
 from .pipeline import ORDER, STAGES, changed_outputs
 from .sid import path_ids
-from .stages.assign import exact_latents, exact_model, model_codes, model_fingerprint
+from .stages.assign import exact_latents, exact_model, model_codes
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,13 @@ def _agreement(tok, emb, sids, assign: dict[str, Any], run_dir: Path) -> Check:
     a = make_unique(codes, both, strategy=strategy, codebook_size=k, codebooks=tok64.codebooks.numpy(),
                     latents=lambda r: exact_latents(tok64, x, r), bias=tok64.code_bias.numpy(), beam_width=beam,
                     reserved=retired.reshape(-1, sids.tokens.shape[1]))
+    same_model = (sids.metadata.get("assign") or {}).get("model_fingerprint") in (None, model_fingerprint(tok))
+    if sids.model_codes is not None and same_model:  # what assign recorded (and evaluate reads) is what it computed
+        recorded = sids.model_codes[js]  # (N, L), -1 rows unknown
+        off = (recorded >= 0).all(axis=1) & (recorded != codes).any(axis=1)
+        if off.any():
+            return Check(what, False, f"{int(off.sum())} movies' model_codes in sids.parquet are not the model's "
+                                      f"codes (first movie_id: {_first(both, off)})")
     bad = (final[:, :levels] != codes).any(axis=1) & ~a.moved
     incremental = "n_kept" in (assign.get("result") or {})
     if incremental and strategy == "semantic":  # kept SIDs were served first: a path they hold moves a movie
@@ -160,8 +167,7 @@ def _agreement(tok, emb, sids, assign: dict[str, Any], run_dir: Path) -> Check:
     if not bad.any() and not incremental and a.tokens.shape == final.shape:
         bad = (a.tokens != final).any(axis=1)  # a full assign is deterministic: every SID is dedup's
     if bad.any():
-        other = "" if (sids.metadata.get("assign") or {}).get("model_fingerprint") in (None, model_fingerprint(tok)) \
-            else " (sids.parquet was made by another model)"
+        other = "" if same_model else " (sids.parquet was made by another model)"
         return Check(what, False, f"{int(bad.sum())} SIDs are not the ones the model and dedup give{other} (first "
                                   f"movie_id: {_first(both, bad)})")
     return Check(what, True, f"{len(both) - int(a.moved.sum()):,} unmoved movies agree, {int(a.moved.sum()):,} "

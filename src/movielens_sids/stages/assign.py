@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from ..artifacts import model_input, read_embeddings, read_model, read_sids
+from ..artifacts import model_fingerprint, model_input, read_embeddings, read_model, read_sids
 from ..dedup import CHUNK, make_unique, unique_sorted
 from ..devices import resolve_device
 from ..errors import SidsError
@@ -249,7 +249,7 @@ def assign_sids(
     cfg: AssignConfig,
     *,
     reserved: np.ndarray | None = None,
-) -> tuple[np.ndarray, dict[str, Any]]:
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Codes and unique SIDs for a set of movies (no I/O).
 
     Args:
@@ -259,7 +259,8 @@ def assign_sids(
         reserved: tokens of SIDs that must not be issued (incremental runs).
 
     Returns:
-        tokens (N, L) or (N, L + 1) int64, and the dedup statistics.
+        tokens (N, L) or (N, L + 1) int64, the model's codes before dedup (N, L) int64, and the dedup
+        statistics.
     """
     levels, k = int(tok.config.levels), int(tok.config.codebook_size)
     tok64 = exact_model(tok)  # the float64 CPU reference: decides every close call
@@ -284,7 +285,7 @@ def assign_sids(
         stats["moved_shared_prefix"] = {str(s): int(c) for s, c in
                                         zip(*np.unique(a.shared_prefix[a.moved], return_counts=True))}
         stats.update(_move_cost(tok64, x, codes, a.tokens[:, :levels], a.moved))
-    return a.tokens, stats
+    return a.tokens, codes, stats
 
 
 def merge_stats(old: dict[str, Any], new: dict[str, Any], *, n_movies: int) -> dict[str, Any]:
@@ -337,23 +338,10 @@ def _move_cost(tok64, x: np.ndarray, before: np.ndarray, after: np.ndarray, move
 # ----------------------------------------------------------------------------------------------
 
 
-def model_fingerprint(tok) -> str:
-    """sha256 of the tensors that decide the codes (parameters and codebooks, by name), not of the file:
-    a save/load round trip keeps it."""
-    import hashlib
-
-    h = hashlib.sha256()
-    named = dict(tok.named_parameters())
-    named["codebooks"] = tok.codebooks
-    for name in sorted(named):
-        t = named[name].detach().to("cpu").contiguous()
-        h.update(name.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
-
-
-def sids_table(movie_ids: np.ndarray, tokens: np.ndarray):
-    """The ``sids.parquet`` table: movie_id int64, semantic_id list<int32>, sid string; sorted by movie_id."""
+def sids_table(movie_ids: np.ndarray, tokens: np.ndarray, model_codes: np.ndarray | None = None):
+    """The ``sids.parquet`` table: movie_id int64, semantic_id list<int32>, sid string, and (given)
+    model_codes list<int32>: the model's codes before dedup (N, L), a row of -1 for unknown (null); sorted by
+    movie_id."""
     import pyarrow as pa
 
     order = np.argsort(movie_ids, kind="stable")
@@ -361,17 +349,25 @@ def sids_table(movie_ids: np.ndarray, tokens: np.ndarray):
     n, t = tok.shape
     offsets = pa.array(np.arange(0, n * t + 1, t, dtype=np.int32))
     semantic_id = pa.ListArray.from_arrays(offsets, pa.array(tok.reshape(-1)))
-    return pa.table({"movie_id": pa.array(ids, pa.int64()), "semantic_id": semantic_id, "sid": format_sids(tok)})
+    columns = {"movie_id": pa.array(ids, pa.int64()), "semantic_id": semantic_id, "sid": format_sids(tok)}
+    if model_codes is not None:
+        mc = np.ascontiguousarray(model_codes[order], dtype=np.int32)  # (N, L)
+        known = (mc >= 0).all(axis=1)  # (N,)
+        mc_offsets = pa.array(np.arange(0, n * mc.shape[1] + 1, mc.shape[1], dtype=np.int32))
+        columns["model_codes"] = pa.ListArray.from_arrays(mc_offsets, pa.array(mc.reshape(-1)),
+                                                          mask=pa.array(~known))
+    return pa.table(columns)
 
 
 def _extend(run_dir: Path, tok, x: np.ndarray, ids: np.ndarray, acfg: AssignConfig) -> tuple[
-        np.ndarray, np.ndarray, dict[str, Any], dict[str, Any], np.ndarray, np.ndarray]:
+        np.ndarray, np.ndarray, np.ndarray, dict[str, Any], dict[str, Any], np.ndarray, np.ndarray]:
     """``--incremental``: keep every SID in ``sids.parquet``, restore those of movies that came back, give
     new movies SIDs that collide with none of them nor with a retired one.
 
     Returns:
-        movie ids (N,), tokens (N, T), the merged statistics, the kept/new/retired counts, and the
-        retired movies' ids and tokens.
+        movie ids (N,), tokens (N, T), the model's codes (N, L) (-1 rows: unknown, for kept movies whose
+        codes were made by another model or not recorded), the merged statistics, the kept/new/retired
+        counts, and the retired movies' ids and tokens.
     """
     sids_path = run_dir / "sids.parquet"
     levels, k = int(tok.config.levels), int(tok.config.codebook_size)
@@ -388,7 +384,8 @@ def _extend(run_dir: Path, tok, x: np.ndarray, ids: np.ndarray, acfg: AssignConf
     if info.get("strategy") != acfg.strategy:
         raise SidsError(f"{sids_path} was made with strategy {info.get('strategy')!r}; --incremental must "
                         f"use the same (got {acfg.strategy!r})")
-    if info.get("model_fingerprint") != model_fingerprint(tok):
+    same_model = info.get("model_fingerprint") == model_fingerprint(tok)
+    if not same_model:
         log.warning("the model changed since %s was written: existing SIDs are kept, new movies get codes "
                     "from the new model", sids_path.name)
     ret = meta.get("retired") or []
@@ -407,18 +404,23 @@ def _extend(run_dir: Path, tok, x: np.ndarray, ids: np.ndarray, acfg: AssignConf
         log.warning("%d movies are no longer in embeddings.parquet; their SIDs are retired, never reused "
                     "(first movie_ids: %s)", int(gone.sum()), ", ".join(map(str, np.sort(old_ids[gone])[:10])))
     reserved = np.concatenate([old_tok[keep], retired_tok])
-    new_tok, stats = assign_sids(tok, x[new], ids[new], acfg, reserved=reserved)
+    new_tok, new_codes, stats = assign_sids(tok, x[new], ids[new], acfg, reserved=reserved)
     if new_tok.shape[1] != old_tok.shape[1]:
         raise SidsError(f"{int(new.sum())} new movies need a collision token but the existing SIDs have "
                         f"{old_tok.shape[1]} tokens; run assign without --incremental (gives new SIDs)")
     all_ids = np.concatenate([old_ids[keep], ids[new]])
     all_tok = np.concatenate([old_tok[keep], new_tok])
+    recorded = old.model_codes if same_model and old.model_codes is not None else None
+    old_codes = recorded if recorded is not None and recorded.shape[1] == levels \
+        else np.full((len(old.movie_ids), levels), -1, dtype=np.int64)  # (N_old, L); unknown when all null
+    old_codes = np.concatenate([old_codes, np.full((int(back.sum()), levels), -1, dtype=np.int64)])  # came back
+    all_codes = np.concatenate([old_codes[keep], new_codes])
     result.update(n_kept=int(keep.sum()), n_new=int(new.sum()), n_restored=int(back.sum()),
                   n_retired=int(len(retired_ids)), disappeared=np.sort(old_ids[gone]).tolist())
     stats = merge_stats(meta.get("assign_stats") or {}, stats, n_movies=len(all_ids))
     log.info("incremental: %d SIDs kept, %d restored, %d new, %d retired", int(keep.sum()) - int(back.sum()),
              int(back.sum()), int(new.sum()), len(retired_ids))
-    return all_ids, all_tok, stats, result, retired_ids, retired_tok
+    return all_ids, all_tok, all_codes, stats, result, retired_ids, retired_tok
 
 
 PREVIOUS = "sids.previous.parquet"
@@ -515,10 +517,10 @@ def assign_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
     retired_tok = None
     result: dict[str, Any] = {}
     if acfg.incremental:
-        all_ids, all_tok, stats, result, retired_ids, retired_tok = _extend(run_dir, tok, x, ids, acfg)
+        all_ids, all_tok, all_codes, stats, result, retired_ids, retired_tok = _extend(run_dir, tok, x, ids, acfg)
     else:
         all_ids = ids
-        all_tok, stats = assign_sids(tok, x, ids, acfg)
+        all_tok, all_codes, stats = assign_sids(tok, x, ids, acfg)
     if len(unique_sorted(path_ids(all_tok, max(k, int(all_tok.max()) + 1)))) != len(all_ids):
         raise AssertionError("assign produced duplicate SIDs")  # guarded by make_unique; never expected
     info = {"strategy": acfg.strategy, "levels": levels, "codebook_size": k, "sid_length": int(all_tok.shape[1]),
@@ -528,7 +530,7 @@ def assign_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
     if retired_tok is not None and len(retired_ids):
         o = np.argsort(retired_ids, kind="stable")
         retired = [[int(i), [int(v) for v in t]] for i, t in zip(retired_ids[o], retired_tok[o])]
-    table = sids_table(all_ids, all_tok)
+    table = sids_table(all_ids, all_tok, all_codes)
     version, history = _record_history(run_dir, table, keep=not acfg.incremental)
     metadata = {"assign": json.dumps(info, sort_keys=True), "assign_stats": json.dumps(stats, sort_keys=True),
                 "retired": json.dumps(retired), "sid_version": json.dumps(version, sort_keys=True)}

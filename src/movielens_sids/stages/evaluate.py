@@ -46,6 +46,7 @@ import numpy as np
 from .. import metrics
 from ..artifacts import (
     check_same_movies,
+    model_fingerprint,
     model_input,
     movielens_titles,
     read_catalog,
@@ -98,6 +99,7 @@ class _Inputs:
     x_in: np.ndarray  # (N, D') what the tokenizer reads: x, or x with collaborative vectors (D' = D + F)
     sid_tokens: np.ndarray  # (N, T) int64 final SID tokens, -1 past a movie's length (T = L or L+1)
     sid_lengths: np.ndarray  # (N,) int64
+    model_codes: np.ndarray | None  # (N, L) the codes assign recorded for this very model, -1 rows unknown; or None
     sid_strings: list[str]  # N
     assign_stats: dict[str, Any] | None
     embedding_model: str | None
@@ -121,6 +123,8 @@ def load_inputs(run_dir: Path, tokenizer: Any = None) -> _Inputs:
     check_same_movies(ids, cat_path, emb.movie_ids, emb.path, "embed")
     check_same_movies(ids, cat_path, sids.movie_ids, sids.path, "assign")
     x_in = model_input(run_dir, tokenizer, emb)
+    recorded = (sids.metadata.get("assign") or {}).get("model_fingerprint")
+    known = sids.model_codes if sids.model_codes is not None and recorded == model_fingerprint(tokenizer) else None
     stats = sids.metadata.get("assign_stats")
     if not isinstance(stats, dict):
         if stats is not None:
@@ -130,8 +134,9 @@ def load_inputs(run_dir: Path, tokenizer: Any = None) -> _Inputs:
     genres = [g or [] for g in catalog.column("genres").to_pylist()]
     return _Inputs(
         movie_ids=ids, titles=titles, genres=genres, x=emb.x, x_in=x_in, sid_tokens=sids.tokens,
-        sid_lengths=sids.lengths, sid_strings=sids.strings, assign_stats=stats, embedding_model=emb.model,
-        embeddings_path=emb.path, embedding_backend=emb.backend, tokenizer=tokenizer, catalog=catalog,
+        sid_lengths=sids.lengths, model_codes=known, sid_strings=sids.strings, assign_stats=stats,
+        embedding_model=emb.model, embeddings_path=emb.path, embedding_backend=emb.backend, tokenizer=tokenizer,
+        catalog=catalog,
     )
 
 
@@ -139,14 +144,16 @@ def load_inputs(run_dir: Path, tokenizer: Any = None) -> _Inputs:
 # Computation (pure: arrays in, arrays out)
 
 
-def run_tokenizer(tok: Any, x: np.ndarray, sid_tokens: np.ndarray, *, batch_size: int = 8192
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def run_tokenizer(tok: Any, x: np.ndarray, sid_tokens: np.ndarray, *, known: np.ndarray | None = None,
+                  batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The raw codes and reconstructions of ``x``, and the decoded vectors of the final SIDs.
 
     Args:
         tok: the tokenizer (``encode``, ``quantize``, ``decode_codes``).
         x: (N, D) embeddings.
         sid_tokens: (N, T) final SID tokens; only the first L are decoded (a suffix token has no vector).
+        known: (N, L) codes this tokenizer gives, as assign recorded them (-1 rows: unknown); only the
+            other rows are encoded and quantized.
 
     Returns:
         raw codes (N, L) int64, reconstruction of the raw codes (N, D), decoded final SIDs (N, D).
@@ -155,13 +162,16 @@ def run_tokenizer(tok: Any, x: np.ndarray, sid_tokens: np.ndarray, *, batch_size
 
     levels = tok.config.levels
     dev = next((t.device for t in (*tok.parameters(), *tok.buffers())), torch.device("cpu"))
-    raw = np.empty((len(x), levels), dtype=np.int64)  # filled in place: no second copy of N x D floats
-    rec = np.empty(x.shape, dtype=np.float32)
+    raw = np.full((len(x), levels), -1, dtype=np.int64) if known is None else known.copy()  # (N, L)
+    todo = np.flatnonzero((raw < 0).any(axis=1))
+    rec = np.empty(x.shape, dtype=np.float32)  # filled in place: no second copy of N x D floats
     with torch.no_grad():
+        for start in range(0, len(todo), batch_size):
+            rows = todo[start:start + batch_size]
+            xb = torch.from_numpy(x[rows]).to(dev)  # (B, D)
+            raw[rows] = tok.quantize(tok.encode(xb)).cpu().numpy()  # (B, L)
         for start in range(0, len(x), batch_size):
-            xb = torch.from_numpy(x[start:start + batch_size]).to(dev)  # (B, D)
-            c = tok.quantize(tok.encode(xb))  # (B, L)
-            raw[start:start + len(c)] = c.cpu().numpy()
+            c = torch.from_numpy(raw[start:start + batch_size]).to(dev)  # (B, L)
             rec[start:start + len(c)] = _f32(tok.decode_codes(c))  # (B, D)
         # Only movies that dedup moved have final codes other than their raw ones: decode just those.
         dec = rec.copy()
@@ -506,8 +516,11 @@ def tokenize_and_rank(inp: _Inputs, cfg: EvaluateConfig, rows: np.ndarray) -> _C
     embeddings, the reconstructions, the decoded SIDs) are alive at once, whatever N.
     """
     t0 = time.perf_counter()
-    raw, recon, dec = run_tokenizer(inp.tokenizer, inp.x_in, inp.sid_tokens, batch_size=cfg.batch_size)
-    log.info("tokenizer on %d movies in %.1fs", len(raw), time.perf_counter() - t0)
+    raw, recon, dec = run_tokenizer(inp.tokenizer, inp.x_in, inp.sid_tokens, known=inp.model_codes,
+                                    batch_size=cfg.batch_size)
+    n_known = 0 if inp.model_codes is None else int((inp.model_codes >= 0).all(axis=1).sum())
+    log.info("tokenizer on %d movies in %.1fs (%d movies' codes as assign recorded them)", len(raw),
+             time.perf_counter() - t0, n_known)
     reconstruction = {"relative_mse": metrics.relative_mse(inp.x_in, recon),
                       "mean_cosine": metrics.mean_cosine(inp.x_in, recon)}
     rel_final = metrics.relative_mse(inp.x_in, dec)
