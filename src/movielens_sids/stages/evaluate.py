@@ -144,24 +144,23 @@ def load_inputs(run_dir: Path, tokenizer: Any = None) -> _Inputs:
 # Computation (pure: arrays in, arrays out)
 
 
-def run_tokenizer(tok: Any, x: np.ndarray, sid_tokens: np.ndarray, *, known: np.ndarray | None = None,
-                  batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The raw codes and reconstructions of ``x``, and the decoded vectors of the final SIDs.
+def run_tokenizer(tok: Any, x: np.ndarray, *, known: np.ndarray | None = None, batch_size: int = 8192
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The raw codes and reconstructions of ``x``.
 
     Args:
         tok: the tokenizer (``encode``, ``quantize``, ``decode_codes``).
         x: (N, D) embeddings.
-        sid_tokens: (N, T) final SID tokens; only the first L are decoded (a suffix token has no vector).
         known: (N, L) codes this tokenizer gives, as assign recorded them (-1 rows: unknown); only the
             other rows are encoded and quantized.
 
     Returns:
-        raw codes (N, L) int64, reconstruction of the raw codes (N, D), decoded final SIDs (N, D).
+        raw codes (N, L) int64, reconstruction of the raw codes (N, D) float32.
     """
     import torch
 
     levels = tok.config.levels
-    dev = next((t.device for t in (*tok.parameters(), *tok.buffers())), torch.device("cpu"))
+    dev = _device(tok)
     raw = np.full((len(x), levels), -1, dtype=np.int64) if known is None else known.copy()  # (N, L)
     todo = np.flatnonzero((raw < 0).any(axis=1))
     rec = np.empty(x.shape, dtype=np.float32)  # filled in place: no second copy of N x D floats
@@ -173,14 +172,53 @@ def run_tokenizer(tok: Any, x: np.ndarray, sid_tokens: np.ndarray, *, known: np.
         for start in range(0, len(x), batch_size):
             c = torch.from_numpy(raw[start:start + batch_size]).to(dev)  # (B, L)
             rec[start:start + len(c)] = _f32(tok.decode_codes(c))  # (B, D)
-        # Only movies that dedup moved have final codes other than their raw ones: decode just those.
-        dec = rec.copy()
-        moved = np.flatnonzero((sid_tokens[:, :levels] != raw).any(axis=1))
-        for start in range(0, len(moved), batch_size):
-            rows = moved[start:start + batch_size]
-            final = torch.from_numpy(np.ascontiguousarray(sid_tokens[rows, :levels])).to(dev)  # (B, L)
-            dec[rows] = _f32(tok.decode_codes(final))  # (B, D)
-    return raw, rec, dec
+    return raw, rec
+
+
+class _FinalSids:
+    """The decoded final SIDs as ``relative_mse`` reads them (``len`` and row slices), never a second N x D
+    array: the reconstructions, with the rows of the movies dedup moved replaced by their final codes'
+    vectors, decoded on demand in fixed batches of those movies (so every value is the same whatever slice
+    asks for it).
+
+    Args:
+        recon: (N, D) reconstructions of the raw codes. moved: (M,) sorted rows whose final codes differ.
+        tok: the tokenizer. final_codes: (N, L) the final SIDs' codes. batch_size: movies per decoded batch.
+    """
+
+    def __init__(self, recon: np.ndarray, moved: np.ndarray, tok: Any, final_codes: np.ndarray, batch_size: int):
+        self.recon, self.moved, self.tok, self.codes, self.size = recon, moved, tok, final_codes, batch_size
+        self._last: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.recon)
+
+    def batch(self, j: int) -> np.ndarray:
+        """(B, D) float32 decoded final SIDs of the movies ``moved[j B:(j + 1) B]``."""
+        if self._last is None or self._last[0] != j:
+            import torch
+
+            rows = self.moved[j * self.size:(j + 1) * self.size]
+            with torch.no_grad():
+                c = torch.from_numpy(np.ascontiguousarray(self.codes[rows])).to(_device(self.tok))  # (B, L)
+                self._last = (j, _f32(self.tok.decode_codes(c)))
+        return self._last[1]
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        lo, hi, _ = s.indices(len(self.recon))
+        out = self.recon[lo:hi].copy()  # (b, D)
+        i0, i1 = np.searchsorted(self.moved, [lo, hi])
+        for j in range(i0 // self.size, (i1 - 1) // self.size + 1) if i1 > i0 else ():
+            rows = self.moved[j * self.size:(j + 1) * self.size]
+            inside = (rows >= lo) & (rows < hi)
+            out[rows[inside] - lo] = self.batch(j)[inside]
+        return out
+
+
+def _device(tok: Any) -> torch.device:
+    import torch
+
+    return next((t.device for t in (*tok.parameters(), *tok.buffers())), torch.device("cpu"))
 
 
 def _f32(t: torch.Tensor) -> np.ndarray:
@@ -512,22 +550,26 @@ class _Codes:
 def tokenize_and_rank(inp: _Inputs, cfg: EvaluateConfig, rows: np.ndarray) -> _Codes:
     """Run the tokenizer over the catalog and rank the movies ``rows`` (Q,) by SID and by raw code.
 
-    The N x D arrays are scaled in place once their errors are measured: at most three of them (the
-    embeddings, the reconstructions, the decoded SIDs) are alive at once, whatever N.
+    The N x D arrays are scaled in place once their errors are measured: two of them (the embeddings and
+    the reconstructions, which become the decoded final SIDs where dedup moved a movie) are alive at
+    once, whatever N.
     """
     t0 = time.perf_counter()
-    raw, recon, dec = run_tokenizer(inp.tokenizer, inp.x_in, inp.sid_tokens, known=inp.model_codes,
-                                    batch_size=cfg.batch_size)
+    raw, recon = run_tokenizer(inp.tokenizer, inp.x_in, known=inp.model_codes, batch_size=cfg.batch_size)
     n_known = 0 if inp.model_codes is None else int((inp.model_codes >= 0).all(axis=1).sum())
     log.info("tokenizer on %d movies in %.1fs (%d movies' codes as assign recorded them)", len(raw),
              time.perf_counter() - t0, n_known)
+    levels = raw.shape[1]
+    moved = np.flatnonzero((inp.sid_tokens[:, :levels] != raw).any(axis=1))  # (M,) only they decode differently
+    final = _FinalSids(recon, moved, inp.tokenizer, inp.sid_tokens[:, :levels], cfg.batch_size)
     reconstruction = {"relative_mse": metrics.relative_mse(inp.x_in, recon),
                       "mean_cosine": metrics.mean_cosine(inp.x_in, recon)}
-    rel_final = metrics.relative_mse(inp.x_in, dec)
+    rel_final = metrics.relative_mse(inp.x_in, final)
     t0 = time.perf_counter()
     raw_nn = sid_knn(raw, _normalize(recon, inplace=True), K_NEIGHBORS, rows)  # (Q, K_NEIGHBORS)
-    del recon
-    dec_n = _normalize(dec, inplace=True)
+    for j in range(0, (len(moved) + cfg.batch_size - 1) // cfg.batch_size):  # recon becomes the final SIDs
+        recon[moved[j * cfg.batch_size:(j + 1) * cfg.batch_size]] = _normalize(final.batch(j))
+    dec_n = recon  # (N, D) the decoded final SIDs, unit length
     sid_nn = sid_knn(inp.sid_tokens, dec_n, K_NEIGHBORS, rows)
     t_sid = time.perf_counter() - t0
     log.info("SID %d-NN (final and raw codes) in %.1fs", K_NEIGHBORS, t_sid)
