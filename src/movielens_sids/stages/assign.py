@@ -165,7 +165,8 @@ def _code_tables(tok) -> _CodeTables:
     pts, pbias, pcode = (t.detach() for t in tok.quantizer.first_level_table()) if hasattr(tok, "quantizer") \
         else (cb[0], bias[0], torch.arange(cb.shape[1], device=cb.device))
     pts, pbias = pts.float(), pbias.float()
-    first = (pts, (pts * pts).sum(-1) + pbias, (pts * pts).sum(-1).max() + pbias.abs().max(), pcode)
+    sq = (pts * pts).sum(-1)  # (P,)
+    first = (pts, sq + pbias, sq.max() + pbias.abs().max(), pcode)
     prefix = getattr(getattr(tok, "quantizer", None), "prefix_bias", None)
     if prefix is not None:
         prefix = prefix.detach().float()
@@ -345,24 +346,29 @@ def sids_table(movie_ids: np.ndarray, tokens: np.ndarray, model_codes: np.ndarra
     import pyarrow as pa
 
     order = np.argsort(movie_ids, kind="stable")
-    ids, tok = movie_ids[order], np.ascontiguousarray(tokens[order], dtype=np.int32)
-    n, t = tok.shape
-    offsets = pa.array(np.arange(0, n * t + 1, t, dtype=np.int32))
-    semantic_id = pa.ListArray.from_arrays(offsets, pa.array(tok.reshape(-1)))
-    columns = {"movie_id": pa.array(ids, pa.int64()), "semantic_id": semantic_id, "sid": format_sids(tok)}
+    tok = np.ascontiguousarray(tokens[order], dtype=np.int32)  # (N, T)
+    columns = {"movie_id": pa.array(movie_ids[order], pa.int64()), "semantic_id": _list_column(tok),
+               "sid": format_sids(tok)}
     if model_codes is not None:
         mc = np.ascontiguousarray(model_codes[order], dtype=np.int32)  # (N, L)
-        known = (mc >= 0).all(axis=1)  # (N,)
-        mc_offsets = pa.array(np.arange(0, n * mc.shape[1] + 1, mc.shape[1], dtype=np.int32))
-        columns["model_codes"] = pa.ListArray.from_arrays(mc_offsets, pa.array(mc.reshape(-1)),
-                                                          mask=pa.array(~known))
+        columns["model_codes"] = _list_column(mc, null=~(mc >= 0).all(axis=1))
     return pa.table(columns)
 
 
-def _extend(run_dir: Path, tok, x: np.ndarray, ids: np.ndarray, acfg: AssignConfig) -> tuple[
+def _list_column(rows: np.ndarray, null: np.ndarray | None = None):
+    """A list<int32> column of the rows of an (N, W) int32 matrix; ``null``: (N,) bool rows written as null."""
+    import pyarrow as pa
+
+    n, w = rows.shape
+    offsets = pa.array(np.arange(0, n * w + 1, w, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(rows.reshape(-1)), mask=None if null is None else pa.array(null))
+
+
+def _extend(run_dir: Path, tok, x: np.ndarray, ids: np.ndarray, acfg: AssignConfig, fingerprint: str) -> tuple[
         np.ndarray, np.ndarray, np.ndarray, dict[str, Any], dict[str, Any], np.ndarray, np.ndarray]:
     """``--incremental``: keep every SID in ``sids.parquet``, restore those of movies that came back, give
-    new movies SIDs that collide with none of them nor with a retired one.
+    new movies SIDs that collide with none of them nor with a retired one. ``fingerprint``: the model's
+    (``model_fingerprint``).
 
     Returns:
         movie ids (N,), tokens (N, T), the model's codes (N, L) (-1 rows: unknown, for kept movies whose
@@ -384,7 +390,7 @@ def _extend(run_dir: Path, tok, x: np.ndarray, ids: np.ndarray, acfg: AssignConf
     if info.get("strategy") != acfg.strategy:
         raise SidsError(f"{sids_path} was made with strategy {info.get('strategy')!r}; --incremental must "
                         f"use the same (got {acfg.strategy!r})")
-    same_model = info.get("model_fingerprint") == model_fingerprint(tok)
+    same_model = info.get("model_fingerprint") == fingerprint
     if not same_model:
         log.warning("the model changed since %s was written: existing SIDs are kept, new movies get codes "
                     "from the new model", sids_path.name)
@@ -512,12 +518,14 @@ def assign_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
     ids, x = emb.movie_ids, model_input(run_dir, tok, emb)  # (N, D), or (N, D + F) with collaborative vectors
     tok = tok.to(resolve_device(acfg.device, "assign.device"))
     levels, k = int(tok.config.levels), int(tok.config.codebook_size)
+    fingerprint = model_fingerprint(tok)  # once: it hashes every weight
     sids_path = run_dir / "sids.parquet"
     retired_ids = np.zeros(0, dtype=np.int64)
     retired_tok = None
     result: dict[str, Any] = {}
     if acfg.incremental:
-        all_ids, all_tok, all_codes, stats, result, retired_ids, retired_tok = _extend(run_dir, tok, x, ids, acfg)
+        all_ids, all_tok, all_codes, stats, result, retired_ids, retired_tok = _extend(
+            run_dir, tok, x, ids, acfg, fingerprint)
     else:
         all_ids = ids
         all_tok, all_codes, stats = assign_sids(tok, x, ids, acfg)
@@ -525,7 +533,7 @@ def assign_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
         raise AssertionError("assign produced duplicate SIDs")  # guarded by make_unique; never expected
     info = {"strategy": acfg.strategy, "levels": levels, "codebook_size": k, "sid_length": int(all_tok.shape[1]),
             "collision_token": bool(all_tok.shape[1] > levels), "semantic_id_dtype": "int32",
-            "model_fingerprint": model_fingerprint(tok)}
+            "model_fingerprint": fingerprint}
     retired = []
     if retired_tok is not None and len(retired_ids):
         o = np.argsort(retired_ids, kind="stable")
