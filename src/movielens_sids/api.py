@@ -13,7 +13,7 @@ catalog and SIDs, ``artifacts.read_model`` for the tokenizer, ``artifacts.decode
 embedding settings). A Hub repo is downloaded with ``huggingface_hub.snapshot_download`` (the model
 repo, then the dataset repo its card names) and laid out as a run folder in a cache folder.
 
-May import: config, settings, artifacts, lookup, sid, io, errors, stages.embed (the sentence-transformers
+May import: config, settings, artifacts, lookup, llm_tokens, sid, io, errors, stages.embed (the sentence-transformers
 model), stages.export (``push_to_hub``: the CLI's own export); pandas, torch and huggingface_hub on first use.
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from .artifacts import EMBEDDINGS, decoded_metadata, new_movie_model_input
 from .config import load_run_config
 from .errors import SidsError
 from .io import read_parquet, run_lock, write_parquet
+from .llm_tokens import AllowedTokens, FoundMovies, extend_tokenizer, movies_in, token_ids, token_texts
 from .lookup import load_index, lookup_prefix, neighbors, resolve_movie
 from .settings import OFFLINE_MODEL
 from .sid import format_sid
@@ -56,6 +58,7 @@ class SemanticIds:
         """The embedding model and settings the SIDs were made with: ``model``, ``normalized``, ``template``, ..."""
         self._index = load_index(self.run_dir)  # validates catalog.parquet and sids.parquet
         self._encoder: Any = None
+        self._movie_of: dict[str, int] | None = None
 
     # ------------------------------------------------------------------------------------------ loading
 
@@ -162,6 +165,75 @@ class SemanticIds:
             self._encoder = load_model(resolve_model(_loadable(name)), "cpu")
         return self._encoder
 
+    # ------------------------------------------------------------------------------------------ language models
+
+    def sid_tokens(self) -> list[str]:
+        """Every SID token: one per code per level (``<a_0>, ..., <a_{K-1}>, <b_0>, ...``), then one per value
+        of the collision position, if the run has one; the block ``extend_tokenizer`` adds, in its order."""
+        tokens = self._index.tokens  # (N, T), -1 pads a SID shorter than T
+        sizes = [int(tokens[:, j].max()) + 1 for j in range(tokens.shape[1])]
+        if self._index.codebook_size is not None:  # every code of the L levels, used or not
+            sizes[:self._index.levels] = [max(s, self._index.codebook_size) for s in sizes[:self._index.levels]]
+        return token_texts(sizes)
+
+    def extend_tokenizer(self, tokenizer: Any) -> Any:
+        """Add the SID tokens to a Hugging Face tokenizer (idempotent); a SID then encodes to its T tokens.
+
+        Resize the model's embeddings after it: ``model.resize_token_embeddings(len(tokenizer))``.
+
+        Args:
+            tokenizer: any ``transformers`` tokenizer.
+
+        Returns:
+            The same tokenizer, extended (unchanged when it already holds this run's SID tokens).
+
+        Raises:
+            SidsError: the tokenizer already has one of the SID texts under another id.
+
+        Example:
+            >>> tok = sids.extend_tokenizer(AutoTokenizer.from_pretrained("Qwen/Qwen2.5-0.5B"))
+            >>> len(tok(sids.sid_of(1), add_special_tokens=False).input_ids)
+            3
+        """
+        return extend_tokenizer(tokenizer, self.sid_tokens())
+
+    def prefix_allowed_tokens_fn(self, tokenizer: Any, prompt_length: int) -> AllowedTokens:
+        """The ``prefix_allowed_tokens_fn`` of ``model.generate``: after ``prompt_length`` tokens, only the tokens
+        of a SID that exists in the run, then the end-of-sequence token. Beam search and batches work.
+
+        Args:
+            tokenizer: a tokenizer extended by `extend_tokenizer`, with an end-of-sequence token.
+            prompt_length: ``input_ids.shape[1]`` of the batch given to ``generate`` (left-padded).
+
+        Raises:
+            SidsError: the tokenizer lacks the SID tokens or an end-of-sequence token; during ``generate``,
+                a ``prompt_length`` beyond the input.
+
+        Example:
+            >>> batch = tok(prompts, return_tensors="pt", padding=True)          # tok.padding_side == "left"
+            >>> fn = sids.prefix_allowed_tokens_fn(tok, batch.input_ids.shape[1])
+            >>> out = model.generate(**batch, prefix_allowed_tokens_fn=fn, num_beams=10, num_return_sequences=10,
+            ...                      max_new_tokens=4)
+            >>> [sids.movies_in(t) for t in tok.batch_decode(out[:, batch.input_ids.shape[1]:])]
+        """
+        if getattr(tokenizer, "eos_token_id", None) is None:
+            raise SidsError("the tokenizer has no end-of-sequence token: set tokenizer.eos_token first")
+        ids = token_ids(tokenizer, self.sid_tokens())
+        rows = [tuple(ids[t] for t in _SID_TOKEN.findall(s)) for s in self._index.sids]
+        return AllowedTokens(rows, eos=tokenizer.eos_token_id, prompt_length=prompt_length)
+
+    def movies_in(self, text: str) -> FoundMovies:
+        """The movie ids of the SIDs in a generated text, in order. A SID that is no movie of the run is skipped
+        and counted (``.unknown`` of the returned list), never mapped to a movie it is not.
+
+        Example:
+            >>> sids.movies_in("<a_12> <b_2> <c_34>, <a_1><b_1><c_1>")
+            [1]
+        """
+        if self._movie_of is None:
+            self._movie_of = dict(zip(self._index.sids, (int(m) for m in self._index.movie_ids)))
+        return movies_in(text, self._movie_of)
+
     # ------------------------------------------------------------------------------------------ Hub
 
     def push_to_hub(self, repo_id: str, *, dataset_repo: str | None = None, private: bool = False,
@@ -200,6 +272,7 @@ class SemanticIds:
 
 
 _COLUMNS = ["movie_id", "sid", "semantic_id", "title", "year", "genres"]
+_SID_TOKEN = re.compile(r"<[a-z]_\d+>")
 
 
 def _loadable(name: str) -> str:

@@ -266,6 +266,10 @@ class AssignConfig:
             raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
 
 
+SEQUENCE_CHOICES = ("auto", "always", "never")
+"""Values of ``export.sequences``."""
+
+
 @dataclass
 class ExportConfig:
     """The enriched dataset, the cards and the Hub."""
@@ -286,10 +290,19 @@ class ExportConfig:
     """Create the repos as private."""
     revision: str | None = None
     """Tag put on the uploaded commits (default: the experiment name)."""
+    sequences: str = "auto"
+    """dataset/sequences/ and dataset/instructions/, the benchmark's split (retrieval.*) as training data: auto
+    (when the dataset has ratings), always (a dataset without ratings is an error) or never."""
+    prompt_history: int = 20
+    """Instruction data: how many of the latest movies a next-movie prompt lists (LC-Rec lists 20)."""
 
     def __post_init__(self) -> None:
         if self.shard_size_mb < 1:
             raise ValueError(f"shard_size_mb: must be >= 1, got {self.shard_size_mb}")
+        if self.sequences not in SEQUENCE_CHOICES:
+            raise ValueError(f"sequences: expected one of {', '.join(SEQUENCE_CHOICES)}, got {self.sequences!r}")
+        if self.prompt_history < 1:
+            raise ValueError(f"prompt_history: must be >= 1, got {self.prompt_history}")
         for name in ("model_repo", "dataset_repo"):
             v = getattr(self, name)
             if v is not None and (v.count("/") > 1 or not v.strip("/") or " " in v):

@@ -131,16 +131,17 @@ def _load_line(dataset_repo: str | None) -> str:
 
 
 def dataset_card(table, prov: dict[str, Any], *, model_repo: str | None, pretty_name: str, n_shards: int,
-                 dataset_repo: str | None = None) -> str:
+                 dataset_repo: str | None = None, configs: list[tuple[str, Any, dict[str, int]]] = ()) -> str:
     """The dataset card: YAML front matter (license, configs, features) + what, how, metrics, citation.
-    A repo id is ``None`` while its Hub account is unknown (the card then points at the run folder)."""
+    A repo id is ``None`` while its Hub account is unknown (the card then points at the run folder).
+    ``configs``: more configs beside the movies, as (folder name, schema, rows per split)."""
     n = table.num_rows
     field = table.schema.field("embedding").type
     dim = field.list_size if hasattr(field, "list_size") else "D"
     columns = "\n".join(f"| `{c}` | `{table.schema.field(c).type}` | {COLUMN_DOCS.get(c, 'Enrichment column.')} |"
                         for c in table.column_names)
     return f"""---
-{_yaml(_dataset_front_matter(table, pretty_name))}
+{_yaml(_dataset_front_matter(table, pretty_name, configs))}
 ---
 
 # {pretty_name}
@@ -172,8 +173,10 @@ From the run's evaluation report (`report.json`), measured on the whole catalog:
 {_dataset_license()}"""
 
 
-def _dataset_front_matter(table, pretty_name: str) -> dict[str, Any]:
-    """The card's YAML header: license, tags, size category, the `train` split and its features."""
+def _dataset_front_matter(table, pretty_name: str, configs: list[tuple[str, Any, dict[str, int]]] = ()
+                          ) -> dict[str, Any]:
+    """The card's YAML header: license, tags, size category, the `train` split and its features; each of
+    ``configs`` (folder name, schema, rows per split) is a config of its own, the movies staying the default."""
     n = table.num_rows
     size = ("n<1K" if n < 1_000 else "1K<n<10K" if n < 10_000 else "10K<n<100K" if n < 100_000
             else "100K<n<1M")
@@ -190,6 +193,14 @@ def _dataset_front_matter(table, pretty_name: str) -> dict[str, Any]:
     if features is not None:
         front["dataset_info"] = {"features": features,
                                  "splits": [{"name": "train", "num_examples": n}]}
+    for name, _, rows in configs:
+        front["configs"].append({"config_name": name, "data_files": [{"split": split, "path": f"{name}/{split}-*"}
+                                                                     for split in rows]})
+    infos = [{"config_name": name, "features": _features_yaml(schema),
+              "splits": [{"name": split, "num_examples": k} for split, k in rows.items()]}
+             for name, schema, rows in configs]
+    if infos and features is not None and all(i["features"] is not None for i in infos):
+        front["dataset_info"] = [{"config_name": "default", **front["dataset_info"]}, *infos]
     return front
 
 
@@ -385,3 +396,77 @@ def labels_card(labels: dict[tuple[int, ...], dict[str, Any]]) -> str:
             f"{n2:,} second-level prefixes.\n\n"
             + _md_table(["token", "movies", "label", "representative titles"],
                         [[f"`{r['sid_prefix']}`", r["n_movies"], r["label"], "; ".join(r["titles"])] for r in first]))
+
+
+SEQUENCE_COLUMNS = [
+    ("user_id", "int64", "MovieLens `userId`."),
+    ("history", "list<int64>", "The movies the user rated before the target, oldest first (at most `max_history`, "
+                               "the latest)."),
+    ("history_sid", "list<string>", "Their SIDs, in the same order."),
+    ("target", "int64", "The movie to predict (`movie_id`)."),
+    ("target_sid", "string", "Its SID: what a generative recommender writes."),
+    ("timestamp", "int64", "When the user rated the target (Unix seconds)."),
+    ("cold", "bool", "The target has no training interaction (always false in `train`)."),
+]
+
+
+def _protocol_words(info: dict[str, Any]) -> str:
+    """The split's protocol in a sentence, with its cut-offs."""
+    if info.get("protocol") == "leave_one_out":
+        return (f"**leave-one-out** (SASRec, HSTU): users with fewer than {info.get('min_ratings', '?')} ratings "
+                "dropped; each user's last movie is a test event, the one before a validation event, the rest "
+                "is training.")
+    end = f", up to {info['test_end_utc']}" if info.get("test_end_utc") else ""
+    return (f"**temporal** (a global time split): every rating at or after {info.get('cutoff_utc', '?')} (UTC){end} "
+            f"is a test event, predicted from the user's history before it; ratings from "
+            f"{info.get('valid_start_utc', '?')} up to the cut-off are validation events; training holds only "
+            "ratings before those, so nothing from the validation or test period reaches a train row.")
+
+
+def sequences_card(info: dict[str, Any], dataset_repo: str | None) -> str:
+    """The dataset card's section on ``sequences/`` and ``instructions/``: format, protocol, counts."""
+    splits = info["splits"]
+    counts = _md_table(["split", "rows", "users", "cold targets"],
+                       [[s, f"{c['rows']:,}", f"{c['users']:,}", f"{c['cold']:,}"] for s, c in splits.items()])
+    columns = "\n".join(f"| `{c}` | `{t}` | {d} |" for c, t, d in SEQUENCE_COLUMNS)
+    load = (f'load_dataset("{dataset_repo}", "sequences")  # or: "parquet", data_dir="dataset/sequences"'
+            if dataset_repo else
+            'load_dataset("parquet", data_dir="dataset/sequences")  # on the Hub: REPO, "sequences"')
+    valid_total = info.get("n_valid_events_total")
+    sample = (f" (a seeded sample of the {valid_total:,} validation events, as the benchmark watches)"
+              if valid_total and valid_total > splits["validation"]["rows"] else "")
+    return f"""
+## Sequences: the benchmark's split, to train a recommender on
+
+`sequences/` (config `sequences`) holds the split the run's retrieval benchmark scores, one row per
+prediction: `test` holds exactly the events `movielens-sids retrieval` ranks, `validation` the events
+its early stopping watches{sample}, and `train` every training rating that has an earlier one of its
+user, predicted from the training ratings before it. No validation or test rating appears in a train
+row. Only movies with a SID count ({info.get('n_movies', 0):,} movies, {info.get('n_users', 0):,} users);
+a movie rated twice counts once.
+
+Protocol: {_protocol_words(info)}
+
+```python
+from datasets import load_dataset
+
+seq = {load}
+seq["train"][0]["history_sid"], seq["train"][0]["target_sid"]
+```
+
+| column | type | meaning |
+| --- | --- | --- |
+{columns}
+
+`history` holds at most {info.get('max_history')} movies, the latest, as the benchmark's models see them.
+
+{counts}
+
+`instructions/` (config `instructions`) holds the same rows as prompt/response pairs for language
+models (LC-Rec, Zheng et al. 2024), columns `task`, `prompt`, `response`, `movie_id`: the task
+`next_movie` (the next movie's SID from the SIDs of the latest movies; row i is row i of the
+sequence split) in every split, and, in `train` only, `sid_to_title` and `title_to_sid` for every movie.
+A model fine-tuned on them writes SIDs; `SemanticIds.extend_tokenizer`, `prefix_allowed_tokens_fn`
+and `movies_in` of `movielens-sids` add the tokens, keep generation to SIDs that exist, and map them
+back to movies.
+"""

@@ -2,15 +2,20 @@
 
 ``dataset/`` holds ``data/train-0000i-of-0000n.parquet`` shards (every catalog column, then
 ``embedding``, ``semantic_id``, ``sid``) and a ``README.md`` dataset card with YAML front matter,
-the layout the Hub and ``datasets.load_dataset("parquet", data_dir=...)`` read. It is written as
-a whole (``atomic_dir``). ``model/README.md`` is the model card; the weights are not touched.
+the layout the Hub and ``datasets.load_dataset("parquet", data_dir=...)`` read. When the dataset has
+ratings (``export.sequences``), ``sequences/`` and ``instructions/`` hold the benchmark's split as
+training data (``movielens_sids.sequence_data``), shards named ``{split}-0000i-of-0000n.parquet`` for
+the splits train, validation and test: ``load_dataset("parquet", data_dir="dataset/sequences")``
+reads them, while ``data_dir="dataset"`` still reads only ``data/`` (``datasets`` takes the
+``data/{split}-*`` shards first), and the card declares each folder as a config of its own.
+It is written as a whole (``atomic_dir``). ``model/README.md`` is the model card; the weights are not touched.
 
 ``--push-to-hub`` then uploads ``model/`` (config, weights, card, train metrics) and ``dataset/``
 to two repos, one commit each, tagged with the experiment name (see `movielens_sids.hub`);
 ``--dry-run`` lists what would be uploaded and writes nothing in the run folder. Smoke runs (a catalog
 built with ``--limit``) go to repos suffixed ``-smoke-test`` so they never overwrite the real ones.
 
-May import: artifacts, hub, io, errors, settings, reports.cards. Never another stage.
+May import: artifacts, hub, io, errors, settings, sequence_data, reports.cards. Never another stage.
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ from ..artifacts import (
 from ..errors import SidsError
 from ..io import atomic_dir, parquet_metadata, read_parquet, write_parquet, write_text
 from ..labels import labels_for_run
-from ..reports.cards import dataset_card, dataset_name, labels_card, model_card
+from ..reports.cards import dataset_card, dataset_name, labels_card, model_card, sequences_card
+from ..sequence_data import SPLITS, SequenceData, benchmark_ratings, instruction_data, sequence_data
 from ..settings import ExportConfig
 
 if TYPE_CHECKING:
@@ -85,8 +91,8 @@ def shard_metadata(run_dir: Path) -> dict[str, Any]:
             "assign": decoded_metadata(run_dir / SIDS).get("assign") or {}}
 
 
-def write_shards(table, folder: Path, *, shard_size_mb: int) -> list[Path]:
-    """Write ``data/train-0000i-of-0000n.parquet`` shards of about ``shard_size_mb`` each."""
+def write_shards(table, folder: Path, *, shard_size_mb: int, name: str = "data/train") -> list[Path]:
+    """Write ``{name}-0000i-of-0000n.parquet`` shards (default ``data/train-...``) of about ``shard_size_mb`` each."""
     n = table.num_rows
     per_row = max(1, table.nbytes // max(n, 1))
     rows = max(1, (shard_size_mb * 1_000_000) // per_row)
@@ -94,7 +100,7 @@ def write_shards(table, folder: Path, *, shard_size_mb: int) -> list[Path]:
     rows = math.ceil(n / n_shards)  # even shards
     out = []
     for i in range(n_shards):
-        p = folder / "data" / f"train-{i:05d}-of-{n_shards:05d}.parquet"
+        p = folder / f"{name}-{i:05d}-of-{n_shards:05d}.parquet"
         write_parquet(p, table.slice(i * rows, rows))
         out.append(p)
     return out
@@ -178,15 +184,59 @@ def _account(run_dir: Path, ecfg: ExportConfig) -> tuple[str | None, str, str | 
     return token, where, None
 
 
+TrainingData = tuple[SequenceData, dict[str, pa.Table]]
+"""The sequence rows and the instruction pairs of each split."""
+
+
+def training_data(run_dir: Path, cfg: Config) -> TrainingData | None:
+    """The benchmark's split as sequence rows and instruction pairs, or None (``export.sequences`` is never,
+    or auto and the dataset has no ratings)."""
+    mode = cfg.export.sequences
+    if mode == "never":
+        return None
+    ratings = benchmark_ratings(cfg)
+    if ratings is None:
+        source = cfg.retrieval.dataset or cfg.data.source or cfg.data.dataset
+        if mode == "always":
+            raise SidsError(f"{source} has no ratings file, and export.sequences is always: name one with "
+                            "--set retrieval.ratings=FILE, or set export.sequences to auto or never")
+        log.info("no sequence datasets: %s has no ratings file", source)
+        return None
+    data = sequence_data(run_dir, cfg, ratings)
+    return data, instruction_data(data, run_dir, cfg.export.prompt_history)
+
+
+def _training_configs(training: TrainingData | None) -> list[tuple[str, Any, dict[str, int]]]:
+    """(config name, schema, rows per split) of the sequence and instruction folders, for the card."""
+    if training is None:
+        return []
+    data, pairs = training
+    return [(folder, tables["train"].schema, {s: tables[s].num_rows for s in SPLITS})
+            for folder, tables in (("sequences", data.tables), ("instructions", pairs))]
+
+
+def _write_training(folder: Path, training: TrainingData | None, shard_size_mb: int) -> None:
+    """``sequences/{split}-*.parquet`` and ``instructions/{split}-*.parquet`` (nothing without training data)."""
+    if training is None:
+        return
+    data, pairs = training
+    for name, tables in (("sequences", data.tables), ("instructions", pairs)):
+        for split in SPLITS:
+            write_shards(tables[split], folder, shard_size_mb=shard_size_mb, name=f"{name}/{split}")
+
+
 def _write_outputs(run_dir: Path, dest: Path, cfg: Config, table: pa.Table, prov: dict[str, Any],
-                   repos: tuple[str | None, str | None], revision: str) -> int:
+                   repos: tuple[str | None, str | None], revision: str, training: TrainingData | None = None) -> int:
     """Write ``dest/dataset/`` and ``dest/model/README.md`` (dest: the run folder, or a dry run's scratch
     folder); returns the number of shards."""
     pretty = f"MovieLens {dataset_name(prov)} Semantic IDs ({cfg.experiment})"
     with atomic_dir(dest / "dataset") as tmp:
         shards = write_shards(table, tmp, shard_size_mb=cfg.export.shard_size_mb)
+        _write_training(tmp, training, cfg.export.shard_size_mb)
         write_text(tmp / "README.md", dataset_card(table, prov, model_repo=repos[0], pretty_name=pretty,
-                                                   n_shards=len(shards), dataset_repo=repos[1])
+                                                   n_shards=len(shards), dataset_repo=repos[1],
+                                                   configs=_training_configs(training))
+                   + (sequences_card(training[0].info, repos[1]) if training else "")
                    + labels_card(labels_for_run(run_dir)))
     write_text(dest / "model" / "README.md",
                model_card(prov, model_repo=repos[0], dataset_repo=repos[1], revision=revision))
@@ -194,7 +244,7 @@ def _write_outputs(run_dir: Path, dest: Path, cfg: Config, table: pa.Table, prov
 
 
 def _dry_run(run_dir: Path, cfg: Config, table: pa.Table, prov: dict[str, Any],
-             repos: tuple[str | None, str | None], revision: str) -> dict[str, Any]:
+             repos: tuple[str | None, str | None], revision: str, training: TrainingData | None) -> dict[str, Any]:
     """What a push would upload, built in a scratch folder: the run folder is left as it is."""
     shown = (repos[0] or f"{hub.PLACEHOLDER_USER}/movielens-rqvae",
              repos[1] or f"{hub.PLACEHOLDER_USER}/movielens-sids")
@@ -204,7 +254,7 @@ def _dry_run(run_dir: Path, cfg: Config, table: pa.Table, prov: dict[str, Any],
         for name in hub.MODEL_FILES:  # the weights and config as they are; the card as export would write it
             if name != "README.md" and (run_dir / "model" / name).is_file():
                 (dest / "model" / name).symlink_to((run_dir / "model" / name).resolve())
-        shards = _write_outputs(run_dir, dest, cfg, table, prov, repos, revision)
+        shards = _write_outputs(run_dir, dest, cfg, table, prov, repos, revision, training)
         uploads = hub.plan_uploads(dest, model_repo=shown[0], dataset_repo=shown[1])
         listing = hub.format_plan(uploads, revision=revision, private=cfg.export.private)
         plan = json.loads(json.dumps([u.describe() for u in uploads]).replace(str(dest), str(run_dir)))
@@ -223,19 +273,26 @@ def export_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
     ecfg: ExportConfig = cfg.export
     require_model(run_dir)
     table = dataset_table(run_dir)  # validates every input before anything is written
+    training = training_data(run_dir, cfg)  # and the ratings' split, when the dataset has ratings
     # the snippets' movie and run folder (the experiment's default folder: the same card wherever the run is)
     prov = {**_provenance(run_dir), "example": _example(table), "run_dir": f"runs/{cfg.experiment}"}
     revision = ecfg.revision or cfg.experiment
     token, where, user = _account(run_dir, ecfg)
     repos = repo_ids(run_dir, cfg, user)
     if ecfg.dry_run:
-        result = _dry_run(run_dir, cfg, table, prov, repos, revision)
+        result = _dry_run(run_dir, cfg, table, prov, repos, revision, training)
         log.info("dry run: nothing written, nothing uploaded (token: %s)", f"found in {where}" if token else
                  "none found")
         return result
-    shards = _write_outputs(run_dir, run_dir, cfg, table, prov, repos, revision)
+    shards = _write_outputs(run_dir, run_dir, cfg, table, prov, repos, revision, training)
     result: dict[str, Any] = {"rows": table.num_rows, "columns": table.column_names, "shards": shards}
     log.info("dataset/: %d movies in %d shard(s), %d columns", table.num_rows, shards, table.num_columns)
+    if training is not None:
+        result["sequences"] = {s: training[0].tables[s].num_rows for s in SPLITS}
+        result["instructions"] = {s: training[1][s].num_rows for s in SPLITS}
+        log.info("dataset/sequences/: %s rows (train, validation, test; %s split); dataset/instructions/: %s pairs",
+                 ", ".join(f"{n:,}" for n in result["sequences"].values()), training[0].info.get("protocol"),
+                 ", ".join(f"{n:,}" for n in result["instructions"].values()))
     if ecfg.push_to_hub:
         uploads = hub.plan_uploads(run_dir, model_repo=repos[0], dataset_repo=repos[1])
         result["uploaded"] = hub.push(uploads, token=token, where=where, private=ecfg.private,
