@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
+from sids_fixtures import write_catalog
 
 from movielens_sids.cli import main
 from movielens_sids.errors import SidsError
@@ -418,11 +419,15 @@ def test_bench_learns_a_pattern():
     assert r10["semantic_id"] > r10["most_popular"] and r10["sasrec_ce"] > r10["most_popular"]
 
 
-def write_embeddings(path, movie_ids: np.ndarray, dim: int = 8, seed: int = 0) -> None:
+def write_embeddings(path, movie_ids: np.ndarray, dim: int = 8, seed: int = 0, years: dict | None = None) -> None:
+    """embeddings.parquet at ``path`` and, beside it, a catalog.parquet of the same movies (``years``: id -> year;
+    the others have none)."""
     x = np.random.default_rng(seed).normal(size=(len(movie_ids), dim)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     pq.write_table(pa.table({"movie_id": pa.array(movie_ids, pa.int64()),
                              "embedding": pa.array(x.tolist(), pa.list_(pa.float32()))}), path)
+    write_catalog(path.parent, [{"movie_id": int(m), "title": f"Movie {m}", "year": (years or {}).get(int(m))}
+                                for m in movie_ids])
 
 
 @pytest.mark.parametrize("protocol", ["temporal", "leave_one_out"])

@@ -63,6 +63,10 @@ def _catalog_inputs(cfg: Config) -> list[Path]:
     return input_files(cfg.data)
 
 
+def _collab_inputs(cfg: Config) -> list[Path]:
+    return input_files(cfg.data) + ([Path(cfg.retrieval.ratings)] if cfg.retrieval.ratings else [])
+
+
 def _embed_inputs(cfg: Config) -> list[Path]:
     return [Path(p) for p in (cfg.embed.from_file, cfg.embed.from_ids) if p]
 
@@ -75,7 +79,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     # The split's settings (retrieval.protocol, cut-offs) decide which interactions the vectors see.
     Stage("collab", collab.collab_stage, ("data", "collab", "retrieval"),
           inputs=("catalog.parquet",), outputs=("collab.parquet", "cowatch.parquet"),
-          external_inputs=_catalog_inputs),
+          external_inputs=_collab_inputs),
     Stage("train", train.train_stage, ("model", "train"),
           inputs=("embeddings.parquet", "collab.parquet"), outputs=(MODEL,)),
     Stage("assign", assign.assign_stage, ("assign",),

@@ -1,6 +1,6 @@
 """``catalog``: MovieLens files (a folder or the official zip, CSV or ``.dat``) -> ``catalog.parquet``.
 
-One row per movie, sorted by ``movie_id`` (SPEC section 3)::
+One row per movie, sorted by ``movie_id`` (docs/outputs.md)::
 
     movie_id int64 | title str | display_title str | year Int64 | genres list<str> | tags list<str>
     | imdb_id str ("tt0133093") | tmdb_id Int64 | [enrichment columns]
@@ -20,7 +20,8 @@ Files are read with pyarrow (typed, multithreaded); when that fast path meets an
 file is re-read row by row to report the exact line numbers of the rows that cannot be parsed
 (or to drop them with ``--skip-bad-rows``).
 
-May import: data.registry, data.fetch, errors, settings; pandas and pyarrow.
+May import: data.registry, data.fetch, errors, settings, retrieval.sequences (a ratings file's reader); pandas and
+pyarrow.
 """
 
 from __future__ import annotations
@@ -220,6 +221,20 @@ def read_interactions(cfg: DataConfig) -> pd.DataFrame | None:
         raise SidsError(f"{src.label}: the ratings file holds no rating")
     df = df.rename(columns={"userId": "user_id", "movieId": "movie_id"})[["user_id", "movie_id", "timestamp"]]
     return df.astype("int64")
+
+
+def benchmark_ratings(data: DataConfig, ratings: str | None = None, dataset: str | None = None
+                      ) -> tuple[str, pd.DataFrame | None]:
+    """``(label, ratings)``: the interactions the benchmark's split (and so a run's collaborative vectors) is
+    built from: the file ``ratings`` (``retrieval.ratings``), else the variant ``dataset`` (``retrieval.dataset``),
+    else the run's own MovieLens files; None when those have no ratings file."""
+    from ..retrieval.sequences import read_ratings  # the reader of a ratings file given by path
+
+    if ratings:
+        return Path(ratings).name, read_ratings(ratings)
+    if dataset:
+        data = dataclasses.replace(data, dataset=dataset, source=None)
+    return (data.source or data.dataset), read_interactions(data)
 
 
 def read_table(src: MovieLensSource, spec: _Spec, *, skip_bad_rows: bool = False) -> pd.DataFrame:

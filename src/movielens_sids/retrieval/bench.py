@@ -44,7 +44,7 @@ import torch
 from .. import logs
 from ..devices import resolve_device
 from .config import MAX_K, RetrievalConfig
-from .content import content_topk, seen_mask
+from .content import Excluded, content_topk, exclusion_mask
 from .generative import GenerativeRetriever, Recommendations
 from .lightning_modules import fit, training_windows
 from .metrics import ranking_metrics, target_ranks
@@ -64,19 +64,23 @@ def random_codes(codes: np.ndarray, seed: int) -> np.ndarray:
     return np.asarray(codes)[perm]
 
 
-def most_popular(counts: np.ndarray, k: int, seen: np.ndarray | Seen | None = None, *,
+def most_popular(counts: np.ndarray, k: int, seen: np.ndarray | Seen | Excluded | None = None, *,
                  batch_size: int = 1024) -> np.ndarray:
     """(E, k) the ``k`` items with most training interactions (ties by item index), or (1, k) when ``seen`` is None.
 
-    ``seen``: (E, S) items to leave out per event, -1 padded (an array or a ``Seen``, sliced in batches).
+    ``seen``: what each event may not recommend: an ``Excluded``, or (E, S) items, -1 padded (an array or a
+    ``Seen``), sliced in batches; a slot with nothing left to recommend is -1.
     """
     order = np.argsort(-np.asarray(counts), kind="stable")
     if seen is None:
         return order[None, :k]
     rank = torch.empty(len(order), dtype=torch.float32)
     rank[torch.from_numpy(order)] = -torch.arange(len(order), dtype=torch.float32)  # higher is more popular
-    out = [rank.expand(len(b), -1).masked_fill(seen_mask(b, len(order)), -torch.inf).topk(min(k, len(order)), dim=1)
-           .indices.numpy() for b in (seen[i:i + batch_size] for i in range(0, len(seen), batch_size))]
+    out = []
+    for i in range(0, len(seen), batch_size):
+        banned = exclusion_mask(seen, slice(i, i + batch_size), len(order))  # (b, N)
+        top = rank.expand(len(banned), -1).masked_fill(banned, -torch.inf).topk(min(k, len(order)), dim=1)
+        out.append(top.indices.masked_fill(top.values == -torch.inf, -1).numpy())
     return np.concatenate(out)
 
 
@@ -86,20 +90,19 @@ Lists = tuple[np.ndarray, np.ndarray]
 
 @torch.no_grad()
 def recommend_all(model: torch.nn.Module, history: np.ndarray, *, k: int, beam_size: int, batch_size: int,
-                  device: torch.device, seen: np.ndarray | Seen | None = None,
+                  device: torch.device, seen: np.ndarray | Seen | Excluded | None = None,
                   cold_trie: SidTrie | None = None) -> tuple[Lists, Lists | None]:
     """The top ``k`` for (E, M) histories, in batches, and with ``cold_trie`` (a generative model's
     ``subset_trie``) also the top ``k`` among only its movies (one transformer pass serves both searches).
 
-    ``seen``: (E, S) items to leave out, -1 padded (or a ``Seen``).
+    ``seen``: what each event may not recommend (an ``Excluded``, or (E, S) items, -1 padded, or a ``Seen``).
     """
     model.eval().to(device)
     main: list[tuple[np.ndarray, np.ndarray]] = []
     cold: list[tuple[np.ndarray, np.ndarray]] = []
     for i in range(0, len(history), batch_size):
         hidden = model.last_hidden(torch.from_numpy(history[i:i + batch_size]).to(device))  # (B, d)
-        exclude = None if seen is None else seen_mask(torch.from_numpy(seen[i:i + batch_size]).to(device),
-                                                      model.n_items)
+        exclude = None if seen is None else exclusion_mask(seen, slice(i, i + batch_size), model.n_items, device)
         rec: Recommendations = model.recommend_from(hidden, k, beam_size=beam_size, exclude=exclude)
         main.append((rec.items.cpu().numpy(), rec.scores.cpu().numpy()))
         if cold_trie is not None:
@@ -130,7 +133,8 @@ def choose_cold_bonus(model: torch.nn.Module, sh: _Shared, cold_trie: SidTrie, d
     """The bonus of ``cfg.cold_bonuses`` with the best validation Recall@10 (ties: the smallest), and the curve."""
     cfg = sh.cfg
     main, cold = recommend_all(model, sh.valid_windows[:, :-1], k=10, beam_size=cfg.valid_beam_size,
-                               batch_size=cfg.eval_batch_size, device=device, seen=sh.valid_seen, cold_trie=cold_trie)
+                               batch_size=cfg.eval_batch_size, device=device, seen=sh.valid_excluded,
+                               cold_trie=cold_trie)
     target = sh.valid_windows[:, -1]
     curve = {b: float((merge_cold(main, cold, sh.is_cold, b, 10) == target[:, None]).any(1).mean())
              for b in sorted(cfg.cold_bonuses)}
@@ -138,32 +142,53 @@ def choose_cold_bonus(model: torch.nn.Module, sh: _Shared, cold_trie: SidTrie, d
     return best, {f"{b:g}": round(r, 4) for b, r in curve.items()}
 
 
-def _content(vectors: np.ndarray, split: Split, cfg: RetrievalConfig, valid_hist: np.ndarray,
-             test_hist: np.ndarray) -> tuple[np.ndarray, dict]:
+def _content(vectors: np.ndarray, sh: _Shared, valid_targets: np.ndarray) -> tuple[np.ndarray, dict]:
     """content_knn's test lists, its profile window chosen on validation Recall@10 (seen movies always left out)."""
-    curve = {}
-    valid_seen = split.seen(split.valid)
+    cfg, curve = sh.cfg, {}
     for w in cfg.content_windows:
-        top = content_topk(vectors, valid_hist, valid_seen, window=min(w, cfg.max_history), k=10)
-        curve[w] = ranking_metrics(top, split.valid.target, ks=(10,))["recall@10"]
+        top = content_topk(vectors, sh.valid_windows[:, :-1], sh.content_valid_excluded, window=min(w, cfg.max_history),
+                           k=10)
+        curve[w] = ranking_metrics(top, valid_targets, ks=(10,))["recall@10"]
     best = max(curve, key=lambda w: (curve[w], -w))
-    ranked = content_topk(vectors, test_hist, split.seen(split.test), window=min(best, cfg.max_history), k=MAX_K)
+    ranked = content_topk(vectors, sh.test_hist, sh.content_test_excluded, window=min(best, cfg.max_history), k=MAX_K)
     return ranked, {"window": int(best), "valid_recall@10_by_window": {str(w): round(v, 4) for w, v in curve.items()}}
 
 
 @dataclass
 class _Shared:
-    """What every learned job reads: built once, sent once to each worker process."""
+    """What every learned job of one fold reads: built once, sent once to each worker process."""
 
     codes: dict[str, np.ndarray]  # method -> (N, L) codes (random_id's are drawn per seed from semantic_id's)
     n_items: int
     windows: np.ndarray  # (n, M+1) training windows
     valid_windows: np.ndarray  # (E_valid, M+1)
-    valid_seen: Seen | None
+    valid_excluded: Excluded | None  # what each validation event may not recommend (None: anything goes)
     test_hist: np.ndarray  # (E, M)
-    test_seen: Seen | None
+    test_excluded: Excluded | None
+    content_valid_excluded: Excluded  # content_knn always leaves out the user's rated movies
+    content_test_excluded: Excluded
     is_cold: np.ndarray  # (N,) bool: the item has no training interaction
     cfg: RetrievalConfig
+
+
+def _shared(split: Split, codes: dict[str, np.ndarray], cfg: RetrievalConfig, available: np.ndarray | None
+            ) -> _Shared:
+    """One fold's ``_Shared``: its training windows, histories and the movies each event may not recommend."""
+    m, cap, n = cfg.max_history, cfg.max_train_items, len(split.movie_ids)
+
+    def excluded(events, seen: bool) -> Excluded | None:
+        if not seen and available is None:
+            return None
+        return Excluded(n, split.seen(events) if seen else None, events.time, available)
+
+    valid_hist = split.histories(split.valid, m)
+    return _Shared(codes=codes, n_items=n,
+                   windows=training_windows([t[-cap:] if cap else t for t in split.train], m),
+                   valid_windows=np.concatenate([valid_hist, split.valid.target[:, None]], axis=1),
+                   valid_excluded=excluded(split.valid, cfg.exclude_seen), test_hist=split.histories(split.test, m),
+                   test_excluded=excluded(split.test, cfg.exclude_seen),
+                   content_valid_excluded=excluded(split.valid, True), content_test_excluded=excluded(split.test, True),
+                   is_cold=split.train_counts() == 0, cfg=cfg)
 
 
 _WORKER: dict = {}
@@ -185,18 +210,22 @@ def watch_parent(interval: float = 1.0) -> None:
     threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
-def _init_worker(shared: _Shared, threads: int, verbosity: int) -> None:
+def _init_worker(shared: list[_Shared], threads: int, verbosity: int) -> None:
     watch_parent()
     logs.setup(verbosity)  # a spawned process starts with no logging set up: the parent's verbosity
     torch.set_num_threads(threads)
     _WORKER["shared"] = shared
 
 
-def _learned_job(seed: int, method: str, shared: _Shared | None = None) -> tuple[np.ndarray, dict]:
-    """Train ``method`` with ``seed`` until its validation loss stops improving; its (E, MAX_K) test lists."""
+Job = tuple[int, int, str]
+"""A learned model to train: (fold, seed, method)."""
+
+
+def _learned_job(fold: int, seed: int, method: str, shared: list[_Shared] | None = None) -> tuple[np.ndarray, dict]:
+    """Train ``method`` with ``seed`` on ``fold`` until validation stops improving; its (E, MAX_K) test lists."""
     import lightning as L
 
-    sh = shared or _WORKER["shared"]
+    sh = (shared or _WORKER["shared"])[fold]
     cfg = sh.cfg
     device = resolve_device(cfg.device, "retrieval.device")
     accelerator = {"cuda": "gpu"}.get(device.type, device.type)  # Lightning's name for the device type
@@ -209,34 +238,33 @@ def _learned_job(seed: int, method: str, shared: _Shared | None = None) -> tuple
     else:
         ids = random_codes(sh.codes["semantic_id"], seed) if method == "random_id" else sh.codes[method]
         model, lr = GenerativeRetriever(ids, dropout=cfg.dropout, **shape), cfg.lr
-    info = {"seed": seed, **fit(model, sh.windows, sh.valid_windows, sh.valid_seen, lr=lr,
-                                weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-                                eval_batch_size=cfg.eval_batch_size, max_epochs=cfg.max_epochs,
-                                patience=cfg.patience, beam_size=cfg.valid_beam_size, seed=seed,
-                                accelerator=accelerator,
-                                devices=[device.index] if device.index is not None else 1)}
+    info = {"seed": seed, "fold": fold, **fit(model, sh.windows, sh.valid_windows, sh.valid_excluded, lr=lr,
+                                              weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                                              eval_batch_size=cfg.eval_batch_size, max_epochs=cfg.max_epochs,
+                                              patience=cfg.patience, beam_size=cfg.valid_beam_size, seed=seed,
+                                              accelerator=accelerator,
+                                              devices=[device.index] if device.index is not None else 1)}
     cold_trie = None
     if method != "sasrec_ce" and cfg.cold_bonuses and sh.is_cold.any():
         cold_trie = model.subset_trie(np.flatnonzero(sh.is_cold))
         info["cold_bonus"], info["valid_recall@10_by_cold_bonus"] = choose_cold_bonus(model, sh, cold_trie, device)
     main, cold = recommend_all(model, sh.test_hist, k=MAX_K, beam_size=cfg.beam_size, batch_size=cfg.eval_batch_size,
-                               device=device, seen=sh.test_seen, cold_trie=cold_trie)
+                               device=device, seen=sh.test_excluded, cold_trie=cold_trie)
     ranked = main[0] if cold is None else merge_cold(main, cold, sh.is_cold, info["cold_bonus"], MAX_K)
     info["train_s"] = round(time.perf_counter() - t0, 1)
     return ranked, info
 
 
-def _fixed_job(method: str, seed: int, split: Split, cfg: RetrievalConfig, vectors: np.ndarray | None,
-               valid_hist: np.ndarray, sh: _Shared) -> tuple[np.ndarray, dict]:
-    """most_popular's or content_knn's (E, MAX_K) test lists (no training, no randomness)."""
+def _fixed_job(method: str, fold: int, split: Split, sh: _Shared, vectors: np.ndarray | None
+               ) -> tuple[np.ndarray, dict]:
+    """most_popular's or content_knn's (E, MAX_K) test lists on one fold (no training, no randomness)."""
     t0 = time.perf_counter()
     if method == "most_popular":
-        top = most_popular(split.train_counts(), MAX_K, sh.test_seen)
-        ranked, info = np.broadcast_to(top, (len(split.test), top.shape[1])), {"seed": seed}
+        top = most_popular(split.train_counts(), MAX_K, sh.test_excluded)
+        ranked, info = np.broadcast_to(top, (len(split.test), top.shape[1])), {}
     else:
-        ranked, extra = _content(vectors, split, cfg, valid_hist, sh.test_hist)
-        info = {"seed": seed, **extra}
-    info["train_s"] = round(time.perf_counter() - t0, 1)
+        ranked, info = _content(vectors, sh, split.valid.target)
+    info = {"seed": sh.cfg.seeds[0], "fold": fold, **info, "train_s": round(time.perf_counter() - t0, 1)}
     return ranked, info
 
 
@@ -251,75 +279,84 @@ def _pool_size(cfg: RetrievalConfig, n_jobs: int) -> int:
                       n_jobs))
 
 
-def _run_learned(jobs: list[tuple[int, str]], shared: _Shared) -> dict[tuple[int, str], tuple[np.ndarray, dict]]:
-    """Every (seed, method) job, in worker processes when there are several, in this one otherwise."""
-    workers = _pool_size(shared.cfg, len(jobs))
+def _run_learned(jobs: list[Job], shared: list[_Shared]) -> dict[Job, tuple[np.ndarray, dict]]:
+    """Every (fold, seed, method) job, in worker processes when there are several, in this one otherwise."""
+    cfg = shared[0].cfg
+    workers = _pool_size(cfg, len(jobs))
     if workers == 1:
         return {job: _learned_job(*job, shared=shared) for job in jobs}
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    threads = max(1, (shared.cfg.threads or torch.get_num_threads()) // workers)
+    threads = max(1, (cfg.threads or torch.get_num_threads()) // workers)
     log.info("%d jobs on %d worker processes of %d thread(s)", len(jobs), workers, threads)
     # Longest first (SASRec's full softmax, then the SID models; random IDs stop soonest), so that the
     # workers finish together instead of one running the last long job alone.
-    longest_first = sorted(jobs, key=lambda job: {"sasrec_ce": 0, "random_id": 2}.get(job[1], 1))
+    longest_first = sorted(jobs, key=lambda job: {"sasrec_ce": 0, "random_id": 2}.get(job[2], 1))
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                              initargs=(shared, threads, logs.current_level())) as pool:
         futures = {job: pool.submit(_learned_job, *job) for job in longest_first}
         return {job: f.result() for job, f in futures.items()}
 
 
-def run_benchmark(split: Split, codes: np.ndarray, cfg: RetrievalConfig, vectors: np.ndarray | None = None,
-                  compared: dict[str, np.ndarray] | None = None) -> dict:
-    """Train and evaluate every method of ``cfg.methods`` for every seed on ``split``'s test events.
+def run_benchmark(splits: Split | list[Split], codes: np.ndarray, cfg: RetrievalConfig,
+                  vectors: np.ndarray | None = None, compared: dict[str, np.ndarray] | None = None,
+                  available: np.ndarray | None = None) -> dict:
+    """Train and evaluate every method of ``cfg.methods`` for every seed on the test events of every fold.
 
-    The learned (seed, method) jobs are independent and seeded: they run in parallel worker processes
+    The learned (fold, seed, method) jobs are independent and seeded: they run in parallel worker processes
     (``retrieval.workers``) and give the same lists in any order.
 
     Args:
-        split: the split; item ``i`` is ``split.movie_ids[i]``.
-        codes: (N, L) the Semantic ID of each item of the split, rows distinct.
+        splits: the split, or one per fold (``sequences.folds_of``), over the same items: item ``i`` is
+            ``movie_ids[i]``.
+        codes: (N, L) the Semantic ID of each item, rows distinct.
         cfg: the settings.
         vectors: (N, D) unit-norm content embeddings of the items (needed by ``content_knn``).
         compared: ``{"semantic_id@name": (N, L') codes}``: other SIDs of the same items, each run as a
             method trained exactly like ``semantic_id``.
+        available: (N,) the first second at which each item may be recommended (``sequences.availability``);
+            None: every item at every event.
 
     Returns:
-        ``{method: {"ranks": (S, E) int64 target ranks (S = 1 for seed-free methods), "runs": [per-seed facts]}}``.
+        ``{method: {"ranks": (S, E) int64 target ranks of the folds' events in order (S = 1 for seed-free
+        methods), "runs": [per-run facts, each with its seed and fold]}}``.
     """
     logs.adopt("lightning")  # Lightning's own console handler would print its lines twice
-    if len(codes) != len(split.movie_ids):
-        raise ValueError(f"codes has {len(codes)} rows for {len(split.movie_ids)} movies")
-    if "content_knn" in cfg.methods and (vectors is None or len(vectors) != len(split.movie_ids)):
+    splits = [splits] if isinstance(splits, Split) else list(splits)
+    if len(codes) != len(splits[0].movie_ids):
+        raise ValueError(f"codes has {len(codes)} rows for {len(splits[0].movie_ids)} movies")
+    if "content_knn" in cfg.methods and (vectors is None or len(vectors) != len(splits[0].movie_ids)):
         raise ValueError("content_knn needs one content vector per movie of the split")
-    m = cfg.max_history
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    cap = cfg.max_train_items
-    valid_hist, test_hist = split.histories(split.valid, m), split.histories(split.test, m)
-    test_seen = split.seen(split.test) if cfg.exclude_seen else None
-    shared = _Shared(codes={"semantic_id": codes, **(compared or {})}, n_items=len(split.movie_ids),
-                     windows=training_windows([t[-cap:] if cap else t for t in split.train], m),
-                     valid_windows=np.concatenate([valid_hist, split.valid.target[:, None]], axis=1),
-                     valid_seen=split.seen(split.valid) if cfg.exclude_seen else None,
-                     test_hist=test_hist, test_seen=test_seen, is_cold=split.train_counts() == 0, cfg=cfg)
-    log.info("%d users, %d movies, %d training windows of %d movies; %d validation and %d test events",
-             len(split.users), len(split.movie_ids), len(shared.windows), m + 1, len(split.valid), len(split.test))
+    shared = [_shared(split, {"semantic_id": codes, **(compared or {})}, cfg, available) for split in splits]
+    for f, (split, sh) in enumerate(zip(splits, shared)):
+        log.info("fold %d: %d users, %d movies, %d training windows of %d movies; %d validation and %d test events",
+                 f, len(split.users), len(split.movie_ids), len(sh.windows), cfg.max_history + 1, len(split.valid),
+                 len(split.test))
     methods = list(cfg.methods) + list(compared or {})
     fixed = {"most_popular", "content_knn"}
-    learned = _run_learned([(seed, mt) for seed in cfg.seeds for mt in methods if mt not in fixed], shared)
-    results: dict[str, dict] = {name: {"ranks": [], "runs": []} for name in methods}
-    for seed in cfg.seeds:
-        for method in methods:
-            if method in fixed and results[method]["runs"]:
-                continue  # no randomness: one run serves every seed
-            ranked, info = (_fixed_job(method, seed, split, cfg, vectors, valid_hist, shared) if method in fixed
-                            else learned[(seed, method)])
-            ranks = target_ranks(ranked, split.test.target)
-            results[method]["ranks"].append(ranks)
-            results[method]["runs"].append(info)
-            facts = {k: v for k, v in info.items() if k not in ("seed", "valid_curve", "valid_recall@10_by_cold_bonus")}
-            log.info("seed %d %-12s recall@10 %.4f (%s)", seed, method, float(((ranks >= 0) & (ranks < 10)).mean()),
-                     ", ".join(f"{k} {v}" for k, v in facts.items()))
-    return {name: {"ranks": np.stack(r["ranks"]), "runs": r["runs"]} for name, r in results.items()}
+    learned = _run_learned([(f, seed, mt) for f in range(len(splits)) for seed in cfg.seeds for mt in methods
+                            if mt not in fixed], shared)
+    results: dict[str, dict] = {}
+    for method in methods:
+        seeds = cfg.seeds[:1] if method in fixed else cfg.seeds  # no randomness: one run serves every seed
+        ranks, runs = [], []
+        for seed in seeds:
+            per_fold = []
+            for f, (split, sh) in enumerate(zip(splits, shared)):
+                ranked, info = (_fixed_job(method, f, split, sh, vectors) if method in fixed
+                                else learned[(f, seed, method)])
+                per_fold.append(target_ranks(ranked, split.test.target))
+                runs.append(info)
+                _log_run(method, per_fold[-1], info)
+            ranks.append(np.concatenate(per_fold))
+        results[method] = {"ranks": np.stack(ranks), "runs": runs}
+    return results
+
+
+def _log_run(method: str, ranks: np.ndarray, info: dict) -> None:
+    facts = {k: v for k, v in info.items() if k not in ("seed", "fold", "valid_curve", "valid_recall@10_by_cold_bonus")}
+    log.info("fold %d seed %d %-12s recall@10 %.4f (%s)", info["fold"], info["seed"], method,
+             float(((ranks >= 0) & (ranks < 10)).mean()), ", ".join(f"{k} {v}" for k, v in facts.items()))

@@ -15,6 +15,7 @@ PROTOCOLS = ("temporal", "leave_one_out")
 MAX_K = 50
 """The longest cut-off: every method ranks this many movies per event."""
 BOOTSTRAP_UNITS = ("user", "event")
+CANDIDATES = ("existing", "all")
 
 
 @dataclass
@@ -33,6 +34,18 @@ class RetrievalConfig:
     """temporal: the share of interactions just before the cut-off that are validation events."""
     cutoff: int | None = None
     """temporal: the cut-off as a Unix timestamp, instead of test_fraction."""
+    folds: int = 1
+    """temporal: rolling origin. With F > 1, F successive cut-offs (the times after which F x test_fraction, ...,
+    1 x test_fraction of the interactions remain), each fold with its own training, validation and test window
+    and its own models; the folds' test events are pooled, a user of each fold one bootstrap cluster. A run's
+    collaborative vectors come from the earliest fold's training interactions."""
+    candidates: str = "existing"
+    """Which movies may be recommended at an event at time t: existing (released in t's year or earlier, or rated
+    by anyone before t; a movie without a year always exists) or all (every movie with a SID, even one released
+    after the event)."""
+    validation_only: bool = False
+    """Score the validation events instead of the test events (every validation event, not only the sample that
+    early stopping watches), and never rank a test event: for choosing settings of a preset."""
     min_ratings: int = 5
     """leave_one_out: users with fewer ratings (of movies with a SID) are dropped."""
     max_users: int | None = None
@@ -114,6 +127,10 @@ class RetrievalConfig:
             raise ValueError("seeds: give at least one seed")
         if self.min_ratings < 3:
             raise ValueError(f"min_ratings: need at least 3 (train, valid, test), got {self.min_ratings}")
+        if self.folds < 1:
+            raise ValueError(f"folds: must be positive, got {self.folds}")
+        if self.candidates not in CANDIDATES:
+            raise ValueError(f"candidates: expected one of {', '.join(CANDIDATES)}, got {self.candidates!r}")
         if self.max_users is not None and self.max_users < 1:
             raise ValueError(f"max_users: must be positive, got {self.max_users}")
         for name in ("max_history", "d_model", "n_layers", "n_heads", "batch_size", "max_epochs", "eval_batch_size"):

@@ -26,15 +26,59 @@ def seen_mask(seen: np.ndarray | torch.Tensor, n_items: int) -> torch.Tensor:
     return mask[:, :n_items]
 
 
+class Excluded:
+    """Per event, the movies it may not recommend, as (b, N) bool masks: the movies its user rated before it
+    (``seen``: anything sliced into (b, S) -1 padded blocks, such as ``sequences.Seen``) and, with ``available``,
+    every movie that did not exist yet at the event's time.
+
+    Args:
+        n_items: N.
+        seen: what each event's user rated before it, or None.
+        times: (E,) int64 the events' Unix times (with ``available``).
+        available: (N,) int64 the first second at which each movie is a candidate (``sequences.availability``).
+    """
+
+    def __init__(self, n_items: int, seen=None, times: np.ndarray | None = None, available: np.ndarray | None = None):
+        if seen is None and available is None:
+            raise ValueError("Excluded: give seen, available or both")
+        self.n_items, self.seen = n_items, seen
+        self.times = None if times is None else torch.from_numpy(np.asarray(times, dtype=np.int64))
+        self.available = None if available is None else torch.from_numpy(np.asarray(available, dtype=np.int64))
+        self._len = len(seen) if seen is not None else len(self.times)
+
+    def __len__(self) -> int:
+        return self._len
+
+    @torch.no_grad()
+    def mask(self, rows: slice | np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """(b, N) bool on ``device``: True where the event of ``rows`` may not recommend the movie."""
+        out = None
+        if self.seen is not None:
+            out = seen_mask(torch.from_numpy(self.seen[rows]).to(device), self.n_items)
+        if self.available is not None:
+            later = self.available.to(device)[None, :] > self.times[rows].to(device)[:, None]  # (b, N)
+            out = later if out is None else out | later
+        return out
+
+
+def exclusion_mask(excluded, rows: slice | np.ndarray, n_items: int, device: torch.device | str = "cpu"
+                   ) -> torch.Tensor:
+    """(b, N) bool from an ``Excluded`` or from (E, S) -1 padded item lists (an array or a ``Seen``)."""
+    if isinstance(excluded, Excluded):
+        return excluded.mask(rows, device)
+    return seen_mask(torch.as_tensor(np.asarray(excluded[rows])).to(device), n_items)
+
+
 def content_topk(vectors: np.ndarray, histories: np.ndarray, seen, *, window: int, k: int,
                  batch_size: int = 1024) -> np.ndarray:
-    """(E, k) the top ``k`` movies for each event, best first, by similarity to its latest ``window`` movies.
+    """(E, k) the top ``k`` movies for each event, best first, by similarity to its latest ``window`` movies
+    (-1 where fewer than ``k`` may be recommended).
 
     Args:
         vectors: (N, D) unit-norm content embeddings, row ``i`` is item ``i``.
         histories: (E, M) right-aligned item histories, -1 pads on the left (M >= window).
-        seen: (E, S) every item the user has rated before each event, -1 padded (excluded from the ranking);
-            anything sliced into such blocks (``sequences.Seen``).
+        seen: what each event may not recommend: an ``Excluded``, or (E, S) every item the user has rated
+            before each event, -1 padded, or anything sliced into such blocks (``sequences.Seen``).
         window: how many of the latest history items make the profile.
         k: the list length (at most N).
         batch_size: events scored at once.
@@ -47,6 +91,8 @@ def content_topk(vectors: np.ndarray, histories: np.ndarray, seen, *, window: in
         valid = (h >= 0).float()[..., None]  # (b, w, 1)
         profile = (x[h.clamp(min=0)] * valid).sum(1)  # (b, D)
         profile = profile / profile.norm(dim=1, keepdim=True).clamp(min=1e-12)
-        scores = (profile @ x.T).masked_fill(seen_mask(seen[start:start + batch_size], len(x)), -torch.inf)  # (b, N)
-        out[start:start + batch_size] = scores.topk(k, dim=1).indices.numpy()
+        banned = exclusion_mask(seen, slice(start, start + batch_size), len(x))  # (b, N)
+        scores = (profile @ x.T).masked_fill(banned, -torch.inf)  # (b, N)
+        top = scores.topk(k, dim=1)
+        out[start:start + batch_size] = top.indices.masked_fill(top.values == -torch.inf, -1).numpy()
     return out

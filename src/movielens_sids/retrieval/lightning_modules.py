@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from .content import seen_mask
+from .content import exclusion_mask
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,8 @@ class NextItemModule(L.LightningModule):
 
     Args:
         model: a ``GenerativeRetriever`` or ``SASRec``.
-        seen: what each validation event's user rated before it (``sequences.Seen``), or None.
+        seen: what each validation event may not recommend (``content.Excluded``: the movies its user rated
+            before it, those that did not exist yet), or None.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay (not applied to embeddings, norms and biases).
         beam_size: beams of the generative model's validation search.
@@ -87,7 +88,7 @@ class NextItemModule(L.LightningModule):
         loss = float(self.model.target_loss(hidden[has_history], target[has_history])) if has_history.any() else 0.0
         exclude = None
         if self.seen is not None:
-            exclude = seen_mask(torch.from_numpy(self.seen[rows.cpu().numpy()]).to(windows.device), self.model.n_items)
+            exclude = exclusion_mask(self.seen, rows.cpu().numpy(), self.model.n_items, windows.device)
         items = self.model.recommend_from(hidden, self.k, beam_size=max(self.beam_size, self.k),
                                           exclude=exclude).items  # (B, k)
         hits = int((items == target[:, None]).any(1).sum())

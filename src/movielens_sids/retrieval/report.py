@@ -40,22 +40,47 @@ def label(name: str) -> str:
 SHOWN = ("recall@10", "ndcg@10")
 
 
-def summarize(split: Split, results: dict[str, dict], rcfg: RetrievalConfig) -> dict:
-    """The report's ``slices``, ``methods``, ``paired`` and ``recall_curve`` parts from the benchmark's ranks."""
-    cold = split.cold(split.test)
+def pooled(splits: list[Split]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scored events of every fold in order: ``(cold (E,) bool, cluster (E,) int64, time (E,) int64)``; a user
+    of each fold is one cluster."""
+    cold = np.concatenate([s.cold(s.test) for s in splits])
+    width = max(len(s.users) for s in splits)
+    cluster = np.concatenate([f * width + s.test.user for f, s in enumerate(splits)])
+    return cold, cluster, np.concatenate([s.test.time for s in splits])
+
+
+def candidate_counts(available: np.ndarray | None, times: np.ndarray, targets: np.ndarray) -> dict:
+    """How many movies may be recommended per event (median and range), and how many events' targets may not."""
+    n = int(len(available)) if available is not None else 0
+    if available is None:
+        return {"rule": "all", "n_movies": None}
+    ordered = np.sort(available)
+    per_event = np.searchsorted(ordered, times, side="right")  # (E,) movies available at each event
+    return {"rule": "existing", "n_movies": n, "per_event": {
+        "median": float(np.median(per_event)), "min": int(per_event.min()), "max": int(per_event.max())},
+        "targets_not_candidates": int((available[targets] > times).sum())}
+
+
+def summarize(splits: Split | list[Split], results: dict[str, dict], rcfg: RetrievalConfig,
+              available: np.ndarray | None = None) -> dict:
+    """The report's ``slices``, ``candidates``, ``methods``, ``paired`` and ``recall_curve`` parts from the
+    benchmark's ranks (the folds' events pooled)."""
+    splits = [splits] if not isinstance(splits, list) else splits
+    cold, users, times = pooled(splits)
     slices = {"all": np.ones(len(cold), bool), "warm": ~cold, "cold": cold}
-    clusters = split.test.user if rcfg.bootstrap_unit == "user" else np.arange(len(cold))
+    clusters = users if rcfg.bootstrap_unit == "user" else np.arange(len(cold))
     ranks = {name: r["ranks"] for name, r in results.items()}
     boot = dict(samples=rcfg.bootstrap_samples, seed=0)
     per_slice = slice_metrics(ranks, METRICS, slices, clusters, **boot)
     methods = {}
     for name, r in results.items():
         runs = r["runs"]
+        seeds = list(dict.fromkeys(run["seed"] for run in runs))  # the ranks' row order
         methods[name] = {
             "epochs": [run.get("epochs") for run in runs], "train_s": [run["train_s"] for run in runs],
             **per_slice[name],
-            "per_seed": {str(run["seed"]): {m: float(event_scores(ranks[name][i], m).mean()) for m in METRICS}
-                         for i, run in enumerate(runs)},
+            "per_seed": {str(sd): {m: float(event_scores(ranks[name][i], m).mean()) for m in METRICS}
+                         for i, sd in enumerate(seeds)},
             "runs": runs,
         }
     paired = {}
@@ -63,8 +88,10 @@ def summarize(split: Split, results: dict[str, dict], rcfg: RetrievalConfig) -> 
         others = {n: v for n, v in ranks.items() if n != "semantic_id"}
         paired = paired_differences(ranks["semantic_id"], others, METRICS, slices, clusters, **boot) if others else {}
     curve = {s: {n: recall_curve(v, mask, MAX_K) for n, v in ranks.items()} for s, mask in slices.items()}
-    return _no_nan({"slices": {s: {"events": int(mask.sum()), "users": int(len(np.unique(split.test.user[mask])))}
+    targets = np.concatenate([s.test.target for s in splits])
+    return _no_nan({"slices": {s: {"events": int(mask.sum()), "users": int(len(np.unique(users[mask])))}
                                for s, mask in slices.items()},
+                    "candidates": candidate_counts(available, times, targets),
                     "methods": methods, "paired": paired, "recall_curve": curve})
 
 
@@ -77,20 +104,23 @@ def _no_nan(obj: Any) -> Any:
     return None if isinstance(obj, float) and obj != obj else obj
 
 
-def events_table(split: Split, results: dict[str, dict]) -> Any:
-    """One row per test event: who, which movie, when, cold or not, and each method's rank of it per seed.
+def events_table(splits: Split | list[Split], results: dict[str, dict]) -> Any:
+    """One row per scored event: its fold, who, which movie, when, cold or not, and each method's rank of it per seed.
 
     With it, any interval or slice can be recomputed without re-training (``stats.py`` takes these ranks).
     """
     import pyarrow as pa
 
-    ev = split.test
-    cols = {"user_id": split.users[ev.user], "movie_id": split.movie_ids[ev.target],
-            "timestamp": np.array([split.times[u][p] for u, p in zip(ev.user, ev.pos)], dtype=np.int64),
-            "cold": split.cold(ev)}
+    splits = [splits] if not isinstance(splits, list) else splits
+    cold, _, times = pooled(splits)
+    cols = {"fold": np.concatenate([np.full(len(s.test), f, np.int32) for f, s in enumerate(splits)]),
+            "user_id": np.concatenate([s.users[s.test.user] for s in splits]),
+            "movie_id": np.concatenate([s.movie_ids[s.test.target] for s in splits]),
+            "timestamp": times, "cold": cold}
     for name, r in results.items():
-        for run, ranks in zip(r["runs"], r["ranks"]):
-            cols[f"rank/{name}/seed{run['seed']}"] = ranks.astype(np.int32)  # 0-based, -1: not in the top 50
+        seeds = list(dict.fromkeys(run["seed"] for run in r["runs"]))
+        for seed, ranks in zip(seeds, r["ranks"]):
+            cols[f"rank/{name}/seed{seed}"] = ranks.astype(np.int32)  # 0-based, -1: not in the top 50
     return pa.table(cols)
 
 
@@ -112,7 +142,8 @@ def markdown_table(methods: dict[str, dict], slices: tuple[str, ...] = SLICES, m
 
 
 def paired_table(paired: dict[str, dict], slices: tuple[str, ...] = SLICES, metrics: tuple[str, ...] = SHOWN) -> str:
-    """Semantic-ID model minus each method, per event: difference, 95 % interval, p-value; "n.s." when it spans 0."""
+    """Semantic-ID model minus each method, per event: difference, 95 % interval, Holm-adjusted p-value; "n.s." when
+    the adjusted p-value is 0.05 or more."""
     head = [f"{s} {m.replace('recall', 'Recall').replace('ndcg', 'NDCG')}" for s in slices for m in metrics]
     lines = ["| Semantic IDs minus | " + " | ".join(head) + " |", "| --- |" + " ---: |" * len(head)]
     for name in ordered(paired):
@@ -125,8 +156,9 @@ def paired_table(paired: dict[str, dict], slices: tuple[str, ...] = SLICES, metr
                 if d["diff"] is None:
                     cells.append("–")
                     continue
-                mark = "" if d["significant"] else " n.s."
-                cells.append(f"{d['diff']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] p={d['p_value']:.3g}{mark}")
+                mark = "" if d.get("significant") else " n.s."
+                p = d.get("p_holm", d["p_value"])
+                cells.append(f"{d['diff']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] p={p:.3g}{mark}")
         lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -163,16 +195,31 @@ def report_section(report: dict) -> str:
     else:
         how = ("leave-one-out: each user's last movie is the test event, the one before the validation event, the "
                f"rest training (users with fewer than {sp['min_ratings']} ratings dropped)")
+    folds = report.get("folds") or [sp]
+    what = "validation events" if report.get("scored_events") == "validation" else "test events"
+    if len(folds) > 1:
+        how += (f"; {len(folds)} rolling-origin folds (cut-offs " + ", ".join(f["cutoff_utc"][:10] for f in folds)
+                + "), each with its own training, validation and test window and models, pooled")
+    cand = report.get("candidates") or {}
+    pool = ("every movie with a SID is a candidate at every event" if cand.get("rule") != "existing" else
+            f"a movie is a candidate only if it existed at the event (released in the event's year or earlier, or "
+            f"rated by anyone before it): {cand['per_event']['median']:,.0f} of {cand['n_movies']:,} movies per event "
+            f"(median; {cand['per_event']['min']:,} to {cand['per_event']['max']:,})")
     lines = ["## Generative retrieval", "",
              f"Next-movie prediction on **{report['dataset']}**, {sp['n_users']} users, {sp['n_interactions']:,} "
-             f"ratings; {how}. {sl['all']['events']:,} test events of {sl['all']['users']} users: "
+             f"ratings; {how}; {pool}. Scored: {sl['all']['events']:,} {what} of {sl['all']['users']} users"
+             f"{' (a user of each fold counted once per fold)' if len(folds) > 1 else ''}: "
              f"{sl['warm']['events']:,} warm and {sl['cold']['events']:,} cold (the target has no training "
-             f"interaction). Mean over {len(st['seeds'])} seeds with 95 % bootstrap intervals "
-             f"({st['bootstrap_samples']:,} resamples of whole {st['bootstrap_unit']}s).", "",
+             f"interaction). Mean over {len(st['seeds'])} seeds with 95 % BCa bootstrap intervals "
+             f"({st['bootstrap_samples']:,} resamples of whole {st['bootstrap_unit']}s, each widened by the spread "
+             "between seeds).", "",
              markdown_table(report["methods"]), ""]
     if report["paired"]:
-        lines += ["Paired differences on the same test events (Semantic-ID model minus each method, per event, "
-                  "averaged over seeds; n.s.: the interval contains 0):", "", paired_table(report["paired"]), ""]
+        family = f"{len(METRICS) * len(SLICES)} comparisons of the method's line in `report.json` ({len(METRICS)} "
+        lines += ["Paired differences on the same events (Semantic-ID model minus each method, per event, averaged "
+                  f"over seeds; the 95 % interval as above; p: two-sided, Holm-adjusted over the {family}metrics x "
+                  f"{len(SLICES)} slices); n.s.: adjusted p >= 0.05):", "",
+                  paired_table(report["paired"]), ""]
     lines += ["ID-based methods (SASRec, most popular) cannot recommend a cold movie: it has no trained embedding "
               "and no count, so their cold scores are 0 or near it by construction. The content baseline scores "
               "every movie from its content. The generative models can generate a cold movie's SID, but their plain "

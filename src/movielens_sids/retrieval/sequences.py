@@ -1,7 +1,9 @@
 """Ratings -> per-user, time-ordered movie sequences, split into training items and prediction events.
 
 Two protocols, both over every user's rated movies in time order (ties broken by movie id, so the
-order is reproducible; a movie rated twice counts once, at its first rating):
+order is reproducible; a movie rated twice counts once, at its first rating). Ratings given in the
+same second are simultaneous: an event's history (and what it counts as already seen) holds only
+the movies its user rated in an earlier second, never one rated in the same second as the target.
 
 - ``leave_one_out``, the one of SASRec (Kang & McAuley, 2018) and HSTU (Zhai et al., 2024): users
   with fewer than ``min_ratings`` ratings dropped, each user's last movie is a test event, the one
@@ -12,7 +14,12 @@ order is reproducible; a movie rated twice counts once, at its first rating):
   cut-off are validation events; models train on everything before those. No interaction at or
   after a slice's start, of any user, reaches the slices before it, so nothing from the future
   shapes training. An event with no earlier interaction of its user cannot be predicted from a
-  history and is dropped (counted).
+  history and is dropped (counted). With ``folds`` > 1 (rolling origin) there are several
+  successive cut-offs, each fold with its own training, validation and test window (``folds_of``).
+
+Candidates (``availability``): at an event at time t a movie can be recommended only if it existed
+then: released in t's year or earlier, or rated by anyone before t (a movie without a year exists
+from the start).
 
 Only movies that have a Semantic ID can be targets, so ratings of other movies are removed first
 (and counted) -- every method sees the same sequences and the same events.
@@ -88,31 +95,38 @@ class Events:
     """(E,) int64 position of the target in that user's sequence (>= 1: there is a history)."""
     target: np.ndarray
     """(E,) int64 the item to predict."""
+    hist: np.ndarray
+    """(E,) int64 history length: the items of the user's sequence before ``pos`` rated in an earlier second
+    (``hist <= pos``; an item rated in the same second as the target is neither history nor seen)."""
+    time: np.ndarray
+    """(E,) int64 the event's Unix time."""
 
     def __len__(self) -> int:
         return len(self.target)
 
     def subset(self, keep: np.ndarray) -> Events:
-        return Events(user=self.user[keep], pos=self.pos[keep], target=self.target[keep])
+        return Events(user=self.user[keep], pos=self.pos[keep], target=self.target[keep], hist=self.hist[keep],
+                      time=self.time[keep])
 
 
 @dataclass
 class Seen:
-    """What each event's user rated before it, ``sequences[user][:pos]``, without an (E, S) matrix (S, the
-    longest history, is thousands of movies): ``seen[i:j]`` is the (j - i, S_ij) int64 block, -1 padded."""
+    """What each event's user rated before it, ``sequences[user][:hist]``, without an (E, S) matrix (S, the
+    longest history, is thousands of movies): ``seen[rows]`` (a slice or an index array) is the (b, S_b) int64
+    block, -1 padded."""
 
     sequences: list[np.ndarray]
     user: np.ndarray
-    pos: np.ndarray
+    hist: np.ndarray
 
     def __len__(self) -> int:
         return len(self.user)
 
-    def __getitem__(self, rows: slice) -> np.ndarray:
-        user, pos = self.user[rows], self.pos[rows]
-        out = np.full((len(user), max(1, int(pos.max(initial=0)))), -1, dtype=np.int64)
-        for e, (u, p) in enumerate(zip(user, pos)):
-            out[e, :p] = self.sequences[u][:p]
+    def __getitem__(self, rows: slice | np.ndarray) -> np.ndarray:
+        user, hist = self.user[rows], self.hist[rows]
+        out = np.full((len(user), max(1, int(hist.max(initial=0)))), -1, dtype=np.int64)
+        for e, (u, h) in enumerate(zip(user, hist)):
+            out[e, :h] = self.sequences[u][:h]
         return out
 
 
@@ -149,16 +163,16 @@ class Split:
         return [s[:n] for s, n in zip(self.sequences, self.n_train)]
 
     def histories(self, events: Events, max_history: int) -> np.ndarray:
-        """(E, M) int64: the last ``M`` items before each event, right-aligned, -1 pads on the left."""
+        """(E, M) int64: the last ``M`` items of each event's history, right-aligned, -1 pads on the left."""
         out = np.full((len(events), max_history), -1, dtype=np.int64)
-        for e, (u, p) in enumerate(zip(events.user, events.pos)):
+        for e, (u, p) in enumerate(zip(events.user, events.hist)):
             tail = self.sequences[u][max(0, p - max_history):p]
             out[e, max_history - len(tail):] = tail
         return out
 
     def seen(self, events: Events) -> Seen:
         """Every item of each event's user's history before it (sliced into (b, S) -1 padded arrays)."""
-        return Seen(self.sequences, events.user, events.pos)
+        return Seen(self.sequences, events.user, events.hist)
 
     def train_counts(self) -> np.ndarray:
         """(N,) number of training interactions of each item."""
@@ -185,12 +199,61 @@ def train_fingerprint(split: Split) -> str:
 
 
 def split_of(ratings: pd.DataFrame, movie_ids: np.ndarray, rcfg) -> Split:
-    """The split that ``rcfg`` (a ``RetrievalConfig``) describes: the benchmark's, and the one whose
-    training interactions the collaborative vectors are built from."""
-    return build_split(ratings, movie_ids, protocol=rcfg.protocol, min_ratings=rcfg.min_ratings,
-                       test_fraction=rcfg.test_fraction, valid_fraction=rcfg.valid_fraction, cutoff=rcfg.cutoff,
-                       max_valid_events=rcfg.max_valid_events, max_test_events=rcfg.max_test_events,
-                       max_users=rcfg.max_users, seed=rcfg.seeds[0])
+    """The split that ``rcfg`` (a ``RetrievalConfig``) describes, its earliest fold when ``rcfg.folds`` > 1:
+    the one whose training interactions the collaborative vectors are built from (they precede every fold's
+    validation and test events, so no scored event shapes the IDs)."""
+    return folds_of(ratings, movie_ids, rcfg, only_first=True)[0]
+
+
+def folds_of(ratings: pd.DataFrame, movie_ids: np.ndarray, rcfg, *, only_first: bool = False) -> list[Split]:
+    """The benchmark's splits, one per fold (``rcfg.folds``; one for leave-one-out or a single cut-off).
+
+    Fold ``f`` of F cuts at the time after which ``test_fraction * (F - f)`` of the interactions remain; its
+    test window ends where the next fold's begins, and its validation window is the ``valid_fraction`` of all
+    interactions just before its cut-off. So with F = 3 and 10 % the cut-offs sit at the 70, 80 and 90 % time
+    quantiles, and every fold trains on everything before its own validation window.
+    """
+    folds = int(getattr(rcfg, "folds", 1))
+    if folds > 1 and (rcfg.protocol != "temporal" or rcfg.cutoff is not None):
+        raise SidsError("retrieval.folds > 1 needs the temporal protocol with retrieval.test_fraction "
+                        "(not a fixed retrieval.cutoff)")
+    if folds * rcfg.test_fraction + rcfg.valid_fraction >= 1.0:
+        raise SidsError(f"retrieval.folds: {folds} folds of test_fraction {rcfg.test_fraction} plus valid_fraction "
+                        f"{rcfg.valid_fraction} leave no training interactions")
+    common = dict(protocol=rcfg.protocol, min_ratings=rcfg.min_ratings, valid_fraction=rcfg.valid_fraction,
+                  max_valid_events=rcfg.max_valid_events, max_test_events=rcfg.max_test_events,
+                  max_users=rcfg.max_users, seed=rcfg.seeds[0],
+                  score_validation=bool(getattr(rcfg, "validation_only", False)))
+    if folds == 1:
+        return [build_split(ratings, movie_ids, test_fraction=rcfg.test_fraction, cutoff=rcfg.cutoff, **common)]
+    return [build_split(ratings, movie_ids, test_fraction=rcfg.test_fraction * (folds - f),
+                        test_end_fraction=rcfg.test_fraction * (folds - f - 1) or None, **common)
+            for f in range(1 if only_first else folds)]
+
+
+def availability(ratings: pd.DataFrame, movie_ids: np.ndarray, years: np.ndarray | None) -> np.ndarray:
+    """(N,) int64: the first Unix second at which each movie of ``movie_ids`` (sorted) is a candidate.
+
+    A movie exists at time t when it was released in t's year or earlier (January 1st of its year, UTC), or
+    when anyone rated it before t (any user's rating, in or out of the benchmark's sample). A movie without a
+    year (``years`` NaN or None) exists from the start, as does every movie when ``years`` is None.
+    """
+    movie_ids = np.asarray(movie_ids, dtype=np.int64)
+    start = np.iinfo(np.int64).min
+    out = np.full(len(movie_ids), np.iinfo(np.int64).max, dtype=np.int64)
+    if years is None:
+        return np.full(len(movie_ids), start, dtype=np.int64)
+    years = np.asarray(years, dtype=np.float64)
+    known = np.isfinite(years)
+    out[~known] = start
+    release = (years[known].astype(np.int64) - 1970).astype("datetime64[Y]")  # (n,) January 1st of each year
+    out[known] = release.astype("datetime64[s]").astype(np.int64)
+    first = ratings.groupby("movie_id")["timestamp"].min()
+    pos = np.searchsorted(movie_ids, first.index.to_numpy())
+    ok = (pos < len(movie_ids)) & (movie_ids[np.minimum(pos, len(movie_ids) - 1)] == first.index.to_numpy())
+    # rated before t, i.e. first rating + 1 <= t in whole seconds
+    np.minimum.at(out, pos[ok], first.to_numpy()[ok].astype(np.int64) + 1)
+    return out
 
 
 def _time_cut(times: np.ndarray, fraction: float) -> int:
@@ -235,10 +298,10 @@ def _select_ratings(ratings: pd.DataFrame, movie_ids: np.ndarray, *, protocol: s
 
 
 def _event_marks(protocol: str, stamps: np.ndarray, user_of: np.ndarray, pos_of: np.ndarray, lengths: np.ndarray,
-                 info: dict, *, cutoff: int | None, test_fraction: float, valid_fraction: float
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 info: dict, *, cutoff: int | None, test_fraction: float, valid_fraction: float,
+                 test_end_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(n_train (U,), is_valid (n,), is_test (n,))`` for interactions sorted by user then time; temporal
-    records its cut-offs in ``info``."""
+    records its cut-offs in ``info`` (``test_end_fraction``: the test window ends where this share remains)."""
     if protocol == "leave_one_out":
         n_train = lengths - 2
         is_valid, is_test = pos_of == np.repeat(lengths - 2, lengths), pos_of == np.repeat(lengths - 1, lengths)
@@ -246,7 +309,11 @@ def _event_marks(protocol: str, stamps: np.ndarray, user_of: np.ndarray, pos_of:
         t_test = int(cutoff) if cutoff is not None else _time_cut(stamps, test_fraction)
         t_valid = _time_cut(stamps[stamps < t_test], valid_fraction / max(1e-12, 1.0 - test_fraction)) \
             if (stamps < t_test).any() else t_test
+        t_end = _time_cut(stamps, test_end_fraction) if test_end_fraction else None
         is_test, is_valid = stamps >= t_test, (stamps >= t_valid) & (stamps < t_test)
+        if t_end is not None:
+            is_test &= stamps < t_end
+            info.update(test_end=t_end, test_end_utc=str(pd.Timestamp(t_end, unit="s")))
         # Sequences are in time order, so the training items (before t_valid) are each sequence's prefix.
         n_train = np.bincount(user_of, weights=stamps < t_valid, minlength=len(lengths)).astype(np.int64)
         info.update(cutoff=t_test, valid_start=t_valid, cutoff_utc=str(pd.Timestamp(t_test, unit="s")),
@@ -255,10 +322,24 @@ def _event_marks(protocol: str, stamps: np.ndarray, user_of: np.ndarray, pos_of:
     return n_train, is_valid, is_test
 
 
+def _same_second(user_of: np.ndarray, stamps: np.ndarray, pos_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For interactions sorted by user then time: ``(hist (n,), shares (n,) bool)``, the number of the user's
+    items rated in an earlier second, and whether another item of the user shares the interaction's second."""
+    n = len(stamps)
+    idx = np.arange(n)
+    new_run = np.ones(n, dtype=bool)
+    new_run[1:] = (user_of[1:] != user_of[:-1]) | (stamps[1:] != stamps[:-1])
+    run_start = np.maximum.accumulate(np.where(new_run, idx, 0))  # (n,) first index of its (user, second) run
+    run_id = np.cumsum(new_run) - 1
+    run_len = np.bincount(run_id)
+    return pos_of - (idx - run_start), run_len[run_id] > 1
+
+
 def build_split(ratings: pd.DataFrame, movie_ids: np.ndarray, *, protocol: str = "leave_one_out",
                 min_ratings: int = 5, test_fraction: float = 0.1, valid_fraction: float = 0.05,
                 cutoff: int | None = None, max_valid_events: int | None = None, max_test_events: int | None = None,
-                max_users: int | None = None, seed: int = 0) -> Split:
+                max_users: int | None = None, seed: int = 0, test_end_fraction: float | None = None,
+                score_validation: bool = False) -> Split:
     """Turn ratings into the split of ``protocol``.
 
     Args:
@@ -273,6 +354,10 @@ def build_split(ratings: pd.DataFrame, movie_ids: np.ndarray, *, protocol: str =
         max_test_events: keep a seeded sample of this many test events (None: all; for the largest variants).
         max_users: keep a seeded random sample of this many users (for ml-20m/25m/32m); None keeps all.
         seed: seed of the user and validation samples.
+        test_end_fraction: temporal: the test window ends where this share of the interactions remains (a
+            rolling-origin fold that is not the last); None: it runs to the end.
+        score_validation: the scored events (``test``) are every validation event instead of the test events,
+            which are then never built (for choosing settings); ``valid`` stays the sample early stopping watches.
 
     Returns:
         A ``Split``; movies are re-indexed densely over ``movie_ids``.
@@ -294,11 +379,20 @@ def build_split(ratings: pd.DataFrame, movie_ids: np.ndarray, *, protocol: str =
     user_of = np.repeat(np.arange(len(users)), lengths)  # (n,) user index of every interaction
     pos_of = np.arange(len(df)) - np.repeat(starts, lengths)  # (n,) position in its user's sequence
     n_train, is_valid, is_test = _event_marks(protocol, stamps, user_of, pos_of, lengths, info, cutoff=cutoff,
-                                              test_fraction=test_fraction, valid_fraction=valid_fraction)
-    has_history = pos_of >= 1
+                                              test_fraction=test_fraction, valid_fraction=valid_fraction,
+                                              test_end_fraction=test_end_fraction)
+    hist_of, shares = _same_second(user_of, stamps, pos_of)
+    has_history = hist_of >= 1
     info["n_events_dropped_no_history"] = int(((is_test | is_valid) & ~has_history).sum())
-    valid, test = (Events(user=user_of[m], pos=pos_of[m], target=items[m])
-                   for m in (is_valid & has_history, is_test & has_history))
+    test_kept = (is_valid if score_validation else is_test) & has_history
+    if score_validation:
+        info["scored_events"] = "validation"
+    # Simultaneous ratings: scored events whose target shares its second with other ratings of the user, and those
+    # of them whose history would otherwise have held a movie rated in that same second.
+    info.update(n_test_events_sharing_second=int((test_kept & shares).sum()),
+                n_test_events_same_second_history_removed=int((test_kept & (hist_of < pos_of)).sum()))
+    valid, test = (Events(user=user_of[m], pos=pos_of[m], target=items[m], hist=hist_of[m], time=stamps[m])
+                   for m in (is_valid & has_history, test_kept))
     info.update(n_valid_events_total=len(valid), n_test_events_total=len(test))
     rng = np.random.default_rng(seed)
     if max_valid_events is not None and len(valid) > max_valid_events:

@@ -12,7 +12,6 @@ May import: errors, io, artifacts, data.catalog, reports, and this package.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from ..reports.markdown import write_page
 from ..settings import DataConfig
 from .config import RetrievalConfig, settings_dict
 from .report import events_table, summarize
-from .sequences import read_ratings, split_of, train_fingerprint
+from .sequences import availability, folds_of, train_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +44,25 @@ def read_codes(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def resolve_ratings(rcfg: RetrievalConfig, cfg: Any) -> tuple[str, Any]:
     """``(dataset label, ratings DataFrame)`` from ``--ratings``, ``--dataset`` or the run's data settings."""
-    if rcfg.ratings:
-        return Path(rcfg.ratings).name, read_ratings(rcfg.ratings)
     data = getattr(cfg, "data", None) or DataConfig()
-    if rcfg.dataset:
-        data = dataclasses.replace(data, dataset=rcfg.dataset, source=None)
-    df = catalog.read_interactions(data)
+    label, df = catalog.benchmark_ratings(data, rcfg.ratings, rcfg.dataset)
     if df is None:
-        raise SidsError(f"{data.source or data.dataset} has no ratings file; pass --ratings FILE")
-    return (data.source or data.dataset), df
+        raise SidsError(f"{label} has no ratings file; pass --ratings FILE")
+    return label, df
+
+
+def candidate_times(run_dir: Path, rcfg: RetrievalConfig, ratings: Any, movie_ids: np.ndarray) -> np.ndarray | None:
+    """(N,) the first second each movie may be recommended (``retrieval.candidates: existing``: its release year
+    from ``catalog.parquet``, or its first rating by anyone), or None for ``all``."""
+    if rcfg.candidates == "all":
+        return None
+    cat = artifacts.read_catalog(run_dir, ("movie_id", "year"))
+    ids = cat.column("movie_id").to_numpy().astype(np.int64)
+    years = cat.column("year").to_numpy(zero_copy_only=False).astype(np.float64)
+    pos = np.searchsorted(ids, movie_ids)
+    if (pos >= len(ids)).any() or (ids[np.minimum(pos, len(ids) - 1)] != movie_ids).any():
+        raise SidsError(f"{run_dir / 'catalog.parquet'} lacks movies that have a SID: run `movielens-sids run` again")
+    return availability(ratings, movie_ids, years[pos])
 
 
 def check_collab_split(run_dir: Path, split) -> None:
@@ -94,35 +103,41 @@ def retrieval_stage(run_dir: Path, cfg: Any) -> dict:
     t0 = time.perf_counter()
     movie_ids, codes = read_codes(run_dir)
     dataset, ratings = resolve_ratings(rcfg, cfg)
-    split = split_of(ratings, movie_ids, rcfg)
-    check_collab_split(run_dir, split)
+    splits = folds_of(ratings, movie_ids, rcfg)
+    split = splits[-1]
+    check_collab_split(run_dir, splits[0])
     # Only movies with a SID are targets; the models' catalogue is every movie with a SID.
     item_codes = codes[np.searchsorted(movie_ids, split.movie_ids)]
     vectors = content_vectors(run_dir, split.movie_ids) if "content_knn" in rcfg.methods else None
-    log.info("%s (%s): %d users, %d interactions, %d test events; %d ratings of %d movies without a SID dropped",
-             dataset, rcfg.protocol, split.info["n_users"], split.info["n_interactions"], len(split.test),
-             split.info["n_ratings_dropped_no_sid"], split.info["n_movies_dropped_no_sid"])
+    available = candidate_times(run_dir, rcfg, ratings, split.movie_ids)
+    log.info("%s (%s, %d fold(s)): %d users, %d interactions, %d scored events; %d ratings of %d movies without a SID "
+             "dropped", dataset, rcfg.protocol, len(splits), split.info["n_users"], split.info["n_interactions"],
+             sum(len(s.test) for s in splits), split.info["n_ratings_dropped_no_sid"],
+             split.info["n_movies_dropped_no_sid"])
     compared = {}
     for other in rcfg.compare_sids:
         ids, other_codes = read_codes(Path(other))
-        check_collab_split(Path(other), split)
+        check_collab_split(Path(other), splits[0])
         pos = np.searchsorted(ids, split.movie_ids)
         if (pos >= len(ids)).any() or (ids[np.minimum(pos, len(ids) - 1)] != split.movie_ids).any():
             raise SidsError(f"{Path(other) / 'sids.parquet'} lacks movies of this run: "
                             "compare runs of the same catalog")
         compared[f"semantic_id@{other}"] = other_codes[pos]
-    results = run_benchmark(split, item_codes, rcfg, vectors, compared)
-    summary = summarize(split, results, rcfg)
+    results = run_benchmark(splits, item_codes, rcfg, vectors, compared, available)
+    summary = summarize(splits, results, rcfg, available)
     report = {
         "dataset": dataset,
         "protocol": rcfg.protocol,
         **({"cutoff": split.info["cutoff"]} if rcfg.protocol == "temporal" else {}),
         "seeds": list(rcfg.seeds),
+        "scored_events": "validation" if rcfg.validation_only else "test",
         "slices": summary["slices"],
+        "candidates": summary["candidates"],
         "methods": summary["methods"],
         "paired": summary["paired"],
         "recall_curve": summary["recall_curve"],
         "split": split.info,
+        **({"folds": [s.info for s in splits]} if len(splits) > 1 else {}),
         "sids": {"n_movies": int(len(movie_ids)), "length": int(codes.shape[1]),
                  "level_sizes": [int(codes[:, j].max()) + 1 for j in range(codes.shape[1])]},
         "settings": settings_dict(rcfg),
@@ -131,7 +146,7 @@ def retrieval_stage(run_dir: Path, cfg: Any) -> dict:
         "wall_time_s": round(time.perf_counter() - t0, 1),
     }
     recall_curve_chart(summary["recall_curve"], run_dir / "retrieval" / "recall_at_k.png")
-    write_parquet(run_dir / "retrieval" / "events.parquet", events_table(split, results))
+    write_parquet(run_dir / "retrieval" / "events.parquet", events_table(splits, results))
     write_json(run_dir / "retrieval" / "report.json", report)
     write_page(run_dir)
     return report

@@ -5,14 +5,23 @@ Every method ranks movies for the same test events. From the 0-based rank of eac
 NDCG@K is ``1/log2(rank+2)`` there -- averaged over seeds, so a method's score on an event is its
 mean over the seeds. A metric is the mean of those scores over a slice of events.
 
-Intervals come from the bootstrap (Efron & Tibshirani, 1993), percentile method. Events of one
-user are not independent (the same history, the same taste), so by default whole users are
-resampled with all their events (a cluster bootstrap); ``unit="event"`` resamples events.
-A paired difference resamples the *same* units for both methods, so what they share cancels.
-Its two-sided p-value is the share of bootstrap differences, shifted to a zero mean, that are at
-least as far from zero as the observed one (with the usual +1 so it is never exactly 0).
+Intervals come from the bootstrap (Efron & Tibshirani, 1993). Events of one user are not
+independent (the same history, the same taste), so whole users are resampled with all their events
+(a cluster bootstrap; with rolling-origin folds a user of each fold is one cluster; ``unit="event"``
+resamples events). The test sets have few users of very unequal size, where plain percentile
+intervals under-cover, so the intervals are BCa (bias-corrected and accelerated: the acceleration
+from a leave-one-user-out jackknife). Users are not the only noise: each learned model is trained
+once per seed, and a seed that trains a better model lifts every event at once, which resampling
+users cannot see. So every bootstrap draw also gets a seed draw: the spread of the per-seed means
+(standard deviation s over S seeds) enters as ``s / sqrt(S)`` times a Student t with S - 1 degrees
+of freedom, which is the exact interval when the seeds are the only noise (normal seed effects).
 
-May import: numpy only.
+A paired difference resamples the *same* users for both methods, so what they share cancels; its
+seed spread is that of the per-seed differences. Its two-sided p-value inverts the same BCa
+interval (the p-value is below 1 - level exactly when the interval excludes 0), so the flag and the
+p-value never disagree. ``holm`` adjusts a family of p-values (Holm, 1979).
+
+May import: numpy, scipy.special (the normal distribution).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from scipy.special import ndtr, ndtri
 
 METRIC_KS = {"recall": (1, 5, 10, 20, 50), "ndcg": (5, 10)}
 
@@ -38,7 +48,7 @@ def event_scores(ranks: np.ndarray, metric: str) -> np.ndarray:
 
 
 class Intervals(NamedTuple):
-    """Point estimates with their percentile-bootstrap intervals (and p-values for differences), each (V,)."""
+    """Point estimates with their BCa bootstrap intervals (and p-values for "the mean is 0"), each (V,)."""
 
     value: np.ndarray
     low: np.ndarray
@@ -46,16 +56,51 @@ class Intervals(NamedTuple):
     p_value: np.ndarray
 
 
-def bootstrap(values: np.ndarray, clusters: np.ndarray | None = None, *, samples: int = 10_000, seed: int = 0,
-              level: float = 0.95, chunk: int = 256) -> Intervals:
-    """Means of ``values`` with percentile-bootstrap intervals, resampling whole clusters.
+def _cluster_sums(values: np.ndarray, clusters: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(sums (V, C), counts (C,))`` of (V, E) values per cluster."""
+    e = values.shape[1]
+    _, inverse = np.unique(np.arange(e) if clusters is None else np.asarray(clusters), return_inverse=True)
+    c = int(inverse.max()) + 1
+    sums = np.stack([np.bincount(inverse, weights=row, minlength=c) for row in values])  # (V, C)
+    return sums, np.bincount(inverse, minlength=c).astype(np.float64)
 
-    All V rows are resampled with the *same* draws, so differences between rows are paired and one
+
+def _acceleration(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(V,) BCa's acceleration from the leave-one-cluster-out means (0 with a single cluster)."""
+    if len(counts) < 2:
+        return np.zeros(len(sums))
+    loo = (sums.sum(1, keepdims=True) - sums) / np.maximum(counts.sum() - counts, 1.0)  # (V, C)
+    d = loo.mean(1, keepdims=True) - loo
+    den = 6.0 * np.power((d ** 2).sum(1), 1.5)
+    return np.divide((d ** 3).sum(1), den, out=np.zeros(len(sums)), where=den > 0)
+
+
+def _seed_draws(seed_means: np.ndarray | None, v: int, samples: int, rng: np.random.Generator) -> np.ndarray:
+    """(samples, V): each row's seed noise per draw, ``s / sqrt(S)`` times a Student t with S - 1 degrees of
+    freedom (0 for a row with fewer than two seeds). ``seed_means``: (V, S) per-seed means, NaN-padded."""
+    out = np.zeros((samples, v))
+    if seed_means is None:
+        return out
+    seed_means = np.atleast_2d(np.asarray(seed_means, dtype=np.float64))
+    for i, row in enumerate(seed_means):
+        row = row[np.isfinite(row)]
+        if len(row) >= 2 and row.std() > 0:
+            out[:, i] = rng.standard_t(len(row) - 1, size=samples) * row.std(ddof=1) / np.sqrt(len(row))
+    return out
+
+
+def bootstrap(values: np.ndarray, clusters: np.ndarray | None = None, *, seed_means: np.ndarray | None = None,
+              samples: int = 10_000, seed: int = 0, level: float = 0.95, chunk: int = 256) -> Intervals:
+    """Means of ``values`` with BCa intervals from a cluster bootstrap, widened by the spread between seeds.
+
+    All V rows are resampled with the *same* cluster draws, so differences between rows are paired and one
     call costs one set of draws whatever V is.
 
     Args:
-        values: (V, E) or (E,) per-event values (scores, or paired differences of two methods' scores).
+        values: (V, E) or (E,) per-event values (seed-averaged scores, or paired differences of two methods').
         clusters: (E,) the unit each event belongs to (e.g. its user); None: every event its own unit.
+        seed_means: (V, S) or (S,) each row's mean over the events for each seed (NaN pads rows with fewer
+            seeds); None or one seed: no seed noise.
         samples: bootstrap resamples.
         seed: the resampling seed.
         level: the intervals' coverage.
@@ -73,10 +118,8 @@ def bootstrap(values: np.ndarray, clusters: np.ndarray | None = None, *, samples
         nan = np.full(v, np.nan)
         out = Intervals(nan, nan, nan, nan)
     else:
-        _, inverse = np.unique(np.arange(e) if clusters is None else np.asarray(clusters), return_inverse=True)
-        c = int(inverse.max()) + 1
-        sums = np.stack([np.bincount(inverse, weights=row, minlength=c) for row in values])  # (V, C)
-        counts = np.bincount(inverse, minlength=c).astype(np.float64)  # (C,)
+        sums, counts = _cluster_sums(values, clusters)  # (V, C), (C,)
+        c = len(counts)
         rng = np.random.default_rng(seed)
         boot = []
         for start in range(0, samples, chunk):
@@ -84,14 +127,58 @@ def bootstrap(values: np.ndarray, clusters: np.ndarray | None = None, *, samples
             draws = rng.integers(0, c, size=(b, c)) + np.arange(b)[:, None] * c  # (b, C): C units drawn per resample
             w = np.bincount(draws.ravel(), minlength=b * c).reshape(b, c).astype(np.float64)  # (b, C) multiplicities
             boot.append((w @ sums.T) / np.maximum(w @ counts, 1.0)[:, None])  # (b, V)
-        boot = np.concatenate(boot)  # (samples, V)
-        mean = values.mean(1)  # (V,)
-        alpha = (1.0 - level) / 2
-        low, high = np.quantile(boot, [alpha, 1.0 - alpha], axis=0)  # (V,), (V,)
-        extreme = (np.abs(boot - boot.mean(0)) >= np.abs(mean) - 1e-12).sum(0)  # (V,)
-        p = np.where(mean != 0, (extreme + 1) / (samples + 1), 1.0)
-        out = Intervals(mean, low, high, p)
+        if seed_means is not None:
+            seed_means = np.asarray(seed_means, dtype=np.float64).reshape(v, -1)
+        boot = np.concatenate(boot) + _seed_draws(seed_means, v, samples, rng)  # (samples, V)
+        out = Intervals(values.mean(1), *_bca(boot, values.mean(1), _acceleration(sums, counts), level))
     return Intervals(*(float(x[0]) for x in out)) if one else out
+
+
+def _bca(boot: np.ndarray, mean: np.ndarray, accel: np.ndarray, level: float
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(low, high, p_value)`` (each (V,)) of BCa intervals from (B, V) bootstrap means; the p-value inverts the
+    interval: the largest level whose interval still holds 0 (a row with no spread: 1 at 0, else 1 / (B + 1))."""
+    n = len(boot)
+    clip = (1.0 / (n + 1), n / (n + 1.0))
+
+    def cdf(x: np.ndarray) -> np.ndarray:  # (V,) the bootstrap distribution at x, ties counted half
+        return np.clip((boot < x).mean(0) + 0.5 * (boot == x).mean(0), *clip)
+
+    z0 = ndtri(cdf(mean))
+    alpha = (1.0 - level) / 2
+    low, high = np.empty(len(mean)), np.empty(len(mean))
+    for side, z in ((low, ndtri(alpha)), (high, ndtri(1.0 - alpha))):
+        q = ndtr(z0 + (z0 + z) / (1.0 - accel * (z0 + z)))  # (V,) the adjusted percentile
+        for i in range(len(mean)):
+            side[i] = np.quantile(boot[:, i], q[i])
+    w = ndtri(cdf(np.zeros(len(mean)))) - z0
+    z = w / (1.0 + accel * w) - z0  # the normal quantile at which 0 is an endpoint
+    p = np.clip(2.0 * np.minimum(ndtr(z), 1.0 - ndtr(z)), 1.0 / (n + 1), 1.0)
+    flat = boot.max(0) == boot.min(0)
+    p = np.where(mean == 0, 1.0, np.where(flat, 1.0 / (n + 1), p))
+    return np.where(flat, mean, low), np.where(flat, mean, high), p
+
+
+def holm(p_values: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (same order; NaN entries ignored)."""
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for i, j in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[j]))
+        out[j] = running
+    return out
+
+
+def _per_seed(scores: np.ndarray, mask: np.ndarray, width: int) -> np.ndarray:
+    """(width,) the mean of (S, E) per-seed scores over ``mask``'s events per seed, NaN-padded to ``width``."""
+    out = np.full(width, np.nan)
+    if mask.any():
+        out[:len(scores)] = scores[:, mask].mean(1)
+    return out
 
 
 def slice_metrics(ranks: dict[str, np.ndarray], metrics: tuple[str, ...], slices: dict[str, np.ndarray],
@@ -100,26 +187,44 @@ def slice_metrics(ranks: dict[str, np.ndarray], metrics: tuple[str, ...], slices
 
     Args:
         ranks: method -> (S, E) 0-based target ranks per seed and event, -1 when not ranked; a
-            method's per-event score is its mean over its S seeds.
+            method's per-event score is its mean over its S seeds, and the spread of its S per-seed
+            means widens its interval.
         metrics: e.g. ("recall@10", "ndcg@10").
         slices: name -> (E,) bool mask of the events in the slice.
         clusters: (E,) the bootstrap unit of each event.
         samples, seed: as in ``bootstrap``.
     """
     names = list(ranks)
-    scores = np.stack([event_scores(ranks[n], m).mean(0) for n in names for m in metrics])  # (methods x metrics, E)
+    rows = [(n, m) for n in names for m in metrics]
+    per_seed = [event_scores(ranks[n], m) for n, m in rows]  # (S, E) each
+    scores = np.stack([x.mean(0) for x in per_seed])  # (methods x metrics, E)
+    width = max(len(x) for x in per_seed)
     out: dict[str, dict] = {n: {} for n in names}
     for slice_name, mask in slices.items():
-        iv = bootstrap(scores[:, mask], clusters[mask], samples=samples, seed=seed)
-        for i, (n, m) in enumerate((n, m) for n in names for m in metrics):
+        seed_means = np.stack([_per_seed(x, mask, width) for x in per_seed])  # (V, S)
+        iv = bootstrap(scores[:, mask], clusters[mask], seed_means=seed_means, samples=samples, seed=seed)
+        for i, (n, m) in enumerate(rows):
             out[n].setdefault(slice_name, {})[m] = {"mean": float(iv.value[i]), "ci_low": float(iv.low[i]),
                                                     "ci_high": float(iv.high[i])}
     return out
 
 
+def _seed_differences(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """(S, E) per-seed differences of (S, E) and (S', E) scores: seed by seed when both have S seeds, else the
+    reference's seeds minus the other's mean (a seed-free method has one run)."""
+    if len(other) == len(reference):
+        return reference - other
+    return reference - other.mean(0, keepdims=True)
+
+
 def paired_differences(reference: np.ndarray, others: dict[str, np.ndarray], metrics: tuple[str, ...],
-                       slices: dict[str, np.ndarray], clusters: np.ndarray, *, samples: int, seed: int) -> dict:
-    """``{method: {slice: {metric: {diff, ci_low, ci_high, p_value, significant}}}}``: reference minus method.
+                       slices: dict[str, np.ndarray], clusters: np.ndarray, *, samples: int, seed: int,
+                       level: float = 0.95) -> dict:
+    """``{method: {slice: {metric: {diff, ci_low, ci_high, p_value, p_holm, significant}}}}``: reference minus method.
+
+    ``p_holm`` is Holm-adjusted over the family that the method's line of the report claims: every slice and
+    metric of it; ``significant`` is ``p_holm < 1 - level``. The interval is the unadjusted one (it excludes 0
+    exactly when the unadjusted ``p_value`` is below ``1 - level``).
 
     Args:
         reference: (S, E) ranks of the reference method (the Semantic-ID model).
@@ -127,15 +232,24 @@ def paired_differences(reference: np.ndarray, others: dict[str, np.ndarray], met
         metrics, slices, clusters, samples, seed: as in ``slice_metrics``.
     """
     names = list(others)
-    diffs = np.stack([event_scores(reference, m).mean(0) - event_scores(others[n], m).mean(0)
-                      for n in names for m in metrics])  # (methods x metrics, E)
+    rows = [(n, m) for n in names for m in metrics]
+    per_seed = [_seed_differences(event_scores(reference, m), event_scores(others[n], m)) for n, m in rows]
+    diffs = np.stack([x.mean(0) for x in per_seed])  # (methods x metrics, E)
+    width = max(len(x) for x in per_seed)
     out: dict[str, dict] = {n: {} for n in names}
     for slice_name, mask in slices.items():
-        iv = bootstrap(diffs[:, mask], clusters[mask], samples=samples, seed=seed)
-        for i, (n, m) in enumerate((n, m) for n in names for m in metrics):
+        seed_means = np.stack([_per_seed(x, mask, width) for x in per_seed])  # (V, S)
+        iv = bootstrap(diffs[:, mask], clusters[mask], seed_means=seed_means, samples=samples, seed=seed,
+                       level=level)
+        for i, (n, m) in enumerate(rows):
             out[n].setdefault(slice_name, {})[m] = {
                 "diff": float(iv.value[i]), "ci_low": float(iv.low[i]), "ci_high": float(iv.high[i]),
-                "p_value": float(iv.p_value[i]), "significant": bool(iv.low[i] > 0 or iv.high[i] < 0)}
+                "p_value": float(iv.p_value[i])}
+    for n in names:  # Holm over the method's line: every slice and metric
+        cells = [out[n][s][m] for s in slices for m in metrics]
+        for cell, adjusted in zip(cells, holm(np.array([c["p_value"] for c in cells]))):
+            cell["p_holm"] = float(adjusted)
+            cell["significant"] = bool(adjusted < 1.0 - level)
     return out
 
 

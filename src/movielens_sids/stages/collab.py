@@ -1,8 +1,9 @@
 """The collab stage: the ratings' training interactions -> ``collab.parquet`` and ``cowatch.parquet``.
 
-With ``collab.method: als`` and a dataset that has ratings, builds the benchmark's split
-(``retrieval.sequences.split_of`` with the run's ``retrieval.*`` settings: the same split
-``movielens-sids retrieval`` scores on) and, from its training interactions only:
+With ``collab.method: als`` and ratings (``retrieval.ratings``, else the dataset's own), builds the
+benchmark's split (``retrieval.sequences.split_of`` with the run's ``retrieval.*`` settings: the same
+split ``movielens-sids retrieval`` scores on, its earliest fold with ``retrieval.folds``) and, from its
+training interactions only:
 
 - ``collab.parquet``: an ALS vector per catalog movie (zeros for a movie nobody rated in training),
   its training interaction count, and in its metadata the split and its ``train_fingerprint``, which
@@ -28,7 +29,7 @@ import pyarrow as pa
 
 from .. import collab
 from ..artifacts import COLLAB, COWATCH, read_catalog
-from ..data.catalog import read_interactions
+from ..data.catalog import benchmark_ratings
 from ..io import write_parquet
 from ..retrieval.sequences import split_of, train_fingerprint
 from ..settings import decisive
@@ -42,7 +43,9 @@ log = logging.getLogger(__name__)
 def collab_stage(run_dir: Path, cfg: Config) -> dict[str, Any]:
     """Write ``collab.parquet`` and ``cowatch.parquet`` for ``run_dir``'s catalog (or remove them: content only)."""
     run_dir = Path(run_dir)
-    ratings = read_interactions(cfg.data) if cfg.collab.method != "none" else None
+    ratings = None
+    if cfg.collab.method != "none":
+        _, ratings = benchmark_ratings(cfg.data, cfg.retrieval.ratings, cfg.retrieval.dataset)
     if ratings is None:
         for name in (COLLAB, COWATCH):
             (run_dir / name).unlink(missing_ok=True)
