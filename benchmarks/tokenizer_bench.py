@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from record import write_record
 
 from movielens_sids import metrics as M
 from movielens_sids.artifacts import read_cowatch, read_embeddings, tokenizer_input
@@ -116,7 +117,7 @@ def run_rqvae(x: np.ndarray, name: str, seed: int, max_epochs: int | None = None
         x, f, positives = run.inputs(cfg)
     elif cfg.model.collab_input > 0:
         sys.exit(f"row {name} reads collaborative vectors: pass --run-dir, a run folder after `collab`")
-    cfg.model = dataclasses.replace(cfg.model, input_dim=x.shape[1], collab_dim=f)
+    cfg.model = cfg.model.for_input(x.shape[1], f)
     with tempfile.TemporaryDirectory() as work:
         t0 = time.perf_counter()
         model, summary = fit_rqvae(x, cfg.model, cfg.train, Path(work), positives=positives)
@@ -228,6 +229,7 @@ def main() -> None:
                    help="another setting for both rqvae-best and rqvae-grouped (repeatable)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N movies (quick runs)")
     p.add_argument("--out", type=Path, help="also write the results as JSON")
+    p.add_argument("--markdown", type=Path, help="also write the table as a docs record (command, machine, date)")
     p.add_argument("--neighbors", type=Path, help="cache of the exact 10-NN (.npy): read if present, else written")
     args = p.parse_args()
     # This file is named like the Hugging Face `tokenizers` package: keep its folder off the import path.
@@ -286,6 +288,7 @@ def main() -> None:
     print(f"\n{len(x)} movies, {x.shape[1]}-d vectors from {source}; one process, torch threads "
           f"{torch.get_num_threads()}\n")
     print(table(results))
+    write_record(args.markdown, table(results), title=f"Tokenizers on {len(x):,} movies ({source})")
     if args.out:
         args.out.write_text(json.dumps({"source": str(source), "n": len(x), "presets": PRESETS, "seeds": seeds,
                                         "extra_settings": extras,

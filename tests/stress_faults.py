@@ -44,7 +44,7 @@ every number of ``report.json`` but its timings, ``train`` on its config, shapes
 training replays its interrupted epoch with other batches: not bit-exact; the report gives the difference).
 
 Usage:
-    python tests/stress_faults.py [--out /tmp/faults] [--limit 600] [--points 5] [--fuzz 1000] [--seed 0]
+    python tests/stress_faults.py [--out FOLDER] [--limit 600] [--points 5] [--fuzz 1000] [--seed 0]
     python tests/stress_faults.py --fuzz-only         # only the fuzz campaign (about a minute)
     python tests/stress_faults.py --full-scale --kill-only --points 3 --no-strace   # 24 faults on 87,585 movies
 
@@ -67,6 +67,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -383,7 +384,7 @@ def one_trial(stage: str, sig: signal.Signals, point: float, start_from: Path, t
 
 FULL_SCALE = 87_585
 """Movies of the full-scale campaign: as many as ml-32m has."""
-FULL_SCALE_SETTINGS = ["model.levels=3", "model.codebook_size=64", "model.latent_dim=16", "model.hidden_dims=[32]",
+FULL_SCALE_SETTINGS = ["model.levels=3", "model.codebook_size=64", "model.hidden_dims=[32]",
                        "model.kmeans_max_points=8192", "model.kmeans_iters=5", "train.batch_size=4096",
                        "assign.device=cpu", "evaluate.charts=false"]
 """Small model settings for the full-scale catalog: the point is the catalog's scale, not the model's."""
@@ -930,7 +931,8 @@ def _write_seed(folder: Path) -> Path:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path("/tmp/movielens-sids-faults"), help="work folder and report")
+    ap.add_argument("--out", type=Path, help="work folder and report (default: a new folder in the system's temp "
+                                             "directory)")
     ap.add_argument("--config", default="demo", help="preset of the run folder (default demo: offline MiniLM)")
     ap.add_argument("--limit", type=int, default=600, help="movies in the run folder")
     ap.add_argument("--full-scale", type=int, nargs="?", const=FULL_SCALE, default=0, metavar="N",
@@ -959,7 +961,7 @@ def main() -> int:
         args.set = [s for s in args.set if s != "train.batch_size=128"]
     args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
-    work = args.out
+    work = args.out = args.out or Path(tempfile.mkdtemp(prefix="movielens-sids-faults-"))
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     if args.summarize:

@@ -430,7 +430,7 @@ def test_cli_assign(tmp_path, capsys):
 
     x, ids = clustered_embeddings(80, dim=8)
     write_run(tmp_path, x, ids)
-    assert main(["assign", "--run-dir", str(tmp_path), "--strategy", "suffix", "--batch-size", "16"]) == 0
+    assert main(["assign", "--run-dir", str(tmp_path), "--dedup", "suffix", "--batch-size", "16"]) == 0
     assert read_sids(tmp_path / "sids.parquet")[1].shape == (80, 3)
     assert main(["assign", "--run-dir", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

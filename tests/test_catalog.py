@@ -247,7 +247,7 @@ def test_enrich_parquet_on_tmdb_id_with_json_list_strings(tmp_path):
     assert df.loc[1, "runtime"] == 81
 
 
-# --- bad input: one line, non-zero exit, run folder untouched (SPEC 5) ------------------------------
+# --- bad input: one line, non-zero exit, run folder untouched ------------------------------
 
 
 def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:

@@ -23,7 +23,7 @@ from movielens_sids.cli import main
 from movielens_sids.io import file_hash
 
 N = 48
-SETTINGS = ["--set", "model.levels=2", "--set", "model.codebook_size=4", "--set", "model.latent_dim=4",
+SETTINGS = ["--set", "model.levels=2", "--set", "model.codebook_size=4",
             "--set", "model.hidden_dims=[16]", "--set", "train.max_epochs=2", "--set", "train.batch_size=16",
             "--set", "train.progress_bar=false", "--set", "train.accelerator=cpu", "--set", "assign.device=cpu",
             "--set", "evaluate.charts=false"]
@@ -94,6 +94,29 @@ def test_verify_names_the_flipped_file_and_run_rebuilds_the_stage_that_wrote_it(
         assert file_hash(run / rel) == good
     assert _record(run, writer)["outputs"] == _record(built["run"], writer)["outputs"] or writer == "train"
     assert main(["verify", "--run-dir", str(run)]) == 0, capsys.readouterr().out
+
+
+def test_verify_tells_a_stale_stage_from_a_damaged_file(built, tmp_path, capsys):
+    """A damaged model, then ``run --until assign``: train re-writes model/ (export's model card goes with it),
+    so export is out of date, not damaged: verify lists it as stale and exits 0; ``run`` brings it back."""
+    run = _copy(built, tmp_path)
+    _flip(run / "model" / "model.safetensors")
+    assert main(["run", "--run-dir", str(run), "--until", "assign", *built["run_args"]]) == 0
+    assert not (run / "model" / "README.md").exists()
+    capsys.readouterr()
+    assert main(["verify", "--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    stale = {ln.split()[0] for ln in out.splitlines() if ln.split()[1:2] == ["(stage)"] and "stale" in ln}
+    assert "export" in stale and "stale (not damaged): " in out.splitlines()[-1], out
+    assert not {"catalog", "embed", "train", "assign"} & stale, out
+    _flip(run / "sids.parquet")  # damage is still damage
+    assert main(["verify", "--run-dir", str(run)]) == 1
+    assert "FAIL" in next(ln for ln in capsys.readouterr().out.splitlines() if "(assign)" in ln)
+    _flip(run / "sids.parquet")
+    assert main(["run", "--run-dir", str(run), "--until", "export", *built["run_args"]]) == 0
+    capsys.readouterr()
+    assert main(["verify", "--run-dir", str(run)]) == 0
+    assert "stale" not in capsys.readouterr().out
 
 
 def test_accept_changed_takes_a_replaced_model_and_records_its_checksum(built, tmp_path, capsys):

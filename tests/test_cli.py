@@ -60,7 +60,7 @@ def test_retrieval_settings_are_a_config_section():
      {"data.dataset": "ml-1m", "data.limit": 3, "embed.model": "m", "embed.device": "cpu",
       "train.tokenizer": "rqkmeans", "train.accelerator": "cpu", "train.devices": "1", "train.strategy": "ddp",
       "export.push_to_hub": True}),
-    (["assign", "--strategy", "suffix", "--device", "cpu", "--batch-size", "64"],
+    (["assign", "--dedup", "suffix", "--device", "cpu", "--batch-size", "64"],
      {"assign.strategy": "suffix", "assign.device": "cpu", "assign.batch_size": 64}),
     (["train", "--strategy", "ddp", "--seed", "3", "--latent-dim", "16", "--no-progress-bar"],
      {"train.strategy": "ddp", "train.seed": 3, "model.latent_dim": 16, "train.progress_bar": False}),
@@ -72,5 +72,20 @@ def test_retrieval_settings_are_a_config_section():
     (["visualize", "--seed", "5", "--sample", "100"], {"visualize.seed": 5, "visualize.sample": 100}),
 ])
 def test_a_flag_sets_its_setting_and_nothing_else(argv, expected):
-    """The same flag name sets a different setting per command (--seed, --strategy, --device), each declared once."""
+    """The same flag name sets a different setting per command (--seed, --device), each declared once."""
     assert overrides_from_args(build_parser().parse_args(argv)) == expected
+
+
+def test_a_flag_name_means_one_kind_of_setting_across_commands():
+    """``--seed`` is each command's own seed; a name never stands for two different settings (``--strategy``
+    is Lightning's, and assign's dedup rule is ``--dedup``)."""
+    from movielens_sids.cli import FLAGS
+
+    kinds: dict[str, set[str]] = {}
+    for (name, key), flag in FLAGS.items():
+        kinds.setdefault(name, set()).add(f"{key.split('.')[1]} {flag.choices}")
+    assert {n: k for n, k in kinds.items() if len(k) > 1} == {}
+    assert [k for n, k in FLAGS if n == "--strategy"] == ["train.strategy"]
+    assert build_parser().parse_args(["assign", "--dedup", "suffix"]) is not None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["assign", "--strategy", "suffix"])

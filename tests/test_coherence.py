@@ -123,7 +123,7 @@ def test_subset_links_renumbers_and_drops_links_that_leave_the_subset():
 def grouped_model(x: np.ndarray, **kw) -> RQVAE:
     torch.manual_seed(0)
     cfg = RQVAEConfig(input_dim=x.shape[1], hidden_dims=[16], levels=2, codebook_size=8, kmeans_iters=5,
-                      encoder="residual", group_weight=4.0, group_prototypes=4, **kw)
+                      encoder="residual", group_weight=4.0, group_prototypes=4, balance=1.0, **kw)
     tok = RQVAE(cfg).eval()
     tok.init_codebooks(torch.from_numpy(x), generator=torch.Generator().manual_seed(0))
     return tok
@@ -228,7 +228,7 @@ def test_grouped_training_with_the_cache_equals_training_without_it(tmp_path, mo
 
     x = chains(n_groups=30)
     cfg = RQVAEConfig(input_dim=x.shape[1], hidden_dims=[16], levels=2, codebook_size=8, kmeans_iters=5,
-                      encoder="residual", group_weight=4.0, group_prototypes=4)
+                      encoder="residual", group_weight=4.0, group_prototypes=4, balance=1.0)
     tcfg = train.TrainConfig(max_epochs=4, batch_size=32, lr=1e-2, progress_bar=False, accelerator="cpu")
     hits = []
     first_level = RQVAEModule.first_level

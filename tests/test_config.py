@@ -64,3 +64,27 @@ def test_invalid_yaml_is_a_one_line_error(tmp_path, capsys):
     code = main(["catalog", "--config", str(f), "--run-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code != 0 and err.count("\n") == 1 and "not valid YAML" in err
+
+
+def test_a_setting_that_another_would_override_is_an_error():
+    """The latent width is the mlp encoder's alone; a grouped level 1 is fully balanced; dead settings are gone."""
+    with pytest.raises(SidsError, match="model.latent_dim"):
+        load_config("demo", {"model.latent_dim": 16})  # residual encoder: H = D
+    assert load_config("demo").model.latent_dim == 384
+    assert load_config("demo", {"model.encoder": "mlp", "model.latent_dim": 16}).model.latent_dim == 16
+    assert load_config("demo", {"model.encoder": "mlp"}).model.latent_dim == 32
+    with pytest.raises(SidsError, match="model.balance"):
+        load_config("demo", {"model.balance": 0.5})  # demo groups level 1
+    with pytest.raises(SidsError, match="model.balance"):
+        load_config("tiger", {"model.group_weight": 1.0})
+    with pytest.raises(SidsError, match="train.num_workers"):
+        load_config("demo", {"train.num_workers": 2})
+
+
+def test_new_embeddings_width_carries_h_equals_d_along():
+    from movielens_sids.model.config import RQVAEConfig
+
+    residual = load_config("ml-32m").model.for_input(768)
+    assert (residual.input_dim, residual.latent_dim) == (768, 768)
+    mlp = RQVAEConfig(encoder="mlp", latent_dim=16).for_input(768, 8)
+    assert (mlp.input_dim, mlp.latent_dim, mlp.collab_dim) == (768, 16, 8)

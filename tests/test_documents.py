@@ -12,7 +12,7 @@ from movielens_sids.documents import DEFAULT_TEMPLATE, Template, build_documents
 
 
 def catalog(**overrides) -> pa.Table:
-    """A one-movie catalog in the SPEC schema; keyword arguments replace or add columns."""
+    """A one-movie catalog in catalog.parquet's schema; keyword arguments replace or add columns."""
     row = {
         "movie_id": 2571, "title": "Matrix, The", "display_title": "The Matrix", "year": 1999,
         "genres": ["Action", "Sci-Fi", "Thriller"], "tags": ["cyberpunk", "philosophy"],

@@ -51,7 +51,7 @@ def tiny_model(tmp_path_factory) -> str:
 
 def write_catalog(run_dir: Path, n: int = 12, *, edits: dict[int, list[str]] | None = None,
                   extra_rows: int = 0, drop: tuple[int, ...] = ()) -> pa.Table:
-    """A catalog in the SPEC schema; movies 5 and 6 share a document (same title, year, genres, no tags)."""
+    """A catalog in catalog.parquet's schema; movies 5 and 6 share a document (same title, year, genres, no tags)."""
     genres = [["Action"], ["Comedy", "Drama"], [], ["Horror"], ["Sci-Fi", "Thriller"]]
     rows = []
     for i in range(1, n + 1 + extra_rows):

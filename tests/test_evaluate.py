@@ -1,4 +1,5 @@
-"""The evaluation report: SPEC-4 keys on a tiny run folder, the SID k-NN against brute force, errors, --compare."""
+"""The evaluation report: the keys of docs/outputs.md on a tiny run folder, the SID k-NN against brute force,
+errors, --compare."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from movielens_sids.stages.evaluate import (
     sid_knn,
 )
 
-SPEC_KEYS = {"n_movies", "levels", "codebook_size", "latent_dim", "embedding_model", "reconstruction", "utilization",
+REPORT_KEYS = {"n_movies", "levels", "codebook_size", "latent_dim", "embedding_model", "reconstruction", "utilization",
              "perplexity", "collisions", "neighbors", "genre_purity_level1", "probes", "timings_s"}
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi"]
 
@@ -150,7 +151,7 @@ def test_report_has_every_spec_key_with_plausible_values(run):
     cfg = _cfg(extra_probes=["Movie 3 (1953)"])
     evaluate_stage(run_dir, cfg, tokenizer=tok)
     r = json.loads((run_dir / "report.json").read_text())
-    assert SPEC_KEYS <= set(r)
+    assert REPORT_KEYS <= set(r)
     assert (r["n_movies"], r["levels"], r["codebook_size"], r["latent_dim"]) == (240, 2, 8, 8)
     assert r["embedding_model"] == "fake-model"
     assert 0 <= r["reconstruction"]["relative_mse"] < 1 and 0 < r["reconstruction"]["mean_cosine"] <= 1

@@ -1,4 +1,4 @@
-"""Faults: kill -9 and Ctrl-C in the middle of a stage, and a full disk (SPEC sections 3 and 5).
+"""Faults: kill -9 and Ctrl-C in the middle of a stage, and a full disk.
 
 Each kill test forks a real process that runs the stage's CLI command on a tiny run folder, sends it
 a real signal at a few points of the stage (chosen from the stage's own duration), and then checks
@@ -26,7 +26,7 @@ from movielens_sids.cli import main
 from movielens_sids.io import TMP_PREFIX
 
 N = 48
-SETTINGS = ["--set", "model.levels=2", "--set", "model.codebook_size=4", "--set", "model.latent_dim=4",
+SETTINGS = ["--set", "model.levels=2", "--set", "model.codebook_size=4",
             "--set", "model.hidden_dims=[16]", "--set", "train.max_epochs=3", "--set", "train.batch_size=16",
             "--set", "train.progress_bar=false", "--set", "train.accelerator=cpu", "--set", "assign.device=cpu"]
 def _args(stage: str, run: Path, tmp: Path) -> list[str]:

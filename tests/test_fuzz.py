@@ -1,4 +1,4 @@
-"""Hostile and broken input (SPEC section 5), property-based: never a traceback.
+"""Hostile and broken input, property-based: never a traceback.
 
 The catalog parser gets random and mutated MovieLens files (CSV and ``.dat``: bad encodings, stray
 quotes, missing or extra columns, huge fields, empty files, BOMs, CRLF, NUL bytes, huge numbers);

@@ -25,6 +25,8 @@ D = 16
 
 def tiny(**kw) -> RQVAEConfig:
     base = dict(input_dim=D, encoder="mlp", hidden_dims=[32], latent_dim=8, levels=3, codebook_size=8, kmeans_iters=10)
+    if kw.get("encoder", "mlp") != "mlp":
+        base["latent_dim"] = None  # H = D
     return RQVAEConfig(**{**base, **kw})
 
 

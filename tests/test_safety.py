@@ -1,4 +1,4 @@
-"""Refusals: hostile archives, pickled weights, remote code, and the Hub token (SPEC section 5).
+"""Refusals: hostile archives, pickled weights, remote code, and the Hub token.
 
 Each test here fails if the protection it covers is removed: the archive checks of
 ``fetch.check_zip_entries`` / ``extract_zip``, ``load_tokenizer``'s safetensors-only loading and the
@@ -197,7 +197,7 @@ def test_training_never_unpickles_a_crafted_resume_checkpoint(tmp_path):
     (work / "checkpoints").mkdir(parents=True)
     marker = tmp_path / "pwned"
     _pickle_bomb(work / "checkpoints" / "last.ckpt", marker)  # what a resumed training reads
-    model_cfg = RQVAEConfig(input_dim=8, hidden_dims=[8], latent_dim=4, levels=2, codebook_size=4)
+    model_cfg = RQVAEConfig(input_dim=8, hidden_dims=[8], levels=2, codebook_size=4)
     train_cfg = train.TrainConfig(max_epochs=1, progress_bar=False, accelerator="cpu")
     try:  # refusing the checkpoint, or training from scratch instead, are both fine
         _, summary = train.fit_rqvae(x, model_cfg, train_cfg, work)

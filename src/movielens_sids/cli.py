@@ -127,8 +127,8 @@ FLAGS = _flags(
     Flag("--precision", "train.precision", "Lightning precision (32-true, bf16-mixed, ...)"),
     Flag("--no-progress-bar", "train.progress_bar", "hide the progress bar", action="store_false"),
     # assign
-    Flag("--strategy", "assign.strategy", "semantic (default): move colliding movies to the nearest free code "
-                                          "path; suffix: TIGER's extra collision token",
+    Flag("--dedup", "assign.strategy", "semantic (default): move colliding movies to the nearest free code "
+                                       "path; suffix: TIGER's extra collision token",
          choices=("semantic", "suffix")),
     Flag("--incremental", "assign.incremental", "keep every SID already in sids.parquet; give only new movies new "
                                                 "SIDs", action="store_true"),
@@ -251,7 +251,7 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     _add(p, "train.tokenizer", "train.max_epochs", "train.batch_size", "train.lr", "train.collab_weight",
          "train.seed", "model.levels",
          "model.codebook_size", "model.latent_dim", "train.accelerator", "train.devices",
-         "--strategy=train.strategy", "train.precision", "train.progress_bar")
+         "train.strategy", "train.precision", "train.progress_bar")
 
 
 def collab_arguments(p: argparse.ArgumentParser) -> None:
@@ -376,7 +376,7 @@ def run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--until", metavar="STAGE", choices=order, help="stop after this stage")
     _add(p, "data.dataset", "data.source", "data.enrich", "data.limit", "embed.model", "embed.device",
          "embed.backend", "embed.quantization", "train.tokenizer", "train.accelerator", "train.devices",
-         "--strategy=train.strategy", "export.push_to_hub")
+         "train.strategy", "export.push_to_hub")
 
 
 def run_command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
@@ -433,7 +433,8 @@ COMMANDS: dict[str, Command] = {
                    "skipping up-to-date ones", run_arguments, run_command),
     "verify": Command("check every artifact against the sha256 its stage recorded, and the SIDs: one per catalog "
                       "movie, distinct, the right length, codes within their codebooks, agreeing with the model; "
-                      "exit 1 on any failure", verify_arguments, verify_command),
+                      "list the stages that are only stale (`run` brings them back); exit 1 on any damage",
+                      verify_arguments, verify_command),
     "retrieval": Command("benchmark the SIDs in a generative recommender against random IDs, SASRec, most-popular "
                          "and a content baseline (temporal or leave-one-out split; all / warm / cold events; paired "
                          "bootstrap intervals)", retrieval_arguments, retrieval_command),

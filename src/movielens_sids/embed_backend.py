@@ -2,13 +2,13 @@
 
 - ``embed.backend=openvino`` exports the transformer of a loaded ``SentenceTransformer`` to ONNX once
   and runs it with OpenVINO on the CPU; ``embed.quantization=bf16`` computes in bfloat16 where the CPU
-  has native bf16 (AVX512-BF16 or AMX; about 2x fp32, vectors at cosine 0.99999 to torch's).
+  has native bf16 (AVX512-BF16 or AMX; speed and agreement: docs/benchmarks.md#embedding-backends).
 - ``embed.backend=onnx`` runs the same export with ONNX Runtime, optionally quantized to int8
   (``embed.quantization=int8``: dynamic quantization, int8 weights and per-batch int8 activations,
   no calibration data).
 - ``embed.backend=torch`` with ``embed.quantization=bf16`` runs the PyTorch model under bf16 autocast.
 - ``auto`` (the default of both settings): on the CPU, OpenVINO when it is installed, in bf16 when the
-  CPU has it natively; elsewhere torch. Chosen by ``benchmarks/embed.py`` (README: "Embedding backends").
+  CPU has it natively; elsewhere torch. Chosen by ``benchmarks/embed.py`` (docs/benchmarks.md#embedding-backends).
 
 Each swaps a module in for the PyTorch transformer; tokenizer, pooling and normalisation stay the
 model's own, so ``encode`` and every caller of it work unchanged.
@@ -193,9 +193,8 @@ INT8_FILE = "model_qint8_ffn_out_fp32.onnx"
 def quantize(source: Path, target: Path) -> None:
     """Dynamic int8 quantization of an exported model: the MatMul weights int8 per output channel, activations
     quantized per batch, except each layer's feed-forward output projection (``.../output/dense/MatMul``
-    outside the attention), kept in fp32. Quantizing every MatMul, on 1,500 ML-32M documents with MiniLM:
-    2.8x the torch encode on an AVX-512 VNNI CPU, but mean cosine to torch 0.9927 (min 0.984); with the
-    feed-forward outputs in fp32: 2.3x, mean cosine 0.9965 (min 0.9915)."""
+    outside the attention), kept in fp32: quantizing every MatMul is faster but agrees less with the fp32
+    vectors (docs/benchmarks.md#embedding-backends)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

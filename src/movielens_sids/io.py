@@ -2,7 +2,7 @@
 
 Every file of a run folder is written under a temporary name in the same folder and renamed
 into place (``os.replace`` is atomic on POSIX), so a crash, Ctrl-C or full disk never leaves a
-half-written artifact that a later stage would read (SPEC section 3).
+half-written artifact that a later stage would read.
 
 May import: errors and the standard library; pyarrow on first use.
 """

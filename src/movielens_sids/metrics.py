@@ -109,7 +109,7 @@ def knn(x: np.ndarray, k: int, *, rows: np.ndarray | None = None, block: int = 4
     and one top-k per block: ``len(rows) x N`` products, so the cost of a sample grows linearly with
     N). Memory stays at a few ``block x block`` matrices (or as many similarities, in a band of rows).
     A point's own entry is masked by index, so exact duplicates still find each other. The products
-    are NumPy's (its BLAS: faster here than torch's), the top-k selection torch's.
+    are NumPy's (its BLAS), the top-k selection torch's.
 
     Args:
         x: (N, D) vectors (normalised here; the input is not modified).
@@ -137,7 +137,7 @@ def knn(x: np.ndarray, k: int, *, rows: np.ndarray | None = None, block: int = 4
                 if a == b:
                     sim.fill_diagonal_(-torch.inf)
                 _keep_top(best, a, sim, b)
-                if b != a:  # top-k along the rows of a transposed copy: 3x faster than along strided columns
+                if b != a:  # top-k along the rows of a transposed copy: faster than along strided columns
                     _keep_top(best, b, sim.T.contiguous(), a)
     return best[1].numpy()
 

@@ -153,6 +153,34 @@ def changed_outputs(run_dir: Path, name: str) -> list[tuple[str, Any, Any]]:
     return changed
 
 
+def _record_time(run_dir: Path, name: str) -> int:
+    """When stage ``name`` last recorded its run (the record file's mtime in ns; 0 when it never ran)."""
+    try:
+        return (Path(run_dir) / RECORDS / f"{name}.json").stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def stale_because(run_dir: Path, name: str) -> str | None:
+    """Why a stage that ran is out of date with the run folder, as ``run`` will find it (``None``: it is not):
+    an input an earlier stage rewrote since, or an output inside another stage's folder that this stage
+    re-ran after (train rewrites model/, so export's model card goes). Settings are not looked at: a run
+    folder does not say which ones the next command will use."""
+    rec = read_record(run_dir, name)
+    if rec is None:
+        return None
+    stage = STAGES[name]
+    moved = [f for f, h in _hashes(Path(run_dir), stage.inputs).items() if (rec.get("inputs") or {}).get(f) != h]
+    if moved:
+        return f"{moved[0]}{f' and {len(moved) - 1} more' if len(moved) > 1 else ''} changed since it ran"
+    mine = _record_time(run_dir, name)
+    for other in ORDER:
+        holds = any(out.startswith(o + "/") for out in stage.outputs for o in STAGES[other].outputs)
+        if other != name and holds and _record_time(run_dir, other) > mine:
+            return f"{other} ran after it and rewrote its folder"
+    return None
+
+
 def accept_changed(run_dir: Path, *, only: tuple[str, ...] | None = None) -> list[str]:
     """Record the current sha256 of every output that no longer matches its stage's record (a model or
     file replaced on purpose; ``only``: just these files): the readers then trust it, and the stages

@@ -95,7 +95,7 @@ class EmbedConfig:
     transformer exported once to ONNX and run on the CPU (see `movielens_sids.embed_backend`)."""
     quantization: str = "auto"
     """auto (bf16 for openvino on a CPU with native bf16, else none), none (fp32), bf16 (openvino, or torch
-    autocast) or int8 (onnx: dynamic int8, a 4x smaller model). Vectors differ slightly from fp32 ones."""
+    autocast) or int8 (onnx: dynamic int8 weights). Vectors differ slightly from fp32 ones."""
     from_file: str | None = None
     """Import ready vectors instead: Parquet with movie_id + a vector column, or .npy + a movie id list."""
     from_column: str | None = None
@@ -148,7 +148,7 @@ class CollabConfig:
     factors: int = 64
     """Dimension of the item vectors."""
     regularization: float = 1.0
-    """ALS L2 regularization (1.0 was best on validation next-movie recall of ml-latest-small, against 0.05)."""
+    """ALS L2 regularization (chosen on validation next-movie recall by ``benchmarks/collab_bench.py``)."""
     iterations: int = 15
     """ALS sweeps."""
     alpha: float = 1.0
@@ -175,7 +175,7 @@ class TrainConfig:
     """Optimisation and the Lightning Trainer."""
 
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {"accelerator", "devices", "strategy", "num_workers", "progress_bar"})
+        {"accelerator", "devices", "strategy", "progress_bar"})
 
     tokenizer: Literal["rqvae", "rqkmeans"] = "rqvae"
     """rqvae (learned encoder + residual quantizer + decoder) or rqkmeans (residual k-means on FAISS)."""
@@ -190,9 +190,9 @@ class TrainConfig:
     """Movies per step; large batches see every code each step and keep steps cheap."""
     lr: float | None = None
     """Peak Adam learning rate (cosine decay to lr_min_ratio * lr over max_epochs). None: 3e-5 for the
-    residual and identity encoders, 2e-3 for mlp. Embedding coordinates are ~0.05 (unit vectors in
-    384-d): Adam steps of 2e-4 moved codes and encoder off their k-means start within an epoch (higher
-    error, fewer unique IDs), while 3e-5 refines them; a fresh mlp encoder needs ~2e-3."""
+    residual and identity encoders, 2e-3 for mlp: unit vectors have small coordinates, and larger steps
+    move codes and encoder off their k-means start (higher error, fewer unique IDs), while a fresh mlp
+    encoder needs the larger rate."""
     lr_min_ratio: float = 0.05
     """Final learning rate as a fraction of lr."""
     weight_decay: float = 0.0
@@ -208,11 +208,9 @@ class TrainConfig:
     devices: str = "auto"
     """Lightning devices: auto, 1, 2, ..."""
     strategy: str = "auto"
-    """Lightning strategy: auto, ddp, ..."""
+    """Lightning strategy: auto, ddp, ... (flag ``--strategy`` of ``train`` and ``run``)."""
     precision: str = "32-true"
     """Lightning precision: 32-true, bf16-mixed, 16-mixed, ..."""
-    num_workers: int = 0
-    """Unused with on-device data; kept for Lightning parity."""
     progress_bar: bool = True
     """Show Lightning's progress bar."""
     collab_weight: float = 0.0
@@ -234,8 +232,6 @@ class TrainConfig:
             raise ValueError(f"train.lr_min_ratio: must be in [0, 1], got {self.lr_min_ratio}")
         if self.weight_decay < 0:
             raise ValueError(f"train.weight_decay: must be >= 0, got {self.weight_decay}")
-        if self.num_workers < 0:
-            raise ValueError(f"train.num_workers: must be >= 0, got {self.num_workers}")
         if self.collab_weight < 0 or not self.collab_temperature > 0:
             raise ValueError("train.collab_weight must be >= 0 and train.collab_temperature > 0")
 
@@ -247,7 +243,8 @@ class AssignConfig:
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"device", "batch_size"})
 
     strategy: Literal["semantic", "suffix"] = "semantic"
-    """semantic: move colliding movies to their nearest free code path; suffix: TIGER's extra token."""
+    """semantic: move colliding movies to their nearest free code path; suffix: TIGER's extra token
+    (flag ``--dedup`` of ``assign``: ``--strategy`` is Lightning's, ``train.strategy``)."""
     beam_width: int = 8
     """Beam width of the semantic strategy's search over earlier levels' alternatives."""
     incremental: bool = False

@@ -2,7 +2,9 @@
 
 Two kinds of checks, each a row of the table ``verify`` prints:
 
-- every artifact against its stage record: the sha256 that ``pipeline.execute`` recorded for each file it
+- which stages are stale: out of date with what an earlier stage wrote since (``pipeline.stale_because``),
+  which ``run`` brings back; a stale stage is not a fault, and its files are not checked against its record;
+- every other artifact against its stage record: the sha256 that ``pipeline.execute`` recorded for each file it
   wrote (a folder: each of its files), so a flipped byte, a truncated file or a replaced model shows;
 - the Semantic-ID invariants of ``sids.parquet``: one SID per catalog movie, all distinct, the model's
   length (L, or L + 1 with a collision token, the same for every movie), every code within its codebook,
@@ -25,7 +27,7 @@ from . import model as tokenizers
 from .artifacts import MODEL, model_fingerprint, model_input, read_catalog, read_embeddings, read_record, read_sids
 from .dedup import make_unique, member, unique_sorted
 from .errors import SidsError
-from .pipeline import ORDER, STAGES, changed_outputs
+from .pipeline import ORDER, STAGES, changed_outputs, stale_because
 from .sid import path_ids
 from .stages.assign import exact_latents, exact_model, model_codes
 
@@ -37,14 +39,42 @@ class Check:
     what: str
     ok: bool
     detail: str
+    stale: bool = False
+    """Out of date, not damaged: ``run`` rebuilds it (``ok`` stays True)."""
+
+
+def _reads_from(name: str, other: str) -> bool:
+    """Stage ``name`` reads a file that stage ``other`` writes."""
+    return any(i == o or i.startswith(o + "/") for i in STAGES[name].inputs for o in STAGES[other].outputs)
+
+
+def stale_stages(run_dir: Path) -> dict[str, str]:
+    """The stages that ran but are out of date with the run folder -> why; a stage that reads what a stale
+    stage will write again is stale too."""
+    stale: dict[str, str] = {}
+    for name in ORDER:
+        if read_record(run_dir, name) is None:
+            continue
+        why = stale_because(run_dir, name)
+        feeds = [s for s in stale if _reads_from(name, s)]
+        if why is None and feeds:
+            why = f"it reads what {feeds[0]} will write again"
+        if why is not None:
+            stale[name] = why
+    return stale
 
 
 def checksum_checks(run_dir: Path) -> list[Check]:
     """One row per artifact a stage recorded: its bytes (sha256) against the record."""
     rows = []
+    stale = stale_stages(run_dir)
     for name in ORDER:
         rec = read_record(run_dir, name)
         if rec is None:
+            continue
+        if name in stale:
+            rows.append(Check(f"{name} (stage)", True, f"stale: {stale[name]}; `movielens-sids run` brings it up "
+                                                       "to date", stale=True))
             continue
         changed = {f: now for f, _, now in changed_outputs(run_dir, name)}
         for out in STAGES[name].outputs:
@@ -191,7 +221,10 @@ def render(rows: list[Check]) -> str:
     """The table ``verify`` prints, and a last line with the count of failures."""
     width = max(len(r.what) for r in rows)
     lines = [f"{'check':<{width}}  result  detail"]
-    lines += [f"{r.what:<{width}}  {'ok' if r.ok else 'FAIL':<6}  {r.detail}" for r in rows]
+    lines += [f"{r.what:<{width}}  {'stale' if r.stale else 'ok' if r.ok else 'FAIL':<6}  {r.detail}" for r in rows]
     failed = sum(not r.ok for r in rows)
+    stale = [r.what.split(" ")[0] for r in rows if r.stale]
     lines.append(f"{failed} of {len(rows)} checks failed" if failed else f"all {len(rows)} checks passed")
+    if stale:
+        lines[-1] += f"; stale (not damaged): {', '.join(stale)}"
     return "\n".join(lines)

@@ -7,6 +7,7 @@ May import: the standard library only (torch-free: ``config`` reads it).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,18 +27,18 @@ class RQVAEConfig:
     collab_shrinkage: float = 0.0
     """With ``collab_input``: a movie with n training interactions keeps n / (n + this) of its own
     collaborative vector, the rest from its content neighbours'. 0: its own vector whenever it has one.
-    On ml-latest-small, 5 raised unique IDs before dedup from 0.47 to 0.82 but not the recommender:
-    Recall@10 0.0567 (0) against 0.0509 (5) at collab_input 2 (README: "Behaviour-aware SIDs")."""
+    Shrinking gives more unique IDs before dedup, not a better recommender (docs/retrieval.md)."""
     collab_dim: int = 0
     """F, the collaborative part of input_dim: set at train time (0: content only)."""
     encoder: Literal["mlp", "residual", "identity"] = "residual"
     """mlp: D -> hidden -> H. residual: x + MLP(x) with H = D, starting as the identity, so the k-means
     init is exactly residual k-means and training refines it. identity: the raw vector (the original
-    project's design). With residual or identity, latent_dim is ignored (H = D)."""
+    project's design). With residual or identity H = D, and ``latent_dim`` must be left unset."""
     hidden_dims: list[int] = field(default_factory=lambda: [128])
     """Widths of the MLP encoder's hidden layers (the decoder mirrors them)."""
-    latent_dim: int = 32
-    """H, the width of the quantized latent (mlp encoder only; residual and identity set it to D)."""
+    latent_dim: int | None = None
+    """H, the width of the quantized latent: the mlp encoder's output (32 when unset). residual and
+    identity keep H = D (``input_dim``), so a different width with them is an error."""
     levels: int = 3
     """L, residual quantization levels."""
     codebook_size: int = 256
@@ -56,8 +57,7 @@ class RQVAEConfig:
     kmeans_clip_quantile: float = 0.2
     """Levels >= 2 fit k-means on residuals whose norm is clipped at this quantile of the norms: a few
     large residuals otherwise drag codes away from the dense core, where crowded cells need splitting
-    (on 87k MiniLM vectors, 0.2 raised level-3 perplexity from 146 to 226 and unique IDs from 0.889 to
-    0.914 while lowering the error). 1.0 turns it off."""
+    (deeper levels use their codes more evenly: docs/how-it-works.md). 1.0 turns it off."""
     kmeans_max_points: int = 65536
     """At most this many movies (a seeded sample) feed the k-means initialisation."""
     balance: float = 0.0
@@ -65,8 +65,8 @@ class RQVAEConfig:
     smallest ||r - c_k||^2 + b_k (a power diagram), with biases b from semi-discrete optimal transport
     (Sinkhorn) to uniform usage, scaled by this factor, fitted with the codebooks at initialisation
     (balanced k-means, and again after each ``refine_rounds`` round) and fixed during training. 0: plain
-    nearest code. On 87k MiniLM vectors 0.5 (with beam_width 8) took first-token lift from 81 to 96 and
-    unique IDs from 0.92 to 0.937."""
+    nearest code. With ``group_weight`` > 0 level 1 is fully balanced, so this must be 1.0
+    (docs/benchmarks.md#tokenizers-on-movielens-32m)."""
     refine_rounds: int = 0
     """After the initialisation, rounds of joint refitting of levels 2..L for the actual encoding
     (``quantize``, beam included): each code becomes the mean of what the other levels leave; with
@@ -81,7 +81,7 @@ class RQVAEConfig:
     split pair of embedding neighbours, in units of the mean squared distance to the nearest code
     (``model/groups.py``: a balanced partition with a Potts neighbour term, then ``group_prototypes``
     prototypes per code; a movie's first code is that of its nearest prototype). Level 1 is then fully
-    balanced whatever ``balance`` says (it still shapes levels 2..L). 0: the plain power diagram."""
+    balanced, so ``balance`` must be 1.0 with it (an error otherwise). 0: the plain power diagram."""
     group_link_weight: float = 0.5
     """With ``group_weight`` > 0 and the co-watch term on: the weight of a movie's link to each of its
     co-watched movies in the level-1 partition's neighbour graph (an embedding neighbour weighs 0.5 each
@@ -93,12 +93,12 @@ class RQVAEConfig:
     """Level 2's balance inside each level-1 code: every first code gets its own level-2 biases (Sinkhorn
     towards uniform level-2 usage among the movies under it, scaled by this factor), added to level 2's
     own, so that the movies under one first token spread over the level-2 codes and fewer share a whole
-    path. Fitted after the initialisation (and its refine rounds), fixed during training. 0: off. (On
-    the 87,585 ML-32M MiniLM vectors, 0.5: unique IDs before dedup +0.016 to +0.026, relative MSE +0.007
-    to +0.011; assign's search of a free path for a collided movie ranks the alternatives without these
-    biases.)"""
+    path. Fitted after the initialisation (and its refine rounds), fixed during training. 0: off.
+    assign's search of a free path for a collided movie ranks the alternatives without these biases.
+    What it buys: docs/benchmarks.md#tokenizers-on-movielens-32m."""
 
     def __post_init__(self) -> None:
+        self._resolve_latent_dim()
         for name in ("input_dim", "latent_dim", "levels", "codebook_size", "kmeans_iters", "kmeans_max_points",
                      "beam_width"):
             if int(getattr(self, name)) < 1:
@@ -117,6 +117,9 @@ class RQVAEConfig:
             raise ValueError(f"model.refine_rounds: must be >= 0, got {self.refine_rounds}")
         if not 0.0 <= self.balance <= 1.0:
             raise ValueError(f"model.balance: must be in [0, 1], got {self.balance}")
+        if self.group_weight > 0 and self.balance != 1.0:
+            raise ValueError(f"model.balance: a grouped level 1 (model.group_weight > 0) is fully balanced, so "
+                             f"model.balance must be 1.0 with it (every level balanced), got {self.balance}")
         for name in ("group_weight", "group_link_weight", "collab_input", "collab_shrinkage", "collab_dim",
                      "prefix_balance"):
             if getattr(self, name) < 0:
@@ -126,8 +129,22 @@ class RQVAEConfig:
         if self.dead_code_window < 0:
             raise ValueError(f"model.dead_code_window: must be >= 0, got {self.dead_code_window}")
         self.hidden_dims = [int(h) for h in self.hidden_dims]
-        if self.encoder != "mlp":  # H = D (see the field): one name for the width, stored as it is used
-            self.latent_dim = self.input_dim
+
+    def for_input(self, input_dim: int, collab_dim: int = 0) -> RQVAEConfig:
+        """These settings for embeddings of width ``input_dim`` (of which ``collab_dim`` collaborative)."""
+        latent = self.latent_dim if self.encoder == "mlp" else None  # H = D follows the new D
+        return dataclasses.replace(self, input_dim=input_dim, collab_dim=collab_dim, latent_dim=latent)
+
+    def _resolve_latent_dim(self) -> None:
+        """H as it is used: the mlp encoder's own width, else D (one name for the width, stored as used)."""
+        if self.encoder == "mlp":
+            self.latent_dim = 32 if self.latent_dim is None else self.latent_dim
+            return
+        if self.latent_dim is not None and self.latent_dim != self.input_dim:
+            raise ValueError(f"model.latent_dim: only the mlp encoder has a latent width of its own; "
+                             f"the {self.encoder} encoder keeps H = D, leave latent_dim unset "
+                             f"(got {self.latent_dim})")
+        self.latent_dim = self.input_dim
 
 
 @dataclass

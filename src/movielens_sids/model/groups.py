@@ -229,8 +229,8 @@ class NearestPrototypeCache:
     scored with ``nearest_code``'s own fp32 formula, ties to the lowest index. Any other row gets a full
     search, which renews its anchor. A margin (``_slack``) covers the fp32 rounding of the scores.
 
-    Measured on the demo's training (8,192 prototypes, 20 epochs, the points re-fitted once): 82 % of rows
-    hit. Points that change (a re-fit) must be followed by ``clear``.
+    Most rows hit in the demo's training (docs/benchmarks.md#the-demo). Points that change (a re-fit) must
+    be followed by ``clear``.
 
     Memory: N x (H + C) x 4-8 bytes (the anchors and candidates), on the latents' device (on the CPU
     for MPS, which has no float64).

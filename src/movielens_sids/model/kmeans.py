@@ -18,7 +18,7 @@ def nearest_code(x: torch.Tensor, codebook: torch.Tensor, bias: torch.Tensor | N
     matrix products, in blocks of rows so that each block's (rows, K) table stays small.
 
     On a CPU that multiplies bf16 natively (AVX512-BF16 or AMX), large codebooks are searched by
-    ``nearest_code_screened``: the same answer, about 1.7x as fast for 8,192 prototypes.
+    ``nearest_code_screened``: the same answer, faster (docs/benchmarks.md#the-demo).
 
     Args:
         x: (B, H) vectors.

@@ -1,7 +1,8 @@
 """The RQ-VAE tokenizer: MLP encoder -> residual vector quantizer (L levels x K codes) -> MLP decoder.
 
 Pure torch: no paths, devices, prints or Hub calls (saving and loading live in ``serialization.py``).
-Reads top to bottom: config, k-means, the quantizer, the encoder/decoder, the RQ-VAE.
+Reads top to bottom: the beam search, the quantizer, the encoder/decoder, the RQ-VAE (the k-means of
+the codebook initialisation lives in ``kmeans.py``, the grouped first level in ``groups.py``).
 
 Shapes: B batch, N movies, D embedding dim, H latent dim, L levels, K codebook size.
 
@@ -17,10 +18,9 @@ encoder output and its code in the gradient, or by the plain straight-through es
 2013; van den Oord et al. 2017), as a setting.
 
 Encoders: ``mlp`` (D -> hidden -> H, the TIGER shape), ``residual`` (x + MLP(x) in D, starting as the
-identity so that training starts exactly where residual k-means ends: measured on 87k MiniLM vectors,
-a 32-d MLP latent cannot reach the reconstruction of 3 x 256 residual k-means on the raw vector,
-since 32 principal components alone leave 54% of the variance), and ``identity`` (the original's
-design: quantize the raw vector).
+identity so that training starts exactly where residual k-means ends: a narrow MLP latent throws
+away variance that no codebook can give back; docs/benchmarks.md#tokenizers-on-movielens-32m), and
+``identity`` (the original's design: quantize the raw vector).
 
 May import: torch, model.config and model.kmeans; model.groups on first use (pure math).
 """
@@ -229,7 +229,7 @@ class ResidualQuantizer(nn.Module):
         k = self.codebooks.shape[1]
         flat = codes + k * torch.arange(codes.shape[1], device=codes.device)  # (B, L) rows of the (L K, H) table
         # embedding, not indexing: the same values, but its gradient adds the rows in order (indexing's index_put
-        # adds them in an order that varies with the threads on CPUs), and about 3x as fast
+        # adds them in an order that varies with the threads on CPUs), and faster
         return F.embedding(flat, self.codebooks.flatten(0, 1)).sum(dim=1)  # (B, L, H) -> (B, H)
 
     def forward(self, z: torch.Tensor, first_level: FirstLevel | None = None) -> QuantizerOutput:

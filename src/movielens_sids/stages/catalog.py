@@ -1,6 +1,6 @@
 """The `catalog` stage: MovieLens files (+ an optional enrichment file) -> ``catalog.parquet``.
 
-One row per movie, sorted by ``movie_id`` (SPEC section 3); see ``movielens_sids.data.catalog`` for
+One row per movie, sorted by ``movie_id`` (docs/outputs.md); see ``movielens_sids.data.catalog`` for
 how each file is read and each column parsed. This module composes those columns into the table.
 
 May import: data (the MovieLens readers), io, errors, settings.
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 def build_catalog(cfg: DataConfig) -> tuple[pa.Table, dict[str, Any]]:
     """Read the MovieLens files ``cfg`` names and return the catalog table and a summary.
 
-    Writes nothing. Raises ``SidsError`` on any bad input (SPEC section 5).
+    Writes nothing. Raises ``SidsError`` on any bad input.
     """
     src = open_source(cfg)
     assert src is not None

@@ -1,4 +1,4 @@
-"""``evaluate``: how well do the Semantic IDs keep the meaning of the embeddings? (SPEC section 4)
+"""``evaluate``: how well do the Semantic IDs keep the meaning of the embeddings? (docs/outputs.md)
 
 Everything is measured on the whole catalog (the neighbour metrics of a very large one: on a recorded
 sample, see below):
@@ -75,7 +75,7 @@ log = logging.getLogger(__name__)
 K_MUTUAL = 5
 """The k of the mutual k-NN pairs of the ``coherence`` key."""
 K_NEIGHBORS = 10
-"""The k of every neighbour metric in the report (the SPEC's keys say ``_at_10``)."""
+"""The k of every neighbour metric in the report (the report's keys say ``_at_10``)."""
 CACHE_DIR = ".cache"
 CHARTS = {
     "code_usage": "report-code-usage.png",
@@ -593,7 +593,7 @@ def _dedup_section(inp: _Inputs, codes: _Codes, emb: _Neighbours, levels: int, o
 
 def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None,
                  probes: tuple[list[int], list[str]] = ([], [])) -> tuple[dict[str, Any], dict]:
-    """Compute the report (SPEC section 4 plus extras) and the arrays its charts plot."""
+    """Compute the report (the keys of docs/outputs.md) and the arrays its charts plot."""
     tcfg = inp.tokenizer.config
     levels, k_codes = int(tcfg.levels), int(tcfg.codebook_size)
     n = len(inp.x)

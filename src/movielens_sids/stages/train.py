@@ -174,10 +174,8 @@ def _loaders(train_idx: np.ndarray, val_idx: np.ndarray, train_cfg: TrainConfig)
     from torch.utils.data import DataLoader
 
     gen = torch.Generator().manual_seed(train_cfg.seed)
-    train_loader = DataLoader(_Indices(train_idx), batch_size=train_cfg.batch_size, shuffle=True, generator=gen,
-                              num_workers=train_cfg.num_workers)
-    val_loader = DataLoader(_Indices(val_idx), batch_size=max(train_cfg.batch_size, 8192), shuffle=False,
-                            num_workers=train_cfg.num_workers)
+    train_loader = DataLoader(_Indices(train_idx), batch_size=train_cfg.batch_size, shuffle=True, generator=gen)
+    val_loader = DataLoader(_Indices(val_idx), batch_size=max(train_cfg.batch_size, 8192), shuffle=False)
     return train_loader, val_loader
 
 
@@ -276,7 +274,7 @@ def _input_and_shape(run_dir: Path, emb, cfg: Config) -> tuple[np.ndarray, Any]:
         log.info("tokenizer input: %d-d embeddings + %d-d collaborative vectors (weight %g, shrinkage %g)",
                  emb.x.shape[1], collab_dim, cfg.model.collab_input, cfg.model.collab_shrinkage)
     # D comes from the data; a local copy keeps the run's recorded settings independent of it.
-    return x, dataclasses.replace(cfg.model, input_dim=int(x.shape[1]), collab_dim=collab_dim)
+    return x, cfg.model.for_input(int(x.shape[1]), collab_dim)
 
 
 def train_stage(run_dir: Path, cfg: Config, *, callbacks: list | None = None) -> dict[str, Any]:

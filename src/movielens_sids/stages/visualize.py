@@ -1,9 +1,9 @@
 """``visualize``: ``visualization.html``, an interactive UMAP map of the catalog coloured by Semantic ID.
 
-One self-contained page (SPEC section 3): plotly.js is inlined and nothing is fetched from the
+One self-contained page: plotly.js is inlined and nothing is fetched from the
 network (no CDN, no MathJax, no web fonts), so it opens from a laptop, an e-mail attachment or a
-Hub repo alike. The points are one WebGL (``scattergl``) trace coloured by first token, so the
-87,585 movies of MovieLens-32M stay responsive; hovering shows title, year, genres and the full
+Hub repo alike. The points are one WebGL (``scattergl``) trace coloured by first token, so a
+catalog the size of MovieLens-32M stays responsive; hovering shows title, year, genres and the full
 SID. A drop-down highlights one first-token cluster and colours it by second token, and a search
 box marks movies by title. Every string that comes from the data is HTML-escaped before plotly
 renders it (plotly's hover labels understand a few HTML tags), so a title like
