@@ -167,6 +167,12 @@ FLAGS = _flags(
          metavar="0,1,2"),
     Flag("--methods", "retrieval.methods", f"comma-separated subset of {','.join(RETRIEVAL_METHODS)} (default: all)",
          type=lambda v: _csv(v, str), metavar="LIST"),
+    Flag("--folds", "retrieval.folds", "temporal: N rolling-origin folds, each its own cut-off and models, pooled "
+                                       "(default 1)", type=int, metavar="N"),
+    Flag("--candidates", "retrieval.candidates", "existing (default: movies that existed at the event) or all",
+         choices=("existing", "all")),
+    Flag("--validation-only", "retrieval.validation_only", "score every validation event and no test event "
+                                                           "(to choose settings)", action="store_true"),
     Flag("--max-users", "retrieval.max_users", "evaluate a seeded sample of N users (for ml-20m and larger)",
          type=int, metavar="N"),
     Flag("--max-epochs", "retrieval.max_epochs", "a safety bound on training epochs per model (validation "
@@ -350,7 +356,8 @@ def lookup_command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
 
 def retrieval_arguments(p: argparse.ArgumentParser) -> None:
     _add(p, "retrieval.dataset", "retrieval.ratings", "retrieval.protocol", "retrieval.seeds", "retrieval.methods",
-         "retrieval.max_users", "retrieval.max_epochs", "retrieval.beam_size", "retrieval.device",
+         "retrieval.folds", "retrieval.candidates", "retrieval.validation_only", "retrieval.max_users",
+         "retrieval.max_epochs", "retrieval.beam_size", "retrieval.device",
          "retrieval.threads")
 
 
