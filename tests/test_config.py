@@ -88,3 +88,14 @@ def test_new_embeddings_width_carries_h_equals_d_along():
     assert (residual.input_dim, residual.latent_dim) == (768, 768)
     mlp = RQVAEConfig(encoder="mlp", latent_dim=16).for_input(768, 8)
     assert (mlp.input_dim, mlp.latent_dim, mlp.collab_dim) == (768, 16, 8)
+
+
+def test_a_run_folder_that_holds_a_retired_setting_still_loads(tmp_path):
+    import yaml
+
+    from movielens_sids.config import load_run_config
+
+    values = load_config("demo").to_dict()
+    values["train"]["num_workers"] = 0  # what an earlier version kept in every run folder
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(values))
+    assert load_run_config(tmp_path).model.latent_dim == 384

@@ -106,9 +106,11 @@ def test_every_drawn_code_has_a_label_on_the_map_and_in_the_hover(mapped):
     assert {int(c) for c in meta["labels"]} == first and all(meta["labels"].values())
     pairs = {f"{a},{b}" for a, b in zip(meta["l1"], meta["l2"])}
     assert set(meta["labels2"]) == pairs
-    centres = fig["data"][3]
+    centres = meta["centres"]  # every name's place, largest cluster first; the page draws those apart
     assert len(centres["x"]) == len(centres["y"]) == len(centres["text"]) == len(first)
-    assert all(t.startswith("a_") for t in centres["text"])
+    assert all(t.startswith(f"a_{c} ") for t, c in zip(centres["text"], centres["code"]))
+    sizes = [meta["l1"].count(c) for c in centres["code"]]
+    assert sizes == sorted(sizes, reverse=True)
     # Every hover names both codes of its movie.
     assert all(h[4] == f"<br><i>a_{a}: {meta['labels'][str(a)]}</i><br><i>b_{b}: {meta['labels2'][f'{a},{b}']}</i>"
                for h, a, b in zip(hover, meta["l1"], meta["l2"]))
@@ -176,6 +178,19 @@ def _coloured_pixels(png: bytes) -> int:
     return int((spread > 60).sum())
 
 
+def _label_overlaps(page) -> list:
+    """Pairs of first-token names whose drawn boxes intersect."""
+    return page.evaluate("""(() => {
+        const boxes = [...document.querySelectorAll('.textpoint text')].map(t => [t.textContent,
+                                                                                t.getBoundingClientRect()]);
+        const out = [];
+        boxes.forEach(([a, p], i) => boxes.slice(i + 1).forEach(([b, q]) => {
+            if (p.left < q.right && q.left < p.right && p.top < q.bottom && q.top < p.bottom) out.push([a, b]);
+        }));
+        return out;
+    })()""")
+
+
 @pytest.fixture
 def map_in_browser(mapped, tmp_path):
     """The map page open in headless Chromium with the network off; yields (page, problems) where problems
@@ -220,7 +235,14 @@ def test_map_draws_in_headless_chromium_offline(map_in_browser, tmp_path):
     assert state["webglNote"] is False and state["pwned"] is False, state
     assert state["title"].startswith("Semantic IDs map: "), state
     l1 = page.evaluate("window.sidMap.data.l1")
-    assert page.evaluate("window.sidMap.plot._fullData[3].text.length") == len(set(l1)) == 6
+    shown = page.evaluate("window.sidMap.plot._fullData[3].text")
+    every = page.evaluate("window.sidMap.plot.layout.meta.centres.text")
+    assert 0 < len(shown) <= len(every) == len(set(l1)) == 6 and set(shown) <= set(every)
+    assert _label_overlaps(page) == [], "first-token names drawn on top of each other"
+    ranges = page.evaluate("['xaxis', 'yaxis'].map(a => window.sidMap.plot.layout[a].range.slice())")
+    page.evaluate("Plotly.relayout(window.sidMap.plot, {'xaxis.range': [-50, 50], 'yaxis.range': [-50, 50]})")
+    assert _label_overlaps(page) == []  # zoomed out: names placed again, fewer, still apart
+    page.evaluate(f"Plotly.relayout(window.sidMap.plot, {{'xaxis.range': {ranges[0]}, 'yaxis.range': {ranges[1]}}})")
     shot = _drawn_screenshot(page)
     (tmp_path / "map.png").write_bytes(shot)
     assert _coloured_pixels(shot) > 300, "no coloured points were drawn (see map.png)"
@@ -250,6 +272,7 @@ def test_map_draws_in_headless_chromium_offline(map_in_browser, tmp_path):
         hi: gd.data[1].x.length, want: window.sidMap.data.l1.filter(c => c === 2).length,
         base: gd.data[0].marker.color, picked: document.getElementById('cluster').value}))""")
     assert sizes["hi"] == sizes["want"] > 0 and sizes["base"] == "#c8c8c8" and sizes["picked"] == "2"
+    assert [t.split()[0] for t in page.evaluate("window.sidMap.plot.data[3].text")] == ["a_2"]  # its name only
     shot2 = _drawn_screenshot(page)
     (tmp_path / "map-cluster.png").write_bytes(shot2)
     assert 0 < _coloured_pixels(shot2) < _coloured_pixels(shot)

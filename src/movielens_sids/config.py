@@ -233,6 +233,8 @@ RUN_SETTINGS = "config.yaml"
 """A run folder's own settings: the defaults of every later command on that folder."""
 ONE_SHOT = ("export.push_to_hub", "export.dry_run")
 """Settings that ask for an action: read from a run folder's settings, they are reset (asked for each time)."""
+RETIRED = ("train.num_workers",)
+"""Settings that no longer exist: an older run folder's settings may hold them, and they are dropped."""
 
 
 def run_folders(root: Path = RUNS_ROOT) -> list[Path]:
@@ -265,13 +267,14 @@ def find_run_dir(root: Path = RUNS_ROOT, default: str = "default") -> Path:
 def load_run_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> Config:
     """A run folder's own settings (``config.yaml``) with ``overrides`` applied; the defaults when it has none.
 
-    The one-shot settings (``ONE_SHOT``: pushing to the Hub) are not taken from the file.
+    The one-shot settings (``ONE_SHOT``: pushing to the Hub) are not taken from the file, nor the settings
+    that no longer exist (``RETIRED``), which a folder made by an earlier version may still hold.
     """
     path = Path(run_dir) / RUN_SETTINGS
     if not path.is_file():
         return load_config(None, overrides)
     values = read_config_file(path)
-    for key in ONE_SHOT:
+    for key in (*ONE_SHOT, *RETIRED):
         section, name = key.split(".")
         if isinstance(values.get(section), dict):
             values[section].pop(name, None)

@@ -64,11 +64,13 @@ def hover_parts(data: dict[str, Any], idx: np.ndarray, labels: dict[str, Any]) -
 def map_figure(data: dict[str, Any], idx: np.ndarray, coords: np.ndarray, *, point_size: float,
                labels: dict[tuple[int, ...], dict[str, Any]] | None = None) -> dict[str, Any]:
     """The plotly figure (as a dict): every movie coloured by first token (trace 0), the highlighted
-    cluster (1), the search hits (2) and each first token's name at the median of its movies (3).
+    cluster (1), the search hits (2) and first tokens' names at the median of their movies (3: the page's
+    script keeps those that do not overlap, larger clusters first).
     ``layout.meta`` holds what the page's script needs: first and second tokens, lower-case titles, the
-    code labels."""
+    code labels and every name's place (``centres``)."""
     tokens = data["tokens"][idx]
     named = map_labels(labels or {}, tokens, coords)
+    centres = _by_size(named["centres"], tokens[:, 0])
     k = int(data["tokens"][:, :2].max()) + 1
     scale = [[i / (k - 1) if k > 1 else 0, c] for i, c in enumerate(palette(k))] + ([[1, palette(1)[0]]] if k == 1
                                                                                    else [])
@@ -83,17 +85,39 @@ def map_figure(data: dict[str, Any], idx: np.ndarray, coords: np.ndarray, *, poi
          "marker": {"color": [], **colour, "size": point_size + 2, "opacity": 1}},
         {**common, "name": "found", "x": [], "y": [], "customdata": [],
          "marker": {"symbol": "star", "size": 16, "color": "#111", "line": {"color": "#fff", "width": 1}}},
-        {"type": "scatter", "mode": "text", "name": "labels", "x": named["centres"]["x"], "y": named["centres"]["y"],
-         "text": named["centres"]["text"], "textfont": {"size": 11, "color": "#111"}, "hoverinfo": "skip",
-         "showlegend": False},
+        {"type": "scatter", "mode": "text", "name": "labels", "x": [], "y": [], "text": [],
+         "textfont": {"size": LABEL_SIZE, "color": "#111"}, "hoverinfo": "skip", "showlegend": False},
     ]
     layout = {"margin": {"l": 8, "r": 8, "t": 8, "b": 8}, "hovermode": "closest", "dragmode": "pan",
-              "xaxis": {"visible": False}, "yaxis": {"visible": False, "scaleanchor": "x"},
+              # fixed ranges (the names shown change, and must not move the axes they are placed on)
+              "xaxis": {"visible": False, "range": _padded(coords[:, 0])},
+              "yaxis": {"visible": False, "scaleanchor": "x", "range": _padded(coords[:, 1])},
               "plot_bgcolor": "#fff", "paper_bgcolor": "#fff",
               "meta": {"l1": l1, "l2": (tokens[:, 1] if tokens.shape[1] > 1 else tokens[:, 0]).tolist(),
                        "search": [str(data["display"][i]).lower() for i in idx.tolist()],
-                       "labels": named["labels"], "labels2": named["labels2"]}}
+                       "labels": named["labels"], "labels2": named["labels2"], "centres": centres,
+                       "label_size": LABEL_SIZE}}
     return {"data": traces, "layout": layout}
+
+
+def _padded(v: np.ndarray) -> list[float]:
+    lo, hi = (float(v.min()), float(v.max())) if len(v) else (0.0, 1.0)
+    pad = 0.04 * (hi - lo or 1.0)
+    return [round(lo - pad, 3), round(hi + pad, 3)]
+
+
+LABEL_SIZE = 11
+"""Font size of the first tokens' names on the map (px)."""
+
+
+def _by_size(centres: dict[str, list], first: np.ndarray) -> dict[str, list]:
+    """The names' places with each one's first code and movie count, the largest cluster first (the page
+    places names in this order and skips one that would overlap a name already placed)."""
+    codes = [int(t.split(" ", 1)[0][2:]) for t in centres["text"]]  # "a_12 Drama" -> 12
+    counts = dict(zip(*np.unique(first, return_counts=True)))
+    order = sorted(range(len(codes)), key=lambda i: (-int(counts.get(codes[i], 0)), codes[i]))
+    return {"x": [centres["x"][i] for i in order], "y": [centres["y"][i] for i in order],
+            "text": [centres["text"][i] for i in order], "code": [codes[i] for i in order]}
 
 
 # Runs once the plot is drawn: the first-token picker and the search box restyle traces 1 and 2.
@@ -103,19 +127,36 @@ var D = {x: base.x, y: base.y, hover: base.customdata, l1: M.l1, l2: M.l2, searc
          labels2: M.labels2};
 var n = D.x.length, select = document.getElementById("cluster"), status = document.getElementById("status");
 function pick(idx, arr) { return idx.map(function (i) { return arr[i]; }); }
+// The first tokens' names: placed at their clusters' centres, the largest cluster first, each one kept only if
+// its box overlaps no name already placed (at the current zoom: placed again after every zoom or pan);
+// with a cluster highlighted, only its name.
+var C = M.centres, shown = -1, ruler = document.createElement("canvas").getContext("2d");
+function placeLabels() {
+  var fl = gd._fullLayout, xa = fl.xaxis, ya = fl.yaxis, boxes = [], x = [], y = [], t = [];
+  ruler.font = M.label_size + "px " + fl.font.family;
+  for (var i = 0; i < C.x.length; i++) {
+    if (shown >= 0 && C.code[i] !== shown) continue;
+    var px = xa.l2p(C.x[i]), py = ya.l2p(C.y[i]), w = ruler.measureText(C.text[i]).width / 2 + 4, h = M.label_size;
+    var b = [px - w, py - h / 2 - 2, px + w, py + h / 2 + 2];
+    if (boxes.some(function (o) { return b[0] < o[2] && o[0] < b[2] && b[1] < o[3] && o[1] < b[3]; })) continue;
+    boxes.push(b); x.push(C.x[i]); y.push(C.y[i]); t.push(C.text[i]);
+  }
+  return Plotly.restyle(gd, { x: [x], y: [y], text: [t] }, [3]);
+}
 function selectCluster(c) {
   select.value = String(c);
+  shown = c;
   if (c < 0) {
     status.textContent = "";
     return Plotly.update(gd, { "marker.color": [D.l1, []], "marker.opacity": [0.85, 1], x: [D.x, []],
-                               y: [D.y, []], customdata: [D.hover, []] }, {}, [0, 1]);
+                               y: [D.y, []], customdata: [D.hover, []] }, {}, [0, 1]).then(placeLabels);
   }
   var idx = [];
   for (var i = 0; i < n; i++) if (D.l1[i] === c) idx.push(i);
   status.textContent = "a_" + c + ": " + idx.length + " movies, coloured by second token";
   return Plotly.update(gd, { "marker.color": ["#c8c8c8", pick(idx, D.l2)], "marker.opacity": [0.25, 1],
                              x: [D.x, pick(idx, D.x)], y: [D.y, pick(idx, D.y)],
-                             customdata: [D.hover, pick(idx, D.hover)] }, {}, [0, 1]);
+                             customdata: [D.hover, pick(idx, D.hover)] }, {}, [0, 1]).then(placeLabels);
 }
 function find(q) {
   q = q.trim().toLowerCase();
@@ -126,8 +167,11 @@ function find(q) {
 }
 select.addEventListener("change", function () { selectCluster(Number(select.value)); });
 document.getElementById("find").addEventListener("change", function (e) { find(e.target.value); });
-document.body.setAttribute("data-ready", String(n));
-window.sidMap = { ready: Promise.resolve(gd), selectCluster: selectCluster, find: find, data: D, plot: gd };
+gd.on("plotly_relayout", placeLabels);
+window.addEventListener("resize", function () { setTimeout(placeLabels, 100); });
+var ready = placeLabels().then(function () { document.body.setAttribute("data-ready", String(n)); return gd; });
+window.sidMap = { ready: ready, selectCluster: selectCluster, find: find, data: D, plot: gd,
+                  placeLabels: placeLabels };
 """
 
 _STYLE = """
