@@ -157,6 +157,24 @@ class _PathSpace:
             yield from ids[np.lexsort((ids, dist))].tolist()
             inner = (lo, lo + span)
 
+    def first_free(self, z: np.ndarray, codes: np.ndarray, taken: np.ndarray) -> int:
+        """The first path of ``order(z, codes)`` that ``taken`` ((P,) bool) does not hold, or -1: the same rule,
+        without ordering every path. Within one shared-prefix length the free paths' distances are computed
+        exactly as ``order`` computes them, and the nearest (the lowest id among equals) is taken."""
+        levels, k, _ = self.codebooks.shape
+        dots = self.codebooks @ np.asarray(z, dtype=np.float64)  # (L, K)
+        inner = (-1, -1)
+        for shared in range(levels, -1, -1):
+            span = k ** (levels - shared)
+            lo = int(path_ids(codes[None, :shared], k)[0]) * span if shared else 0
+            ids = self.paths[lo:lo + span]
+            ids = ids[((ids < inner[0]) | (ids >= inner[1])) & ~taken[lo:lo + span]]  # ascending
+            if len(ids):
+                dist = self.sq[ids] - 2.0 * dots[np.arange(levels)[None, :], self.codes[ids]].sum(1)
+                return int(ids[np.argmin(dist)])  # argmin: the first of equal distances, the lowest id
+            inner = (lo, lo + span)
+        return -1
+
 
 @dataclass
 class Assignment:
@@ -351,16 +369,18 @@ class _MoverSearch:
         # Small space: a mover with no free path yet scans the whole space. A mover's path depends only on
         # the movers before it, so from the first such mover on they are redone one by one.
         first = int(np.flatnonzero(got[left] < 0)[0])
-        used = set(used_arr.tolist()) | set(got[left[:first]][got[left[:first]] >= 0].tolist())
+        taken = np.zeros(k ** levels, dtype=bool)  # (P,) the paths held so far
+        taken[used_arr] = True
+        earlier = got[left[:first]]
+        taken[earlier[earlier >= 0]] = True
         space = _PathSpace(self.codebooks, self.bias)
         for i in range(first, len(left)):
             j = left[i]
-            options = deeper[i].tolist() if deeper is not None else []
-            got[j] = next((p for p in options if p not in used), -1)
-            if got[j] < 0:
-                got[j] = next((p for p in space.order(self.z_need[zrow[j]], codes[movers[j]]) if p not in used), -1)
+            options = deeper[i] if deeper is not None else np.zeros(0, dtype=np.int64)
+            free = options[~taken[options]]
+            got[j] = free[0] if len(free) else space.first_free(self.z_need[zrow[j]], codes[movers[j]], taken)
             if got[j] >= 0:
-                used.add(int(got[j]))
+                taken[got[j]] = True
         return got
 
 
