@@ -895,7 +895,7 @@ def fuzz_campaign(n: int, seed: int, work: Path) -> dict[str, Any]:
                 if argv[0] == "catalog":
                     bad = check_catalog(artifact)
                 else:
-                    from movielens_sids.stages.embed import read_vectors
+                    from movielens_sids.imported_vectors import read_vectors
 
                     ids, vec = read_vectors(artifact)
                     bad = [] if (np.array_equal(np.sort(ids), np.sort(cat_ids)) and np.isfinite(vec).all()) \

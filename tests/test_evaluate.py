@@ -19,15 +19,10 @@ from movielens_sids import metrics
 from movielens_sids.config import Config
 from movielens_sids.errors import SidsError
 from movielens_sids.io import write_parquet
+from movielens_sids.metrics import genre_purity, neighbor_overlap, shared_prefix_lengths, sid_knn
 from movielens_sids.reports.markdown import compare_runs
 from movielens_sids.settings import DEFAULT_PROBES, EvaluateConfig
-from movielens_sids.stages.evaluate import (
-    evaluate_stage,
-    genre_purity,
-    neighbor_overlap,
-    shared_prefix_lengths,
-    sid_knn,
-)
+from movielens_sids.stages.evaluate import evaluate_stage
 
 REPORT_KEYS = {"n_movies", "levels", "codebook_size", "latent_dim", "embedding_model", "reconstruction", "utilization",
              "perplexity", "collisions", "neighbors", "genre_purity_level1", "probes", "timings_s"}

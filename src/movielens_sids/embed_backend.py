@@ -297,8 +297,14 @@ class _Bf16Autocast:
 
 
 def _swap(model, module) -> None:
+    """Put ``module`` in place of the transformer that the model's first module wraps.
+
+    sentence-transformers has no public setter for it: it is that module's child named ``model`` (v6 on,
+    where ``auto_model`` is a read-only alias) or ``auto_model`` (before), so the child is found and
+    replaced through torch's public ``nn.Module`` API.
+    """
     first = model[0]
-    setattr(first, "model" if "model" in first._modules else "auto_model", module)
+    setattr(first, "model" if "model" in dict(first.named_children()) else "auto_model", module)
 
 
 def use_backend(model, source: str, backend: str, quantization: str, *, fallback: bool = False) -> tuple[str, str]:

@@ -1,4 +1,6 @@
-"""Quality metrics of a tokenizer, as plain functions over arrays (used by `train` and `evaluate`).
+"""Quality metrics of a tokenizer and of its SIDs, as plain functions over arrays (used by `train`, `evaluate`
+and the benchmarks): reconstruction, code usage, collisions, exact k-NN, neighbours by SID (`sid_knn`),
+prefix coherence, co-watch agreement, genre purity.
 
 Shapes: N movies, D embedding dim, L levels, K codebook size.
 All functions take NumPy arrays (or anything ``np.asarray`` accepts) and return Python floats/lists.
@@ -299,3 +301,156 @@ def co_watch(codes: np.ndarray, a: np.ndarray, b: np.ndarray, *, random_pairs: i
     for key in ("first_token", "first_two_tokens"):
         out[f"{key}_lift"] = out[key] / out[f"random_{key}"] if out[f"random_{key}"] else float("nan")
     return out
+
+
+# ---------------------------------------------------------------------------------- neighbours by SID
+
+
+def shared_prefix_lengths(tokens: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """How many leading tokens ``tokens[a]`` and ``tokens[b]`` share (elementwise; -1 padding never matches).
+
+    Args:
+        tokens: (N, T) int64 tokens, -1 past a movie's length.
+        a, b: index arrays of the same shape S.
+
+    Returns:
+        int64 array of shape S.
+    """
+    ta, tb = tokens[a], tokens[b]  # (*S, T)
+    eq = (ta == tb) & (ta >= 0)
+    return np.cumprod(eq, axis=-1).sum(axis=-1)
+
+
+def sid_knn(tokens: np.ndarray, vectors: np.ndarray, k: int, rows: np.ndarray | None = None, *,
+            max_block: int = 1 << 22) -> np.ndarray:
+    """The k nearest movies by SID of the movies ``rows`` (default: all): longest shared prefix first, then
+    decoded-vector cosine.
+
+    Sorting the SIDs makes each prefix group a contiguous block. Let d be the deepest prefix length
+    whose group around a movie has more than k members. Every movie outside that group shares a
+    shorter prefix, so the k nearest lie inside it; the movies of the next-deeper group (at most
+    k - 1 of them) are all among the k nearest; the rest of the group share exactly d tokens and are
+    ranked by cosine. So each movie is scored against one block (a few hundred movies for a healthy
+    codebook) with one matrix product, instead of against the whole catalog; only the blocks of the
+    movies asked for are read, and no sorted copy of the N vectors is made.
+
+    Args:
+        tokens: (N, T) int64 SID tokens, -1 past a movie's length.
+        vectors: (N, D) decoded vectors, L2-normalised.
+        k: neighbours per movie (< N).
+        rows: (Q,) the movies whose neighbours are wanted; None: every movie.
+        max_block: largest (queries x members) score matrix built at once.
+
+    Returns:
+        (Q, k) int64 movie indices, nearest first (ties: the smaller index first), row i for ``rows[i]``.
+    """
+    n, t = tokens.shape
+    if not 0 < k < n:
+        raise ValueError(f"k must be in 1..{n - 1}, got {k}")
+    order = np.lexsort(tokens.T[::-1])  # (N,) sorted by first token, then second, ...
+    pos = np.empty(n, dtype=np.int64)
+    pos[order] = np.arange(n)  # sorted position of each movie
+    qpos = np.arange(n) if rows is None else pos[np.asarray(rows, dtype=np.int64)]  # (Q,)
+    gid, bounds = _prefix_groups(tokens[order])
+    sizes = np.stack([e[qpos] - s[qpos] for s, e in bounds])  # (T+1, Q)
+    depth = (sizes > k).sum(axis=0) - 1  # deepest d whose group has more than k members (sizes shrink with d)
+    out = np.empty((n, k), dtype=np.int64) if rows is None else {}
+    for d in range(t + 1):
+        at = np.sort(qpos[depth == d])  # sorted positions of the queries at this depth
+        if not len(at):
+            continue
+        lo_all, hi_all = bounds[d][0][at], bounds[d][1][at]
+        cut = np.flatnonzero(np.r_[True, lo_all[1:] != lo_all[:-1]])  # queries sharing a group are contiguous
+        for a, b in zip(cut, np.r_[cut[1:], len(at)]):
+            lo, hi = lo_all[a], hi_all[a]
+            members = np.ascontiguousarray(vectors[order[lo:hi]], dtype=np.float32)  # (M, D), sorted order
+            step = max(1, max_block // (hi - lo))
+            for s in range(a, b, step):
+                q = at[s:min(s + step, b)]
+                near = _nearest_in_group(members, q, lo, hi, k, inner=bounds[d + 1] if d < t else None,
+                                         deeper=gid[d + 1:], order=order)
+                if rows is None:
+                    out[q] = near
+                else:
+                    out.update(zip(q.tolist(), near))
+    if rows is None:  # back from sorted positions to movie indices
+        result = np.empty_like(out)
+        result[order] = order[out]
+        return result
+    return order[np.stack([out[p] for p in qpos.tolist()])] if len(qpos) else np.zeros((0, k), dtype=np.int64)
+
+
+def _prefix_groups(st: np.ndarray) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """The prefix groups of sorted SID tokens st (N, T).
+
+    Returns:
+        gid (T + 1, N): row d is the id of each row's group of movies sharing its first d tokens; and per
+        depth d, (start, end) in sorted order of each row's group.
+    """
+    n, t = st.shape
+    differs = np.ones((n, t), dtype=bool)
+    differs[1:] = st[1:] != st[:-1]
+    new_group = np.logical_or.accumulate(differs, axis=1)  # (N, T): differs within the first d+1 tokens
+    gid = np.zeros((t + 1, n), dtype=np.int64)
+    gid[1:] = np.cumsum(new_group.T, axis=1) - 1
+    bounds = []
+    for g in gid:
+        starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+        ends = np.r_[starts[1:], n]
+        bounds.append((starts[g], ends[g]))
+    return gid, bounds
+
+
+def _nearest_in_group(members: np.ndarray, q: np.ndarray, lo: int, hi: int, k: int, *,
+                      inner: tuple[np.ndarray, np.ndarray] | None, deeper: np.ndarray,
+                      order: np.ndarray) -> np.ndarray:
+    """The k nearest (sorted positions, (Q, k)) of the sorted rows q among the group [lo, hi) they share.
+
+    ``members``: (hi - lo, D) the group's vectors, in sorted order; ``inner``: (start, end) of each row's
+    next-deeper group, whose members outrank everyone else (None at the full depth); ``deeper``: the group
+    ids of the deeper prefix lengths, to rank by shared prefix.
+    """
+    qv = members[q - lo]  # (Q, D)
+    score = qv @ members.T  # (Q, M) cosine
+    if inner is not None:
+        cols = np.arange(hi - lo)
+        score[(cols >= (inner[0][q] - lo)[:, None]) & (cols < (inner[1][q] - lo)[:, None])] = np.inf
+    score[np.arange(len(q)), q - lo] = -np.inf  # not its own neighbour
+    top = np.argpartition(-score, k - 1, axis=1)[:, :k] + lo  # (Q, k) unordered, sorted positions
+    # Exact order of the k: shared prefix (deeper levels agree), then cosine, then index.
+    shared = np.zeros(top.shape, dtype=np.int64)
+    for g in deeper:
+        shared += g[top] == g[q][:, None]
+    sim = np.einsum("qd,qkd->qk", qv, members[top - lo])
+    return np.take_along_axis(top, np.lexsort((order[top], -sim, -shared), axis=-1), axis=1)
+
+
+def neighbor_overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over movies of |a_i ∩ b_i| / k for two (N, k) neighbour index arrays."""
+    return float((a[:, :, None] == b[:, None, :]).any(axis=2).sum(axis=1).mean() / a.shape[1])
+
+
+def genre_purity(level1: np.ndarray, genres: list[list[str]]) -> tuple[float, float, dict[str, int]]:
+    """Share of movies whose level-1 code's majority genre is one of their genres.
+
+    Movies without genres count as misses (they can match no majority genre). The baseline is the
+    same share when every code's majority genre is the catalog's most common genre.
+
+    Returns:
+        purity, baseline, and the number of level-1 codes whose majority genre is each genre.
+    """
+    names = sorted({g for gs in genres for g in gs})
+    if not names:
+        return 0.0, 0.0, {}
+    col = {g: i for i, g in enumerate(names)}
+    has = np.zeros((len(genres), len(names)), dtype=np.float64)  # (N, G)
+    for i, gs in enumerate(genres):
+        has[i, [col[g] for g in gs]] = 1.0
+    codes, inverse = np.unique(level1, return_inverse=True)
+    counts = np.zeros((len(codes), len(names)))  # (codes, G)
+    np.add.at(counts, inverse, has)
+    majority = counts.argmax(axis=1)  # ties: first genre alphabetically
+    purity = float(has[np.arange(len(genres)), majority[inverse]].mean())
+    baseline = float(has[:, has.sum(axis=0).argmax()].mean())
+    per_genre = np.bincount(majority, minlength=len(names))
+    return purity, baseline, {names[i]: int(c) for i, c in enumerate(per_genre) if c}

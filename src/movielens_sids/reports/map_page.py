@@ -86,7 +86,8 @@ def map_figure(data: dict[str, Any], idx: np.ndarray, coords: np.ndarray, *, poi
         {**common, "name": "found", "x": [], "y": [], "customdata": [],
          "marker": {"symbol": "star", "size": 16, "color": "#111", "line": {"color": "#fff", "width": 1}}},
         {"type": "scatter", "mode": "text", "name": "labels", "x": [], "y": [], "text": [],
-         "textfont": {"size": LABEL_SIZE, "color": "#111"}, "hoverinfo": "skip", "showlegend": False},
+         "textfont": {"size": LABEL_SIZE, "family": LABEL_FONT, "color": "#111"}, "hoverinfo": "skip",
+         "showlegend": False},
     ]
     layout = {"margin": {"l": 8, "r": 8, "t": 8, "b": 8}, "hovermode": "closest", "dragmode": "pan",
               # fixed ranges (the names shown change, and must not move the axes they are placed on)
@@ -96,7 +97,7 @@ def map_figure(data: dict[str, Any], idx: np.ndarray, coords: np.ndarray, *, poi
               "meta": {"l1": l1, "l2": (tokens[:, 1] if tokens.shape[1] > 1 else tokens[:, 0]).tolist(),
                        "search": [str(data["display"][i]).lower() for i in idx.tolist()],
                        "labels": named["labels"], "labels2": named["labels2"], "centres": centres,
-                       "label_size": LABEL_SIZE}}
+                       "label_size": LABEL_SIZE, "label_font": LABEL_FONT}}
     return {"data": traces, "layout": layout}
 
 
@@ -108,6 +109,8 @@ def _padded(v: np.ndarray) -> list[float]:
 
 LABEL_SIZE = 11
 """Font size of the first tokens' names on the map (px)."""
+LABEL_FONT = "Arial, Helvetica, sans-serif"
+"""Their font: the page measures the names in it to keep them apart."""
 
 
 def _by_size(centres: dict[str, list], first: np.ndarray) -> dict[str, list]:
@@ -130,13 +133,16 @@ function pick(idx, arr) { return idx.map(function (i) { return arr[i]; }); }
 // The first tokens' names: placed at their clusters' centres, the largest cluster first, each one kept only if
 // its box overlaps no name already placed (at the current zoom: placed again after every zoom or pan);
 // with a cluster highlighted, only its name.
+// Pixels from the public layout: the ranges plotly settled on and the plot area (the div less its margins).
 var C = M.centres, shown = -1, ruler = document.createElement("canvas").getContext("2d");
 function placeLabels() {
-  var fl = gd._fullLayout, xa = fl.xaxis, ya = fl.yaxis, boxes = [], x = [], y = [], t = [];
-  ruler.font = M.label_size + "px " + fl.font.family;
+  var L = gd.layout, m = L.margin, xr = L.xaxis.range, yr = L.yaxis.range, boxes = [], x = [], y = [], t = [];
+  var W = gd.clientWidth - m.l - m.r, H = gd.clientHeight - m.t - m.b;
+  ruler.font = M.label_size + "px " + M.label_font;
   for (var i = 0; i < C.x.length; i++) {
     if (shown >= 0 && C.code[i] !== shown) continue;
-    var px = xa.l2p(C.x[i]), py = ya.l2p(C.y[i]), w = ruler.measureText(C.text[i]).width / 2 + 4, h = M.label_size;
+    var px = (C.x[i] - xr[0]) / (xr[1] - xr[0]) * W, py = (yr[1] - C.y[i]) / (yr[1] - yr[0]) * H;
+    var w = ruler.measureText(C.text[i]).width / 2 + 4, h = M.label_size;
     var b = [px - w, py - h / 2 - 2, px + w, py + h / 2 + 2];
     if (boxes.some(function (o) { return b[0] < o[2] && o[0] < b[2] && b[1] < o[3] && o[1] < b[3]; })) continue;
     boxes.push(b); x.push(C.x[i]); y.push(C.y[i]); t.push(C.text[i]);

@@ -13,10 +13,9 @@ sample, see below):
   reconstruction error and neighbour overlap of the raw codes against the final SIDs).
 
 Neighbours by SID rank movies by the length of the SID prefix they share with the query, then by
-cosine similarity of their decoded vectors (the decoder's output for each movie's first L tokens).
-They are computed group by group over the SIDs sorted lexicographically: a movie's 10 nearest all
-lie in the deepest prefix group that holds at least 11 movies, so each movie is compared only with
-that group (a few hundred movies at most for a healthy codebook) instead of the whole catalog.
+cosine similarity of their decoded vectors (the decoder's output for each movie's first L tokens);
+``metrics.sid_knn`` finds them group by group over the sorted SIDs. The metrics themselves are pure
+functions of ``metrics``; this module reads the run folder, caches, and assembles the report.
 
 The exact embedding k-NN (`metrics.knn`: by blocks; its time is the report's ``compute_s.embedding_knn``)
 is cached in ``.cache/knn-<embeddings hash>-k10[-rows<hash>].npy``, so re-evaluating after a retrain
@@ -234,156 +233,6 @@ def _normalize(v: np.ndarray, *, inplace: bool = False) -> np.ndarray:
     return (v / norm).astype(np.float32, copy=False)
 
 
-def shared_prefix_lengths(tokens: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """How many leading tokens ``tokens[a]`` and ``tokens[b]`` share (elementwise; -1 padding never matches).
-
-    Args:
-        tokens: (N, T) int64 tokens, -1 past a movie's length.
-        a, b: index arrays of the same shape S.
-
-    Returns:
-        int64 array of shape S.
-    """
-    ta, tb = tokens[a], tokens[b]  # (*S, T)
-    eq = (ta == tb) & (ta >= 0)
-    return np.cumprod(eq, axis=-1).sum(axis=-1)
-
-
-def sid_knn(tokens: np.ndarray, vectors: np.ndarray, k: int, rows: np.ndarray | None = None, *,
-            max_block: int = 1 << 22) -> np.ndarray:
-    """The k nearest movies by SID of the movies ``rows`` (default: all): longest shared prefix first, then
-    decoded-vector cosine.
-
-    Sorting the SIDs makes each prefix group a contiguous block. Let d be the deepest prefix length
-    whose group around a movie has more than k members. Every movie outside that group shares a
-    shorter prefix, so the k nearest lie inside it; the movies of the next-deeper group (at most
-    k - 1 of them) are all among the k nearest; the rest of the group share exactly d tokens and are
-    ranked by cosine. So each movie is scored against one block (a few hundred movies for a healthy
-    codebook) with one matrix product, instead of against the whole catalog; only the blocks of the
-    movies asked for are read, and no sorted copy of the N vectors is made.
-
-    Args:
-        tokens: (N, T) int64 SID tokens, -1 past a movie's length.
-        vectors: (N, D) decoded vectors, L2-normalised.
-        k: neighbours per movie (< N).
-        rows: (Q,) the movies whose neighbours are wanted; None: every movie.
-        max_block: largest (queries x members) score matrix built at once.
-
-    Returns:
-        (Q, k) int64 movie indices, nearest first (ties: the smaller index first), row i for ``rows[i]``.
-    """
-    n, t = tokens.shape
-    if not 0 < k < n:
-        raise ValueError(f"k must be in 1..{n - 1}, got {k}")
-    order = np.lexsort(tokens.T[::-1])  # (N,) sorted by first token, then second, ...
-    pos = np.empty(n, dtype=np.int64)
-    pos[order] = np.arange(n)  # sorted position of each movie
-    qpos = np.arange(n) if rows is None else pos[np.asarray(rows, dtype=np.int64)]  # (Q,)
-    gid, bounds = _prefix_groups(tokens[order])
-    sizes = np.stack([e[qpos] - s[qpos] for s, e in bounds])  # (T+1, Q)
-    depth = (sizes > k).sum(axis=0) - 1  # deepest d whose group has more than k members (sizes shrink with d)
-    out = np.empty((n, k), dtype=np.int64) if rows is None else {}
-    for d in range(t + 1):
-        at = np.sort(qpos[depth == d])  # sorted positions of the queries at this depth
-        if not len(at):
-            continue
-        lo_all, hi_all = bounds[d][0][at], bounds[d][1][at]
-        cut = np.flatnonzero(np.r_[True, lo_all[1:] != lo_all[:-1]])  # queries sharing a group are contiguous
-        for a, b in zip(cut, np.r_[cut[1:], len(at)]):
-            lo, hi = lo_all[a], hi_all[a]
-            members = np.ascontiguousarray(vectors[order[lo:hi]], dtype=np.float32)  # (M, D), sorted order
-            step = max(1, max_block // (hi - lo))
-            for s in range(a, b, step):
-                q = at[s:min(s + step, b)]
-                near = _nearest_in_group(members, q, lo, hi, k, inner=bounds[d + 1] if d < t else None,
-                                         deeper=gid[d + 1:], order=order)
-                if rows is None:
-                    out[q] = near
-                else:
-                    out.update(zip(q.tolist(), near))
-    if rows is None:  # back from sorted positions to movie indices
-        result = np.empty_like(out)
-        result[order] = order[out]
-        return result
-    return order[np.stack([out[p] for p in qpos.tolist()])] if len(qpos) else np.zeros((0, k), dtype=np.int64)
-
-
-def _prefix_groups(st: np.ndarray) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
-    """The prefix groups of sorted SID tokens st (N, T).
-
-    Returns:
-        gid (T + 1, N): row d is the id of each row's group of movies sharing its first d tokens; and per
-        depth d, (start, end) in sorted order of each row's group.
-    """
-    n, t = st.shape
-    differs = np.ones((n, t), dtype=bool)
-    differs[1:] = st[1:] != st[:-1]
-    new_group = np.logical_or.accumulate(differs, axis=1)  # (N, T): differs within the first d+1 tokens
-    gid = np.zeros((t + 1, n), dtype=np.int64)
-    gid[1:] = np.cumsum(new_group.T, axis=1) - 1
-    bounds = []
-    for g in gid:
-        starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-        ends = np.r_[starts[1:], n]
-        bounds.append((starts[g], ends[g]))
-    return gid, bounds
-
-
-def _nearest_in_group(members: np.ndarray, q: np.ndarray, lo: int, hi: int, k: int, *,
-                      inner: tuple[np.ndarray, np.ndarray] | None, deeper: np.ndarray,
-                      order: np.ndarray) -> np.ndarray:
-    """The k nearest (sorted positions, (Q, k)) of the sorted rows q among the group [lo, hi) they share.
-
-    ``members``: (hi - lo, D) the group's vectors, in sorted order; ``inner``: (start, end) of each row's
-    next-deeper group, whose members outrank everyone else (None at the full depth); ``deeper``: the group
-    ids of the deeper prefix lengths, to rank by shared prefix.
-    """
-    qv = members[q - lo]  # (Q, D)
-    score = qv @ members.T  # (Q, M) cosine
-    if inner is not None:
-        cols = np.arange(hi - lo)
-        score[(cols >= (inner[0][q] - lo)[:, None]) & (cols < (inner[1][q] - lo)[:, None])] = np.inf
-    score[np.arange(len(q)), q - lo] = -np.inf  # not its own neighbour
-    top = np.argpartition(-score, k - 1, axis=1)[:, :k] + lo  # (Q, k) unordered, sorted positions
-    # Exact order of the k: shared prefix (deeper levels agree), then cosine, then index.
-    shared = np.zeros(top.shape, dtype=np.int64)
-    for g in deeper:
-        shared += g[top] == g[q][:, None]
-    sim = np.einsum("qd,qkd->qk", qv, members[top - lo])
-    return np.take_along_axis(top, np.lexsort((order[top], -sim, -shared), axis=-1), axis=1)
-
-
-def neighbor_overlap(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over movies of |a_i ∩ b_i| / k for two (N, k) neighbour index arrays."""
-    return float((a[:, :, None] == b[:, None, :]).any(axis=2).sum(axis=1).mean() / a.shape[1])
-
-
-def genre_purity(level1: np.ndarray, genres: list[list[str]]) -> tuple[float, float, dict[str, int]]:
-    """Share of movies whose level-1 code's majority genre is one of their genres.
-
-    Movies without genres count as misses (they can match no majority genre). The baseline is the
-    same share when every code's majority genre is the catalog's most common genre.
-
-    Returns:
-        purity, baseline, and the number of level-1 codes whose majority genre is each genre.
-    """
-    names = sorted({g for gs in genres for g in gs})
-    if not names:
-        return 0.0, 0.0, {}
-    col = {g: i for i, g in enumerate(names)}
-    has = np.zeros((len(genres), len(names)), dtype=np.float64)  # (N, G)
-    for i, gs in enumerate(genres):
-        has[i, [col[g] for g in gs]] = 1.0
-    codes, inverse = np.unique(level1, return_inverse=True)
-    counts = np.zeros((len(codes), len(names)))  # (codes, G)
-    np.add.at(counts, inverse, has)
-    majority = counts.argmax(axis=1)  # ties: first genre alphabetically
-    purity = float(has[np.arange(len(genres)), majority[inverse]].mean())
-    baseline = float(has[:, has.sum(axis=0).argmax()].mean())
-    per_genre = np.bincount(majority, minlength=len(names))
-    return purity, baseline, {names[i]: int(c) for i, c in enumerate(per_genre) if c}
-
-
 def embedding_knn(x: np.ndarray, k: int, *, cache_file: Path | None, rows: np.ndarray | None = None) -> np.ndarray:
     """Exact cosine k-NN of the embeddings ``rows`` (None: all), read from ``cache_file`` when it holds a
     valid result."""
@@ -438,7 +287,7 @@ def _probe_neighbors(i: int, tokens: np.ndarray, dec: np.ndarray, x: np.ndarray,
     Ties go to the smaller index. Only (N,) arrays are built, never a copy of an (N, D) matrix.
     """
     everyone = np.arange(len(x))
-    shared = shared_prefix_lengths(tokens, np.full(len(x), i), everyone).astype(np.float64)  # (N,)
+    shared = metrics.shared_prefix_lengths(tokens, np.full(len(x), i), everyone).astype(np.float64)  # (N,)
     shared[i] = -np.inf  # never its own neighbour
     by_sid = np.lexsort((everyone, -(dec @ dec[i]), -shared))[:n]
     sim_emb = (x @ x[i]).astype(np.float64) / (norms * norms[i])  # (N,) cosine
@@ -462,7 +311,7 @@ def _probes(inp: _Inputs, cfg: EvaluateConfig, rows: list[int], dec_final_n: np.
 
     def neighbour(i: int, j: int, **extra: Any) -> dict[str, Any]:
         return {"title": inp.titles[j], "sid": inp.sid_strings[j], **extra,
-                "shared_prefix": int(shared_prefix_lengths(final, np.array(i), np.array(j)))}
+                "shared_prefix": int(metrics.shared_prefix_lengths(final, np.array(i), np.array(j)))}
 
     for i in rows:
         by_sid, by_emb = _probe_neighbors(i, final, dec_final_n, x, norms, cfg.probe_neighbors)
@@ -566,11 +415,11 @@ def tokenize_and_rank(inp: _Inputs, cfg: EvaluateConfig, rows: np.ndarray) -> _C
                       "mean_cosine": metrics.mean_cosine(inp.x_in, recon)}
     rel_final = metrics.relative_mse(inp.x_in, final)
     t0 = time.perf_counter()
-    raw_nn = sid_knn(raw, _normalize(recon, inplace=True), K_NEIGHBORS, rows)  # (Q, K_NEIGHBORS)
+    raw_nn = metrics.sid_knn(raw, _normalize(recon, inplace=True), K_NEIGHBORS, rows)  # (Q, K_NEIGHBORS)
     for j in range(0, (len(moved) + cfg.batch_size - 1) // cfg.batch_size):  # recon becomes the final SIDs
         recon[moved[j * cfg.batch_size:(j + 1) * cfg.batch_size]] = _normalize(final.batch(j))
     dec_n = recon  # (N, D) the decoded final SIDs, unit length
-    sid_nn = sid_knn(inp.sid_tokens, dec_n, K_NEIGHBORS, rows)
+    sid_nn = metrics.sid_knn(inp.sid_tokens, dec_n, K_NEIGHBORS, rows)
     t_sid = time.perf_counter() - t0
     log.info("SID %d-NN (final and raw codes) in %.1fs", K_NEIGHBORS, t_sid)
     return _Codes(raw, reconstruction, rel_final, dec_n, sid_nn, raw_nn, t_sid)
@@ -585,7 +434,7 @@ def _dedup_section(inp: _Inputs, codes: _Codes, emb: _Neighbours, levels: int, o
         "n_suffixed": int((inp.sid_lengths > levels).sum()),
         "relative_mse_raw": codes.reconstruction["relative_mse"],
         "relative_mse_final": codes.relative_mse_final,
-        "overlap_at_10_raw": neighbor_overlap(emb.nn, codes.raw_nn),
+        "overlap_at_10_raw": metrics.neighbor_overlap(emb.nn, codes.raw_nn),
         "overlap_at_10_final": overlap,
         "overlap_sample": emb.sample(emb.rows),
     }
@@ -606,7 +455,7 @@ def build_report(inp: _Inputs, cfg: EvaluateConfig, *, cache_dir: Path | None,
     neighbors["sample"] = emb.sample(emb.rows)
     coherence = metrics.prefix_coherence(final, emb.table, K_MUTUAL, rows=emb.mutual_rows if emb.sampled else None)
     coherence["sample"] = emb.sample(emb.mutual_rows)
-    purity, purity_base, majority_genres = genre_purity(final[:, 0], inp.genres)
+    purity, purity_base, majority_genres = metrics.genre_purity(final[:, 0], inp.genres)
     dedup = _dedup_section(inp, codes, emb, levels, neighbors["overlap_at_10"])
     probes_found, details = _probes(inp, cfg, probes[0], codes.dec_n)
     report: dict[str, Any] = {
@@ -648,10 +497,10 @@ def _neighbours_section(final: np.ndarray, rows: np.ndarray, emb_nn: np.ndarray,
                         ) -> tuple[dict[str, Any], np.ndarray]:
     """How well the SIDs keep the embedding neighbours of the movies ``rows`` (Q,) (emb_nn and sid_nn: (Q, k)),
     and the shared-prefix histogram (also charted)."""
-    overlap = neighbor_overlap(emb_nn, sid_nn)
+    overlap = metrics.neighbor_overlap(emb_nn, sid_nn)
     ftm = metrics.first_token_match(final, emb_nn, rows)
     rnd = metrics.random_first_token_match(final)
-    shared = shared_prefix_lengths(final, np.repeat(rows[:, None], K_NEIGHBORS, axis=1), emb_nn)  # (Q, k)
+    shared = metrics.shared_prefix_lengths(final, np.repeat(rows[:, None], K_NEIGHBORS, axis=1), emb_nn)  # (Q, k)
     shared_hist = np.bincount(shared.ravel(), minlength=final.shape[1] + 1)
     return {
         "overlap_at_10": overlap,
