@@ -364,6 +364,28 @@ def _list_column(rows: np.ndarray, null: np.ndarray | None = None):
     return pa.ListArray.from_arrays(offsets, pa.array(rows.reshape(-1)), mask=None if null is None else pa.array(null))
 
 
+def _previous_sids(run_dir: Path, levels: int, k: int, acfg: AssignConfig, fingerprint: str) -> tuple[Any, bool]:
+    """The SIDs an incremental assign extends, checked to be of this model's shape and dedup rule; and
+    whether the same model made them."""
+    sids_path = run_dir / "sids.parquet"
+    if not sids_path.exists():
+        raise SidsError(f"{sids_path} not found: --incremental extends existing SIDs; run "
+                        "`movielens-sids assign` without it first")
+    old = read_sids(run_dir)
+    info = old.metadata.get("assign") or {}
+    if info.get("levels") != levels or info.get("codebook_size") != k:
+        raise SidsError(f"{sids_path} was made with {info.get('levels')} levels x {info.get('codebook_size')} "
+                        f"codes but the model has {levels} x {k}; run assign without --incremental")
+    if info.get("strategy") != acfg.strategy:
+        raise SidsError(f"{sids_path} was made with strategy {info.get('strategy')!r}; --incremental must "
+                        f"use the same (got {acfg.strategy!r})")
+    same_model = info.get("model_fingerprint") == fingerprint
+    if not same_model:
+        log.warning("the model changed since %s was written: existing SIDs are kept, new movies get codes "
+                    "from the new model", sids_path.name)
+    return old, same_model
+
+
 def _extend(run_dir: Path, tok, x: np.ndarray, ids: np.ndarray, acfg: AssignConfig, fingerprint: str) -> tuple[
         np.ndarray, np.ndarray, np.ndarray, dict[str, Any], dict[str, Any], np.ndarray, np.ndarray]:
     """``--incremental``: keep every SID in ``sids.parquet``, restore those of movies that came back, give
@@ -375,25 +397,10 @@ def _extend(run_dir: Path, tok, x: np.ndarray, ids: np.ndarray, acfg: AssignConf
         codes were made by another model or not recorded), the merged statistics, the kept/new/retired
         counts, and the retired movies' ids and tokens.
     """
-    sids_path = run_dir / "sids.parquet"
     levels, k = int(tok.config.levels), int(tok.config.codebook_size)
     result: dict[str, Any] = {}
-    if not sids_path.exists():
-        raise SidsError(f"{sids_path} not found: --incremental extends existing SIDs; run "
-                        "`movielens-sids assign` without it first")
-    old = read_sids(run_dir)
+    old, same_model = _previous_sids(run_dir, levels, k, acfg, fingerprint)
     old_ids, old_tok, meta = old.movie_ids, old.tokens, old.metadata
-    info = meta.get("assign") or {}
-    if info.get("levels") != levels or info.get("codebook_size") != k:
-        raise SidsError(f"{sids_path} was made with {info.get('levels')} levels x {info.get('codebook_size')} "
-                        f"codes but the model has {levels} x {k}; run assign without --incremental")
-    if info.get("strategy") != acfg.strategy:
-        raise SidsError(f"{sids_path} was made with strategy {info.get('strategy')!r}; --incremental must "
-                        f"use the same (got {acfg.strategy!r})")
-    same_model = info.get("model_fingerprint") == fingerprint
-    if not same_model:
-        log.warning("the model changed since %s was written: existing SIDs are kept, new movies get codes "
-                    "from the new model", sids_path.name)
     ret = meta.get("retired") or []
     r_ids = np.array([r[0] for r in ret], dtype=np.int64)
     r_tok = np.array([r[1] for r in ret], dtype=np.int64).reshape(len(ret), old_tok.shape[1])

@@ -26,13 +26,13 @@ from ..data.catalog import (
     TAGS,
     MovieLensSource,
     aggregate_tags,
-    enrich_catalog,
     imdb_strings,
     open_source,
     parse_titles,
     read_table,
     split_genres,
 )
+from ..data.enrich import enrich_catalog
 from ..errors import SidsError
 from ..io import write_parquet
 from ..settings import DataConfig
