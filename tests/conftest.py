@@ -1,8 +1,13 @@
-"""Shared test fixtures."""
+"""Shared test fixtures; the helpers of every test folder live in ``tests/support/``."""
 
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
+
+# The test folders import the helpers by module name (``from sids_fixtures import ...``).
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 import pytest
 

@@ -3,7 +3,7 @@
 An MkDocs hook: ``on_page_markdown`` replaces the marker ``<!-- settings -->`` of ``configuration.md``
 with one table per section of ``Config``. ``reference()`` is the same page as a string, and raises
 ``MissingDocstring`` when a field has no docstring, so a setting cannot go undocumented
-(``tests/test_docs.py`` builds it).
+(``tests/house/test_docs.py`` builds it).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ into ``embed --from`` (``.npy`` + ids, Parquet): every outcome must be exit 0 wi
 exception, or an exception escaping ``main``) counts as a traceback. A failed command must leave the
 run folder's earlier artifacts unchanged.
 
-A stress test, not a benchmark (it times nothing): ``tests/test_stress.py`` runs a small campaign
+A stress test, not a benchmark (it times nothing): ``tests/robustness/test_stress.py`` runs a small campaign
 of each kind in CI (marked ``stress``); the full campaign runs by hand:
 
 Full scale (``--full-scale [N]``): the run folder is built from a synthetic catalog of N movies (default
@@ -44,9 +44,9 @@ every number of ``report.json`` but its timings, ``train`` on its config, shapes
 training replays its interrupted epoch with other batches: not bit-exact; the report gives the difference).
 
 Usage:
-    python tests/stress_faults.py [--out FOLDER] [--limit 600] [--points 5] [--fuzz 1000] [--seed 0]
-    python tests/stress_faults.py --fuzz-only         # only the fuzz campaign (about a minute)
-    python tests/stress_faults.py --full-scale --kill-only --points 3 --no-strace   # 24 faults on 87,585 movies
+    python tests/support/stress_faults.py [--out FOLDER] [--limit 600] [--points 5] [--fuzz 1000] [--seed 0]
+    python tests/support/stress_faults.py --fuzz-only         # only the fuzz campaign (about a minute)
+    python tests/support/stress_faults.py --full-scale --kill-only --points 3 --no-strace   # 24 faults on 87,585 movies
 
 Prints: faults injected, recoveries, artifacts lost (must be 0), inputs fuzzed, tracebacks (must
 be 0); writes ``report.json`` (every trial) under ``--out``. Exit 1 when either count is not 0.

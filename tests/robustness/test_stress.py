@@ -4,7 +4,7 @@ Marked ``stress`` (and ``slow``): not in the default test run; CI runs them as t
 (``.ci/run``). The kill campaign runs at the scale users have: 87,585 movies with random 384-d unit
 vectors (``embed --from``), residual k-means as the tokenizer (fitted in seconds; training is not
 interrupted here), one kill point per signal in ``assign`` and ``export``, without strace; and two ``run``
-commands start on one folder. The full campaigns run by hand: ``python tests/stress_faults.py`` (the
+commands start on one folder. The full campaigns run by hand: ``python tests/support/stress_faults.py`` (the
 demo preset with the real MiniLM model, more points, strace) and ``--full-scale`` (24 faults in
 ``train``, ``assign``, ``evaluate`` and ``export``; its evaluate reference alone takes minutes).
 """

@@ -189,7 +189,7 @@ def _run_quickstart(tmp_path: Path, demo: Path, *flags: str) -> list[str]:
     import subprocess
 
     root = demo.parent.parent
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "HF_HUB_OFFLINE": "1"}
     env.pop("MOVIELENS_SIDS_DEBUG", None)
     r = subprocess.run([sys.executable, "-m", "movielens_sids", *flags, "run", "--config", "demo", "--run-dir",
                         str(tmp_path / "fresh"), "--source", str(root / "ml"), "--until", "evaluate",
@@ -262,7 +262,7 @@ def test_help_and_cards_point_somewhere(runs, capsys):
     with pytest.raises(SystemExit):
         main(["export", "--help"])
     export_help = capsys.readouterr().out
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "hf auth login" in export_help and "hf auth login" in readme and "huggingface-cli" not in readme
     with pytest.raises(SystemExit):
         main(["retrieval", "--help"])

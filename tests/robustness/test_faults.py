@@ -5,7 +5,7 @@ a real signal at a few points of the stage (chosen from the stage's own duration
 what a user relies on: every artifact under its final name still parses, the artifacts of earlier
 stages are byte-for-byte unchanged, and the same command run again succeeds and gives the result of
 an uninterrupted run (bit for bit for the deterministic stages; same shapes for training).
-``tests/stress_faults.py`` runs the big campaign (real model, many random points, strace); the
+``tests/support/stress_faults.py`` runs the big campaign (real model, many random points, strace); the
 helpers that check a run folder are shared with it (``fault_checks.py``).
 """
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_frictions import demo, runs  # noqa: F401 - the quickstart's run folder, made once
+from test_first_use import demo, runs  # noqa: F401 - the quickstart's run folder, made once
 
 from movielens_sids import SemanticIds
 from movielens_sids.artifacts import read_embeddings, read_sids
 from movielens_sids.cli import main
 from movielens_sids.errors import SidsError
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 class _FixtureEncoder:
@@ -145,7 +145,7 @@ def test_readme_python_api_with_the_real_embedding_model(tmp_path, monkeypatch, 
     raw codes of its stored embedding (same model, same settings)."""
     import torch
     from movielens_fixtures import write_movielens
-    from test_frictions import FILLERS, NAMED
+    from test_first_use import FILLERS, NAMED
 
     from movielens_sids.artifacts import read_catalog, read_model
     from movielens_sids.documents import build_documents

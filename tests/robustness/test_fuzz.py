@@ -4,7 +4,7 @@ The catalog parser gets random and mutated MovieLens files (CSV and ``.dat``: ba
 quotes, missing or extra columns, huge fields, empty files, BOMs, CRLF, NUL bytes, huge numbers);
 the embedding importer gets random arrays and tables. Every outcome must be exit 0 with a valid
 artifact, or exit 2 with ONE ``error:`` line and the run folder exactly as it was; exit 1 (an
-unexpected exception) or an exception escaping ``main`` fails. ``tests/stress_faults.py`` runs the
+unexpected exception) or an exception escaping ``main`` fails. ``tests/support/stress_faults.py`` runs the
 same idea on more than a thousand inputs.
 """
 

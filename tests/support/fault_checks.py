@@ -1,4 +1,4 @@
-"""What a fault test checks in a run folder: shared by tests/test_faults.py and tests/stress_faults.py.
+"""What a fault test checks in a run folder: shared by ``robustness/test_faults.py`` and ``stress_faults.py``.
 
 ``snapshot`` hashes every artifact under its final name, ``owned`` says which files a stage may
 change, ``validate`` parses every artifact (Parquet, JSON, safetensors, dataset shards, Lightning

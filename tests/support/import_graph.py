@@ -1,6 +1,6 @@
 """Static import graph of the ``movielens_sids`` package: prints each module's package imports and any cycle.
 
-Used by ``tests/test_layers.py`` and runnable on its own: ``python tests/import_graph.py [--all]``.
+Used by ``tests/house/test_layers.py`` and runnable on its own: ``python tests/support/import_graph.py [--all]``.
 Only imports at module level count as edges (imports inside functions are listed apart, with
 ``--all``); an ``if TYPE_CHECKING:`` block is not an edge either.
 """
@@ -12,7 +12,7 @@ import functools
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1] / "src" / "movielens_sids"
+ROOT = Path(__file__).resolve().parents[2] / "src" / "movielens_sids"
 PACKAGE = "movielens_sids"
 
 

@@ -3,7 +3,7 @@
 Each test here fails if the protection it covers is removed: the archive checks of
 ``fetch.check_zip_entries`` / ``extract_zip``, ``load_tokenizer``'s safetensors-only loading and the
 ``weights_only=True`` resume of training, ``trust_remote_code=False`` by default, and the token
-scrubbing of ``hub``. (``tests/test_fetch.py`` covers the download path's traversal, symlink and
+scrubbing of ``hub``. (``tests/pipeline/test_fetch.py`` covers the download path's traversal, symlink and
 declared-size cases; these add the catalog ``--source`` path, the real-size bomb and the total limit.)
 """
 
