@@ -144,6 +144,9 @@ FLAGS = _flags(
     Flag("--dataset-repo", "export.dataset_repo", "dataset repo id (default: YOUR_HF_ACCOUNT/movielens-sids)"),
     Flag("--private", "export.private", "create the repos as private", action="store_true"),
     Flag("--revision", "export.revision", "tag for the uploaded commits (default: experiment)"),
+    Flag("--sequences", "export.sequences", "dataset/sequences/ and dataset/instructions/, the retrieval benchmark's "
+                                            "split as training data: auto (when the dataset has ratings), always "
+                                            "or never", choices=("auto", "always", "never")),
     # evaluate
     Flag("--probe", "evaluate.extra_probes", 'another probe movie, named as for `lookup --movie`: "The Matrix", '
                                              '"Alien (1979)" or a movie_id (repeatable; kept in the run folder\'s '
@@ -270,7 +273,7 @@ def assign_arguments(p: argparse.ArgumentParser) -> None:
 
 def export_arguments(p: argparse.ArgumentParser) -> None:
     _add(p, "export.push_to_hub", "export.dry_run", "export.model_repo", "export.dataset_repo", "export.private",
-         "export.revision")
+         "export.revision", "export.sequences")
 
 
 def export_command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:

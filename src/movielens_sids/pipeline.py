@@ -89,9 +89,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           inputs=("catalog.parquet", "embeddings.parquet", "sids.parquet", "collab.parquet", "cowatch.parquet",
                   *MODEL_FILES),
           outputs=("report.json", "labels.parquet")),  # report.md is a page of the JSON reports (write_page)
-    Stage("export", export.export_stage, ("export",),
-          inputs=("catalog.parquet", "embeddings.parquet", "sids.parquet", "report.json", *MODEL_FILES),
-          outputs=("dataset", "model/README.md")),
+    # dataset/sequences/ is the benchmark's split of the ratings: its settings and the ratings decide it too.
+    Stage("export", export.export_stage, ("export", "data", "retrieval"),
+          inputs=("catalog.parquet", "embeddings.parquet", "sids.parquet", "report.json", "collab.parquet",
+                  *MODEL_FILES),
+          outputs=("dataset", "model/README.md"), external_inputs=_collab_inputs),
     Stage("visualize", visualize.visualize_stage, ("visualize",),
           inputs=("catalog.parquet", "embeddings.parquet", "sids.parquet"), outputs=("visualization.html",)),
 ]}

@@ -64,11 +64,16 @@ class SequenceData:
     """Protocol, cut-offs, history length and counts."""
 
 
-def benchmark_split(ratings, movie_ids: np.ndarray, rcfg) -> sequences.Split:
-    """The split ``retrieval`` scores with ``rcfg``; with several rolling-origin folds, the last (latest cut-off)."""
-    if int(getattr(rcfg, "folds", 1)) > 1:
-        return sequences.folds_of(ratings, movie_ids, rcfg)[-1]
-    return sequences.split_of(ratings, movie_ids, rcfg)
+def benchmark_split(run_dir: Path, ratings, movie_ids: np.ndarray, rcfg) -> sequences.Split:
+    """The split ``retrieval`` scores with ``rcfg``; with several rolling-origin folds, the last (latest cut-off).
+
+    Raises:
+        SidsError: the run's collaborative vectors come from other training interactions than the first fold's
+            (as the benchmark, which then refuses to score: test events would have shaped the SIDs).
+    """
+    splits = sequences.folds_of(ratings, movie_ids, rcfg)
+    check_collab_split(run_dir, splits[0])
+    return splits[-1]
 
 
 def benchmark_ratings(cfg: Any):
@@ -102,8 +107,7 @@ def sequence_data(run_dir: Path, cfg: Any, ratings=None) -> SequenceData:
     movie_ids, _ = read_codes(run_dir)  # (N,) sorted; the SIDs validated as the benchmark validates them
     if ratings is None:
         _, ratings = resolve_ratings(cfg.retrieval, cfg)
-    split = benchmark_split(ratings, movie_ids, cfg.retrieval)
-    check_collab_split(run_dir, split)
+    split = benchmark_split(run_dir, ratings, movie_ids, cfg.retrieval)
     index = load_index(run_dir)
     item_sids = pa.array(index.sids, pa.string()).take(pa.array(np.searchsorted(index.movie_ids, split.movie_ids)))
     m = int(cfg.retrieval.max_history)

@@ -24,12 +24,14 @@ PROTOCOLS = {
                  "retrieval.max_valid_events": None},
     "leave_one_out": {"retrieval.protocol": "leave_one_out", "retrieval.min_ratings": 4,
                       "retrieval.max_valid_events": None},
+    "two_folds": {"retrieval.protocol": "temporal", "retrieval.test_fraction": 0.15, "retrieval.valid_fraction": 0.1,
+                  "retrieval.max_valid_events": None, "retrieval.folds": 2},
 }
 
 
 def ratings_rows(seed: int = 0) -> list[tuple[int, int, float, int]]:
-    """Users who each rate 4-20 movies over time; some seconds are shared by two ratings of a user; a few movies
-    are rated by nobody, and some only late (cold test targets)."""
+    """Users who each rate 4-20 movies over time; some seconds are shared by two ratings of a user; movies 87-89
+    are rated only at the very end (cold test targets), 86 and 90 by nobody."""
     rng = np.random.default_rng(seed)
     rows = []
     for u in range(1, N_USERS + 1):
@@ -37,6 +39,8 @@ def ratings_rows(seed: int = 0) -> list[tuple[int, int, float, int]]:
         for m in rng.choice(np.arange(1, N_MOVIES - 4), size=int(rng.integers(4, 21)), replace=False).tolist():
             t += int(rng.integers(0, 3)) * int(rng.integers(1, 400))  # 0: the same second as the rating before
             rows.append((u, m, 4.0, t))
+        if u % 5 == 0:  # a new movie, rated by nobody before the test period
+            rows.append((u, N_MOVIES - 3 + u % 3, 4.0, 100_000 + u))
     return rows
 
 
@@ -101,13 +105,16 @@ def test_the_test_split_is_exactly_what_the_benchmark_scores(tmp_path, no_token,
     export_stage(run, cfg)
     retrieval_stage(run, cfg)
     events = pq.read_table(run / "retrieval" / "events.parquet").to_pandas()
+    if protocol == "two_folds":
+        assert events.fold.nunique() == 2
+    events = events[events.fold == events.fold.max()]  # rolling origin: the sequences are the last fold's
     test = _split(run, "test")
     assert len(test) == len(events) > 0
     assert test["user_id"].tolist() == events["user_id"].tolist()
     assert test["target"].tolist() == events["movie_id"].tolist()
     assert test["timestamp"].tolist() == events["timestamp"].tolist()
     assert test["cold"].tolist() == events["cold"].tolist()
-    if protocol == "temporal":
+    if protocol != "leave_one_out":
         assert test["cold"].any()  # the fixture's late movies: the flag is not constant
 
 
@@ -119,7 +126,7 @@ def test_no_validation_or_test_interaction_is_in_a_train_row(tmp_path, no_token,
     held_out = set(zip(valid.user_id, valid.target)) | set(zip(test.user_id, test.target))
     seen_in_train = {(u, m) for u, h, t in zip(train.user_id, train.history, train.target) for m in [*h, t]}
     assert held_out and not held_out & seen_in_train
-    if protocol == "temporal":  # and nothing rated at or after the validation period's start
+    if protocol != "leave_one_out":  # and nothing rated at or after the validation period's start
         first = {}
         for u, m, _, t in ratings_rows():
             first.setdefault((u, m), t)
@@ -218,7 +225,9 @@ def test_push_uploads_the_sequences_as_a_config_of_the_dataset_repo(tmp_path, no
     assert 'load_dataset("alice/movielens-sids", "sequences")' in (run / "dataset" / "README.md").read_text()
 
 
-def test_a_dataset_without_ratings_is_a_one_line_error_when_sequences_are_required(tmp_path, no_token):
+def test_a_dataset_without_ratings_is_a_one_line_error_when_sequences_are_required(tmp_path, no_token, capsys):
+    from movielens_sids.cli import main
+
     run, src = make_run(tmp_path, ratings=False)
     export_stage(run, _cfg(src))  # auto: no ratings, no sequences
     assert not (run / "dataset" / "sequences").exists() and (run / "dataset" / "data").is_dir()
@@ -226,4 +235,7 @@ def test_a_dataset_without_ratings_is_a_one_line_error_when_sequences_are_requir
     with pytest.raises(SidsError) as e:
         export_stage(run, _cfg(src, **{"export.sequences": "always"}))
     assert "no ratings" in str(e.value) and "\n" not in str(e.value)
+    assert main(["export", "--run-dir", str(run), "--set", f"data.source={src}", "--sequences", "always"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no ratings file" in err[0]
     assert {p: file_hash(p) for p in sorted(run.rglob("*")) if p.is_file()} == before

@@ -198,8 +198,8 @@ def training_data(run_dir: Path, cfg: Config) -> TrainingData | None:
     if ratings is None:
         source = cfg.retrieval.dataset or cfg.data.source or cfg.data.dataset
         if mode == "always":
-            raise SidsError(f"{source} has no ratings file, and export.sequences is always: name one with "
-                            "--set retrieval.ratings=FILE, or set export.sequences to auto or never")
+            raise SidsError(f"{source} has no ratings file, and the sequence datasets need one (--sequences always):"
+                            " name one with --set retrieval.ratings=FILE, or pass --sequences auto or never")
         log.info("no sequence datasets: %s has no ratings file", source)
         return None
     data = sequence_data(run_dir, cfg, ratings)
