@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from record import write_record
 
 from movielens_sids.artifacts import read_embeddings
 from movielens_sids.dedup import make_unique
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--stage", action="store_true", help="also time the whole stage (I/O included)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--markdown", type=Path, help="also write the table as a docs record (command, machine, date)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -145,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, t in rows:
         print(f"{name.ljust(width)}  {t:8.3f}  {n / t:10,.0f}")
     print(rows_note)
+    table = "\n".join(["| what | seconds | movies/s |", "| --- | ---: | ---: |",
+                       *(f"| {name} | {t:.3f} | {n / t:,.0f} |" for name, t in rows)])
+    write_record(args.markdown, table, title=f"assign on {n:,} movies", notes=rows_note)
     for strategy in ("semantic", "suffix"):
         r = results[strategy]
         s = r["stats"]

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from record import write_record
+
 STAGES = ["catalog", "embed", "collab", "train", "assign", "evaluate", "export", "visualize"]
 
 
@@ -70,6 +72,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--vs", metavar="SRC", help="the other checkout's src folder (B), alternated with this one (A)")
     ap.add_argument("--fresh-numba", action="store_true", help="first delete numba's cached UMAP kernels")
+    ap.add_argument("--markdown", type=Path, help="also write the medians as a docs record (command, machine, date)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="demo-bench-"))
     a, b = [], []
@@ -85,15 +88,28 @@ def main() -> int:
                 print(line(f"B{i + 1}", b[-1]), flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    medians = {}
     for name, runs in (("A", a), ("B", b)):
         if runs:
-            med = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in ["wall", *STAGES]}
-            print(line(f"{name} med", med))
+            medians[name] = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in ["wall", *STAGES]}
+            print(line(f"{name} med", medians[name]))
+    notes = ""
     if b:
         ratios = [x["wall"] / y["wall"] for x, y in zip(a, b)]
-        print("A/B wall, pair by pair: " + ", ".join(f"{r:.3f}" for r in ratios)
-              + f"; median {statistics.median(ratios):.3f}")
+        notes = ("A/B wall, pair by pair: " + ", ".join(f"{r:.3f}" for r in ratios)
+                 + f"; median {statistics.median(ratios):.3f}")
+        print(notes)
+    write_record(args.markdown, medians_table(medians, len(a)), title="A cold `run --config demo`", notes=notes)
     return 0
+
+
+def medians_table(medians: dict[str, dict[str, float]], runs: int) -> str:
+    """The medians as a markdown table: one column per version (A: this checkout, B: --vs), one row per stage."""
+    names = list(medians)
+    lines = [f"| seconds (median of {runs}) | {' | '.join(names)} |", "| --- |" + " ---: |" * len(names)]
+    for k in ["wall", *STAGES]:
+        lines.append(f"| {k} | " + " | ".join(f"{medians[n].get(k, 0.0):.1f}" for n in names) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
