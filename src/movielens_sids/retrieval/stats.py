@@ -12,9 +12,11 @@ resamples events). The test sets have few users of very unequal size, where plai
 intervals under-cover, so the intervals are BCa (bias-corrected and accelerated: the acceleration
 from a leave-one-user-out jackknife). Users are not the only noise: each learned model is trained
 once per seed, and a seed that trains a better model lifts every event at once, which resampling
-users cannot see. So every bootstrap draw also gets a seed draw: the spread of the per-seed means
-(standard deviation s over S seeds) enters as ``s / sqrt(S)`` times a Student t with S - 1 degrees
-of freedom, which is the exact interval when the seeds are the only noise (normal seed effects).
+users cannot see. So the interval is widened by the spread between seeds: with per-seed means of
+standard deviation s over S seeds, the half-width ``t(S - 1) * s / sqrt(S)`` (Student's t quantile with
+S - 1 degrees of freedom, the exact interval when the seeds are the only noise and their effects are
+normal) is added in quadrature to each side of the users' BCa interval, which keeps its asymmetry.
+A mean of scores in [0, 1] keeps its interval in [0, 1].
 
 A paired difference resamples the *same* users for both methods, so what they share cancels; its
 seed spread is that of the per-seed differences. Its two-sided p-value inverts the same BCa
@@ -29,7 +31,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from scipy.special import ndtr, ndtri
+from scipy.special import ndtr, ndtri, stdtrit
 
 METRIC_KS = {"recall": (1, 5, 10, 20, 50), "ndcg": (5, 10)}
 
@@ -75,22 +77,21 @@ def _acceleration(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.divide((d ** 3).sum(1), den, out=np.zeros(len(sums)), where=den > 0)
 
 
-def _seed_draws(seed_means: np.ndarray | None, v: int, samples: int, rng: np.random.Generator) -> np.ndarray:
-    """(samples, V): each row's seed noise per draw, ``s / sqrt(S)`` times a Student t with S - 1 degrees of
-    freedom (0 for a row with fewer than two seeds). ``seed_means``: (V, S) per-seed means, NaN-padded."""
-    out = np.zeros((samples, v))
+def _seed_scale(seed_means: np.ndarray | None, v: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(s / sqrt(S), S - 1)`` per row from (V, S) per-seed means (NaN-padded); 0 and 0 for fewer than two seeds."""
+    scale, dof = np.zeros(v), np.zeros(v, dtype=np.int64)
     if seed_means is None:
-        return out
-    seed_means = np.atleast_2d(np.asarray(seed_means, dtype=np.float64))
-    for i, row in enumerate(seed_means):
+        return scale, dof
+    for i, row in enumerate(np.atleast_2d(np.asarray(seed_means, dtype=np.float64))):
         row = row[np.isfinite(row)]
-        if len(row) >= 2 and row.std() > 0:
-            out[:, i] = rng.standard_t(len(row) - 1, size=samples) * row.std(ddof=1) / np.sqrt(len(row))
-    return out
+        if len(row) >= 2:
+            scale[i], dof[i] = row.std(ddof=1) / np.sqrt(len(row)), len(row) - 1
+    return scale, dof
 
 
 def bootstrap(values: np.ndarray, clusters: np.ndarray | None = None, *, seed_means: np.ndarray | None = None,
-              samples: int = 10_000, seed: int = 0, level: float = 0.95, chunk: int = 256) -> Intervals:
+              samples: int = 10_000, seed: int = 0, level: float = 0.95, chunk: int = 256,
+              bounds: tuple[float, float] = (-np.inf, np.inf)) -> Intervals:
     """Means of ``values`` with BCa intervals from a cluster bootstrap, widened by the spread between seeds.
 
     All V rows are resampled with the *same* cluster draws, so differences between rows are paired and one
@@ -105,6 +106,7 @@ def bootstrap(values: np.ndarray, clusters: np.ndarray | None = None, *, seed_me
         seed: the resampling seed.
         level: the intervals' coverage.
         chunk: resamples drawn at once (memory: ``chunk * C`` floats).
+        bounds: the range of the mean (``(0, 1)`` for a mean of scores): intervals are clipped to it.
 
     Returns:
         ``Intervals`` of (V,) arrays (floats when ``values`` is 1-D): the mean, the interval, and the
@@ -129,34 +131,54 @@ def bootstrap(values: np.ndarray, clusters: np.ndarray | None = None, *, seed_me
             boot.append((w @ sums.T) / np.maximum(w @ counts, 1.0)[:, None])  # (b, V)
         if seed_means is not None:
             seed_means = np.asarray(seed_means, dtype=np.float64).reshape(v, -1)
-        boot = np.concatenate(boot) + _seed_draws(seed_means, v, samples, rng)  # (samples, V)
-        out = Intervals(values.mean(1), *_bca(boot, values.mean(1), _acceleration(sums, counts), level))
+        boot = np.sort(np.concatenate(boot), axis=0)  # (samples, V), each column sorted
+        mean = values.mean(1)
+        low, high, p = _intervals(boot, mean, _acceleration(sums, counts), *_seed_scale(seed_means, v), level)
+        out = Intervals(mean, np.clip(low, *bounds), np.clip(high, *bounds), p)
     return Intervals(*(float(x[0]) for x in out)) if one else out
 
 
-def _bca(boot: np.ndarray, mean: np.ndarray, accel: np.ndarray, level: float
-         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(low, high, p_value)`` (each (V,)) of BCa intervals from (B, V) bootstrap means; the p-value inverts the
-    interval: the largest level whose interval still holds 0 (a row with no spread: 1 at 0, else 1 / (B + 1))."""
+def _bca_ends(boot: np.ndarray, mean: np.ndarray, accel: np.ndarray, alpha: np.ndarray | float
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The users' BCa interval of level ``1 - 2 alpha`` per row, from (B, V) column-sorted bootstrap means."""
     n = len(boot)
     clip = (1.0 / (n + 1), n / (n + 1.0))
-
-    def cdf(x: np.ndarray) -> np.ndarray:  # (V,) the bootstrap distribution at x, ties counted half
-        return np.clip((boot < x).mean(0) + 0.5 * (boot == x).mean(0), *clip)
-
-    z0 = ndtri(cdf(mean))
-    alpha = (1.0 - level) / 2
-    low, high = np.empty(len(mean)), np.empty(len(mean))
-    for side, z in ((low, ndtri(alpha)), (high, ndtri(1.0 - alpha))):
+    below = (boot < mean).sum(0) + 0.5 * (boot == mean).sum(0)
+    z0 = ndtri(np.clip(below / n, *clip))
+    ends = []
+    for z in (ndtri(alpha), ndtri(1.0 - np.asarray(alpha))):
         q = ndtr(z0 + (z0 + z) / (1.0 - accel * (z0 + z)))  # (V,) the adjusted percentile
-        for i in range(len(mean)):
-            side[i] = np.quantile(boot[:, i], q[i])
-    w = ndtri(cdf(np.zeros(len(mean)))) - z0
-    z = w / (1.0 + accel * w) - z0  # the normal quantile at which 0 is an endpoint
-    p = np.clip(2.0 * np.minimum(ndtr(z), 1.0 - ndtr(z)), 1.0 / (n + 1), 1.0)
-    flat = boot.max(0) == boot.min(0)
-    p = np.where(mean == 0, 1.0, np.where(flat, 1.0 / (n + 1), p))
-    return np.where(flat, mean, low), np.where(flat, mean, high), p
+        pos = np.clip(q * (n - 1), 0, n - 1)  # linear interpolation between order statistics
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, n - 1)
+        cols = np.arange(boot.shape[1])
+        ends.append(boot[lo, cols] + (pos - lo) * (boot[hi, cols] - boot[lo, cols]))
+    return ends[0], ends[1]
+
+
+def _widened(boot, mean, accel, scale, dof, alpha) -> tuple[np.ndarray, np.ndarray]:
+    """The users' BCa interval with the seeds' t half-width added in quadrature to each side."""
+    low, high = _bca_ends(boot, mean, accel, alpha)
+    half = np.where(dof > 0, stdtrit(np.maximum(dof, 1), 1.0 - np.asarray(alpha)) * scale, 0.0)
+    return (mean - np.sqrt(np.maximum(mean - low, 0.0) ** 2 + half ** 2),
+            mean + np.sqrt(np.maximum(high - mean, 0.0) ** 2 + half ** 2))
+
+
+def _intervals(boot: np.ndarray, mean: np.ndarray, accel: np.ndarray, scale: np.ndarray, dof: np.ndarray,
+               level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(low, high, p_value)`` per row. The p-value inverts the same interval: the smallest ``1 - level`` whose
+    interval excludes 0 (found by bisection; 1 at a mean of exactly 0, at least 1 / (B + 1))."""
+    low, high = _widened(boot, mean, accel, scale, dof, (1.0 - level) / 2)
+    n = len(boot)
+    lo_a, hi_a = np.full(len(mean), 1.0 / (n + 1)), np.ones(len(mean))  # p lies in [lo_a, hi_a]
+    for _ in range(40):
+        mid = (lo_a + hi_a) / 2
+        a, b = _widened(boot, mean, accel, scale, dof, mid / 2)
+        excludes = (a > 0) | (b < 0)
+        hi_a, lo_a = np.where(excludes, mid, hi_a), np.where(excludes, lo_a, mid)
+    a, b = _widened(boot, mean, accel, scale, dof, lo_a / 2)
+    p = np.where((a > 0) | (b < 0), lo_a, hi_a)  # excluded already at the floor: p is the floor
+    return low, high, np.where(mean == 0, 1.0, p)
 
 
 def holm(p_values: np.ndarray) -> np.ndarray:
@@ -202,7 +224,8 @@ def slice_metrics(ranks: dict[str, np.ndarray], metrics: tuple[str, ...], slices
     out: dict[str, dict] = {n: {} for n in names}
     for slice_name, mask in slices.items():
         seed_means = np.stack([_per_seed(x, mask, width) for x in per_seed])  # (V, S)
-        iv = bootstrap(scores[:, mask], clusters[mask], seed_means=seed_means, samples=samples, seed=seed)
+        iv = bootstrap(scores[:, mask], clusters[mask], seed_means=seed_means, samples=samples, seed=seed,
+                       bounds=(0.0, 1.0))
         for i, (n, m) in enumerate(rows):
             out[n].setdefault(slice_name, {})[m] = {"mean": float(iv.value[i]), "ci_low": float(iv.low[i]),
                                                     "ci_high": float(iv.high[i])}
@@ -240,7 +263,7 @@ def paired_differences(reference: np.ndarray, others: dict[str, np.ndarray], met
     for slice_name, mask in slices.items():
         seed_means = np.stack([_per_seed(x, mask, width) for x in per_seed])  # (V, S)
         iv = bootstrap(diffs[:, mask], clusters[mask], seed_means=seed_means, samples=samples, seed=seed,
-                       level=level)
+                       level=level, bounds=(-1.0, 1.0))
         for i, (n, m) in enumerate(rows):
             out[n].setdefault(slice_name, {})[m] = {
                 "diff": float(iv.value[i]), "ci_low": float(iv.low[i]), "ci_high": float(iv.high[i]),
