@@ -473,6 +473,9 @@ def test_cli_end_to_end_writes_report_and_section(tmp_path, capsys, protocol):
     assert hits == pytest.approx(report["methods"]["semantic_id"]["per_seed"]["0"]["recall@10"])
     md = (run / "report.md").read_text()
     assert md.count("## Generative retrieval") == 1 and "hand edit" not in md and "cold" in md
+    assert main(args + ["--rescore"]) == 0  # the same intervals again from events.parquet, without training
+    again = json.loads((run / "retrieval" / "report.json").read_text())
+    assert again["methods"] == report["methods"] and again["paired"] == report["paired"]
 
 
 def test_compare_sids_are_trained_alike_and_paired_on_the_same_events(tmp_path, capsys):

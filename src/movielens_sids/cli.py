@@ -32,7 +32,7 @@ from .lookup import lookup_movie, lookup_prefix, neighbors, render_table
 from .reports.markdown import compare_runs
 from .retrieval.config import METHODS as RETRIEVAL_METHODS
 from .retrieval.report import markdown_table, paired_table
-from .retrieval.stage import retrieval_stage
+from .retrieval.stage import rescore_stage, retrieval_stage
 from .settings import OFFLINE_MODEL
 from .sid import parse_sid_prefix
 from .verify import render, verify_run
@@ -362,13 +362,16 @@ def retrieval_arguments(p: argparse.ArgumentParser) -> None:
          "retrieval.folds", "retrieval.candidates", "retrieval.validation_only", "retrieval.max_users",
          "retrieval.max_epochs", "retrieval.beam_size", "retrieval.device",
          "retrieval.threads")
+    p.add_argument("--rescore", action="store_true", help="compute the intervals and paired differences of a "
+                   "finished benchmark again from retrieval/events.parquet, without training")
 
 
 def retrieval_command(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     if not (run_dir / "sids.parquet").exists():  # before taking the lock: a bad run folder is not created
         raise SidsError(f"{run_dir / 'sids.parquet'} not found: run `movielens-sids assign` first")
     with run_lock(run_dir):
-        report = retrieval_stage(run_dir, cfg)  # report.md is a page of the JSON reports: no stage's recorded output
+        stage = rescore_stage if args.rescore else retrieval_stage
+        report = stage(run_dir, cfg)  # report.md is a page of the JSON reports: no stage's recorded output
     sl = report["slices"]
     print(f"{report['dataset']}, {report['protocol']}: {sl['all']['events']:,} test events "
           f"({sl['warm']['events']:,} warm, {sl['cold']['events']:,} cold), {len(report['seeds'])} seeds\n")

@@ -67,6 +67,13 @@ def summarize(splits: Split | list[Split], results: dict[str, dict], rcfg: Retri
     benchmark's ranks (the folds' events pooled)."""
     splits = [splits] if not isinstance(splits, list) else splits
     cold, users, times = pooled(splits)
+    targets = np.concatenate([s.test.target for s in splits])
+    return {**score(results, cold, users, rcfg), "candidates": candidate_counts(available, times, targets)}
+
+
+def score(results: dict[str, dict], cold: np.ndarray, users: np.ndarray, rcfg: RetrievalConfig) -> dict:
+    """``slices``, ``methods``, ``paired`` and ``recall_curve`` from every method's (S, E) ranks and runs, the
+    events' cold flags and their user clusters (a user of each fold one cluster)."""
     slices = {"all": np.ones(len(cold), bool), "warm": ~cold, "cold": cold}
     clusters = users if rcfg.bootstrap_unit == "user" else np.arange(len(cold))
     ranks = {name: r["ranks"] for name, r in results.items()}
@@ -88,11 +95,22 @@ def summarize(splits: Split | list[Split], results: dict[str, dict], rcfg: Retri
         others = {n: v for n, v in ranks.items() if n != "semantic_id"}
         paired = paired_differences(ranks["semantic_id"], others, METRICS, slices, clusters, **boot) if others else {}
     curve = {s: {n: recall_curve(v, mask, MAX_K) for n, v in ranks.items()} for s, mask in slices.items()}
-    targets = np.concatenate([s.test.target for s in splits])
     return _no_nan({"slices": {s: {"events": int(mask.sum()), "users": int(len(np.unique(users[mask])))}
                                for s, mask in slices.items()},
-                    "candidates": candidate_counts(available, times, targets),
                     "methods": methods, "paired": paired, "recall_curve": curve})
+
+
+def rescored(report: dict, events: Any, rcfg: RetrievalConfig) -> dict:
+    """A finished benchmark's report with its metrics, intervals, paired differences and curves computed again
+    from ``retrieval/events.parquet`` (a DataFrame) and the report's runs: no training, today's statistics."""
+    results = {}
+    for name, m in report["methods"].items():
+        prefix = f"rank/{name}/seed"
+        cols = [c for c in events.columns if c.startswith(prefix) and c[len(prefix):].isdigit()]
+        results[name] = {"ranks": np.stack([events[c].to_numpy(np.int64) for c in cols]), "runs": m["runs"]}
+    fold = events["fold"].to_numpy() if "fold" in events else np.zeros(len(events), np.int64)
+    _, users = np.unique(np.stack([fold, events["user_id"].to_numpy()], 1), axis=0, return_inverse=True)
+    return {**report, **score(results, events["cold"].to_numpy(bool), users.ravel(), rcfg)}
 
 
 def _no_nan(obj: Any) -> Any:

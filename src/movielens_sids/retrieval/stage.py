@@ -26,7 +26,7 @@ from ..io import write_json, write_parquet
 from ..reports.markdown import write_page
 from ..settings import DataConfig
 from .config import RetrievalConfig, settings_dict
-from .report import events_table, summarize
+from .report import events_table, rescored, summarize
 from .sequences import availability, folds_of, train_fingerprint
 
 log = logging.getLogger(__name__)
@@ -148,5 +148,25 @@ def retrieval_stage(run_dir: Path, cfg: Any) -> dict:
     recall_curve_chart(summary["recall_curve"], run_dir / "retrieval" / "recall_at_k.png")
     write_parquet(run_dir / "retrieval" / "events.parquet", events_table(splits, results))
     write_json(run_dir / "retrieval" / "report.json", report)
+    write_page(run_dir)
+    return report
+
+
+def rescore_stage(run_dir: Path, cfg: Any) -> dict:
+    """Compute a finished benchmark's intervals and paired differences again from ``retrieval/events.parquet``
+    (with this version's statistics and ``retrieval.bootstrap_*``), without training; rewrite its report."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    run_dir = Path(run_dir)
+    rcfg: RetrievalConfig = getattr(cfg, "retrieval", None) or RetrievalConfig()
+    path, events_path = run_dir / "retrieval" / "report.json", run_dir / "retrieval" / "events.parquet"
+    if not path.is_file() or not events_path.is_file():
+        raise SidsError(f"{run_dir / 'retrieval'} holds no finished benchmark: run `movielens-sids retrieval` first")
+    report = rescored(json.loads(path.read_text(encoding="utf-8")), pq.read_table(events_path).to_pandas(), rcfg)
+    report["settings"] = {**report["settings"], "bootstrap_samples": rcfg.bootstrap_samples,
+                          "bootstrap_unit": rcfg.bootstrap_unit}
+    write_json(path, report)
     write_page(run_dir)
     return report
