@@ -85,8 +85,6 @@ def _cited_files() -> list[Path]:
 DOCS_LINK = re.compile(r"docs/([\w-]+\.md)(?:#([\w-]+))?")
 PAGE_LINK = re.compile(r"\]\(([\w-]+\.md)(?:#([\w-]+))?\)")  # a link between two docs pages
 README_SECTION = re.compile(r"README(?::|,)\s*[\"']([^\"']+)[\"']")
-PENDING = {"src/movielens_sids/configs/collab.yaml"}
-"""Files whose citations are still to be moved to the retrieval page (the only exception)."""
 
 
 def test_every_cited_docs_page_and_section_exists():
@@ -95,8 +93,6 @@ def test_every_cited_docs_page_and_section_exists():
     broken = []
     for path in _cited_files():
         where = str(path.relative_to(ROOT))
-        if where in PENDING:
-            continue
         text = path.read_text(encoding="utf-8", errors="replace")
         links = [*DOCS_LINK.findall(text), *(PAGE_LINK.findall(text) if path.parent == DOCS else [])]
         for page, anchor in links:

@@ -335,6 +335,30 @@ def _same_second(user_of: np.ndarray, stamps: np.ndarray, pos_of: np.ndarray) ->
     return pos_of - (idx - run_start), run_len[run_id] > 1
 
 
+def _per_user(user_ids: np.ndarray, items: np.ndarray, stamps: np.ndarray) -> tuple:
+    """For interactions sorted by user then time: ``(users (U,), sequences, times, lengths (U,), user_of (n,),
+    pos_of (n,))``, the users, their item and time sequences, and each interaction's user index and position."""
+    users, starts = np.unique(user_ids, return_index=True)
+    bounds = np.append(starts, len(user_ids))
+    sequences = [items[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:])]
+    times = [stamps[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:])]
+    lengths = np.diff(bounds)
+    user_of = np.repeat(np.arange(len(users)), lengths)  # (n,) user index of every interaction
+    pos_of = np.arange(len(user_ids)) - np.repeat(starts, lengths)  # (n,) position in its user's sequence
+    return users, sequences, times, lengths, user_of, pos_of
+
+
+def _sampled(valid: Events, test: Events, max_valid: int | None, max_test: int | None, seed: int
+             ) -> tuple[Events, Events]:
+    """Seeded samples of at most ``max_valid`` validation and ``max_test`` test events (None: all), in order."""
+    rng = np.random.default_rng(seed)
+    if max_valid is not None and len(valid) > max_valid:
+        valid = valid.subset(np.sort(rng.choice(len(valid), size=max_valid, replace=False)))
+    if max_test is not None and len(test) > max_test:
+        test = test.subset(np.sort(rng.choice(len(test), size=max_test, replace=False)))
+    return valid, test
+
+
 def build_split(ratings: pd.DataFrame, movie_ids: np.ndarray, *, protocol: str = "leave_one_out",
                 min_ratings: int = 5, test_fraction: float = 0.1, valid_fraction: float = 0.05,
                 cutoff: int | None = None, max_valid_events: int | None = None, max_test_events: int | None = None,
@@ -354,10 +378,9 @@ def build_split(ratings: pd.DataFrame, movie_ids: np.ndarray, *, protocol: str =
         max_test_events: keep a seeded sample of this many test events (None: all; for the largest variants).
         max_users: keep a seeded random sample of this many users (for ml-20m/25m/32m); None keeps all.
         seed: seed of the user and validation samples.
-        test_end_fraction: temporal: the test window ends where this share of the interactions remains (a
-            rolling-origin fold that is not the last); None: it runs to the end.
-        score_validation: the scored events (``test``) are every validation event instead of the test events,
-            which are then never built (for choosing settings); ``valid`` stays the sample early stopping watches.
+        test_end_fraction: temporal: the test window ends where this share remains (None: at the end).
+        score_validation: ``test`` holds every validation event instead of the test events (for choosing
+            settings); ``valid`` stays the sample early stopping watches.
 
     Returns:
         A ``Split``; movies are re-indexed densely over ``movie_ids``.
@@ -371,13 +394,7 @@ def build_split(ratings: pd.DataFrame, movie_ids: np.ndarray, *, protocol: str =
                                seed=seed)
     items = np.searchsorted(movie_ids, df["movie_id"].to_numpy())
     stamps = df["timestamp"].to_numpy().astype(np.int64)
-    users, starts = np.unique(df["user_id"].to_numpy(), return_index=True)
-    bounds = np.append(starts, len(df))
-    sequences = [items[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:])]
-    times = [stamps[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:])]
-    lengths = np.diff(bounds)
-    user_of = np.repeat(np.arange(len(users)), lengths)  # (n,) user index of every interaction
-    pos_of = np.arange(len(df)) - np.repeat(starts, lengths)  # (n,) position in its user's sequence
+    users, sequences, times, lengths, user_of, pos_of = _per_user(df["user_id"].to_numpy(), items, stamps)
     n_train, is_valid, is_test = _event_marks(protocol, stamps, user_of, pos_of, lengths, info, cutoff=cutoff,
                                               test_fraction=test_fraction, valid_fraction=valid_fraction,
                                               test_end_fraction=test_end_fraction)
@@ -394,11 +411,7 @@ def build_split(ratings: pd.DataFrame, movie_ids: np.ndarray, *, protocol: str =
     valid, test = (Events(user=user_of[m], pos=pos_of[m], target=items[m], hist=hist_of[m], time=stamps[m])
                    for m in (is_valid & has_history, test_kept))
     info.update(n_valid_events_total=len(valid), n_test_events_total=len(test))
-    rng = np.random.default_rng(seed)
-    if max_valid_events is not None and len(valid) > max_valid_events:
-        valid = valid.subset(np.sort(rng.choice(len(valid), size=max_valid_events, replace=False)))
-    if max_test_events is not None and len(test) > max_test_events:
-        test = test.subset(np.sort(rng.choice(len(test), size=max_test_events, replace=False)))
+    valid, test = _sampled(valid, test, max_valid_events, max_test_events, seed)
     if not len(test):
         raise SidsError("the split has no test event; lower the cut-off or use more ratings")
     info.update(n_users=int(len(users)), n_interactions=int(len(df)), n_train_interactions=int(n_train.sum()),

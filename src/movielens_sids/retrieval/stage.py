@@ -89,11 +89,26 @@ def content_vectors(run_dir: Path, movie_ids: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def compared_codes(rcfg: RetrievalConfig, split) -> dict[str, np.ndarray]:
+    """``{"semantic_id@<folder>": (N, L') codes}`` of ``retrieval.compare_sids``' runs, over ``split``'s movies
+    (the first fold's: their collaborative vectors must come from its training interactions)."""
+    compared = {}
+    for other in rcfg.compare_sids:
+        ids, other_codes = read_codes(Path(other))
+        check_collab_split(Path(other), split)
+        pos = np.searchsorted(ids, split.movie_ids)
+        if (pos >= len(ids)).any() or (ids[np.minimum(pos, len(ids) - 1)] != split.movie_ids).any():
+            raise SidsError(f"{Path(other) / 'sids.parquet'} lacks movies of this run: "
+                            "compare runs of the same catalog")
+        compared[f"semantic_id@{other}"] = other_codes[pos]
+    return compared
+
+
 def retrieval_stage(run_dir: Path, cfg: Any) -> dict:
     """Run the benchmark on ``run_dir``'s SIDs with ``cfg.retrieval``; write its report, events and chart.
 
     Returns:
-        The report (a dict; its keys are documented in the README).
+        The report (a dict; its keys are documented in docs/retrieval.md).
     """
     from ..reports.charts import recall_curve_chart  # matplotlib: imported when a chart is drawn
     from .bench import run_benchmark  # torch and Lightning: imported when the benchmark runs
@@ -114,15 +129,7 @@ def retrieval_stage(run_dir: Path, cfg: Any) -> dict:
              "dropped", dataset, rcfg.protocol, len(splits), split.info["n_users"], split.info["n_interactions"],
              sum(len(s.test) for s in splits), split.info["n_ratings_dropped_no_sid"],
              split.info["n_movies_dropped_no_sid"])
-    compared = {}
-    for other in rcfg.compare_sids:
-        ids, other_codes = read_codes(Path(other))
-        check_collab_split(Path(other), splits[0])
-        pos = np.searchsorted(ids, split.movie_ids)
-        if (pos >= len(ids)).any() or (ids[np.minimum(pos, len(ids) - 1)] != split.movie_ids).any():
-            raise SidsError(f"{Path(other) / 'sids.parquet'} lacks movies of this run: "
-                            "compare runs of the same catalog")
-        compared[f"semantic_id@{other}"] = other_codes[pos]
+    compared = compared_codes(rcfg, splits[0])
     results = run_benchmark(splits, item_codes, rcfg, vectors, compared, available)
     summary = summarize(splits, results, rcfg, available)
     report = {
