@@ -192,7 +192,7 @@ def _shared(split: Split, codes: dict[str, np.ndarray], cfg: RetrievalConfig, av
 
 
 _WORKER: dict = {}
-"""The ``_Shared`` of this worker process (set by ``_init_worker``)."""
+"""The folds' ``_Shared`` of this worker process (set by ``_init_worker``)."""
 
 
 def watch_parent(interval: float = 1.0) -> None:
