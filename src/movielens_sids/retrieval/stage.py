@@ -12,6 +12,7 @@ May import: errors, io, artifacts, data.catalog, reports, and this package.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 from .. import artifacts
 from ..data import catalog
 from ..errors import SidsError
-from ..io import write_json, write_parquet
+from ..io import read_parquet, write_json, write_parquet
 from ..reports.markdown import write_page
 from ..settings import DataConfig
 from .config import RetrievalConfig, settings_dict
@@ -162,16 +163,16 @@ def retrieval_stage(run_dir: Path, cfg: Any) -> dict:
 def rescore_stage(run_dir: Path, cfg: Any) -> dict:
     """Compute a finished benchmark's intervals and paired differences again from ``retrieval/events.parquet``
     (with this version's statistics and ``retrieval.bootstrap_*``), without training; rewrite its report."""
-    import json
-
-    import pyarrow.parquet as pq
-
     run_dir = Path(run_dir)
     rcfg: RetrievalConfig = getattr(cfg, "retrieval", None) or RetrievalConfig()
     path, events_path = run_dir / "retrieval" / "report.json", run_dir / "retrieval" / "events.parquet"
     if not path.is_file() or not events_path.is_file():
         raise SidsError(f"{run_dir / 'retrieval'} holds no finished benchmark: run `movielens-sids retrieval` first")
-    report = rescored(json.loads(path.read_text(encoding="utf-8")), pq.read_table(events_path).to_pandas(), rcfg)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SidsError(f"{path}: not a benchmark report ({type(e).__name__}); run `movielens-sids retrieval`") from e
+    report = rescored(report, read_parquet(events_path, "retrieval events").to_pandas(), rcfg)
     report["settings"] = {**report["settings"], "bootstrap_samples": rcfg.bootstrap_samples,
                           "bootstrap_unit": rcfg.bootstrap_unit}
     write_json(path, report)
