@@ -15,6 +15,7 @@ from sids_fixtures import write_catalog
 
 from movielens_sids.cli import main
 from movielens_sids.errors import SidsError
+from movielens_sids.retrieval import METHODS
 from movielens_sids.retrieval.bench import (
     RetrievalConfig,
     merge_cold,
@@ -451,7 +452,7 @@ def test_cli_end_to_end_writes_report_and_section(tmp_path, capsys, protocol):
     assert "Semantic IDs" in out and "Most popular" in out and "Content k-NN" in out
     report = json.loads((run / "retrieval" / "report.json").read_text())
     assert report["protocol"] == protocol and report["seeds"] == [0, 1]
-    assert set(report["methods"]) == {"semantic_id", "random_id", "sasrec_ce", "most_popular", "content_knn"}
+    assert set(report["methods"]) == set(METHODS)
     sl = report["slices"]
     assert sl["all"]["events"] == sl["warm"]["events"] + sl["cold"]["events"] > 0
     for name, r in report["methods"].items():

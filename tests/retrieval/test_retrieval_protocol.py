@@ -64,7 +64,7 @@ def tiny(**kw) -> RetrievalConfig:
 
 
 CHOICES = ("epochs", "best_epoch", "stopped_by", "valid_curve", "cold_bonus", "valid_recall@10_by_cold_bonus",
-           "window", "valid_recall@10_by_window")
+           "mix_weight", "valid_recall@10_by_mix", "window", "valid_recall@10_by_window")
 
 
 def test_replacing_the_test_events_leaves_every_choice_of_the_benchmark_unchanged():
@@ -84,7 +84,8 @@ def test_replacing_the_test_events_leaves_every_choice_of_the_benchmark_unchange
         for one, two in zip(runs[0][method]["runs"], runs[1][method]["runs"]):
             chosen = {k: one[k] for k in CHOICES if k in one}
             assert chosen == {k: two[k] for k in CHOICES if k in two}, method
-    assert "cold_bonus" in runs[0]["semantic_id"]["runs"][0] and "window" in runs[0]["content_knn"]["runs"][0]
+    assert "mix_weight" in runs[0]["semantic_id"]["runs"][0] and "window" in runs[0]["content_knn"]["runs"][0]
+    assert "cold_bonus" in runs[0]["semantic_id_tokens"]["runs"][0]
 
 
 def test_a_movie_that_did_not_exist_yet_is_never_ranked():

@@ -3,9 +3,14 @@
 On one split of the ratings (``sequences.py``: temporal or leave-one-out), every method ranks
 movies for the same test events:
 
-- ``semantic_id``: ``GenerativeRetriever`` over the run's Semantic IDs;
-- ``random_id``: the same model and settings over random IDs of the same shape: the run's SIDs
-  shuffled across movies (seeded per seed), so L, K per level, uniqueness and even the trie's
+- ``semantic_id``: ``GenerativeRetriever`` over the run's Semantic IDs, with each movie's vector
+  added to its input and a dense head (``retrieval.content_input``, ``dense_weight``); it ranks
+  the beam search's movies and the dense head's best movies, warm or cold, together
+  (``fused_candidates``), by a mix of both scores chosen on validation (``choose_mix``);
+- ``semantic_id_tokens``: the token-only model over the same SIDs (no vectors, the beam search
+  alone, with its cold-start share);
+- ``random_id``: ``semantic_id``'s model and settings over random IDs of the same shape: the run's
+  SIDs shuffled across movies (seeded per seed), so L, K per level, uniqueness and even the trie's
   shape are identical and only the link between a movie's content and its tokens is broken;
 - ``sasrec_ce``: SASRec over plain movie ids trained with full softmax cross-entropy over every
   movie of its training windows ("SASRec+", Klenitskiy & Vasilev, RecSys 2023), ranking those;
@@ -37,6 +42,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -142,6 +148,88 @@ def choose_cold_bonus(model: torch.nn.Module, sh: _Shared, cold_trie: SidTrie, d
     return best, {f"{b:g}": round(r, 4) for b, r in curve.items()}
 
 
+class Candidates(NamedTuple):
+    """Per event, the movies a model with a dense head ranks: the beam search's, then the dense head's best."""
+
+    items: np.ndarray
+    """(E, C) item indices, -1 where none (a dead beam, or a dense pick the beams already hold)."""
+    gen: np.ndarray
+    """(E, C) log-probability of each movie's full SID (-inf where none)."""
+    dense: np.ndarray
+    """(E, C) the dense head's logit of each movie (-inf where none)."""
+
+
+def _drop_repeats(items: torch.Tensor) -> torch.Tensor:
+    """(B, C) item indices with every repeat of an item in its row (one copy kept) set to -1."""
+    srt, order = items.sort(1)
+    repeat = torch.zeros_like(items, dtype=torch.bool)
+    repeat[:, 1:] = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
+    return items.masked_fill(torch.zeros_like(repeat).scatter(1, order, repeat), -1)
+
+
+@torch.no_grad()
+def fused_candidates(model: GenerativeRetriever, history: np.ndarray, *, beam_size: int, dense_k: int,
+                     batch_size: int, device: torch.device, seen: Excluded | None = None,
+                     cold: np.ndarray | None = None, times: np.ndarray | None = None) -> Candidates:
+    """For (E, M) histories, the ``beam_size`` movies of the constrained beam search, the ``dense_k`` best by dense
+    score (any movie, rated or not) and, given ``cold`` ((N,) bool: no training interaction), the ``dense_k`` best
+    of those, each with both scores; what ``seen`` excludes is in none. ``times``: (E,) the events' Unix times
+    (for a dense head with movie years)."""
+    model.eval().to(device)
+    not_cold = None if cold is None else torch.from_numpy(~np.asarray(cold, dtype=bool)).to(device)  # (N,)
+    k = min(dense_k, model.n_items)
+    parts = []
+    for i in range(0, len(history), batch_size):
+        hist = torch.from_numpy(history[i:i + batch_size]).to(device)  # (B, M)
+        hidden = model.last_hidden(hist)  # (B, d)
+        exclude = None if seen is None else exclusion_mask(seen, slice(i, i + batch_size), model.n_items, device)
+        found = [model.recommend_from(hidden, beam_size, beam_size=beam_size, exclude=exclude).items]  # (B, W)
+        time = None if times is None else torch.from_numpy(np.asarray(times[i:i + batch_size])).to(device)
+        dense = model.dense_scores(hidden, model.last_context(hist, time))  # (B, N)
+        if exclude is not None:
+            dense = dense.masked_fill(exclude, -torch.inf)
+        for scores in (dense, None if not_cold is None else dense.masked_fill(not_cold, -torch.inf)):
+            if scores is not None:
+                top = scores.topk(k, dim=1)
+                found.append(top.indices.masked_fill(top.values == -torch.inf, -1))  # (B, X)
+        items = _drop_repeats(torch.cat(found, 1))  # (B, C)
+        gen = model.sid_logprob(hidden, items)  # (B, C)
+        score = dense.gather(1, items.clamp(min=0)).masked_fill(items < 0, -torch.inf)
+        parts.append([t.cpu().numpy() for t in (items, gen, score)])
+    if not parts:
+        return Candidates(np.empty((0, 0), np.int64), np.empty((0, 0), np.float32), np.empty((0, 0), np.float32))
+    return Candidates(*(np.concatenate(p) for p in zip(*parts)))
+
+
+def fused_ranking(c: Candidates, is_cold: np.ndarray, weight: float, bonus: float, k: int) -> np.ndarray:
+    """(E, k) items: the candidates ranked by ``log P(SID) + weight x dense logit + bonus x cold`` (``is_cold``:
+    (N,) bool per item), -1 where there are fewer than ``k``."""
+    valid = c.items >= 0
+    score = np.where(valid, c.gen + weight * np.where(valid, c.dense, 0.0) + bonus * is_cold[np.maximum(c.items, 0)],
+                     -np.inf)
+    order = np.argsort(-score, axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(c.items, order, 1)
+    top = np.where(np.isfinite(np.take_along_axis(score, order, 1)), top, -1)
+    return np.pad(top, ((0, 0), (0, max(0, k - top.shape[1]))), constant_values=-1)
+
+
+def choose_mix(model: GenerativeRetriever, sh: _Shared, device: torch.device) -> dict:
+    """The (weight, bonus) of ``cfg.mix_weights`` x ``cfg.cold_bonuses`` with the best validation Recall@10 (ties:
+    the smaller weight, then the smaller bonus), from the candidates the test events get (same beams, same
+    dense picks), and the validation curve. Reads only the validation events."""
+    cfg = sh.cfg
+    c = fused_candidates(model, sh.valid_windows[:, :-1], beam_size=cfg.beam_size, dense_k=cfg.dense_candidates,
+                         batch_size=cfg.eval_batch_size, device=device, seen=sh.valid_excluded, cold=sh.is_cold,
+                         times=sh.valid_time)
+    target = sh.valid_windows[:, -1]
+    bonuses = sorted(cfg.cold_bonuses) or [0.0]
+    curve = {(w, b): float((fused_ranking(c, sh.is_cold, w, b, 10) == target[:, None]).any(1).mean())
+             for w in sorted(cfg.mix_weights) for b in bonuses}
+    w, b = max(curve, key=lambda wb: (curve[wb], -wb[0], -wb[1]))
+    return {"mix_weight": w, "cold_bonus": b, "valid_recall@10_by_mix": {
+        f"{wt:g}": [round(curve[(wt, bb)], 4) for bb in bonuses] for wt in sorted(cfg.mix_weights)}}
+
+
 def _content(vectors: np.ndarray, sh: _Shared, valid_targets: np.ndarray) -> tuple[np.ndarray, dict]:
     """content_knn's test lists, its profile window chosen on validation Recall@10 (seen movies always left out)."""
     cfg, curve = sh.cfg, {}
@@ -168,11 +256,16 @@ class _Shared:
     content_valid_excluded: Excluded  # content_knn always leaves out the user's rated movies
     content_test_excluded: Excluded
     is_cold: np.ndarray  # (N,) bool: the item has no training interaction
+    item_vectors: np.ndarray | None  # (N, D) what semantic_id's model reads of each movie (None: token-only models)
+    item_years: np.ndarray | None  # (N,) release years, NaN unknown (None: no age bias)
+    window_times: np.ndarray  # (n, M+1) the Unix time of each training window movie (-1 pads)
+    valid_time: np.ndarray  # (E_valid,) the validation events' Unix times
+    test_time: np.ndarray  # (E,)
     cfg: RetrievalConfig
 
 
-def _shared(split: Split, codes: dict[str, np.ndarray], cfg: RetrievalConfig, available: np.ndarray | None
-            ) -> _Shared:
+def _shared(split: Split, codes: dict[str, np.ndarray], cfg: RetrievalConfig, available: np.ndarray | None,
+            item_vectors: np.ndarray | None = None, item_years: np.ndarray | None = None) -> _Shared:
     """One fold's ``_Shared``: its training windows, histories and the movies each event may not recommend."""
     m, cap, n = cfg.max_history, cfg.max_train_items, len(split.movie_ids)
 
@@ -182,13 +275,16 @@ def _shared(split: Split, codes: dict[str, np.ndarray], cfg: RetrievalConfig, av
         return Excluded(n, split.seen(events) if seen else None, events.time, available)
 
     valid_hist = split.histories(split.valid, m)
+    train_times = [t[:k] for t, k in zip(split.times, split.n_train)]
     return _Shared(codes=codes, n_items=n,
                    windows=training_windows([t[-cap:] if cap else t for t in split.train], m),
+                   window_times=training_windows([t[-cap:] if cap else t for t in train_times], m),
+                   valid_time=split.valid.time, test_time=split.test.time, item_years=item_years,
                    valid_windows=np.concatenate([valid_hist, split.valid.target[:, None]], axis=1),
                    valid_excluded=excluded(split.valid, cfg.exclude_seen), test_hist=split.histories(split.test, m),
                    test_excluded=excluded(split.test, cfg.exclude_seen),
                    content_valid_excluded=excluded(split.valid, True), content_test_excluded=excluded(split.test, True),
-                   is_cold=split.train_counts() == 0, cfg=cfg)
+                   is_cold=split.train_counts() == 0, item_vectors=item_vectors, cfg=cfg)
 
 
 _WORKER: dict = {}
@@ -236,23 +332,53 @@ def _learned_job(fold: int, seed: int, method: str, shared: list[_Shared] | None
         known = np.unique(sh.windows[sh.windows >= 0])  # the movies of its training windows
         model, lr = SASRec(sh.n_items, known=known, dropout=cfg.sasrec_dropout, **shape), cfg.sasrec_lr
     else:
-        ids = random_codes(sh.codes["semantic_id"], seed) if method == "random_id" else sh.codes[method]
-        model, lr = GenerativeRetriever(ids, dropout=cfg.dropout, **shape), cfg.lr
+        model, lr = _generative(method, seed, sh, shape), cfg.lr
+    timed = getattr(model, "age_bias", None) is not None  # its dense head reads the events' times
+    times = dict(window_times=sh.window_times, valid_times=sh.valid_time) if timed else {}
     info = {"seed": seed, "fold": fold, **fit(model, sh.windows, sh.valid_windows, sh.valid_excluded, lr=lr,
                                               weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
                                               eval_batch_size=cfg.eval_batch_size, max_epochs=cfg.max_epochs,
                                               patience=cfg.patience, beam_size=cfg.valid_beam_size, seed=seed,
                                               accelerator=accelerator,
-                                              devices=[device.index] if device.index is not None else 1)}
+                                              devices=[device.index] if device.index is not None else 1, **times)}
+    t1 = time.perf_counter()
+    ranked = _ranked(model, sh, device, info)
+    info["train_s"], info["rank_s"] = round(time.perf_counter() - t0, 1), round(time.perf_counter() - t1, 1)
+    return ranked, info
+
+
+def _generative(method: str, seed: int, sh: _Shared, shape: dict) -> GenerativeRetriever:
+    """The generative model of ``method``: token-only for semantic_id_tokens, otherwise (with item vectors) with
+    the content input and the dense head that ``cfg`` asks for."""
+    cfg = sh.cfg
+    ids = (random_codes(sh.codes["semantic_id"], seed) if method == "random_id"
+           else sh.codes["semantic_id" if method == "semantic_id_tokens" else method])
+    reads = method != "semantic_id_tokens" and (cfg.content_input or cfg.dense_weight > 0)
+    if reads and sh.item_vectors is None:
+        raise ValueError(f"{method} reads item vectors (retrieval.content_input, dense_weight): none were given")
+    dense = dict(item_vectors=sh.item_vectors, dense_weight=cfg.dense_weight, dense_negatives=cfg.dense_negatives,
+                 dense_pool=np.unique(sh.windows[sh.windows >= 0]), dense_window=cfg.dense_window,
+                 dense_positions=cfg.dense_positions, content_input=cfg.content_input,
+                 item_years=sh.item_years if cfg.dense_age else None) if reads else {}
+    return GenerativeRetriever(ids, dropout=cfg.dropout, **shape, **dense)
+
+
+def _ranked(model: torch.nn.Module, sh: _Shared, device: torch.device, info: dict) -> np.ndarray:
+    """A trained model's (E, MAX_K) test lists; its choices on validation go into ``info``."""
+    cfg = sh.cfg
+    if getattr(model, "dense", False):
+        info.update(choose_mix(model, sh, device))
+        c = fused_candidates(model, sh.test_hist, beam_size=cfg.beam_size, dense_k=cfg.dense_candidates,
+                             batch_size=cfg.eval_batch_size, device=device, seen=sh.test_excluded, cold=sh.is_cold,
+                             times=sh.test_time)
+        return fused_ranking(c, sh.is_cold, info["mix_weight"], info["cold_bonus"], MAX_K)
     cold_trie = None
-    if method != "sasrec_ce" and cfg.cold_bonuses and sh.is_cold.any():
+    if isinstance(model, GenerativeRetriever) and cfg.cold_bonuses and sh.is_cold.any():
         cold_trie = model.subset_trie(np.flatnonzero(sh.is_cold))
         info["cold_bonus"], info["valid_recall@10_by_cold_bonus"] = choose_cold_bonus(model, sh, cold_trie, device)
     main, cold = recommend_all(model, sh.test_hist, k=MAX_K, beam_size=cfg.beam_size, batch_size=cfg.eval_batch_size,
                                device=device, seen=sh.test_excluded, cold_trie=cold_trie)
-    ranked = main[0] if cold is None else merge_cold(main, cold, sh.is_cold, info["cold_bonus"], MAX_K)
-    info["train_s"] = round(time.perf_counter() - t0, 1)
-    return ranked, info
+    return main[0] if cold is None else merge_cold(main, cold, sh.is_cold, info["cold_bonus"], MAX_K)
 
 
 def _fixed_job(method: str, fold: int, split: Split, sh: _Shared, vectors: np.ndarray | None
@@ -299,9 +425,17 @@ def _run_learned(jobs: list[Job], shared: list[_Shared]) -> dict[Job, tuple[np.n
         return {job: f.result() for job, f in futures.items()}
 
 
+def _check_rows(n: int, **arrays: np.ndarray | None) -> None:
+    """Each given array has one row per movie of the split."""
+    for name, a in arrays.items():
+        if a is not None and len(a) != n:
+            raise ValueError(f"{name} has {len(a)} rows for {n} movies")
+
+
 def run_benchmark(splits: Split | list[Split], codes: np.ndarray, cfg: RetrievalConfig,
                   vectors: np.ndarray | None = None, compared: dict[str, np.ndarray] | None = None,
-                  available: np.ndarray | None = None) -> dict:
+                  available: np.ndarray | None = None, item_vectors: np.ndarray | None = None,
+                  item_years: np.ndarray | None = None) -> dict:
     """Train and evaluate every method of ``cfg.methods`` for every seed on the test events of every fold.
 
     The learned (fold, seed, method) jobs are independent and seeded: they run in parallel worker processes
@@ -317,6 +451,8 @@ def run_benchmark(splits: Split | list[Split], codes: np.ndarray, cfg: Retrieval
             method trained exactly like ``semantic_id``.
         available: (N,) the first second at which each item may be recommended (``sequences.availability``);
             None: every item at every event.
+        item_vectors: (N, D) what ``semantic_id``'s model reads of each item (default: ``vectors``).
+        item_years: (N,) release years (NaN: unknown), for the dense head's age bias; None: no age bias.
 
     Returns:
         ``{method: {"ranks": (S, E) int64 target ranks of the folds' events in order (S = 1 for seed-free
@@ -324,13 +460,14 @@ def run_benchmark(splits: Split | list[Split], codes: np.ndarray, cfg: Retrieval
     """
     logs.adopt("lightning")  # Lightning's own console handler would print its lines twice
     splits = [splits] if isinstance(splits, Split) else list(splits)
-    if len(codes) != len(splits[0].movie_ids):
-        raise ValueError(f"codes has {len(codes)} rows for {len(splits[0].movie_ids)} movies")
+    item_vectors = vectors if item_vectors is None else item_vectors
+    _check_rows(len(splits[0].movie_ids), codes=codes, item_vectors=item_vectors, item_years=item_years)
     if "content_knn" in cfg.methods and (vectors is None or len(vectors) != len(splits[0].movie_ids)):
         raise ValueError("content_knn needs one content vector per movie of the split")
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    shared = [_shared(split, {"semantic_id": codes, **(compared or {})}, cfg, available) for split in splits]
+    shared = [_shared(split, {"semantic_id": codes, **(compared or {})}, cfg, available, item_vectors, item_years)
+              for split in splits]
     for f, (split, sh) in enumerate(zip(splits, shared)):
         log.info("fold %d: %d users, %d movies, %d training windows of %d movies; %d validation and %d test events",
                  f, len(split.users), len(split.movie_ids), len(sh.windows), cfg.max_history + 1, len(split.valid),
@@ -357,6 +494,7 @@ def run_benchmark(splits: Split | list[Split], codes: np.ndarray, cfg: Retrieval
 
 
 def _log_run(method: str, ranks: np.ndarray, info: dict) -> None:
-    facts = {k: v for k, v in info.items() if k not in ("seed", "fold", "valid_curve", "valid_recall@10_by_cold_bonus")}
+    facts = {k: v for k, v in info.items()
+             if k not in ("seed", "fold", "valid_curve", "valid_recall@10_by_cold_bonus", "valid_recall@10_by_mix")}
     log.info("fold %d seed %d %-12s recall@10 %.4f (%s)", info["fold"], info["seed"], method,
              float(((ranks >= 0) & (ranks < 10)).mean()), ", ".join(f"{k} {v}" for k, v in facts.items()))

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-METHODS = ("semantic_id", "random_id", "sasrec_ce", "most_popular", "content_knn")
+METHODS = ("semantic_id", "semantic_id_tokens", "random_id", "sasrec_ce", "most_popular", "content_knn")
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "recall@50")
 PROTOCOLS = ("temporal", "leave_one_out")
 MAX_K = 50
@@ -58,7 +58,7 @@ class RetrievalConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """One full comparison per seed (model init, batch order, the random IDs)."""
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    """Which of semantic_id, random_id, sasrec_ce, most_popular, content_knn to run."""
+    """Which of semantic_id, semantic_id_tokens, random_id, sasrec_ce, most_popular, content_knn to run."""
     compare_sids: list[str] = field(default_factory=list)
     """Other run folders whose SIDs are benchmarked too (as ``semantic_id@<folder>``), trained exactly like
     ``semantic_id`` on the same events and paired against it: tokenizers compared downstream."""
@@ -95,12 +95,39 @@ class RetrievalConfig:
     """Beams of the constrained beam search on validation events (>= 10, the monitored cut-off)."""
     beam_size: int = 50
     """Beams of the constrained beam search at test time (>= 50, the largest cut-off)."""
+    content_input: bool = True
+    """semantic_id (and random_id, compare_sids): a movie's input is its SID tokens' embeddings plus a learned
+    projection of its vector (the run tokenizer's input: its content embedding, and its collaborative vector
+    where the tokenizer read one). semantic_id_tokens never reads vectors."""
+    dense_weight: float = 1.0
+    """semantic_id (and random_id, compare_sids): weight of the dense head's loss (predict the next movie's
+    vector) beside the SID-token loss; 0: no dense head, the beam search alone ranks (as semantic_id_tokens)."""
+    dense_negatives: int | None = 4096
+    """Movies sampled per training step, among those of the training windows, for the dense head's softmax (None:
+    all of them). A movie nobody rated in training is never a negative: it is never taught to lose."""
+    dense_window: int = 3
+    """With a dense head: its prediction of the next movie's vector starts from the mean vector of this many of
+    the latest movies (the content baseline's profile) and learns a correction."""
+    dense_age: bool = True
+    """With a dense head: it learns a bias per range of a movie's age at the event (the event's year minus the
+    catalog's release year; a range for a movie without one), so that new releases can be told from old films."""
+    dense_positions: int | None = 1024
+    """With a dense head: its loss is computed on at most this many sampled positions of each training batch
+    (None: all)."""
+    dense_candidates: int = 50
+    """With a dense head: the best movies by dense score, and as many of the movies with no training interaction,
+    added to the beam search's candidates."""
+    mix_weights: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 16.0, 64.0])
+    """With a dense head: candidate weights w of the score that ranks the candidates, log P(SID) + w x dense
+    logit + bonus x cold (bonus from cold_bonuses); the pair with the best validation Recall@10 is used (ties:
+    the smaller w, then the smaller bonus). A large w ranks by the dense head alone, as LIGER does."""
     cold_bonuses: list[float] = field(default_factory=lambda: [float(b) for b in range(13)])
     """Generative models: candidate log-probability bonuses for movies with no training interaction, the best
     on validation Recall@10 is used. Such a movie's last token was never a target, so a plain beam search all
     but never ranks it; a second search over only these movies, merged with the main list after adding the
     bonus, is TIGER's cold-start share (its epsilon) chosen by validation. [] searches every movie once, as
-    before; ID-based models cannot do this."""
+    before; ID-based models cannot do this. A model with a dense head chooses its bonus from these too, with
+    its mix weight."""
     content_windows: list[int] = field(default_factory=lambda: [1, 3, 10, 30])
     """content_knn: how many of the user's latest movies make the profile; the best on validation is used."""
     bootstrap_samples: int = 10_000
@@ -160,8 +187,7 @@ class RetrievalConfig:
         for name in ("max_valid_events", "max_test_events"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
-        if any(b < 0 for b in self.cold_bonuses):
-            raise ValueError(f"cold_bonuses: must be >= 0, got {self.cold_bonuses}")
+        self._check_dense()
         if not self.content_windows or min(self.content_windows) < 1:
             raise ValueError(f"content_windows: give positive window sizes, got {self.content_windows}")
         if self.bootstrap_samples < 100:
@@ -177,6 +203,21 @@ class RetrievalConfig:
             self.device = "cuda"
         if self.device not in ("cpu", "cuda", "mps", "auto") and not self.device.startswith("cuda:"):
             raise ValueError(f"device: expected cpu, cuda, cuda:N, mps or auto, got {self.device!r}")
+
+    def _check_dense(self) -> None:
+        """The content input's, the dense head's and the ranking mix's settings."""
+        if not self.mix_weights or min(self.mix_weights) < 0:
+            raise ValueError(f"mix_weights: give weights >= 0, got {self.mix_weights}")
+        if self.dense_weight < 0:
+            raise ValueError(f"dense_weight: must be >= 0, got {self.dense_weight}")
+        if self.dense_window < 1 or (self.dense_positions is not None and self.dense_positions < 1):
+            raise ValueError("dense_window and dense_positions: must be positive")
+        if self.dense_candidates < 0:
+            raise ValueError(f"dense_candidates: must be >= 0, got {self.dense_candidates}")
+        if self.dense_negatives is not None and self.dense_negatives < 1:
+            raise ValueError(f"dense_negatives: must be positive or null, got {self.dense_negatives}")
+        if any(b < 0 for b in self.cold_bonuses):
+            raise ValueError(f"cold_bonuses: must be >= 0, got {self.cold_bonuses}")
 
 
 def settings_dict(cfg: RetrievalConfig) -> dict:

@@ -21,14 +21,28 @@ Decoding: beam search over the ``SidTrie``; at each level the tokens that do not
 existing SID prefix are masked, so the W beams are W distinct, real movies, ranked by the
 log-probability of their full SID.
 
+Content in, a dense head out (after LIGER, Yang et al., 2024): given ``item_vectors`` (each movie's
+content embedding, and its collaborative vector where the run's tokenizer read one), a movie's
+input also gets a learned projection of its vector, so a movie nobody has rated is no unknown in a
+history; and beside the SID tokens the model predicts the next movie's vector. The prediction is
+the mean vector of the ``dense_window`` latest movies (the content baseline's profile) plus a
+learned correction from the transformer's state, and every movie is scored by its cosine with the
+prediction (``dense_scores``), plus, given ``item_years``, a learned bias for the movie's age at
+the event (the event's year minus its release year, in a few ranges: new releases are watched
+differently from old films), trained with a softmax over the movies of the training windows
+(``dense_negatives`` of them sampled per step) jointly with the token loss. A movie's score needs
+no interaction, so the dense head ranks movies the beam search cannot; ``bench.fused_candidates``
+joins the two.
+
 Shapes: B batch, M history length in movies, L levels (tokens per movie), W beams, N movies,
-V vocabulary (sum of the K_l), d model width.
+V vocabulary (sum of the K_l), d model width, D item-vector width, C candidates per user.
 
 May import: torch and retrieval.trie (pure model math).
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -50,6 +64,21 @@ def next_item_pairs(items: torch.Tensor, max_history: int, *, last_only: bool = 
     if last_only:
         keep[:, :-1] = False
     return inp, tgt, keep
+
+
+AGE_EDGES = (0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0)
+"""Ranges of a movie's age at an event (years): below 0 (not released yet), [0, 1), [1, 2), ..., 20 and more;
+one more range for a movie without a year."""
+SECONDS_PER_YEAR = 365.2425 * 86400
+
+
+def age_bucket(event_time: torch.Tensor, year: torch.Tensor) -> torch.Tensor:
+    """(...,) Unix times and broadcastable (...,) release years (NaN: unknown) -> (...,) int64 range of
+    ``AGE_EDGES`` of the movie's age at the event (its calendar year minus the release year)."""
+    event_year = torch.floor(1970.0 + event_time.double() / SECONDS_PER_YEAR)
+    age = event_year - year.double()
+    edges = torch.tensor(AGE_EDGES, dtype=torch.float64, device=age.device)
+    return torch.where(torch.isnan(age), len(AGE_EDGES) + 1, torch.bucketize(age, edges, right=True))
 
 
 class Block(nn.Module):
@@ -118,6 +147,19 @@ class GenerativeRetriever(nn.Module):
 
     Args:
         item_codes: (N, L) int64, row ``i`` is item ``i``'s Semantic ID (distinct rows).
+        item_vectors: (N, D) float, each item's vector (content, or content and collaborative), or None (the
+            token-only model).
+        dense_weight: weight of the dense head's loss beside the token loss (0: no dense head; needs
+            ``item_vectors``).
+        dense_negatives: movies sampled (uniformly from ``dense_pool``, per step) for the dense head's training
+            softmax; None or at least the pool's size: a softmax over the whole pool.
+        dense_pool: (P,) the items the dense head's softmax runs over in its loss (the movies of the training
+            windows: a movie nobody rated in training is never taught to lose); None: every item.
+        dense_window: how many of the latest movies' vectors make the prediction's starting point.
+        dense_positions: in training, the dense loss of at most this many positions per batch (sampled).
+        item_years: (N,) float release years (NaN: unknown): the dense head learns a bias per age range at the
+            event; None: no age bias (and no times needed).
+        content_input: add the projection of each movie's vector to its input (needs ``item_vectors``).
         max_history: M, how many past movies the model sees.
         d_model, n_layers, n_heads, dropout: the transformer's shape.
 
@@ -128,8 +170,11 @@ class GenerativeRetriever(nn.Module):
         torch.Size([1, 3])
     """
 
-    def __init__(self, item_codes: np.ndarray, *, max_history: int = 50, d_model: int = 64, n_layers: int = 2,
-                 n_heads: int = 2, dropout: float = 0.1):
+    def __init__(self, item_codes: np.ndarray, *, item_vectors: np.ndarray | None = None, dense_weight: float = 0.0,
+                 dense_negatives: int | None = None, dense_pool: np.ndarray | None = None, dense_window: int = 3,
+                 dense_positions: int | None = None, item_years: np.ndarray | None = None,
+                 content_input: bool = True, max_history: int = 50,
+                 d_model: int = 64, n_layers: int = 2, n_heads: int = 2, dropout: float = 0.1):
         super().__init__()
         codes = torch.as_tensor(np.asarray(item_codes), dtype=torch.long)  # (N, L)
         self.trie = SidTrie(codes.numpy())
@@ -149,10 +194,51 @@ class GenerativeRetriever(nn.Module):
         self.out_bias = nn.Parameter(torch.zeros(self.vocab))
         for emb in (self.tok, self.prefix, self.pos):
             nn.init.normal_(emb.weight, std=0.02)
+        self.dense_window, self.dense_positions = dense_window, dense_positions
+        self._init_dense(item_vectors, dense_weight, dense_negatives, content_input, d_model, item_years)
+        pool = np.arange(self.n_items) if dense_pool is None else np.asarray(dense_pool, dtype=np.int64)
+        self.register_buffer("dense_pool", torch.as_tensor(pool, dtype=torch.long), persistent=False)  # (P,)
+
+    def _init_dense(self, item_vectors: np.ndarray | None, dense_weight: float, dense_negatives: int | None,
+                    content_input: bool, d_model: int, item_years: np.ndarray | None = None) -> None:
+        """The content input and the dense head (``item_vectors`` given; the head only with ``dense_weight`` > 0)."""
+        if dense_weight < 0 or (dense_weight > 0 and item_vectors is None):
+            raise ValueError("dense_weight: must be >= 0, and > 0 only with item_vectors")
+        self.dense_weight, self.dense_negatives = float(dense_weight), dense_negatives
+        self.vec_in = self.query = None
+        if item_vectors is None:
+            return
+        vec = torch.as_tensor(np.asarray(item_vectors, dtype=np.float32))  # (N, D)
+        if vec.shape[0] != self.n_items:
+            raise ValueError(f"item_vectors has {vec.shape[0]} rows for {self.n_items} items")
+        self.register_buffer("item_vectors", vec, persistent=False)
+        if content_input:
+            self.vec_in = nn.Linear(vec.shape[1], d_model)  # what a movie's vector adds to its input
+        if dense_weight > 0:
+            self.register_buffer("item_keys", F.normalize(vec, dim=-1), persistent=False)  # (N, D)
+            self.query = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, vec.shape[1]))  # the correction
+            nn.init.zeros_(self.query[1].weight)  # starts as the profile: the content baseline's ranking
+            nn.init.zeros_(self.query[1].bias)
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(20.0)))
+        self.age_bias = None
+        if dense_weight > 0 and item_years is not None:
+            self.register_buffer("item_year", torch.as_tensor(np.asarray(item_years, dtype=np.float64)),
+                                 persistent=False)  # (N,)
+            self.age_bias = nn.Embedding(len(AGE_EDGES) + 2, 1)  # one logit per age range
+            nn.init.zeros_(self.age_bias.weight)
+
+    @property
+    def dense(self) -> bool:
+        """Whether the model has a dense head (``dense_scores``)."""
+        return self.query is not None
 
     def _hidden(self, items: torch.Tensor) -> torch.Tensor:
-        """(B, M) item indices, -1 padding -> (B, M, d): a movie's input is the sum of its L token embeddings."""
-        x = self.tok(self.item_tokens[items.clamp(min=0)]).sum(2)  # (B, M, d)
+        """(B, M) item indices, -1 padding -> (B, M, d): a movie's input is the sum of its L token embeddings
+        (and the projection of its vector)."""
+        idx = items.clamp(min=0)
+        x = self.tok(self.item_tokens[idx]).sum(2)  # (B, M, d)
+        if self.vec_in is not None:
+            x = x + self.vec_in(self.item_vectors[idx])
         x = x.masked_fill((items < 0)[..., None], 0.0) + self.pos.weight[: items.shape[1]]
         return self.backbone(x, items >= 0)
 
@@ -162,26 +248,119 @@ class GenerativeRetriever(nn.Module):
         lo, hi = self.offsets[level], self.offsets[level + 1]
         return z @ self.tok.weight[lo:hi].T + self.out_bias[lo:hi]
 
-    def loss(self, items: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
+    def _profile(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, M) item indices, -1 padding -> (B, M, D) the mean vector of the ``dense_window`` latest movies up to
+        each position (zeros where there is none)."""
+        real = (items >= 0).float()  # (B, M)
+        summed = (self.item_keys[items.clamp(min=0)] * real[..., None]).cumsum(1)  # (B, M, D)
+        count = real.cumsum(1)
+        j = self.dense_window
+        if j < items.shape[1]:
+            summed = summed - F.pad(summed, (0, 0, j, 0))[:, :-j]
+            count = count - F.pad(count, (j, 0))[:, :-j]
+        return summed / count.clamp(min=1.0)[..., None]
+
+    def _context(self, profile: torch.Tensor, time: torch.Tensor | None) -> torch.Tensor:
+        """(..., D) profiles and (...,) event Unix times -> (..., D + 1) the dense head's context, the time last (for
+        a model with movie years; in float32 a Unix time is exact to about two minutes, ample for its year)."""
+        if self.age_bias is None:
+            return profile
+        if time is None:
+            raise ValueError("this model's dense head reads the event's time (it has movie years): pass times")
+        return torch.cat([profile, time.to(profile.dtype)[..., None]], -1)
+
+    def last_context(self, history: torch.Tensor, time: torch.Tensor | None = None) -> torch.Tensor | None:
+        """(B, M) right-aligned histories and (B,) event Unix times -> (B, D') what the dense head reads beside the
+        state: the latest movies' mean vector (and the event's time, for a model with movie years); None for a
+        model without a dense head."""
+        if not self.dense:
+            return None
+        return self._context(self._profile(history[:, -self.max_history:])[:, -1], time)
+
+    def loss(self, items: torch.Tensor, times: torch.Tensor | None = None, *, last_only: bool = False) -> torch.Tensor:
         """Mean cross-entropy of every SID token of every next movie in right-aligned windows.
 
         Args:
             items: (B, M+1) item indices, -1 pads on the left; position t predicts item t+1.
+            times: (B, M+1) each item's Unix time (for a dense head with movie years: item t+1's time is the event's).
             last_only: score only each window's last movie (validation events).
         """
         inp, tgt, keep = next_item_pairs(items, self.max_history, last_only=last_only)
-        return self.target_loss(self._hidden(inp)[keep], tgt[keep])
+        context = None
+        if self.dense:
+            context = self._context(self._profile(inp), None if times is None else times[:, 1:])[keep]
+        return self.target_loss(self._hidden(inp)[keep], tgt[keep], context)
 
-    def target_loss(self, state: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def target_loss(self, state: torch.Tensor, target: torch.Tensor, context: torch.Tensor | None = None
+                    ) -> torch.Tensor:
         """Mean cross-entropy of the (n,) ``target`` movies' SID tokens from (n, d) hidden states, each level
-        teacher-forced on the true prefix."""
+        teacher-forced on the true prefix; with a dense head, plus ``dense_weight`` x its loss (``context``: (n, D)
+        ``last_context``)."""
         toks = self.item_tokens[target]  # (n, L)
-        total = state.new_zeros(())
+        total, h = state.new_zeros(()), state
         for level in range(self.levels):
-            logits = self._level_logits(state, level)  # (n, K_l)
+            logits = self._level_logits(h, level)  # (n, K_l)
             total = total + F.cross_entropy(logits, toks[:, level] - self.offsets[level])
-            state = state + self.prefix(toks[:, level])
-        return total / self.levels
+            h = h + self.prefix(toks[:, level])
+        total = total / self.levels
+        return total + self.dense_weight * self.dense_loss(state, context, target) if self.dense else total
+
+    def dense_query(self, state: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """(n, d) states and (n, D') contexts -> (n, D) the predicted next movie's vector (the latest movies' mean
+        vector plus the learned correction), unit length, times the learned scale: ``query @ item_keys.T`` are
+        logits."""
+        profile = context[..., :self.item_keys.shape[1]]
+        q = F.normalize(profile, dim=-1) + self.query(state)
+        return F.normalize(q, dim=-1) * self.logit_scale.exp().clamp(max=100.0)
+
+    def _age_logits(self, context: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor | float:
+        """(n, D') contexts and (n, 1) or (S,) item indices (None: every movie) -> (n, 1) or (n, S) the age bias of
+        each movie at each event (0.0 for a model without movie years). Events share few calendar years: the
+        bias is looked up once per distinct year and row, then gathered per event."""
+        if self.age_bias is None:
+            return 0.0
+        year = self.item_year if items is None else self.item_year[items]  # (S,) or (n, 1)
+        time = context[:, -1]  # (n,)
+        if year.dim() == 2:
+            return self.age_bias(age_bucket(time[:, None], year)).squeeze(-1)  # (n, 1)
+        event_year = torch.floor(time.double() / SECONDS_PER_YEAR)
+        distinct, row = torch.unique(event_year, return_inverse=True)  # (Y,), (n,)
+        table = self.age_bias(age_bucket(distinct[:, None] * SECONDS_PER_YEAR + 1.0, year[None, :])).squeeze(-1)
+        return table[row]  # (n, S)
+
+    def dense_loss(self, state: torch.Tensor, context: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the (n,) ``target`` movies under the dense head's softmax over the target and the pool
+        (the target itself left out of the negatives); in training over ``dense_negatives`` of the pool, sampled
+        uniformly, and at most ``dense_positions`` of the n positions."""
+        neg, s, p = self.dense_pool, self.dense_negatives, self.dense_positions
+        if self.training and p is not None and p < len(target):
+            pick = torch.randperm(len(target), device=state.device)[:p]
+            state, context, target = state[pick], context[pick], target[pick]
+        if self.training and s is not None and s < len(neg):
+            neg = neg[torch.randint(len(neg), (s,), device=state.device)]  # (S,)
+        q = self.dense_query(state, context)  # (n, D)
+        pos = (q * self.item_keys[target]).sum(-1, keepdim=True) + self._age_logits(context, target[:, None])
+        negs = q @ self.item_keys[neg].T + self._age_logits(context, neg)  # (n, S)
+        negs = negs.masked_fill(neg[None, :] == target[:, None], -torch.inf)
+        return F.cross_entropy(torch.cat([pos, negs], 1), torch.zeros_like(target))
+
+    @torch.no_grad()
+    def dense_scores(self, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """(B, d) states and (B, D') contexts (``last_context``) -> (B, N) the dense head's logit of every movie."""
+        return self.dense_query(hidden, context) @ self.item_keys.T + self._age_logits(context, None)
+
+    @torch.no_grad()
+    def sid_logprob(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(B, d) states and (B, C) item indices (-1: none) -> (B, C) the log-probability of each item's full SID
+        (-inf for -1): the score the beam search ranks by, for any movie."""
+        toks = self.item_tokens[items.clamp(min=0)]  # (B, C, L)
+        state = hidden[:, None].expand(-1, items.shape[1], -1)  # (B, C, d)
+        total = torch.zeros(items.shape, device=hidden.device)
+        for level in range(self.levels):
+            logp = F.log_softmax(self._level_logits(state, level), -1)  # (B, C, K_l)
+            total = total + logp.gather(-1, (toks[..., level] - self.offsets[level])[..., None])[..., 0]
+            state = state + self.prefix(toks[..., level])
+        return total.masked_fill(items < 0, -torch.inf)
 
     def last_hidden(self, history: torch.Tensor) -> torch.Tensor:
         """(B, M) right-aligned histories (-1 pads on the left) -> (B, d) the state after each one's last movie."""

@@ -76,16 +76,19 @@ class NextItemModule(L.LightningModule):
         self._val: list[tuple[float, int, int, int]] = []  # (loss sum, hits, events, loss terms)
 
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.model.loss(batch[0])
+        loss = self.model.loss(*batch)  # (windows,) or, for a model that reads the time, (windows, times)
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch[0]))
         return loss
 
     def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
-        windows, rows = batch  # (B, M+1): the history, then the event's movie; (B,) event numbers
+        windows, rows = batch[:2]  # (B, M+1): the history, then the event's movie; (B,) event numbers
         history, target = windows[:, :-1], windows[:, -1]
         hidden = self.model.last_hidden(history)  # (B, d): one forward pass for the loss and the ranking
         has_history = history[:, -1] >= 0  # as in training, a movie with nothing before it is not a loss term
-        loss = float(self.model.target_loss(hidden[has_history], target[has_history])) if has_history.any() else 0.0
+        context = getattr(self.model, "last_context", lambda *_: None)(history, *batch[2:])  # (B, D') or None
+        loss = float(self.model.target_loss(hidden[has_history], target[has_history],
+                                            *([] if context is None else [context[has_history]]))
+                     ) if has_history.any() else 0.0
         exclude = None
         if self.seen is not None:
             exclude = exclusion_mask(self.seen, rows.cpu().numpy(), self.model.n_items, windows.device)
@@ -140,7 +143,8 @@ class StopWhenBoth(L.Callback):
 
 def fit(model: nn.Module, windows: np.ndarray, valid_windows: np.ndarray, valid_seen=None, *,
         lr: float, weight_decay: float, batch_size: int, eval_batch_size: int, max_epochs: int, patience: int,
-        beam_size: int, seed: int, accelerator: str = "cpu", devices: int | list[int] = 1) -> dict:
+        beam_size: int, seed: int, accelerator: str = "cpu", devices: int | list[int] = 1,
+        window_times: np.ndarray | None = None, valid_times: np.ndarray | None = None) -> dict:
     """Train ``model`` in place until neither validation metric improves (``StopWhenBoth``), restore the epoch
     with the best validation Recall@10, and return what happened.
 
@@ -148,15 +152,19 @@ def fit(model: nn.Module, windows: np.ndarray, valid_windows: np.ndarray, valid_
         windows: (n, M+1) training windows (``training_windows``).
         valid_windows: (E, M+1) each validation event's history, then its movie.
         valid_seen: what each validation event's user rated before it (left out of its list), or None.
+        window_times, valid_times: for a model that reads the time (a dense head with movie years), the (n, M+1)
+            Unix time of each window movie and the (E,) time of each validation event.
 
     Returns:
         ``{"epochs": ..., "best_epoch": ..., "best_valid_recall@10": ..., "best_valid_loss": ..., "stopped_by":
         "patience" or "max_epochs", "valid_curve": [[loss, recall@10] per epoch]}``.
     """
     g = torch.Generator().manual_seed(seed)
-    train_dl = DataLoader(TensorDataset(torch.from_numpy(windows)), batch_size=batch_size, shuffle=True, generator=g)
-    valid_dl = DataLoader(TensorDataset(torch.from_numpy(valid_windows), torch.arange(len(valid_windows))),
-                          batch_size=eval_batch_size)
+    train = [torch.from_numpy(windows)] + ([] if window_times is None else [torch.from_numpy(window_times)])
+    valid = [torch.from_numpy(valid_windows), torch.arange(len(valid_windows))]
+    valid += [] if valid_times is None else [torch.from_numpy(np.asarray(valid_times, dtype=np.int64))]
+    train_dl = DataLoader(TensorDataset(*train), batch_size=batch_size, shuffle=True, generator=g)
+    valid_dl = DataLoader(TensorDataset(*valid), batch_size=eval_batch_size)
     module = NextItemModule(model, valid_seen, lr=lr, weight_decay=weight_decay, beam_size=beam_size)
     stop = StopWhenBoth(patience)
     trainer = L.Trainer(

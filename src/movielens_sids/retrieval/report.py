@@ -20,8 +20,9 @@ if TYPE_CHECKING:  # pandas is imported only where the split is built
     from .sequences import Split
 
 LABELS = {
-    "semantic_id": "Generative, Semantic IDs",
-    "random_id": "Generative, random IDs (same shape)",
+    "semantic_id": "Generative, Semantic IDs + content in, dense head",
+    "semantic_id_tokens": "Generative, Semantic IDs (tokens only)",
+    "random_id": "Generative, random IDs (same shape) + content in, dense head",
     "sasrec_ce": "SASRec, full cross-entropy (movie ids)",
     "most_popular": "Most popular",
     "content_knn": "Content k-NN (embeddings)",
@@ -183,8 +184,8 @@ def paired_table(paired: dict[str, dict], slices: tuple[str, ...] = SLICES, metr
 
 def training_table(methods: dict[str, dict]) -> str:
     """Epochs run, best epoch, what stopped training and the time, per method (over seeds)."""
-    lines = ["| method | epochs (per seed) | best epoch | stopped by | cold bonus | validation Recall@10 curve "
-             "(first seed) | time s |",
+    lines = ["| method | epochs (per seed) | best epoch | stopped by | cold bonus (mix weight) | "
+             "validation Recall@10 curve (first seed) | time s |",
              "| --- | --- | --- | --- | --- | --- | ---: |"]
     for name in ordered(methods):
         if name not in methods:
@@ -195,7 +196,8 @@ def training_table(methods: dict[str, dict]) -> str:
         curve = " ".join(f"{v[-1] if isinstance(v, list) else v:.3f}" for v in runs[0].get("valid_curve", [])) \
             if learned else (
             f"window {runs[0]['window']} chosen on validation" if "window" in runs[0] else "no training")
-        bonus = ", ".join(f"{r['cold_bonus']:g}" for r in runs) if "cold_bonus" in runs[0] else "–"
+        bonus = ", ".join(f"{r['cold_bonus']:g}" + (f" (w {r['mix_weight']:g})" if "mix_weight" in r else "")
+                          for r in runs) if "cold_bonus" in runs[0] else "–"
         lines.append(f"| {label(name)} | {', '.join(str(r.get('epochs', '-')) for r in runs)} | "
                      f"{', '.join(str(r.get('best_epoch', '-')) for r in runs)} | "
                      f"{', '.join(sorted({r.get('stopped_by', '-') for r in runs}))} | {bonus} | {curve} | "

@@ -52,18 +52,23 @@ def resolve_ratings(rcfg: RetrievalConfig, cfg: Any) -> tuple[str, Any]:
     return label, df
 
 
-def candidate_times(run_dir: Path, rcfg: RetrievalConfig, ratings: Any, movie_ids: np.ndarray) -> np.ndarray | None:
-    """(N,) the first second each movie may be recommended (``retrieval.candidates: existing``: its release year
-    from ``catalog.parquet``, or its first rating by anyone), or None for ``all``."""
-    if rcfg.candidates == "all":
-        return None
+def movie_years(run_dir: Path, movie_ids: np.ndarray) -> np.ndarray:
+    """(N,) float64 release years of ``movie_ids`` (sorted) from ``catalog.parquet``, NaN where unknown."""
     cat = artifacts.read_catalog(run_dir, ("movie_id", "year"))
     ids = cat.column("movie_id").to_numpy().astype(np.int64)
     years = cat.column("year").to_numpy(zero_copy_only=False).astype(np.float64)
     pos = np.searchsorted(ids, movie_ids)
     if (pos >= len(ids)).any() or (ids[np.minimum(pos, len(ids) - 1)] != movie_ids).any():
         raise SidsError(f"{run_dir / 'catalog.parquet'} lacks movies that have a SID: run `movielens-sids run` again")
-    return availability(ratings, movie_ids, years[pos])
+    return years[pos]
+
+
+def candidate_times(run_dir: Path, rcfg: RetrievalConfig, ratings: Any, movie_ids: np.ndarray) -> np.ndarray | None:
+    """(N,) the first second each movie may be recommended (``retrieval.candidates: existing``: its release year
+    from ``catalog.parquet``, or its first rating by anyone), or None for ``all``."""
+    if rcfg.candidates == "all":
+        return None
+    return availability(ratings, movie_ids, movie_years(run_dir, movie_ids))
 
 
 def check_collab_split(run_dir: Path, split) -> None:
@@ -88,6 +93,24 @@ def content_vectors(run_dir: Path, movie_ids: np.ndarray) -> np.ndarray:
         raise SidsError(f"{emb.path} lacks movies that have a SID: run `movielens-sids embed` and `assign` again")
     x = emb.x[pos]
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def item_vectors(run_dir: Path, movie_ids: np.ndarray) -> np.ndarray:
+    """(N, D') float32 what the run's tokenizer read of each of ``movie_ids`` (sorted): its content embedding,
+    and its collaborative vector where the tokenizer read one (from the benchmark split's training interactions,
+    ``check_collab_split``): the vectors the generative model with content input and a dense head reads. A run
+    folder with SIDs and no model (SIDs imported from elsewhere) gives the content embeddings."""
+    from ..model.serialization import CONFIG_NAME, load_tokenizer
+
+    emb = artifacts.read_embeddings(run_dir)
+    x = emb.x  # (N_emb, D')
+    if (run_dir / artifacts.MODEL / CONFIG_NAME).is_file():
+        x = artifacts.model_input(run_dir, load_tokenizer(run_dir / artifacts.MODEL), emb)
+    pos = np.searchsorted(emb.movie_ids, movie_ids)
+    found = pos < len(emb.movie_ids)
+    if not found.all() or (emb.movie_ids[pos[found]] != movie_ids).any():
+        raise SidsError(f"{emb.path} lacks movies that have a SID: run `movielens-sids embed` and `assign` again")
+    return np.ascontiguousarray(x[pos], dtype=np.float32)
 
 
 def compared_codes(rcfg: RetrievalConfig, split) -> dict[str, np.ndarray]:
@@ -125,13 +148,17 @@ def retrieval_stage(run_dir: Path, cfg: Any) -> dict:
     # Only movies with a SID are targets; the models' catalogue is every movie with a SID.
     item_codes = codes[np.searchsorted(movie_ids, split.movie_ids)]
     vectors = content_vectors(run_dir, split.movie_ids) if "content_knn" in rcfg.methods else None
+    reads = rcfg.content_input or rcfg.dense_weight > 0
+    fused = {"semantic_id", "random_id"} & set(rcfg.methods) or rcfg.compare_sids
+    inputs = item_vectors(run_dir, split.movie_ids) if reads and fused else None
+    years = movie_years(run_dir, split.movie_ids) if inputs is not None and rcfg.dense_age else None
     available = candidate_times(run_dir, rcfg, ratings, split.movie_ids)
     log.info("%s (%s, %d fold(s)): %d users, %d interactions, %d scored events; %d ratings of %d movies without a SID "
              "dropped", dataset, rcfg.protocol, len(splits), split.info["n_users"], split.info["n_interactions"],
              sum(len(s.test) for s in splits), split.info["n_ratings_dropped_no_sid"],
              split.info["n_movies_dropped_no_sid"])
     compared = compared_codes(rcfg, splits[0])
-    results = run_benchmark(splits, item_codes, rcfg, vectors, compared, available)
+    results = run_benchmark(splits, item_codes, rcfg, vectors, compared, available, inputs, years)
     summary = summarize(splits, results, rcfg, available)
     report = {
         "dataset": dataset,

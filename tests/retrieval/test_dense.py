@@ -1,0 +1,178 @@
+"""The generative model with content in and a dense head out: scores for movies nobody rated, the fused
+ranking of warm and cold movies, and a mix chosen on validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from movielens_sids.retrieval.bench import Candidates, fused_candidates, fused_ranking, run_benchmark
+from movielens_sids.retrieval.config import RetrievalConfig
+from movielens_sids.retrieval.content import Excluded
+from movielens_sids.retrieval.generative import GenerativeRetriever, age_bucket
+from movielens_sids.retrieval.sequences import build_split
+
+
+def codes_of(n: int) -> np.ndarray:
+    i = np.arange(n)
+    return np.stack([i // 8, (i // 2) % 4, i % 2], 1).astype(np.int64)
+
+
+def clustered_vectors(n: int, cluster: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(n, 8) unit vectors near one axis per cluster."""
+    x = np.random.default_rng(seed).normal(scale=0.2, size=(n, 8)).astype(np.float32)
+    x[np.arange(n), cluster] += 1.0
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def small(codes: np.ndarray, vectors: np.ndarray | None, **kw) -> GenerativeRetriever:
+    torch.manual_seed(0)
+    dense = dict(item_vectors=vectors, dense_weight=1.0) if vectors is not None else {}
+    return GenerativeRetriever(codes, max_history=6, d_model=16, n_layers=1, n_heads=2, **{**dense, **kw})
+
+
+def test_sid_logprob_is_the_score_the_beam_search_ranks_by():
+    codes = codes_of(24)  # every path of the 3 x 4 x 2 code space is a movie
+    model = small(codes, clustered_vectors(24, np.arange(24) % 3)).eval()
+    history = torch.tensor([[-1, -1, 3, 5, 7, 2], [0, 1, 2, 3, 4, 5]])
+    hidden = model.last_hidden(history)
+    rec = model.recommend_from(hidden, 8, beam_size=8)
+    assert torch.allclose(model.sid_logprob(hidden, rec.items), rec.scores, atol=1e-5)
+    every = torch.arange(24).expand(2, -1)
+    assert torch.allclose(model.sid_logprob(hidden, every).exp().sum(1), torch.ones(2), atol=1e-4)  # a distribution
+    assert torch.isinf(model.sid_logprob(hidden, torch.tensor([[-1, 0], [2, -1]]))).sum() == 2
+
+
+def test_the_dense_loss_samples_negatives_in_training_and_is_the_full_softmax_otherwise():
+    vectors = clustered_vectors(30, np.arange(30) % 4)
+    model = small(codes_of(30), vectors, dense_negatives=5)
+    history = torch.tensor([[-1, 3, 5, 7, 2, 9]] * 7)
+    state, context, target = torch.randn(7, 16), model.last_context(history), torch.arange(7)
+    model.eval()
+    full = torch.nn.functional.cross_entropy(model.dense_scores(state, context), target)
+    assert torch.allclose(model.dense_loss(state, context, target), full, atol=1e-5)
+    model.train()
+    torch.manual_seed(1)
+    sampled = model.dense_loss(state, context, target)
+    assert torch.isfinite(sampled) and not torch.allclose(sampled, full)  # 1 target + 5 negatives, not 30
+    with pytest.raises(ValueError, match="dense_weight"):
+        GenerativeRetriever(codes_of(30), dense_weight=1.0)  # a dense head needs vectors
+
+
+def test_the_dense_head_starts_as_the_content_profile_of_the_latest_movies():
+    vectors = clustered_vectors(30, np.arange(30) % 4)
+    model = small(codes_of(30), vectors, dense_window=2).eval()
+    history = torch.tensor([[-1, -1, -1, 4, 11, 6], [-1, -1, -1, -1, -1, 8]])
+    scores = model.dense_scores(model.last_hidden(history), model.last_context(history))  # (2, N)
+    x = torch.from_numpy(vectors)
+    for row, latest in zip(scores, ([11, 6], [8])):
+        profile = torch.nn.functional.normalize(x[latest].mean(0), dim=0)
+        expected = (x @ profile) * model.logit_scale.exp()
+        assert torch.allclose(row, expected, atol=1e-5)  # the correction starts at zero
+
+
+def test_a_movie_only_in_test_histories_and_targets_gets_a_score_and_can_be_ranked_first():
+    # Two content clusters of warm movies; movie 20 is nobody's training movie, its content is cluster 0's.
+    n, cold = 21, 20
+    cluster = np.r_[np.arange(20) % 2, 0]
+    vectors = clustered_vectors(n, cluster)
+    rng = np.random.default_rng(0)
+    sequences = [rng.permutation(np.flatnonzero(cluster[:20] == c))[:6] for c in rng.integers(0, 2, 300)]
+    windows = torch.from_numpy(np.stack([np.r_[-1, s] for s in sequences]))  # (300, M+1)
+    model = small(codes_of(n), vectors)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(60):
+        opt.zero_grad()
+        model.loss(windows).backward()
+        opt.step()
+    zero = np.flatnonzero(cluster[:20] == 0)  # the user rated all ten, the latest five and then movie 20
+    history = np.stack([np.r_[zero[5:], cold], np.r_[zero[4:8], cold, zero[9]]])  # (2, M): movie 20 in each history
+    cpu = torch.device("cpu")
+    c = fused_candidates(model, history, beam_size=4, dense_k=4, batch_size=8, device=cpu,
+                         seen=Excluded(n, np.stack([np.r_[zero, cold]] * 2)))
+    assert not (c.items == cold).any()  # seen: never a candidate
+    c = fused_candidates(model, history, beam_size=4, dense_k=4, batch_size=8, device=cpu,
+                         seen=Excluded(n, np.stack([zero] * 2)))  # the same users if movie 20 were their next one
+    slot = c.items == cold
+    assert slot.any(1).all() and np.isfinite(c.gen[slot]).all() and np.isfinite(c.dense[slot]).all()
+    is_cold = np.arange(n) == cold
+    top = fused_ranking(c, is_cold, weight=64.0, bonus=0.0, k=5)
+    assert (top[:, 0] == cold).any()  # by the dense head, the new movie can come first
+    assert (fused_ranking(c, is_cold, weight=0.0, bonus=1e3, k=5)[:, 0] == cold).all()
+
+
+def test_fused_ranking_orders_by_the_mix_and_pads():
+    c = Candidates(items=np.array([[3, 1, -1, 2]]), gen=np.array([[-1.0, -2.0, -np.inf, -9.0]]),
+                   dense=np.array([[0.0, 0.5, -np.inf, 3.0]]))
+    is_cold = np.array([False, False, True, False])
+    assert fused_ranking(c, is_cold, 0.0, 0.0, 5).tolist() == [[3, 1, 2, -1, -1]]
+    assert fused_ranking(c, is_cold, 64.0, 0.0, 2).tolist() == [[2, 1]]
+    assert fused_ranking(c, is_cold, 0.0, 10.0, 1).tolist() == [[2]]  # movie 2 is cold: the bonus lifts it
+
+
+def walking_ratings(n_users: int = 30, n_movies: int = 24, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(1, n_users + 1):
+        m, t = int(rng.integers(n_movies)), 1_000_000_000 + int(rng.integers(0, 3000))
+        for m2 in sorted({(m + 2 * k) % n_movies for k in range(int(rng.integers(5, 11)))}):
+            t += 60
+            rows.append((u, m2 + 1, t))
+    return pd.DataFrame(rows, columns=["user_id", "movie_id", "timestamp"])
+
+
+def test_with_only_content_embeddings_the_model_trains_and_ranks():
+    ratings = walking_ratings()
+    movies = np.arange(1, 27)  # 25 and 26: nobody rates them
+    split = build_split(ratings, movies, protocol="temporal", test_fraction=0.25, valid_fraction=0.15)
+    content = clustered_vectors(len(movies), np.arange(len(movies)) % 3)
+    cfg = RetrievalConfig(protocol="temporal", seeds=[0], methods=["semantic_id"], max_history=6, d_model=16,
+                          n_layers=1, n_heads=2, max_epochs=3, patience=1, batch_size=16, workers=1, threads=1,
+                          valid_beam_size=10, cold_bonuses=[0.0, 4.0], mix_weights=[0.0, 1.0, 64.0])
+    res = run_benchmark(split, codes_of(len(movies)), cfg, vectors=content)  # content is all it reads
+    run = res["semantic_id"]["runs"][0]
+    assert res["semantic_id"]["ranks"].shape == (1, len(split.test))
+    assert (res["semantic_id"]["ranks"] >= 0).any()
+    assert run["mix_weight"] in cfg.mix_weights and run["cold_bonus"] in cfg.cold_bonuses
+    assert len(run["valid_recall@10_by_mix"]) == len(cfg.mix_weights)
+    with pytest.raises(ValueError, match="item vectors"):
+        run_benchmark(split, codes_of(len(movies)), cfg)  # nothing to read
+
+
+def test_age_ranges_of_a_movie_at_an_event():
+    june_2018 = torch.tensor(1_527_811_200)  # 2018-06-01 UTC
+    years = torch.tensor([2018.0, 2017.0, 2019.0, 1990.0, float("nan"), 2008.0])
+    assert age_bucket(june_2018, years).tolist() == [1, 2, 0, 7, 8, 6]  # 0 y, 1 y, not yet, 28 y, unknown, 10 y
+
+
+def test_with_movie_years_the_dense_head_reads_the_events_times():
+    ratings = walking_ratings()
+    movies = np.arange(1, 27)
+    split = build_split(ratings, movies, protocol="temporal", test_fraction=0.25, valid_fraction=0.15)
+    content = clustered_vectors(len(movies), np.arange(len(movies)) % 3)
+    years = np.where(np.arange(len(movies)) % 5 == 0, np.nan, 1990.0 + np.arange(len(movies)))
+    cfg = RetrievalConfig(protocol="temporal", seeds=[0], methods=["semantic_id"], max_history=6, d_model=16,
+                          n_layers=1, n_heads=2, max_epochs=2, patience=1, batch_size=16, workers=1, threads=1,
+                          valid_beam_size=10, cold_bonuses=[0.0], mix_weights=[1.0])
+    res = run_benchmark(split, codes_of(len(movies)), cfg, vectors=content, item_years=years)
+    assert (res["semantic_id"]["ranks"] >= 0).any()
+    model = small(codes_of(len(movies)), content, item_years=years).eval()
+    assert model.age_bias is not None
+    with pytest.raises(ValueError, match="time"):
+        model.last_context(torch.tensor([[-1, 0, 1, 2, 3, 4]]))  # its dense head needs the event's time
+
+
+def test_the_age_bias_looked_up_per_year_is_the_bias_of_each_event():
+    years = np.array([2001.0, 1999.0, np.nan, 2010.0, 1980.0])
+    model = small(codes_of(5), clustered_vectors(5, np.arange(5) % 2), item_years=years)
+    torch.nn.init.normal_(model.age_bias.weight)
+    times = torch.tensor([1_000_000_000, 1_300_000_000, 1_000_000_500, 1_600_000_000], dtype=torch.float32)
+    context = torch.cat([torch.zeros(4, 8), times[:, None]], 1)
+    got = model._age_logits(context, torch.arange(5))  # (4, 5) via the distinct years
+    expected = model.age_bias(age_bucket(times[:, None], torch.from_numpy(years)[None, :])).squeeze(-1)
+    assert torch.equal(got, expected)
+    per_row = torch.tensor([[0], [1], [2], [3]])  # (n, 1): one movie per event
+    assert torch.equal(model._age_logits(context, per_row), expected.gather(1, per_row))
