@@ -242,10 +242,13 @@ def report_section(report: dict) -> str:
                   paired_table(report["paired"]), ""]
     lines += ["ID-based methods (SASRec, most popular) cannot recommend a cold movie: it has no trained embedding "
               "and no count, so their cold scores are 0 or near it by construction. The content baseline scores "
-              "every movie from its content. The generative models can generate a cold movie's SID, but their plain "
-              "beam search all but never does (its last token was never a target); a second search over the cold "
-              "movies alone, merged after adding a log-probability bonus chosen on validation (\"cold bonus\"; 0: "
-              "none), gives them the share of the list that TIGER reserves for cold-start items.", "",
+              "every movie from its content. A token-only generative model can generate a cold movie's SID, but its "
+              "plain beam search all but never does (its last token was never a target); a second search over the "
+              "cold movies alone, merged after adding a log-probability bonus chosen on validation (\"cold bonus\"; "
+              "0: none), gives it the share of the list that TIGER reserves for cold-start items. A model with "
+              "content in and a dense head ranks the beam search's movies and the dense head's best movies, warm "
+              "and cold, together, by log P(SID) + w x dense logit + bonus x cold, (w, bonus) chosen on validation "
+              "(\"mix weight\").", "",
               "![Recall@K](retrieval/recall_at_k.png)", "", training_table(report["methods"]), "",
               f"Models: d_model {st['d_model']}, {st['n_layers']} layers, {st['n_heads']} heads, history "
               f"{st['max_history']} movies, test beam {st['beam_size']}; every learned model stops when neither its "
