@@ -263,6 +263,11 @@ class _Shared:
     test_time: np.ndarray  # (E,)
     cfg: RetrievalConfig
 
+    @property
+    def known(self) -> np.ndarray:
+        """The movies of the training windows, sorted: SASRec's vocabulary and the dense head's softmax pool."""
+        return np.unique(self.windows[self.windows >= 0])
+
 
 def _shared(split: Split, codes: dict[str, np.ndarray], cfg: RetrievalConfig, available: np.ndarray | None,
             item_vectors: np.ndarray | None = None, item_years: np.ndarray | None = None) -> _Shared:
@@ -329,8 +334,7 @@ def _learned_job(fold: int, seed: int, method: str, shared: list[_Shared] | None
     L.seed_everything(seed, workers=False, verbose=False)
     shape = dict(max_history=cfg.max_history, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads)
     if method == "sasrec_ce":
-        known = np.unique(sh.windows[sh.windows >= 0])  # the movies of its training windows
-        model, lr = SASRec(sh.n_items, known=known, dropout=cfg.sasrec_dropout, **shape), cfg.sasrec_lr
+        model, lr = SASRec(sh.n_items, known=sh.known, dropout=cfg.sasrec_dropout, **shape), cfg.sasrec_lr
     else:
         model, lr = _generative(method, seed, sh, shape), cfg.lr
     timed = getattr(model, "age_bias", None) is not None  # its dense head reads the events' times
@@ -357,7 +361,7 @@ def _generative(method: str, seed: int, sh: _Shared, shape: dict) -> GenerativeR
     if reads and sh.item_vectors is None:
         raise ValueError(f"{method} reads item vectors (retrieval.content_input, dense_weight): none were given")
     dense = dict(item_vectors=sh.item_vectors, dense_weight=cfg.dense_weight, dense_negatives=cfg.dense_negatives,
-                 dense_pool=np.unique(sh.windows[sh.windows >= 0]), dense_window=cfg.dense_window,
+                 dense_pool=sh.known, dense_window=cfg.dense_window,
                  dense_positions=cfg.dense_positions, content_input=cfg.content_input,
                  item_years=sh.item_years if cfg.dense_age else None) if reads else {}
     return GenerativeRetriever(ids, dropout=cfg.dropout, **shape, **dense)

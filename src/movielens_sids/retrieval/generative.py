@@ -147,8 +147,8 @@ class GenerativeRetriever(nn.Module):
 
     Args:
         item_codes: (N, L) int64, row ``i`` is item ``i``'s Semantic ID (distinct rows).
-        item_vectors: (N, D) float, each item's vector (content, or content and collaborative), or None (the
-            token-only model).
+        item_vectors: (N, D) float, each item's vector (content, or content and collaborative; made unit length),
+            or None (the token-only model).
         dense_weight: weight of the dense head's loss beside the token loss (0: no dense head; needs
             ``item_vectors``).
         dense_negatives: movies sampled (uniformly from ``dense_pool``, per step) for the dense head's training
@@ -208,14 +208,13 @@ class GenerativeRetriever(nn.Module):
         self.vec_in = self.query = None
         if item_vectors is None:
             return
-        vec = torch.as_tensor(np.asarray(item_vectors, dtype=np.float32))  # (N, D)
+        vec = F.normalize(torch.as_tensor(np.asarray(item_vectors, dtype=np.float32)), dim=-1)  # (N, D) unit length
         if vec.shape[0] != self.n_items:
             raise ValueError(f"item_vectors has {vec.shape[0]} rows for {self.n_items} items")
-        self.register_buffer("item_vectors", vec, persistent=False)
+        self.register_buffer("item_keys", vec, persistent=False)  # the input's vectors and the dense head's keys
         if content_input:
             self.vec_in = nn.Linear(vec.shape[1], d_model)  # what a movie's vector adds to its input
         if dense_weight > 0:
-            self.register_buffer("item_keys", F.normalize(vec, dim=-1), persistent=False)  # (N, D)
             self.query = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, vec.shape[1]))  # the correction
             nn.init.zeros_(self.query[1].weight)  # starts as the profile: the content baseline's ranking
             nn.init.zeros_(self.query[1].bias)
@@ -238,7 +237,7 @@ class GenerativeRetriever(nn.Module):
         idx = items.clamp(min=0)
         x = self.tok(self.item_tokens[idx]).sum(2)  # (B, M, d)
         if self.vec_in is not None:
-            x = x + self.vec_in(self.item_vectors[idx])
+            x = x + self.vec_in(self.item_keys[idx])
         x = x.masked_fill((items < 0)[..., None], 0.0) + self.pos.weight[: items.shape[1]]
         return self.backbone(x, items >= 0)
 

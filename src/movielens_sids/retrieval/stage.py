@@ -63,12 +63,11 @@ def movie_years(run_dir: Path, movie_ids: np.ndarray) -> np.ndarray:
     return years[pos]
 
 
-def candidate_times(run_dir: Path, rcfg: RetrievalConfig, ratings: Any, movie_ids: np.ndarray) -> np.ndarray | None:
+def candidate_times(rcfg: RetrievalConfig, ratings: Any, movie_ids: np.ndarray, years: np.ndarray | None
+                    ) -> np.ndarray | None:
     """(N,) the first second each movie may be recommended (``retrieval.candidates: existing``: its release year
-    from ``catalog.parquet``, or its first rating by anyone), or None for ``all``."""
-    if rcfg.candidates == "all":
-        return None
-    return availability(ratings, movie_ids, movie_years(run_dir, movie_ids))
+    (``movie_years``), or its first rating by anyone), or None for ``all``."""
+    return None if rcfg.candidates == "all" else availability(ratings, movie_ids, years)
 
 
 def check_collab_split(run_dir: Path, split) -> None:
@@ -84,33 +83,32 @@ def check_collab_split(run_dir: Path, split) -> None:
                         "same retrieval.* settings first, so that no test event shapes the IDs")
 
 
-def content_vectors(run_dir: Path, movie_ids: np.ndarray) -> np.ndarray:
-    """(N, D) float32 unit-norm content embeddings of ``movie_ids`` (sorted) from ``embeddings.parquet``."""
-    emb = artifacts.read_embeddings(run_dir)
+def _rows(emb: artifacts.Embeddings, movie_ids: np.ndarray) -> np.ndarray:
+    """The rows of ``emb`` of ``movie_ids`` (sorted), or a ``SidsError`` when one has none."""
     pos = np.searchsorted(emb.movie_ids, movie_ids)
     found = pos < len(emb.movie_ids)
     if not found.all() or (emb.movie_ids[pos[found]] != movie_ids).any():
         raise SidsError(f"{emb.path} lacks movies that have a SID: run `movielens-sids embed` and `assign` again")
-    x = emb.x[pos]
+    return pos
+
+
+def content_vectors(emb: artifacts.Embeddings, movie_ids: np.ndarray) -> np.ndarray:
+    """(N, D) float32 unit-norm content embeddings of ``movie_ids`` (sorted) from the run's embeddings."""
+    x = emb.x[_rows(emb, movie_ids)]
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def item_vectors(run_dir: Path, movie_ids: np.ndarray) -> np.ndarray:
+def item_vectors(run_dir: Path, emb: artifacts.Embeddings, movie_ids: np.ndarray) -> np.ndarray:
     """(N, D') float32 what the run's tokenizer read of each of ``movie_ids`` (sorted): its content embedding,
     and its collaborative vector where the tokenizer read one (from the benchmark split's training interactions,
     ``check_collab_split``): the vectors the generative model with content input and a dense head reads. A run
     folder with SIDs and no model (SIDs imported from elsewhere) gives the content embeddings."""
     from ..model.serialization import CONFIG_NAME, load_tokenizer
 
-    emb = artifacts.read_embeddings(run_dir)
     x = emb.x  # (N_emb, D')
     if (run_dir / artifacts.MODEL / CONFIG_NAME).is_file():
         x = artifacts.model_input(run_dir, load_tokenizer(run_dir / artifacts.MODEL), emb)
-    pos = np.searchsorted(emb.movie_ids, movie_ids)
-    found = pos < len(emb.movie_ids)
-    if not found.all() or (emb.movie_ids[pos[found]] != movie_ids).any():
-        raise SidsError(f"{emb.path} lacks movies that have a SID: run `movielens-sids embed` and `assign` again")
-    return np.ascontiguousarray(x[pos], dtype=np.float32)
+    return np.ascontiguousarray(x[_rows(emb, movie_ids)], dtype=np.float32)
 
 
 def compared_codes(rcfg: RetrievalConfig, split) -> dict[str, np.ndarray]:
@@ -147,12 +145,15 @@ def retrieval_stage(run_dir: Path, cfg: Any) -> dict:
     check_collab_split(run_dir, splits[0])
     # Only movies with a SID are targets; the models' catalogue is every movie with a SID.
     item_codes = codes[np.searchsorted(movie_ids, split.movie_ids)]
-    vectors = content_vectors(run_dir, split.movie_ids) if "content_knn" in rcfg.methods else None
     reads = rcfg.content_input or rcfg.dense_weight > 0
-    fused = {"semantic_id", "random_id"} & set(rcfg.methods) or rcfg.compare_sids
-    inputs = item_vectors(run_dir, split.movie_ids) if reads and fused else None
-    years = movie_years(run_dir, split.movie_ids) if inputs is not None and rcfg.dense_age else None
-    available = candidate_times(run_dir, rcfg, ratings, split.movie_ids)
+    fused = reads and bool({"semantic_id", "random_id"} & set(rcfg.methods) or rcfg.compare_sids)
+    emb = artifacts.read_embeddings(run_dir) if fused or "content_knn" in rcfg.methods else None
+    vectors = content_vectors(emb, split.movie_ids) if "content_knn" in rcfg.methods else None
+    inputs = item_vectors(run_dir, emb, split.movie_ids) if fused else None
+    aged = inputs is not None and rcfg.dense_age
+    years = movie_years(run_dir, split.movie_ids) if aged or rcfg.candidates == "existing" else None
+    available = candidate_times(rcfg, ratings, split.movie_ids, years)
+    years = years if aged else None
     log.info("%s (%s, %d fold(s)): %d users, %d interactions, %d scored events; %d ratings of %d movies without a SID "
              "dropped", dataset, rcfg.protocol, len(splits), split.info["n_users"], split.info["n_interactions"],
              sum(len(s.test) for s in splits), split.info["n_ratings_dropped_no_sid"],
