@@ -8,9 +8,20 @@ import pandas as pd
 import pytest
 import torch
 
-from movielens_sids.retrieval.bench import Candidates, fused_candidates, fused_ranking, run_benchmark
+from movielens_sids.retrieval.bench import run_benchmark
 from movielens_sids.retrieval.config import RetrievalConfig
 from movielens_sids.retrieval.content import Excluded
+from movielens_sids.retrieval.fusion import (
+    Candidates,
+    Mix,
+    best_mix,
+    cold_window,
+    fit_gate,
+    fused_candidates,
+    fused_ranking,
+    gate_features,
+    mixes,
+)
 from movielens_sids.retrieval.generative import GenerativeRetriever, age_bucket
 from movielens_sids.retrieval.sequences import build_split
 
@@ -91,26 +102,76 @@ def test_a_movie_only_in_test_histories_and_targets_gets_a_score_and_can_be_rank
     zero = np.flatnonzero(cluster[:20] == 0)  # the user rated all ten, the latest five and then movie 20
     history = np.stack([np.r_[zero[5:], cold], np.r_[zero[4:8], cold, zero[9]]])  # (2, M): movie 20 in each history
     cpu = torch.device("cpu")
-    c = fused_candidates(model, history, beam_size=4, dense_k=4, batch_size=8, device=cpu,
-                         seen=Excluded(n, np.stack([np.r_[zero, cold]] * 2)))
+    c = fused_candidates(model, history, beam_size=4, dense_k=4, batch_size=8, device=cpu, cold=np.arange(n) == cold,
+                         content=vectors, seen=Excluded(n, np.stack([np.r_[zero, cold]] * 2)))
     assert not (c.items == cold).any()  # seen: never a candidate
-    c = fused_candidates(model, history, beam_size=4, dense_k=4, batch_size=8, device=cpu,
-                         seen=Excluded(n, np.stack([zero] * 2)))  # the same users if movie 20 were their next one
+    c = fused_candidates(model, history, beam_size=4, dense_k=4, batch_size=8, device=cpu, cold=np.arange(n) == cold,
+                         content=vectors, seen=Excluded(n, np.stack([zero] * 2)))  # as if movie 20 came next
     slot = c.items == cold
-    assert slot.any(1).all() and np.isfinite(c.gen[slot]).all() and np.isfinite(c.dense[slot]).all()
+    assert slot.any(1).all()
+    assert np.isfinite(c.gen[slot]).all() and np.isfinite(c.dense[slot]).all() and np.isfinite(c.content[slot]).all()
     is_cold = np.arange(n) == cold
-    top = fused_ranking(c, is_cold, weight=64.0, bonus=0.0, k=5)
-    assert (top[:, 0] == cold).any()  # by the dense head, the new movie can come first
-    assert (fused_ranking(c, is_cold, weight=0.0, bonus=1e3, k=5)[:, 0] == cold).all()
+    sure = np.full(2, 8.0)  # the gate's logit: the next movie is all but surely cold
+    assert (fused_ranking(c, is_cold, Mix(1.0, 10.0, 0.0), 5, sure)[:, 0] == cold).all()  # ranked first
+    assert not (fused_ranking(c, is_cold, Mix(1.0, 10.0, 0.0), 5, -sure)[:, :4] == cold).any()  # surely warm
+    assert not (fused_ranking(c, is_cold, Mix(64.0), 5) == cold).any()  # the gate off: no cold movie
 
 
-def test_fused_ranking_orders_by_the_mix_and_pads():
-    c = Candidates(items=np.array([[3, 1, -1, 2]]), gen=np.array([[-1.0, -2.0, -np.inf, -9.0]]),
-                   dense=np.array([[0.0, 0.5, -np.inf, 3.0]]))
-    is_cold = np.array([False, False, True, False])
-    assert fused_ranking(c, is_cold, 0.0, 0.0, 5).tolist() == [[3, 1, 2, -1, -1]]
-    assert fused_ranking(c, is_cold, 64.0, 0.0, 2).tolist() == [[2, 1]]
-    assert fused_ranking(c, is_cold, 0.0, 10.0, 1).tolist() == [[2]]  # movie 2 is cold: the bonus lifts it
+def test_the_mixture_ranks_warm_movies_by_the_mix_cold_ones_by_content_and_pads():
+    c = Candidates(items=np.array([[3, 1, -1, 2, 0]]), gen=np.array([[-1.0, -2.0, -np.inf, -9.0, -5.0]]),
+                   dense=np.array([[0.0, 0.5, -np.inf, 3.0, 1.0]]), content=np.array([[0.1, 0.2, -np.inf, 0.9, 0.3]]))
+    is_cold = np.array([True, False, True, False])  # movies 0 and 2 have no training interaction
+    assert fused_ranking(c, is_cold, Mix(0.0), 5).tolist() == [[3, 1, -1, -1, -1]]  # the gate off: warm only
+    assert fused_ranking(c, is_cold, Mix(64.0), 2).tolist() == [[1, 3]]  # by the dense head
+    # g = 0.5: warm 0.5 x (0.73, 0.27), cold 0.5 x softmax(9, 3) = 0.5 x (0.998, 0.002)
+    assert fused_ranking(c, is_cold, Mix(0.0, 10.0, 0.0), 5, np.zeros(1)).tolist() == [[2, 3, 1, 0, -1]]
+    assert fused_ranking(c, is_cold, Mix(0.0, 10.0, 0.0), 4, np.full(1, -10.0)).tolist() == [[3, 1, 2, 0]]
+    assert fused_ranking(c, is_cold, Mix(0.0, 10.0, 2.0), 4, np.full(1, -10.0)).tolist() == [[3, 1, 2, 0]]
+    # beta: warm 0.5 x (0.73, 0.27) against cold 0.5 x (0.65, 0.35); a flat warm softmax, 0.5 x (0.50, 0.50)
+    assert fused_ranking(c, is_cold, Mix(0.0, 1.0, 0.0, 1.0), 4, np.zeros(1)).tolist() == [[3, 2, 0, 1]]
+    assert fused_ranking(c, is_cold, Mix(0.0, 1.0, 0.0, 0.01), 4, np.zeros(1)).tolist() == [[2, 3, 1, 0]]
+    only_cold = c._replace(items=np.array([[0, 2, -1, -1, -1]]), content=np.array([[0.3, 0.9] + [-np.inf] * 3]))
+    assert fused_ranking(only_cold, is_cold, Mix(1.0, 5.0, 0.0), 3, np.zeros(1)).tolist() == [[2, 0, -1]]
+
+
+def test_the_mix_is_the_best_on_validation_among_those_that_reach_the_cold_floor():
+    items = np.tile(np.arange(12), (3, 1))  # movies 0..10 warm, 11 cold; the same candidates for three events
+    gen = np.tile(np.r_[-np.arange(11.0), -1.0], (3, 1))
+    c = Candidates(items=items, gen=gen, dense=np.zeros((3, 12)), content=np.full((3, 12), 0.9))
+    is_cold, target = np.arange(12) == 11, np.array([9, 11, 9])  # the 10th warm movie twice, the cold one once
+    options, logit = [Mix(0.0), Mix(0.0, 10.0, 0.0)], np.full(3, 5.0)
+    mix, curve = best_mix(c, target, is_cold, options, logit)
+    assert mix == Mix(0.0) and curve == {Mix(0.0): (2 / 3, 0.0), Mix(0.0, 10.0, 0.0): (1 / 3, 1.0)}
+    assert best_mix(c, target, is_cold, options, logit, cold_floor=0.5)[0] == Mix(0.0, 10.0, 0.0)
+    assert best_mix(c, target, is_cold, options[:1], logit, cold_floor=0.5)[0] == Mix(0.0)  # none reaches it
+
+
+def test_the_gate_reads_the_cold_movies_of_the_history_and_learns_from_validation():
+    is_cold = np.zeros(10, dtype=bool)
+    is_cold[[2, 7]] = True
+    features = gate_features(np.array([[-1, 5, 2, 7], [1, 2, 3, 4], [-1, -1, -1, -1]]), is_cold)
+    assert np.allclose(features, [[1, 2 / 3, 2 / 3], [0, 1 / 3, 1 / 4], [0, 0, 0]])
+    assert fit_gate(features, np.zeros(3, dtype=bool)) is None  # nothing to learn from warm targets only
+    rng = np.random.default_rng(0)
+    last_cold = rng.random(400) < 0.3
+    f = np.stack([last_cold, last_cold * rng.random(400), rng.random(400)], 1)
+    gate = fit_gate(f, last_cold & (rng.random(400) < 0.8))  # a cold target follows a cold movie
+    assert gate.shape == (4,) and gate[0] > 1.0
+    options = mixes([1.0, 0.0], [10.0], [0.0, -1.0], [0.5], gate_on=True)
+    assert options[0] == Mix(0.0) and options[1] == Mix(0.0, 10.0, -1.0, 0.5) and len(options) == 6
+    assert mixes([1.0], [10.0], [0.0], [1.0], gate_on=False) == [Mix(1.0)]
+
+
+def test_the_cold_profile_window_is_the_one_that_ranks_cold_targets_best():
+    cluster = np.r_[[0] * 6, [1] * 6, [0] * 11, [1] * 11]  # 12 warm movies, then 11 cold ones per cluster
+    vectors = clustered_vectors(len(cluster), cluster)
+    vectors[12], vectors[23] = vectors[0], vectors[6]  # each target is a cold twin of a warm movie
+    is_cold = np.arange(len(cluster)) >= 12
+    history = np.array([[6, 7, 0], [0, 1, 6]])  # the latest movie's cluster differs from the two before
+    target = np.array([12, 23])  # the twin of the latest movie
+    window, curve, plain = cold_window(vectors, history, target, is_cold, [3, 1])
+    assert window == 1 and curve == {1: 1.0, 3: 0.0} and plain[1] == 1.0  # the twin is nearest among every movie
+    assert cold_window(vectors, history, np.array([0, 1]), is_cold, [3, 1]) == (1, {}, {})  # no cold target
 
 
 def walking_ratings(n_users: int = 30, n_movies: int = 24, seed: int = 0) -> pd.DataFrame:
@@ -131,13 +192,15 @@ def test_with_only_content_embeddings_the_model_trains_and_ranks():
     content = clustered_vectors(len(movies), np.arange(len(movies)) % 3)
     cfg = RetrievalConfig(protocol="temporal", seeds=[0], methods=["semantic_id"], max_history=6, d_model=16,
                           n_layers=1, n_heads=2, max_epochs=3, patience=1, batch_size=16, workers=1, threads=1,
-                          valid_beam_size=10, cold_bonuses=[0.0, 4.0], mix_weights=[0.0, 1.0, 64.0])
+                          valid_beam_size=10, mix_weights=[0.0, 1.0, 64.0], gate_shifts=[0.0, 2.0],
+                          content_windows=[1, 3])
     res = run_benchmark(split, codes_of(len(movies)), cfg, vectors=content)  # content is all it reads
     run = res["semantic_id"]["runs"][0]
     assert res["semantic_id"]["ranks"].shape == (1, len(split.test))
     assert (res["semantic_id"]["ranks"] >= 0).any()
-    assert run["mix_weight"] in cfg.mix_weights and run["cold_bonus"] in cfg.cold_bonuses
-    assert len(run["valid_recall@10_by_mix"]) == len(cfg.mix_weights)
+    assert run["mix_weight"] in cfg.mix_weights and run["gate_shift"] in [None, *cfg.gate_shifts]
+    assert len(run["valid_recall@10_by_mix"]) == len(cfg.mix_weights) and run["cold_window"] in cfg.content_windows
+    assert set(run["valid_recall@10_by_gate_shift"]) <= {"off", "0", "2"}
     with pytest.raises(ValueError, match="item vectors"):
         run_benchmark(split, codes_of(len(movies)), cfg)  # nothing to read
 
@@ -156,7 +219,7 @@ def test_with_movie_years_the_dense_head_reads_the_events_times():
     years = np.where(np.arange(len(movies)) % 5 == 0, np.nan, 1990.0 + np.arange(len(movies)))
     cfg = RetrievalConfig(protocol="temporal", seeds=[0], methods=["semantic_id"], max_history=6, d_model=16,
                           n_layers=1, n_heads=2, max_epochs=2, patience=1, batch_size=16, workers=1, threads=1,
-                          valid_beam_size=10, cold_bonuses=[0.0], mix_weights=[1.0])
+                          valid_beam_size=10, mix_weights=[1.0])
     res = run_benchmark(split, codes_of(len(movies)), cfg, vectors=content, item_years=years)
     assert (res["semantic_id"]["ranks"] >= 0).any()
     model = small(codes_of(len(movies)), content, item_years=years).eval()

@@ -64,7 +64,8 @@ def tiny(**kw) -> RetrievalConfig:
 
 
 CHOICES = ("epochs", "best_epoch", "stopped_by", "valid_curve", "cold_bonus", "valid_recall@10_by_cold_bonus",
-           "mix_weight", "valid_recall@10_by_mix", "window", "valid_recall@10_by_window")
+           "mix_weight", "valid_recall@10_by_mix", "gate_shift", "cold_scale", "warm_scale", "cold_window", "gate",
+           "valid_recall@10_by_gate_shift", "valid_cold_recall@10_by_window", "window", "valid_recall@10_by_window")
 
 
 def test_replacing_the_test_events_leaves_every_choice_of_the_benchmark_unchanged():
@@ -171,6 +172,9 @@ def test_validation_only_scores_every_validation_event_and_builds_no_test_event(
     val = split_of(ratings, movies, dataclasses.replace(cfg, validation_only=True))
     assert len(val.test) == plain.info["n_valid_events_total"] > len(val.valid) == 20
     assert val.test.time.max() < plain.info["cutoff"] and val.info["scored_events"] == "validation"
+    # Choices made after training read every validation event, or the sample when they are the scored ones.
+    assert len(plain.tune) == plain.info["n_valid_events_total"] and np.isin(plain.valid.pos, plain.tune.pos).all()
+    assert np.array_equal(val.tune.target, val.valid.target)
 
 
 def test_a_catalog_larger_than_the_rated_movies_takes_its_split_and_vectors_from_the_given_ratings(tmp_path):

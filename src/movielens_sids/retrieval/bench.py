@@ -6,7 +6,8 @@ movies for the same test events:
 - ``semantic_id``: ``GenerativeRetriever`` over the run's Semantic IDs, with each movie's vector
   added to its input and a dense head (``retrieval.content_input``, ``dense_weight``); it ranks
   the beam search's movies and the dense head's best movies, warm or cold, together
-  (``fused_candidates``), by a mix of both scores chosen on validation (``choose_mix``);
+  and the cold movies most like the user's latest ones together, by a mixture whose gate and
+  weights are chosen on validation (``fusion.py``, ``choose_mix``);
 - ``semantic_id_tokens``: the token-only model over the same SIDs (no vectors, the beam search
   alone, with its cold-start share);
 - ``random_id``: ``semantic_id``'s model and settings over random IDs of the same shape: the run's
@@ -42,13 +43,13 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from .. import logs
 from ..devices import resolve_device
+from . import fusion
 from .config import MAX_K, RetrievalConfig
 from .content import Excluded, content_topk, exclusion_mask
 from .generative import GenerativeRetriever, Recommendations
@@ -148,86 +149,39 @@ def choose_cold_bonus(model: torch.nn.Module, sh: _Shared, cold_trie: SidTrie, d
     return best, {f"{b:g}": round(r, 4) for b, r in curve.items()}
 
 
-class Candidates(NamedTuple):
-    """Per event, the movies a model with a dense head ranks: the beam search's, then the dense head's best."""
+def choose_mix(model: GenerativeRetriever, sh: _Shared, device: torch.device) -> tuple[dict, dict]:
+    """How a model with a dense head ranks (``fusion``): the cold profile window, the gate fitted on every
+    validation event and the mix with the best validation Recall@10 over the candidates the test events get.
+    Returns what ``_ranked`` needs (``mix``, ``gate``, ``window``) and the facts for the report. Reads only the
+    validation events."""
+    cfg, content = sh.cfg, sh.content
+    window, by_window, plain = (1, {}, {}) if content is None else fusion.cold_window(
+        content, sh.tune_hist, sh.tune_target, sh.is_cold, cfg.content_windows, sh.content_tune_excluded)
+    c = fusion.fused_candidates(model, sh.tune_hist, beam_size=cfg.beam_size, dense_k=cfg.dense_candidates,
+                                batch_size=cfg.eval_batch_size, device=device, seen=sh.tune_excluded,
+                                cold=sh.is_cold, times=sh.tune_time, content=content, window=window)
+    features = fusion.gate_features(sh.tune_hist, sh.is_cold)  # (E, F)
+    gate = None if content is None or not cfg.gate_shifts else fusion.fit_gate(features,
+                                                                                sh.is_cold[sh.tune_target])
+    options = fusion.mixes(cfg.mix_weights, cfg.cold_scales, cfg.gate_shifts, cfg.warm_scales, gate is not None)
+    floor = cfg.cold_floor * plain.get(window, 0.0)  # content similarity alone, on the same profile
+    mix, curve = fusion.best_mix(c, sh.tune_target, sh.is_cold, options,
+                                 None if gate is None else fusion.gate_logit(features, gate), floor)
 
-    items: np.ndarray
-    """(E, C) item indices, -1 where none (a dead beam, or a dense pick the beams already hold)."""
-    gen: np.ndarray
-    """(E, C) log-probability of each movie's full SID (-inf where none)."""
-    dense: np.ndarray
-    """(E, C) the dense head's logit of each movie (-inf where none)."""
+    def best(keep) -> float:
+        return round(max(v[0] for m, v in curve.items() if keep(m)), 4)
 
-
-def _drop_repeats(items: torch.Tensor) -> torch.Tensor:
-    """(B, C) item indices with every repeat of an item in its row (one copy kept) set to -1."""
-    srt, order = items.sort(1)
-    repeat = torch.zeros_like(items, dtype=torch.bool)
-    repeat[:, 1:] = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
-    return items.masked_fill(torch.zeros_like(repeat).scatter(1, order, repeat), -1)
-
-
-@torch.no_grad()
-def fused_candidates(model: GenerativeRetriever, history: np.ndarray, *, beam_size: int, dense_k: int,
-                     batch_size: int, device: torch.device, seen: Excluded | None = None,
-                     cold: np.ndarray | None = None, times: np.ndarray | None = None) -> Candidates:
-    """For (E, M) histories, the ``beam_size`` movies of the constrained beam search, the ``dense_k`` best by dense
-    score (any movie, rated or not) and, given ``cold`` ((N,) bool: no training interaction), the ``dense_k`` best
-    of those, each with both scores; what ``seen`` excludes is in none. ``times``: (E,) the events' Unix times
-    (for a dense head with movie years)."""
-    model.eval().to(device)
-    not_cold = None if cold is None else torch.from_numpy(~np.asarray(cold, dtype=bool)).to(device)  # (N,)
-    k = min(dense_k, model.n_items)
-    parts = []
-    for i in range(0, len(history), batch_size):
-        hist = torch.from_numpy(history[i:i + batch_size]).to(device)  # (B, M)
-        hidden = model.last_hidden(hist)  # (B, d)
-        exclude = None if seen is None else exclusion_mask(seen, slice(i, i + batch_size), model.n_items, device)
-        found = [model.recommend_from(hidden, beam_size, beam_size=beam_size, exclude=exclude).items]  # (B, W)
-        time = None if times is None else torch.from_numpy(np.asarray(times[i:i + batch_size])).to(device)
-        dense = model.dense_scores(hidden, model.last_context(hist, time))  # (B, N)
-        if exclude is not None:
-            dense = dense.masked_fill(exclude, -torch.inf)
-        for scores in (dense, None if not_cold is None else dense.masked_fill(not_cold, -torch.inf)):
-            if scores is not None:
-                top = scores.topk(k, dim=1)
-                found.append(top.indices.masked_fill(top.values == -torch.inf, -1))  # (B, X)
-        items = _drop_repeats(torch.cat(found, 1))  # (B, C)
-        gen = model.sid_logprob(hidden, items)  # (B, C)
-        score = dense.gather(1, items.clamp(min=0)).masked_fill(items < 0, -torch.inf)
-        parts.append([t.cpu().numpy() for t in (items, gen, score)])
-    if not parts:
-        return Candidates(np.empty((0, 0), np.int64), np.empty((0, 0), np.float32), np.empty((0, 0), np.float32))
-    return Candidates(*(np.concatenate(p) for p in zip(*parts)))
-
-
-def fused_ranking(c: Candidates, is_cold: np.ndarray, weight: float, bonus: float, k: int) -> np.ndarray:
-    """(E, k) items: the candidates ranked by ``log P(SID) + weight x dense logit + bonus x cold`` (``is_cold``:
-    (N,) bool per item), -1 where there are fewer than ``k``."""
-    valid = c.items >= 0
-    score = np.where(valid, c.gen + weight * np.where(valid, c.dense, 0.0) + bonus * is_cold[np.maximum(c.items, 0)],
-                     -np.inf)
-    order = np.argsort(-score, axis=1, kind="stable")[:, :k]
-    top = np.take_along_axis(c.items, order, 1)
-    top = np.where(np.isfinite(np.take_along_axis(score, order, 1)), top, -1)
-    return np.pad(top, ((0, 0), (0, max(0, k - top.shape[1]))), constant_values=-1)
-
-
-def choose_mix(model: GenerativeRetriever, sh: _Shared, device: torch.device) -> dict:
-    """The (weight, bonus) of ``cfg.mix_weights`` x ``cfg.cold_bonuses`` with the best validation Recall@10 (ties:
-    the smaller weight, then the smaller bonus), from the candidates the test events get (same beams, same
-    dense picks), and the validation curve. Reads only the validation events."""
-    cfg = sh.cfg
-    c = fused_candidates(model, sh.valid_windows[:, :-1], beam_size=cfg.beam_size, dense_k=cfg.dense_candidates,
-                         batch_size=cfg.eval_batch_size, device=device, seen=sh.valid_excluded, cold=sh.is_cold,
-                         times=sh.valid_time)
-    target = sh.valid_windows[:, -1]
-    bonuses = sorted(cfg.cold_bonuses) or [0.0]
-    curve = {(w, b): float((fused_ranking(c, sh.is_cold, w, b, 10) == target[:, None]).any(1).mean())
-             for w in sorted(cfg.mix_weights) for b in bonuses}
-    w, b = max(curve, key=lambda wb: (curve[wb], -wb[0], -wb[1]))
-    return {"mix_weight": w, "cold_bonus": b, "valid_recall@10_by_mix": {
-        f"{wt:g}": [round(curve[(wt, bb)], 4) for bb in bonuses] for wt in sorted(cfg.mix_weights)}}
+    facts = {"mix_weight": mix.weight, "gate_shift": mix.shift, "cold_scale": mix.cold_scale,
+             "warm_scale": mix.warm_scale,
+             "cold_window": window, "gate": None if gate is None else [round(float(g), 4) for g in gate],
+             "valid_cold_floor": round(floor, 4), "valid_recall@10": round(curve[mix][0], 4),
+             "valid_cold_recall@10": round(curve[mix][1], 4),
+             "valid_recall@10_by_mix": {f"{w:g}": best(lambda m, w=w: m.weight == w)
+                                        for w in sorted(cfg.mix_weights)},
+             "valid_recall@10_by_gate_shift": {"off" if s is None else f"{s:g}": best(lambda m, s=s: m.shift == s)
+                                               for s in dict.fromkeys(m.shift for m in options)},
+             "valid_cold_recall@10_by_window": {str(w): round(v, 4) for w, v in by_window.items()}}
+    return {"mix": mix, "gate": gate, "window": window}, facts
 
 
 def _content(vectors: np.ndarray, sh: _Shared, valid_targets: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -257,10 +211,16 @@ class _Shared:
     content_test_excluded: Excluded
     is_cold: np.ndarray  # (N,) bool: the item has no training interaction
     item_vectors: np.ndarray | None  # (N, D) what semantic_id's model reads of each movie (None: token-only models)
+    content: np.ndarray | None  # (N, D') unit-norm content embeddings: the cold movies' ranking (None: no cold share)
     item_years: np.ndarray | None  # (N,) release years, NaN unknown (None: no age bias)
     window_times: np.ndarray  # (n, M+1) the Unix time of each training window movie (-1 pads)
     valid_time: np.ndarray  # (E_valid,) the validation events' Unix times
     test_time: np.ndarray  # (E,)
+    tune_hist: np.ndarray  # (E_tune, M) every validation event's history (Split.tune): the ranking mix's choice
+    tune_target: np.ndarray  # (E_tune,)
+    tune_time: np.ndarray  # (E_tune,)
+    tune_excluded: Excluded | None
+    content_tune_excluded: Excluded
     cfg: RetrievalConfig
 
     @property
@@ -270,7 +230,8 @@ class _Shared:
 
 
 def _shared(split: Split, codes: dict[str, np.ndarray], cfg: RetrievalConfig, available: np.ndarray | None,
-            item_vectors: np.ndarray | None = None, item_years: np.ndarray | None = None) -> _Shared:
+            item_vectors: np.ndarray | None = None, item_years: np.ndarray | None = None,
+            content: np.ndarray | None = None) -> _Shared:
     """One fold's ``_Shared``: its training windows, histories and the movies each event may not recommend."""
     m, cap, n = cfg.max_history, cfg.max_train_items, len(split.movie_ids)
 
@@ -281,6 +242,7 @@ def _shared(split: Split, codes: dict[str, np.ndarray], cfg: RetrievalConfig, av
 
     valid_hist = split.histories(split.valid, m)
     train_times = [t[:k] for t, k in zip(split.times, split.n_train)]
+    tune = split.tune if split.tune is not None else split.valid
     return _Shared(codes=codes, n_items=n,
                    windows=training_windows([t[-cap:] if cap else t for t in split.train], m),
                    window_times=training_windows([t[-cap:] if cap else t for t in train_times], m),
@@ -289,7 +251,9 @@ def _shared(split: Split, codes: dict[str, np.ndarray], cfg: RetrievalConfig, av
                    valid_excluded=excluded(split.valid, cfg.exclude_seen), test_hist=split.histories(split.test, m),
                    test_excluded=excluded(split.test, cfg.exclude_seen),
                    content_valid_excluded=excluded(split.valid, True), content_test_excluded=excluded(split.test, True),
-                   is_cold=split.train_counts() == 0, item_vectors=item_vectors, cfg=cfg)
+                   is_cold=split.train_counts() == 0, item_vectors=item_vectors, content=content,
+                   tune_hist=split.histories(tune, m), tune_target=tune.target, tune_time=tune.time,
+                   tune_excluded=excluded(tune, cfg.exclude_seen), content_tune_excluded=excluded(tune, True), cfg=cfg)
 
 
 _WORKER: dict = {}
@@ -371,11 +335,14 @@ def _ranked(model: torch.nn.Module, sh: _Shared, device: torch.device, info: dic
     """A trained model's (E, MAX_K) test lists; its choices on validation go into ``info``."""
     cfg = sh.cfg
     if getattr(model, "dense", False):
-        info.update(choose_mix(model, sh, device))
-        c = fused_candidates(model, sh.test_hist, beam_size=cfg.beam_size, dense_k=cfg.dense_candidates,
-                             batch_size=cfg.eval_batch_size, device=device, seen=sh.test_excluded, cold=sh.is_cold,
-                             times=sh.test_time)
-        return fused_ranking(c, sh.is_cold, info["mix_weight"], info["cold_bonus"], MAX_K)
+        choice, facts = choose_mix(model, sh, device)
+        info.update(facts)
+        c = fusion.fused_candidates(model, sh.test_hist, beam_size=cfg.beam_size, dense_k=cfg.dense_candidates,
+                                    batch_size=cfg.eval_batch_size, device=device, seen=sh.test_excluded,
+                                    cold=sh.is_cold, times=sh.test_time, content=sh.content, window=choice["window"])
+        gate = choice["gate"]
+        logit = None if gate is None else fusion.gate_logit(fusion.gate_features(sh.test_hist, sh.is_cold), gate)
+        return fusion.fused_ranking(c, sh.is_cold, choice["mix"], MAX_K, logit)
     cold_trie = None
     if isinstance(model, GenerativeRetriever) and cfg.cold_bonuses and sh.is_cold.any():
         cold_trie = model.subset_trie(np.flatnonzero(sh.is_cold))
@@ -470,8 +437,8 @@ def run_benchmark(splits: Split | list[Split], codes: np.ndarray, cfg: Retrieval
         raise ValueError("content_knn needs one content vector per movie of the split")
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    shared = [_shared(split, {"semantic_id": codes, **(compared or {})}, cfg, available, item_vectors, item_years)
-              for split in splits]
+    shared = [_shared(split, {"semantic_id": codes, **(compared or {})}, cfg, available, item_vectors, item_years,
+                      vectors) for split in splits]
     for f, (split, sh) in enumerate(zip(splits, shared)):
         log.info("fold %d: %d users, %d movies, %d training windows of %d movies; %d validation and %d test events",
                  f, len(split.users), len(split.movie_ids), len(sh.windows), cfg.max_history + 1, len(split.valid),
@@ -499,6 +466,6 @@ def run_benchmark(splits: Split | list[Split], codes: np.ndarray, cfg: Retrieval
 
 def _log_run(method: str, ranks: np.ndarray, info: dict) -> None:
     facts = {k: v for k, v in info.items()
-             if k not in ("seed", "fold", "valid_curve", "valid_recall@10_by_cold_bonus", "valid_recall@10_by_mix")}
+             if k not in ("seed", "fold", "valid_curve", "gate") and not k.startswith("valid_")}
     log.info("fold %d seed %d %-12s recall@10 %.4f (%s)", info["fold"], info["seed"], method,
              float(((ranks >= 0) & (ranks < 10)).mean()), ", ".join(f"{k} {v}" for k, v in facts.items()))

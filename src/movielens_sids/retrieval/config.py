@@ -115,21 +115,38 @@ class RetrievalConfig:
     """With a dense head: its loss is computed on at most this many sampled positions of each training batch
     (None: all)."""
     dense_candidates: int = 50
-    """With a dense head: the best movies by dense score, and as many of the movies with no training interaction,
-    added to the beam search's candidates."""
+    """With a dense head: the best movies by dense score, and as many of the movies with no training interaction
+    by content similarity, added to the beam search's candidates."""
     mix_weights: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 16.0, 64.0])
-    """With a dense head: candidate weights w of the score that ranks the candidates, log P(SID) + w x dense
-    logit + bonus x cold (bonus from cold_bonuses); the pair with the best validation Recall@10 is used (ties:
-    the smaller w, then the smaller bonus). A large w ranks by the dense head alone, as LIGER does."""
+    """With a dense head: candidate weights w of the dense logit beside log P(SID), which together rank the movies
+    with training interactions (0: by their SIDs alone; a large w: by the dense head alone, as LIGER does). The
+    mix (w, warm_scales, cold_scales, gate_shifts) chosen on the validation events is used (cold_floor; ties: the
+    smaller w, the gate off, then the smaller shift and scales); see docs/retrieval.md."""
+    warm_scales: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
+    """With a dense head and the gate on: candidate scales of the warm movies' score in their softmax (how fast
+    their probability falls along their list, against the cold movies')."""
+    cold_scales: list[float] = field(default_factory=lambda: [5.0, 10.0, 20.0, 40.0])
+    """With a dense head: candidate scales of the content cosine that ranks the movies with no training
+    interaction (cold) among themselves, the user's profile being the mean content vector of its latest movies
+    (the window chosen on validation from content_windows)."""
+    gate_shifts: list[float] = field(default_factory=lambda: [-1.0, 0.0, 1.0, 2.0, 3.0])
+    """With a dense head: candidate shifts of the gate's logit (the chance that the next movie is cold, a logistic
+    regression on the history's cold movies fitted on the validation events). The gate off, so that no cold movie
+    is ranked, is always a candidate; [] keeps it off."""
+    cold_floor: float = 1.0
+    """With a dense head: the mix is the best on validation Recall@10 among those that score, on the validation
+    events whose movie is cold, at least this share of what content similarity alone scores there (the cold
+    profile's ranking of every movie); 0: the best on Recall@10 alone. When no mix reaches it, the best on
+    Recall@10 is used."""
     cold_bonuses: list[float] = field(default_factory=lambda: [float(b) for b in range(13)])
-    """Generative models: candidate log-probability bonuses for movies with no training interaction, the best
+    """semantic_id_tokens: candidate log-probability bonuses for movies with no training interaction, the best
     on validation Recall@10 is used. Such a movie's last token was never a target, so a plain beam search all
     but never ranks it; a second search over only these movies, merged with the main list after adding the
     bonus, is TIGER's cold-start share (its epsilon) chosen by validation. [] searches every movie once, as
-    before; ID-based models cannot do this. A model with a dense head chooses its bonus from these too, with
-    its mix weight."""
+    before; ID-based models cannot do this."""
     content_windows: list[int] = field(default_factory=lambda: [1, 3, 10, 30])
-    """content_knn: how many of the user's latest movies make the profile; the best on validation is used."""
+    """content_knn (and the cold movies' ranking of a model with a dense head): how many of the user's latest
+    movies make the profile; the best on validation is used."""
     bootstrap_samples: int = 10_000
     """Bootstrap resamples of every interval."""
     bootstrap_unit: str = "user"
@@ -216,6 +233,12 @@ class RetrievalConfig:
             raise ValueError(f"dense_candidates: must be >= 0, got {self.dense_candidates}")
         if self.dense_negatives is not None and self.dense_negatives < 1:
             raise ValueError(f"dense_negatives: must be positive or null, got {self.dense_negatives}")
+        for name in ("cold_scales", "warm_scales"):
+            scales = getattr(self, name)
+            if any(t <= 0 for t in scales) or (self.gate_shifts and not scales):
+                raise ValueError(f"{name}: give positive scales, got {scales}")
+        if self.cold_floor < 0:
+            raise ValueError(f"cold_floor: must be >= 0, got {self.cold_floor}")
         if any(b < 0 for b in self.cold_bonuses):
             raise ValueError(f"cold_bonuses: must be >= 0, got {self.cold_bonuses}")
 

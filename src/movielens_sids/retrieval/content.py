@@ -69,6 +69,15 @@ def exclusion_mask(excluded, rows: slice | np.ndarray, n_items: int, device: tor
     return seen_mask(torch.as_tensor(np.asarray(excluded[rows])).to(device), n_items)
 
 
+def content_profile(vectors: torch.Tensor, history: torch.Tensor, window: int) -> torch.Tensor:
+    """(b, D) unit-norm profiles: the mean of (N, D) ``vectors`` over each (b, M) history's latest ``window`` movies
+    (-1 pads left out; a history of pads only gets a zero profile)."""
+    h = history[:, -window:]  # (b, w)
+    valid = (h >= 0).to(vectors.dtype)[..., None]  # (b, w, 1)
+    profile = (vectors[h.clamp(min=0)] * valid).sum(1)  # (b, D)
+    return profile / profile.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
 def content_topk(vectors: np.ndarray, histories: np.ndarray, seen, *, window: int, k: int,
                  batch_size: int = 1024) -> np.ndarray:
     """(E, k) the top ``k`` movies for each event, best first, by similarity to its latest ``window`` movies
@@ -87,10 +96,7 @@ def content_topk(vectors: np.ndarray, histories: np.ndarray, seen, *, window: in
     k = min(k, len(x))
     out = np.empty((len(histories), k), dtype=np.int64)
     for start in range(0, len(histories), batch_size):
-        h = torch.from_numpy(histories[start:start + batch_size, -window:])  # (b, w)
-        valid = (h >= 0).float()[..., None]  # (b, w, 1)
-        profile = (x[h.clamp(min=0)] * valid).sum(1)  # (b, D)
-        profile = profile / profile.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        profile = content_profile(x, torch.from_numpy(histories[start:start + batch_size]), window)  # (b, D)
         banned = exclusion_mask(seen, slice(start, start + batch_size), len(x))  # (b, N)
         scores = (profile @ x.T).masked_fill(banned, -torch.inf)  # (b, N)
         top = scores.topk(k, dim=1)

@@ -182,9 +182,19 @@ def paired_table(paired: dict[str, dict], slices: tuple[str, ...] = SLICES, metr
     return "\n".join(lines)
 
 
+def _mix_label(run: dict) -> str:
+    """How one run ranked, as chosen on validation: its mix (weight, gate shift, cold scale) or its cold bonus."""
+    if "gate_shift" in run:
+        shift = run["gate_shift"]
+        return f"w {run['mix_weight']:g}, " + ("gate off" if shift is None else
+                                               f"gate {shift:+g}, beta {run['warm_scale']:g}, "
+                                               f"tau {run['cold_scale']:g}")
+    return f"bonus {run['cold_bonus']:g}" + (f" (w {run['mix_weight']:g})" if "mix_weight" in run else "")
+
+
 def training_table(methods: dict[str, dict]) -> str:
     """Epochs run, best epoch, what stopped training and the time, per method (over seeds)."""
-    lines = ["| method | epochs (per seed) | best epoch | stopped by | cold bonus (mix weight) | "
+    lines = ["| method | epochs (per seed) | best epoch | stopped by | ranking mix chosen on validation | "
              "validation Recall@10 curve (first seed) | time s |",
              "| --- | --- | --- | --- | --- | --- | ---: |"]
     for name in ordered(methods):
@@ -196,8 +206,7 @@ def training_table(methods: dict[str, dict]) -> str:
         curve = " ".join(f"{v[-1] if isinstance(v, list) else v:.3f}" for v in runs[0].get("valid_curve", [])) \
             if learned else (
             f"window {runs[0]['window']} chosen on validation" if "window" in runs[0] else "no training")
-        bonus = ", ".join(f"{r['cold_bonus']:g}" + (f" (w {r['mix_weight']:g})" if "mix_weight" in r else "")
-                          for r in runs) if "cold_bonus" in runs[0] else "–"
+        bonus = ", ".join(_mix_label(r) for r in runs) if "cold_bonus" in runs[0] or "mix_weight" in runs[0] else "–"
         lines.append(f"| {label(name)} | {', '.join(str(r.get('epochs', '-')) for r in runs)} | "
                      f"{', '.join(str(r.get('best_epoch', '-')) for r in runs)} | "
                      f"{', '.join(sorted({r.get('stopped_by', '-') for r in runs}))} | {bonus} | {curve} | "

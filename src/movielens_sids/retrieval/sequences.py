@@ -154,6 +154,9 @@ class Split:
     """The validation events (what early stopping watches)."""
     test: Events
     """The test events."""
+    tune: Events | None = None
+    """Every validation event (``valid`` is a sample of them), what the choices made after training read (the
+    ranking mix); in a validation-only run, where ``test`` holds them all, the sample itself. None: ``valid``."""
     info: dict = field(default_factory=dict)
     """Counts and cut-offs for the report."""
 
@@ -411,11 +414,11 @@ def build_split(ratings: pd.DataFrame, movie_ids: np.ndarray, *, protocol: str =
     valid, test = (Events(user=user_of[m], pos=pos_of[m], target=items[m], hist=hist_of[m], time=stamps[m])
                    for m in (is_valid & has_history, test_kept))
     info.update(n_valid_events_total=len(valid), n_test_events_total=len(test))
-    valid, test = _sampled(valid, test, max_valid_events, max_test_events, seed)
+    every_valid, (valid, test) = valid, _sampled(valid, test, max_valid_events, max_test_events, seed)
     if not len(test):
         raise SidsError("the split has no test event; lower the cut-off or use more ratings")
     info.update(n_users=int(len(users)), n_interactions=int(len(df)), n_train_interactions=int(n_train.sum()),
                 n_valid_events=len(valid), n_test_events=len(test), n_movies=int(len(movie_ids)),
                 n_movies_rated=int(len(np.unique(items))))
     return Split(protocol=protocol, movie_ids=movie_ids, users=users, sequences=sequences, times=times,
-                 n_train=n_train, valid=valid, test=test, info=info)
+                 n_train=n_train, valid=valid, test=test, tune=valid if score_validation else every_valid, info=info)
