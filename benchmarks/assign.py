@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from record import write_record
 
-from movielens_sids.artifacts import read_embeddings
+from movielens_sids.artifacts import model_input, read_embeddings
 from movielens_sids.dedup import make_unique
 from movielens_sids.model import load_tokenizer
 from movielens_sids.settings import AssignConfig
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     emb = read_embeddings(args.run_dir)
-    ids, x = emb.movie_ids, emb.x
     tok = load_tokenizer(args.run_dir / "model")
+    ids, x = emb.movie_ids, model_input(args.run_dir, tok, emb)  # what the tokenizer reads (with ALS for collab)
     n = len(ids)
     levels, k = int(tok.config.levels), int(tok.config.codebook_size)
     print(f"{n:,} movies, D={x.shape[1]}, tokenizer {tok.tokenizer} {levels} x {k}, torch threads "

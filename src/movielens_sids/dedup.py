@@ -157,22 +157,33 @@ class _PathSpace:
             yield from ids[np.lexsort((ids, dist))].tolist()
             inner = (lo, lo + span)
 
+    def _range_dist(self, dots: np.ndarray, prefix: np.ndarray, taken: np.ndarray) -> tuple[int, np.ndarray]:
+        """The id range of the paths that start with ``prefix`` ((s,) codes) and their distances (less ||z||^2;
+        inf where taken), computed as ``order`` computes them: the same sums in the same order, as an outer sum
+        over the free levels instead of a gather per path."""
+        levels, k = dots.shape
+        span = k ** (levels - len(prefix))
+        lo = int(path_ids(prefix[None, :], k)[0]) * span if len(prefix) else 0
+        acc = np.zeros(1)  # (span,) the paths' summed dots: the prefix's, then each free level's
+        for level in range(levels):
+            acc = (acc + dots[level, prefix[level]] if level < len(prefix)
+                   else (acc[:, None] + dots[level][None, :]).reshape(-1))
+        return lo, np.where(taken[lo:lo + span], np.inf, self.sq[lo:lo + span] - 2.0 * acc)
+
     def first_free(self, z: np.ndarray, codes: np.ndarray, taken: np.ndarray) -> int:
         """The first path of ``order(z, codes)`` that ``taken`` ((P,) bool) does not hold, or -1: the same rule,
-        without ordering every path. Within one shared-prefix length the free paths' distances are computed
-        exactly as ``order`` computes them, and the nearest (the lowest id among equals) is taken."""
-        levels, k, _ = self.codebooks.shape
+        without ordering every path. Within one shared-prefix length the nearest free path (the lowest id among
+        equals) is taken."""
+        levels = self.codebooks.shape[0]
         dots = self.codebooks @ np.asarray(z, dtype=np.float64)  # (L, K)
-        inner = (-1, -1)
+        inner = (0, 0)  # the id range of the paths sharing one code more (already searched)
         for shared in range(levels, -1, -1):
-            span = k ** (levels - shared)
-            lo = int(path_ids(codes[None, :shared], k)[0]) * span if shared else 0
-            ids = self.paths[lo:lo + span]
-            ids = ids[((ids < inner[0]) | (ids >= inner[1])) & ~taken[lo:lo + span]]  # ascending
-            if len(ids):
-                dist = self.sq[ids] - 2.0 * dots[np.arange(levels)[None, :], self.codes[ids]].sum(1)
-                return int(ids[np.argmin(dist)])  # argmin: the first of equal distances, the lowest id
-            inner = (lo, lo + span)
+            lo, dist = self._range_dist(dots, codes[:shared], taken)
+            dist[inner[0] - lo:inner[1] - lo] = np.inf
+            best = int(np.argmin(dist))  # the first of equal distances: the lowest id
+            if np.isfinite(dist[best]):
+                return lo + best
+            inner = (lo, lo + len(dist))
         return -1
 
 
