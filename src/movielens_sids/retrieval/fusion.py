@@ -98,18 +98,19 @@ def fused_candidates(model: GenerativeRetriever, history: np.ndarray, *, beam_si
         found = [model.recommend_from(hidden, beam_size, beam_size=beam_size, exclude=exclude).items]  # (B, W)
         time = None if times is None else torch.from_numpy(np.asarray(times[i:i + batch_size])).to(device)
         dense = model.dense_scores(hidden, model.last_context(hist, time))  # (B, N)
-        cos = (torch.full_like(dense, -torch.inf) if vectors is None
-               else content_profile(vectors, hist, window) @ vectors.T)  # (B, N)
+        cos = None if vectors is None else content_profile(vectors, hist, window) @ vectors.T  # (B, N)
         if exclude is not None:
-            dense, cos = dense.masked_fill(exclude, -torch.inf), cos.masked_fill(exclude, -torch.inf)
+            dense = dense.masked_fill(exclude, -torch.inf)
+            cos = None if cos is None else cos.masked_fill(exclude, -torch.inf)
         found.append(_top(dense, dense_k))  # (B, X)
-        if not_cold is not None and vectors is not None:
+        if not_cold is not None and cos is not None:
             found.append(_top(cos.masked_fill(not_cold, -torch.inf), dense_k))  # (B, X)
         items = _drop_repeats(torch.cat(found, 1))  # (B, C)
-        at = items.clamp(min=0)
+        at, none = items.clamp(min=0), items < 0
+        near = (torch.full(items.shape, -torch.inf, device=items.device) if cos is None
+                else cos.gather(1, at).masked_fill(none, -torch.inf))  # (B, C)
         parts.append([t.cpu().numpy() for t in (
-            items, model.sid_logprob(hidden, items), dense.gather(1, at).masked_fill(items < 0, -torch.inf),
-            cos.gather(1, at).masked_fill(items < 0, -torch.inf))])
+            items, model.sid_logprob(hidden, items), dense.gather(1, at).masked_fill(none, -torch.inf), near)])
     if not parts:
         return Candidates(np.empty((0, 0), np.int64), *(np.empty((0, 0), np.float32) for _ in range(3)))
     return Candidates(*(np.concatenate(p) for p in zip(*parts)))
