@@ -52,7 +52,7 @@ def facts(report: dict) -> str:
     removed = sum(f.get("n_test_events_same_second_history_removed", 0) for f in folds)
     lines.append(f"- Simultaneous ratings: {shared:,} scored events share their second with other ratings of the "
                  f"user; {removed:,} of them lost a same-second movie from their history.")
-    times = ", ".join(f"{rr.label(n)} {sum(m['train_s']):.0f} s" for n, m in report["methods"].items())
+    times = ", ".join(f"{rr.label(n, m)} {sum(m['train_s']):.0f} s" for n, m in report["methods"].items())
     lines.append(f"- Wall time {report['wall_time_s'] / 60:.1f} min ({st.get('workers') or 'one per core'} "
                  f"workers); training and ranking per method, summed over seeds and folds: {times}.")
     return "\n".join(lines)

@@ -168,7 +168,8 @@ FLAGS = _flags(
          choices=("temporal", "leave_one_out")),
     Flag("--seeds", "retrieval.seeds", "seeds, comma-separated (default 0,1,2)", type=lambda v: _csv(v, int),
          metavar="0,1,2"),
-    Flag("--methods", "retrieval.methods", f"comma-separated subset of {','.join(RETRIEVAL_METHODS)} (default: all)",
+    Flag("--methods", "retrieval.methods",
+         f"comma-separated subset of {','.join(RETRIEVAL_METHODS)} (default: all but joint)",
          type=lambda v: _csv(v, str), metavar="LIST"),
     Flag("--folds", "retrieval.folds", "temporal: N rolling-origin folds, each its own cut-off and models, pooled "
                                        "(default 1)", type=int, metavar="N"),

@@ -30,6 +30,7 @@ from .settings import (
     EmbedConfig,
     EvaluateConfig,
     ExportConfig,
+    JointConfig,
     TrainConfig,
     VisualizeConfig,
 )
@@ -51,6 +52,8 @@ class Config:
     """Collaborative item vectors from the ratings (content only unless ``collab.method`` says otherwise)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation and the Lightning Trainer."""
+    joint: JointConfig = field(default_factory=JointConfig)
+    """Joint training of the tokenizer with a generative recommender (off unless ``joint.cycles`` > 0)."""
     assign: AssignConfig = field(default_factory=AssignConfig)
     """How codes become unique Semantic IDs."""
     export: ExportConfig = field(default_factory=ExportConfig)

@@ -80,7 +80,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("collab", collab.collab_stage, ("data", "collab", "retrieval"),
           inputs=("catalog.parquet",), outputs=("collab.parquet", "cowatch.parquet"),
           external_inputs=_collab_inputs),
-    Stage("train", train.train_stage, ("model", "train"),
+    # joint training reads the training interactions that collab.parquet's split fingerprint stands for.
+    Stage("train", train.train_stage, ("model", "train", "joint"),
           inputs=("embeddings.parquet", "collab.parquet"), outputs=(MODEL,)),
     Stage("assign", assign.assign_stage, ("assign",),
           inputs=("embeddings.parquet", "collab.parquet", *MODEL_FILES),

@@ -237,6 +237,58 @@ class TrainConfig:
 
 
 @dataclass
+class JointConfig:
+    """Joint training of the tokenizer with a generative recommender (``movielens_sids.joint``; the ``joint``
+    preset), after the tokenizer's own training: recommender epochs on its SIDs, then, each cycle, one tokenizer
+    epoch (the recommender frozen) and ``rec_epochs`` recommender epochs (the tokenizer frozen), tied by the two
+    alignment losses. It reads the training interactions of the benchmark's split only (``retrieval.*``, as the
+    ``collab`` stage), so no validation or test event shapes the IDs. 0 cycles: off."""
+
+    cycles: int = 0
+    """Tokenizer epochs, each followed by ``rec_epochs`` recommender epochs (0: no joint training)."""
+    warm_epochs: int = 5
+    """Recommender epochs on the starting SIDs before the first tokenizer epoch (no alignment)."""
+    rec_epochs: int = 2
+    """Recommender epochs after each tokenizer epoch."""
+    item_weight: float = 0.1
+    """Weight of the sequence-item alignment (symmetric KL of the code distributions)."""
+    preference_weight: float = 0.1
+    """Weight of the preference-semantic alignment (InfoNCE of the state against the reconstruction)."""
+    code_temperature: float = 0.1
+    """Temperature of the code distributions (their logits are minus squared distances)."""
+    temperature: float = 0.07
+    """Temperature of the preference-semantic InfoNCE."""
+    tokenizer_lr: float = 1e-4
+    """AdamW learning rate of the tokenizer epochs."""
+    rec_lr: float = 3e-3
+    """AdamW learning rate of the recommender epochs."""
+    batch_size: int = 256
+    """Training windows per step."""
+    max_history: int = 50
+    """The recommender's history length (the benchmark's ``retrieval.max_history``)."""
+    d_model: int = 64
+    """The recommender's width."""
+    n_layers: int = 2
+    """The recommender's transformer blocks."""
+    n_heads: int = 2
+    """The recommender's attention heads."""
+    dropout: float = 0.2
+    """The recommender's dropout."""
+
+    def __post_init__(self) -> None:
+        for name in ("cycles", "warm_epochs", "rec_epochs"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"joint.{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "max_history", "d_model", "n_layers", "n_heads"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"joint.{name}: must be >= 1, got {getattr(self, name)}")
+        if min(self.item_weight, self.preference_weight) < 0 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError("joint: the weights must be >= 0 and dropout in [0, 1)")
+        if min(self.code_temperature, self.temperature, self.tokenizer_lr, self.rec_lr) <= 0:
+            raise ValueError("joint: temperatures and learning rates must be > 0")
+
+
+@dataclass
 class AssignConfig:
     """How codes become unique Semantic IDs."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -120,8 +122,6 @@ def test_a_movie_without_ratings_still_gets_a_sid(tmp_path):
     assert len(set(sids.strings)) == N_MOVIES
     summary = artifacts.read_record(run, "train")["result"]
     assert summary["tokenizer"] == "rqvae"
-    import json
-
     trained = json.loads((run / "model" / "train_metrics.json").read_text())
     assert trained["collab"]["movies_with_partners"] == N_MOVIES - len(COLD)
 
@@ -218,3 +218,78 @@ def test_a_tokenizer_of_both_signals_gives_every_movie_a_sid_and_reads_the_same_
     (run / "collab.parquet").unlink()
     with pytest.raises(SidsError, match="reads collaborative vectors too"):
         artifacts.model_input(run, tok, emb)
+
+
+JOINT = {"joint.cycles": 2, "joint.warm_epochs": 1, "joint.rec_epochs": 1, "joint.batch_size": 8,
+         "joint.max_history": 5, "joint.d_model": 8, "joint.n_heads": 1, "joint.n_layers": 1,
+         "joint.tokenizer_lr": 1e-2, "joint.item_weight": 1.0, "joint.preference_weight": 1.0,
+         "retrieval.max_history": 5, "model.collab_input": 1.0, "model.codebook_size": 8}
+
+
+def joint_run(tmp_path, name: str, rows, **sets):
+    """A joint run (collab, train, assign) on ``rows``; returns its folder, its SIDs and its tokenizer's weights."""
+    from movielens_sids.model import load_tokenizer
+
+    run, cfg = make_run(tmp_path, name, rows, **{**JOINT, **sets})
+    for stage in ("collab", "train", "assign"):
+        pipeline.execute(stage, cfg, run)
+    return run, artifacts.read_sids(run), load_tokenizer(run / "model").state_dict()
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_joint_training_reads_training_interactions_only_and_repeats_itself(tmp_path):
+    run, sids, weights = joint_run(tmp_path, "a", ratings_rows())
+    _, sids_again, weights_again = joint_run(tmp_path, "again", ratings_rows())
+    assert sids_again.strings == sids.strings and same_weights(weights, weights_again)  # same seed: same SIDs
+    cfg = make_run(tmp_path, "probe", ratings_rows())[1]
+    split = split_of(ratings_of(cfg), np.arange(1, N_MOVIES + 1), cfg.retrieval)
+    # Every validation and test event replaced: the same tokenizer and the same SIDs.
+    _, sids_b, weights_b = joint_run(tmp_path, "b", ratings_rows(scramble_after=split.info["valid_start"]))
+    assert sids_b.strings == sids.strings and same_weights(weights, weights_b)
+    # ... while the joint training does train the tokenizer: without it the weights differ.
+    _, _, weights_off = joint_run(tmp_path, "off", ratings_rows(), **{"joint.cycles": 0})
+    assert not same_weights(weights, weights_off)
+    joint = json.loads((run / "model" / "train_metrics.json").read_text())["joint"]
+    assert [e["phase"] for e in joint["epochs"]] == ["warm", "tokenizer", "recommender", "tokenizer", "recommender"]
+    assert joint["windows"] > 0
+
+
+def test_a_movie_without_ratings_gets_a_sid_from_the_jointly_trained_tokenizer(tmp_path):
+    run, sids, _ = joint_run(tmp_path, "run", ratings_rows())
+    assert sids.movie_ids.tolist() == list(range(1, N_MOVIES + 1)) and len(set(sids.strings)) == N_MOVIES
+    from movielens_sids.model import load_tokenizer
+
+    tok = load_tokenizer(run / "model")
+    x = artifacts.model_input(run, tok, artifacts.read_embeddings(run))  # what the tokenizer reads, cold rows too
+    codes = tok.quantize(tok.encode(torch.from_numpy(np.asarray(x, dtype=np.float32)))).numpy()
+    c = artifacts.read_collab(run)
+    cold = np.flatnonzero(np.isin(c.movie_ids, COLD))
+    assert (c.counts[cold] == 0).all()
+    # its SID was assigned from the learned tokenizer's codes for its content (and its neighbours' vector)
+    assert sids.model_codes is not None and (sids.model_codes[cold] == codes[cold]).all()
+
+
+def test_joint_training_without_ratings_is_refused_in_one_line(tmp_path):
+    run, cfg = make_run(tmp_path, "noratings", None, **JOINT)
+    pipeline.execute("collab", cfg, run)
+    with pytest.raises(SidsError, match="joint.cycles needs"):
+        pipeline.execute("train", cfg, run)
+    assert not (run / "model").exists()
+
+
+def test_the_recommender_trained_with_the_tokenizer_is_scored_in_the_benchmark(tmp_path):
+    from movielens_sids.cli import main
+
+    run, _, _ = joint_run(tmp_path, "run", ratings_rows())
+    assert (run / "model" / "recommender.safetensors").exists()
+    args = ["retrieval", "--run-dir", str(run), "--methods", "joint,semantic_id_tokens", "--seeds", "0",
+            "--max-epochs", "1", "--set", "retrieval.bootstrap_samples=100", "--set", "retrieval.workers=1"]
+    assert main(args) == 0
+    report = json.loads((run / "retrieval" / "report.json").read_text())
+    assert set(report["methods"]) == {"joint", "semantic_id_tokens"}
+    assert report["methods"]["joint"]["runs"][0]["epochs"] == 1
+    (run / "model" / "recommender.safetensors").unlink()  # a run without one: refused in one line
+    assert main(args) == 2

@@ -15,7 +15,6 @@ from sids_fixtures import write_catalog
 
 from movielens_sids.cli import main
 from movielens_sids.errors import SidsError
-from movielens_sids.retrieval import METHODS
 from movielens_sids.retrieval.bench import (
     RetrievalConfig,
     merge_cold,
@@ -24,6 +23,7 @@ from movielens_sids.retrieval.bench import (
     recommend_all,
     run_benchmark,
 )
+from movielens_sids.retrieval.config import DEFAULT_METHODS
 from movielens_sids.retrieval.content import content_topk
 from movielens_sids.retrieval.generative import GenerativeRetriever
 from movielens_sids.retrieval.lightning_modules import training_windows
@@ -455,7 +455,7 @@ def test_cli_end_to_end_writes_report_and_section(tmp_path, capsys, protocol):
     assert "Semantic IDs" in out and "Most popular" in out and "Content k-NN" in out
     report = json.loads((run / "retrieval" / "report.json").read_text())
     assert report["protocol"] == protocol and report["seeds"] == [0, 1]
-    assert set(report["methods"]) == set(METHODS)
+    assert set(report["methods"]) == set(DEFAULT_METHODS)
     sl = report["slices"]
     assert sl["all"]["events"] == sl["warm"]["events"] + sl["cold"]["events"] > 0
     for name, r in report["methods"].items():
@@ -505,6 +505,32 @@ def test_compare_sids_are_trained_alike_and_paired_on_the_same_events(tmp_path, 
     write_sids(other / "sids.parquet", movies[:-1], synthetic_codes(len(movies) - 1))
     assert main(args) == 2  # the other run lacks a movie: refused, nothing written
     assert "lacks movies" in capsys.readouterr().err
+
+
+def test_the_semantic_id_model_gets_the_content_vectors_without_content_knn(tmp_path, monkeypatch):
+    """Its cold movies are ranked by content similarity: whether content_knn is scored beside it changes nothing."""
+    from movielens_sids.retrieval import bench
+
+    ratings = synthetic_ratings(n_users=30)
+    ratings.assign(rating=4.0).rename(columns={"user_id": "userId", "movie_id": "movieId"})[
+        ["userId", "movieId", "rating", "timestamp"]].to_csv(tmp_path / "ratings.csv", index=False)
+    movies = np.unique(ratings.movie_id)
+    run = tmp_path / "run"
+    run.mkdir()
+    write_sids(run / "sids.parquet", movies, synthetic_codes(len(movies)))
+    write_embeddings(run / "embeddings.parquet", movies)
+    seen = []
+
+    def capture(splits, codes, cfg, vectors=None, *args, **kwargs):
+        seen.append(vectors)
+        raise SystemExit(3)  # enough: the benchmark itself is tested above
+
+    monkeypatch.setattr(bench, "run_benchmark", capture)
+    for methods in ("semantic_id", "semantic_id,content_knn"):
+        with pytest.raises(SystemExit):
+            main(["retrieval", "--run-dir", str(run), "--ratings", str(tmp_path / "ratings.csv"), "--methods", methods,
+                  "--set", "retrieval.max_history=6", "--set", "retrieval.test_fraction=0.3"])
+    assert seen[0] is not None and np.array_equal(seen[0], seen[1])
 
 
 def test_cli_bad_input_changes_nothing(tmp_path, capsys):
@@ -558,3 +584,11 @@ def test_workers_exit_when_the_benchmark_process_is_killed(tmp_path):
         time.sleep(0.1)
     os.kill(worker, signal.SIGKILL)
     raise AssertionError("the worker outlived its parent by 30 s")
+
+
+def test_a_token_only_semantic_id_model_is_labelled_as_one():
+    from movielens_sids.retrieval.report import LABELS, label
+
+    assert label("semantic_id", {"runs": [{"cold_bonus": 0.0}]}) == LABELS["semantic_id_tokens"]
+    assert label("semantic_id", {"runs": [{"mix_weight": 1.0}]}) == label("semantic_id") == LABELS["semantic_id"]
+    assert label("semantic_id@runs/x") == "Generative, SIDs of runs/x"

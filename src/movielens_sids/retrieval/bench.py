@@ -222,6 +222,7 @@ class _Shared:
     tune_excluded: Excluded | None
     content_tune_excluded: Excluded
     cfg: RetrievalConfig
+    joint: tuple[dict, dict] | None = None  # (weights, shape) of a joint run's recommender (method joint)
 
     @property
     def known(self) -> np.ndarray:
@@ -231,7 +232,7 @@ class _Shared:
 
 def _shared(split: Split, codes: dict[str, np.ndarray], cfg: RetrievalConfig, available: np.ndarray | None,
             item_vectors: np.ndarray | None = None, item_years: np.ndarray | None = None,
-            content: np.ndarray | None = None) -> _Shared:
+            content: np.ndarray | None = None, joint: tuple[dict, dict] | None = None) -> _Shared:
     """One fold's ``_Shared``: its training windows, histories and the movies each event may not recommend."""
     m, cap, n = cfg.max_history, cfg.max_train_items, len(split.movie_ids)
 
@@ -253,7 +254,8 @@ def _shared(split: Split, codes: dict[str, np.ndarray], cfg: RetrievalConfig, av
                    content_valid_excluded=excluded(split.valid, True), content_test_excluded=excluded(split.test, True),
                    is_cold=split.train_counts() == 0, item_vectors=item_vectors, content=content,
                    tune_hist=split.histories(tune, m), tune_target=tune.target, tune_time=tune.time,
-                   tune_excluded=excluded(tune, cfg.exclude_seen), content_tune_excluded=excluded(tune, True), cfg=cfg)
+                   tune_excluded=excluded(tune, cfg.exclude_seen), content_tune_excluded=excluded(tune, True), cfg=cfg,
+                   joint=joint)
 
 
 _WORKER: dict = {}
@@ -316,9 +318,22 @@ def _learned_job(fold: int, seed: int, method: str, shared: list[_Shared] | None
 
 
 def _generative(method: str, seed: int, sh: _Shared, shape: dict) -> GenerativeRetriever:
-    """The generative model of ``method``: token-only for semantic_id_tokens, otherwise (with item vectors) with
-    the content input and the dense head that ``cfg`` asks for."""
+    """The generative model of ``method``: token-only for semantic_id_tokens, a joint run's recommender (its
+    weights, on the run's SIDs) for joint, otherwise (with item vectors) with the content input and the dense head
+    that ``cfg`` asks for."""
     cfg = sh.cfg
+    if method == "joint":
+        if sh.joint is None:
+            raise ValueError("method joint needs the recommender a joint run trained (run_benchmark's joint=)")
+        weights, saved = sh.joint
+        codes = sh.codes["semantic_id"]
+        if codes.shape[1] != saved["levels"] or (codes.max(0) >= saved["level_sizes"]).any():
+            raise ValueError("method joint: the run's SIDs carry a collision token, which its recommender never "
+                             "learned: give the tokenizer a larger code space")
+        model = GenerativeRetriever(codes, level_sizes=saved["level_sizes"], dropout=cfg.dropout,
+                                    **{k: saved[k] for k in ("max_history", "d_model", "n_layers", "n_heads")})
+        model.load_state_dict(weights)
+        return model
     ids = (random_codes(sh.codes["semantic_id"], seed) if method == "random_id"
            else sh.codes["semantic_id" if method == "semantic_id_tokens" else method])
     reads = method != "semantic_id_tokens" and (cfg.content_input or cfg.dense_weight > 0)
@@ -406,7 +421,7 @@ def _check_rows(n: int, **arrays: np.ndarray | None) -> None:
 def run_benchmark(splits: Split | list[Split], codes: np.ndarray, cfg: RetrievalConfig,
                   vectors: np.ndarray | None = None, compared: dict[str, np.ndarray] | None = None,
                   available: np.ndarray | None = None, item_vectors: np.ndarray | None = None,
-                  item_years: np.ndarray | None = None) -> dict:
+                  item_years: np.ndarray | None = None, joint: tuple[dict, dict] | None = None) -> dict:
     """Train and evaluate every method of ``cfg.methods`` for every seed on the test events of every fold.
 
     The learned (fold, seed, method) jobs are independent and seeded: they run in parallel worker processes
@@ -424,6 +439,7 @@ def run_benchmark(splits: Split | list[Split], codes: np.ndarray, cfg: Retrieval
             None: every item at every event.
         item_vectors: (N, D) what ``semantic_id``'s model reads of each item (default: ``vectors``).
         item_years: (N,) release years (NaN: unknown), for the dense head's age bias; None: no age bias.
+        joint: (weights, shape) of the recommender a joint run trained with its tokenizer (method ``joint``).
 
     Returns:
         ``{method: {"ranks": (S, E) int64 target ranks of the folds' events in order (S = 1 for seed-free
@@ -438,7 +454,7 @@ def run_benchmark(splits: Split | list[Split], codes: np.ndarray, cfg: Retrieval
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     shared = [_shared(split, {"semantic_id": codes, **(compared or {})}, cfg, available, item_vectors, item_years,
-                      vectors) for split in splits]
+                      vectors, joint) for split in splits]
     for f, (split, sh) in enumerate(zip(splits, shared)):
         log.info("fold %d: %d users, %d movies, %d training windows of %d movies; %d validation and %d test events",
                  f, len(split.users), len(split.movie_ids), len(sh.windows), cfg.max_history + 1, len(split.valid),

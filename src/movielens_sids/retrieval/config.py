@@ -9,7 +9,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-METHODS = ("semantic_id", "semantic_id_tokens", "random_id", "sasrec_ce", "most_popular", "content_knn")
+METHODS = ("semantic_id", "semantic_id_tokens", "joint", "random_id", "sasrec_ce", "most_popular", "content_knn")
+DEFAULT_METHODS = tuple(m for m in METHODS if m != "joint")
+"""What runs unless ``retrieval.methods`` says otherwise (``joint`` needs a run of the ``joint`` preset)."""
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "recall@50")
 PROTOCOLS = ("temporal", "leave_one_out")
 MAX_K = 50
@@ -57,8 +59,10 @@ class RetrievalConfig:
     """Score a seeded sample of this many test events (None: all); for ml-20m and larger."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """One full comparison per seed (model init, batch order, the random IDs)."""
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    """Which of semantic_id, semantic_id_tokens, random_id, sasrec_ce, most_popular, content_knn to run."""
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    """Which of semantic_id, semantic_id_tokens, joint, random_id, sasrec_ce, most_popular, content_knn to run
+    (joint: the recommender a ``joint`` run trained with its tokenizer, fine-tuned on the run's SIDs as the
+    token-only model is trained)."""
     compare_sids: list[str] = field(default_factory=list)
     """Other run folders whose SIDs are benchmarked too (as ``semantic_id@<folder>``), trained exactly like
     ``semantic_id`` on the same events and paired against it: tokenizers compared downstream."""

@@ -160,6 +160,9 @@ class GenerativeRetriever(nn.Module):
         item_years: (N,) float release years (NaN: unknown): the dense head learns a bias per age range at the
             event; None: no age bias (and no times needed).
         content_input: add the projection of each movie's vector to its input (needs ``item_vectors``).
+        level_sizes: K_l per level (default: each level's largest code + 1).
+        shared_codes: rows of ``item_codes`` may repeat (a tokenizer in training gives them): the losses work,
+            beam search does not until the codes are distinct (``set_item_codes``).
         max_history: M, how many past movies the model sees.
         d_model, n_layers, n_heads, dropout: the transformer's shape.
 
@@ -173,14 +176,17 @@ class GenerativeRetriever(nn.Module):
     def __init__(self, item_codes: np.ndarray, *, item_vectors: np.ndarray | None = None, dense_weight: float = 0.0,
                  dense_negatives: int | None = None, dense_pool: np.ndarray | None = None, dense_window: int = 3,
                  dense_positions: int | None = None, item_years: np.ndarray | None = None,
-                 content_input: bool = True, max_history: int = 50,
+                 content_input: bool = True, level_sizes: list[int] | None = None, shared_codes: bool = False,
+                 max_history: int = 50,
                  d_model: int = 64, n_layers: int = 2, n_heads: int = 2, dropout: float = 0.1):
         super().__init__()
         codes = torch.as_tensor(np.asarray(item_codes), dtype=torch.long)  # (N, L)
-        self.trie = SidTrie(codes.numpy())
+        sizes = level_sizes or (codes.max(0).values + 1).tolist()
+        distinct = not shared_codes or len(np.unique(codes.numpy(), axis=0)) == len(codes)
+        self.trie: SidTrie | None = SidTrie(codes.numpy(), level_sizes=sizes) if distinct else None
         self.levels, self.n_items = codes.shape[1], codes.shape[0]
         self.max_history = max_history
-        offsets = torch.tensor([0, *np.cumsum(self.trie.level_sizes).tolist()])
+        offsets = torch.tensor([0, *np.cumsum(sizes).tolist()])
         self.vocab = int(offsets[-1])
         self.register_buffer("item_tokens", codes + offsets[:-1], persistent=False)  # (N, L) in 0..V-1
         self.register_buffer("offsets", offsets, persistent=False)
@@ -225,6 +231,21 @@ class GenerativeRetriever(nn.Module):
                                  persistent=False)  # (N,)
             self.age_bias = nn.Embedding(len(AGE_EDGES) + 2, 1)  # one logit per age range
             nn.init.zeros_(self.age_bias.weight)
+
+    def set_item_codes(self, item_codes: np.ndarray) -> None:
+        """Give the items new (N, L) codes within the level sizes (a tokenizer trained beside the model moved
+        them). The losses read them at once; codes shared by several items leave no trie (no beam search)."""
+        codes = torch.as_tensor(np.asarray(item_codes), dtype=torch.long, device=self.item_tokens.device)
+        if codes.shape != self.item_tokens.shape or bool((codes >= self.offsets[1:] - self.offsets[:-1]).any()):
+            raise ValueError(f"item_codes: expected {tuple(self.item_tokens.shape)} codes within the level sizes")
+        self.item_tokens = codes + self.offsets[:-1]
+        distinct = len(np.unique(codes.cpu().numpy(), axis=0)) == len(codes)
+        self.trie = SidTrie(codes.cpu().numpy(), level_sizes=self.trie_sizes) if distinct else None
+
+    @property
+    def trie_sizes(self) -> list[int]:
+        """K_l per level."""
+        return (self.offsets[1:] - self.offsets[:-1]).tolist()
 
     @property
     def dense(self) -> bool:
@@ -387,7 +408,7 @@ class GenerativeRetriever(nn.Module):
         ``recommend_from(..., trie=)``: its beams are the best SIDs among them."""
         items = np.asarray(items, dtype=np.int64)
         codes = (self.item_tokens[torch.from_numpy(items)] - self.offsets[:-1]).cpu().numpy()  # (n, L)
-        return SidTrie(codes, items=items, level_sizes=self.trie.level_sizes).to(self.item_tokens.device)
+        return SidTrie(codes, items=items, level_sizes=self.trie_sizes).to(self.item_tokens.device)
 
     @torch.no_grad()
     def recommend_from(self, hidden: torch.Tensor, k: int, *, beam_size: int | None = None,
@@ -395,6 +416,8 @@ class GenerativeRetriever(nn.Module):
         """``recommend`` from (B, d) states (``last_hidden``), so that one forward pass serves the loss too;
         ``trie``: search only its SIDs (``subset_trie``) instead of every movie's."""
         trie = trie or self.trie
+        if trie is None:
+            raise ValueError("the items' codes are not distinct: no beam search (see set_item_codes)")
         w = beam_size or k
         if w < k:
             raise ValueError(f"beam_size ({w}) must be at least k ({k})")

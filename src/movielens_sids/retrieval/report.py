@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pandas is imported only where the split is built
 LABELS = {
     "semantic_id": "Generative, Semantic IDs + content in, dense head",
     "semantic_id_tokens": "Generative, Semantic IDs (tokens only)",
+    "joint": "Generative, trained with the tokenizer (tokens only)",
     "random_id": "Generative, random IDs (same shape) + content in, dense head",
     "sasrec_ce": "SASRec, full cross-entropy (movie ids)",
     "most_popular": "Most popular",
@@ -35,8 +36,13 @@ def ordered(methods: dict) -> list[str]:
     return [m for m in METHODS if m in methods] + sorted(m for m in methods if m not in METHODS)
 
 
-def label(name: str) -> str:
-    """A method's row label; ``semantic_id@runs/x`` (``retrieval.compare_sids``) is "Generative, SIDs of runs/x"."""
+def label(name: str, method: dict | None = None) -> str:
+    """A method's row label; ``semantic_id@runs/x`` (``retrieval.compare_sids``) is "Generative, SIDs of runs/x".
+    Given the method's report entry, a ``semantic_id`` trained token-only (``retrieval.content_input`` off and
+    ``retrieval.dense_weight`` 0: it ranked with a cold bonus, not a mix) says so."""
+    runs = (method or {}).get("runs") or [{}]
+    if name == "semantic_id" and "cold_bonus" in runs[0] and "mix_weight" not in runs[0]:
+        return LABELS["semantic_id_tokens"]
     return LABELS.get(name) or f"Generative, SIDs of {name.partition('@')[2]}"
 SHOWN = ("recall@10", "ndcg@10")
 
@@ -156,7 +162,7 @@ def markdown_table(methods: dict[str, dict], slices: tuple[str, ...] = SLICES, m
     for name in ordered(methods):
         if name in methods:
             cells = [_ci(methods[name][s][m]) for s in slices for m in metrics]
-            lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label(name, methods[name])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -207,7 +213,7 @@ def training_table(methods: dict[str, dict]) -> str:
             if learned else (
             f"window {runs[0]['window']} chosen on validation" if "window" in runs[0] else "no training")
         bonus = ", ".join(_mix_label(r) for r in runs) if "cold_bonus" in runs[0] or "mix_weight" in runs[0] else "–"
-        lines.append(f"| {label(name)} | {', '.join(str(r.get('epochs', '-')) for r in runs)} | "
+        lines.append(f"| {label(name, methods[name])} | {', '.join(str(r.get('epochs', '-')) for r in runs)} | "
                      f"{', '.join(str(r.get('best_epoch', '-')) for r in runs)} | "
                      f"{', '.join(sorted({r.get('stopped_by', '-') for r in runs}))} | {bonus} | {curve} | "
                      f"{sum(r['train_s'] for r in runs):.0f} |")

@@ -111,6 +111,20 @@ def item_vectors(run_dir: Path, emb: artifacts.Embeddings, movie_ids: np.ndarray
     return np.ascontiguousarray(x[_rows(emb, movie_ids)], dtype=np.float32)
 
 
+def joint_recommender(run_dir: Path, rcfg: RetrievalConfig) -> tuple[dict, dict]:
+    """The (weights, shape) of the recommender a ``joint`` run trained with its tokenizer (method ``joint``)."""
+    from ..joint import RECOMMENDER, load_recommender
+
+    path = Path(run_dir) / artifacts.MODEL / RECOMMENDER
+    if not path.exists():
+        raise SidsError(f"method joint needs {path}: a run trained with joint.cycles > 0 (--config joint)")
+    weights, shape = load_recommender(path)
+    if shape["max_history"] != rcfg.max_history:
+        raise SidsError(f"method joint: {path} reads {shape['max_history']} movies of history, "
+                        f"retrieval.max_history is {rcfg.max_history}: set them equal")
+    return weights, shape
+
+
 def compared_codes(rcfg: RetrievalConfig, split) -> dict[str, np.ndarray]:
     """``{"semantic_id@<folder>": (N, L') codes}`` of ``retrieval.compare_sids``' runs, over ``split``'s movies
     (the first fold's: their collaborative vectors must come from its training interactions)."""
@@ -143,12 +157,11 @@ def retrieval_stage(run_dir: Path, cfg: Any) -> dict:
     splits = folds_of(ratings, movie_ids, rcfg)
     split = splits[-1]
     check_collab_split(run_dir, splits[0])
-    # Only movies with a SID are targets; the models' catalogue is every movie with a SID.
-    item_codes = codes[np.searchsorted(movie_ids, split.movie_ids)]
+    item_codes = codes[np.searchsorted(movie_ids, split.movie_ids)]  # the catalogue: every movie with a SID
     reads = rcfg.content_input or rcfg.dense_weight > 0
     fused = reads and bool({"semantic_id", "random_id"} & set(rcfg.methods) or rcfg.compare_sids)
     emb = artifacts.read_embeddings(run_dir) if fused or "content_knn" in rcfg.methods else None
-    vectors = content_vectors(emb, split.movie_ids) if "content_knn" in rcfg.methods else None
+    vectors = None if emb is None else content_vectors(emb, split.movie_ids)  # content_knn's, the cold movies'
     inputs = item_vectors(run_dir, emb, split.movie_ids) if fused else None
     aged = inputs is not None and rcfg.dense_age
     years = movie_years(run_dir, split.movie_ids) if aged or rcfg.candidates == "existing" else None
@@ -159,7 +172,8 @@ def retrieval_stage(run_dir: Path, cfg: Any) -> dict:
              sum(len(s.test) for s in splits), split.info["n_ratings_dropped_no_sid"],
              split.info["n_movies_dropped_no_sid"])
     compared = compared_codes(rcfg, splits[0])
-    results = run_benchmark(splits, item_codes, rcfg, vectors, compared, available, inputs, years)
+    results = run_benchmark(splits, item_codes, rcfg, vectors, compared, available, inputs, years,
+                            joint=joint_recommender(run_dir, rcfg) if "joint" in rcfg.methods else None)
     summary = summarize(splits, results, rcfg, available)
     report = {
         "dataset": dataset,

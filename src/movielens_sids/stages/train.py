@@ -17,7 +17,8 @@ yields only row indices, so no batch is copied from the host. In-progress checkp
 from ``last.ckpt``); ``<run>/model/`` is written at the end, in one atomic swap.
 
 May import: artifacts, devices, logs, metrics, model, io, errors, settings; Lightning and torch (and
-``lightning_module``) on first use. Never another stage.
+``lightning_module``) on first use, and for joint training ``joint``, ``data.catalog`` and ``retrieval``. Never
+another stage.
 """
 
 from __future__ import annotations
@@ -252,6 +253,32 @@ def cowatch_positives(run_dir: Path, movie_ids: np.ndarray, train_cfg: TrainConf
                             "split": collab.split}}
 
 
+def _fit_joint(run_dir: Path, movie_ids: np.ndarray, x: np.ndarray, model, positives: np.ndarray | None,
+               cfg: Config) -> tuple[Any, Any, dict[str, Any]]:
+    """The trained tokenizer, trained on with a recommender (``movielens_sids.joint``) over the training windows of
+    the benchmark's split (the split ``collab.parquet`` was built from, checked by its fingerprint): the tokenizer,
+    the recommender and a summary."""
+    from ..data.catalog import benchmark_ratings
+    from ..joint import fit_joint
+    from ..retrieval.lightning_modules import training_windows
+    from ..retrieval.sequences import split_of, train_fingerprint
+
+    collab = read_collab(run_dir)
+    _, ratings = benchmark_ratings(cfg.data, cfg.retrieval.ratings, cfg.retrieval.dataset)
+    if collab is None or ratings is None:
+        raise SidsError("joint.cycles needs the ratings' training interactions: set collab.method: als "
+                        "(and a dataset with ratings, or retrieval.ratings)")
+    split = split_of(ratings, movie_ids, cfg.retrieval)
+    if train_fingerprint(split) != collab.split.get("train_fingerprint"):
+        raise SidsError(f"{collab.path} was built from another split than retrieval.* describes: run collab again")
+    cap, m = cfg.retrieval.max_train_items, cfg.joint.max_history
+    windows = training_windows([t[-cap:] if cap else t for t in split.train], m)
+    log.info("joint training: %d cycles over %d training windows", cfg.joint.cycles, len(windows))
+    return fit_joint(model, x, windows, cfg.joint, seed=cfg.train.seed, positives=positives,
+                     collab_weight=cfg.train.collab_weight, collab_temperature=cfg.train.collab_temperature,
+                     accelerator=cfg.train.accelerator)
+
+
 def _fingerprint(emb_path: Path, cfg: Config) -> dict[str, Any]:
     """What an unfinished training in ``.train/`` was started from: a resume needs the same embeddings
     and settings. (The pipeline's record says whether ``model/`` is up to date; this guards the
@@ -277,6 +304,20 @@ def _input_and_shape(run_dir: Path, emb, cfg: Config) -> tuple[np.ndarray, Any]:
     return x, cfg.model.for_input(int(x.shape[1]), collab_dim)
 
 
+def _start_or_resume(work: Path, fingerprint: dict[str, Any]) -> None:
+    """Keep ``work`` (an interrupted training's checkpoints) only if it was started from ``fingerprint``."""
+    fp_path = work / "fingerprint.json"
+    try:
+        previous = json.loads(fp_path.read_text())
+    except (OSError, ValueError):
+        previous = None
+    if previous != json.loads(json.dumps(fingerprint)):
+        if work.exists():
+            log.info("settings or embeddings changed since the interrupted training: starting over")
+            shutil.rmtree(work)
+        write_json(fp_path, fingerprint)
+
+
 def train_stage(run_dir: Path, cfg: Config, *, callbacks: list | None = None) -> dict[str, Any]:
     """Train the tokenizer on ``run_dir/embeddings.parquet`` and write ``run_dir/model/``.
 
@@ -297,29 +338,28 @@ def train_stage(run_dir: Path, cfg: Config, *, callbacks: list | None = None) ->
                         f"{model_cfg.codebook_size}; use a smaller codebook")
     t0 = time.perf_counter()
     work = run_dir / WORK_DIR
+    recommender = None
     if cfg.train.tokenizer == "rqkmeans":
+        if cfg.joint.cycles:
+            raise SidsError("joint.cycles needs train.tokenizer: rqvae (residual k-means is not trained)")
         model, summary = fit_rqkmeans(x, model_cfg, cfg.train)
     else:
-        fingerprint = _fingerprint(emb_path, cfg)
-        fp_path = work / "fingerprint.json"
-        try:
-            previous = json.loads(fp_path.read_text())
-        except (OSError, ValueError):
-            previous = None
-        if previous != json.loads(json.dumps(fingerprint)):
-            if work.exists():
-                log.info("settings or embeddings changed since the interrupted training: starting over")
-                shutil.rmtree(work)
-            write_json(fp_path, fingerprint)
+        _start_or_resume(work, _fingerprint(emb_path, cfg))
         positives, collab_info = cowatch_positives(run_dir, emb.movie_ids, cfg.train)
         model, summary = fit_rqvae(x, model_cfg, cfg.train, work, callbacks=callbacks, positives=positives)
         summary.update(collab_info)
+        if cfg.joint.cycles:
+            model, recommender, summary["joint"] = _fit_joint(run_dir, emb.movie_ids, x, model, positives, cfg)
     seconds = time.perf_counter() - t0
     codes, x_hat = tokenize(model, x)
     summary.update(tokenizer=cfg.train.tokenizer, train_seconds=round(seconds, 3), n_movies=int(len(x)),
                    all=tokenizer_metrics(x, x_hat, codes, model_cfg.codebook_size))
     with atomic_dir(run_dir / "model") as tmp:
         tokenizers.save_pretrained(model, tmp)
+        if recommender is not None:
+            from ..joint import RECOMMENDER, save_recommender
+
+            save_recommender(recommender, cfg.joint, tmp / RECOMMENDER)
         write_json(tmp / "train_metrics.json", summary)
         for sub in ("checkpoints", "logs"):
             if (work / sub).exists():
