@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
 
         with tempfile.TemporaryDirectory() as tmp:
             run = Path(tmp)
-            shutil.copy(args.run_dir / "embeddings.parquet", run / "embeddings.parquet")
+            for name in ("embeddings.parquet", "collab.parquet"):  # the collaborative vectors, if the model reads them
+                if (args.run_dir / name).exists():
+                    shutil.copy(args.run_dir / name, run / name)
             shutil.copytree(args.run_dir / "model", run / "model",
                             ignore=shutil.ignore_patterns("checkpoints", "logs"))
             for strategy in ("semantic", "suffix"):

@@ -17,15 +17,19 @@ from pathlib import Path
 
 def machine() -> str:
     """The CPU model and its core count (and the GPU, when torch sees one), in one line."""
-    model = platform.processor() or platform.machine()
+    model, flags = platform.processor() or platform.machine(), None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and model == (platform.processor() or platform.machine()):
                 model = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and flags is None:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
     text = f"{os.cpu_count()}-core {model}"
+    if flags is not None:  # what decides the speed of bf16 and int8 products
+        text += " (" + ", ".join(f"{name} {'yes' if flag in flags else 'no'}" for name, flag in
+                                 (("AMX", "amx_bf16"), ("AVX512-BF16", "avx512_bf16"), ("VNNI", "avx512_vnni"))) + ")"
     if "torch" in sys.modules:  # only when the benchmark loaded it: importing torch here costs seconds
         import torch
 

@@ -209,6 +209,19 @@ def table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def faiss_ratios(results: dict[str, list[dict]]) -> str:
+    """Each row's training time over FAISS's on the same seed, in the same process (empty without faiss-rq)."""
+    base = {r["seed"]: r["train_seconds"] for r in results.get("faiss-rq", [])}
+    lines = []
+    for name, runs in results.items():
+        ratios = [r["train_seconds"] / base[r["seed"]] for r in runs if r["seed"] in base]
+        if name != "faiss-rq" and ratios:
+            lines.append(f"- {name}: {np.median(ratios):.2f}x faiss-rq's training time (median over seeds; "
+                         f"{' / '.join(f'{q:.2f}' for q in ratios)})")
+    head = "\n\nTraining time against FAISS's `ResidualQuantizer` in the same run:\n\n"
+    return head + "\n".join(lines) if lines else ""
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--embeddings", type=Path, nargs="+", default=[Path("runs/ml-32m/embeddings.parquet")],
@@ -287,8 +300,9 @@ def main() -> None:
                      r["lift"], r["coh_l1"], r["coh_l2"], [round(v) for v in r["perplexity"]])
     print(f"\n{len(x)} movies, {x.shape[1]}-d vectors from {source}; one process, torch threads "
           f"{torch.get_num_threads()}\n")
-    print(table(results))
-    write_record(args.markdown, table(results), title=f"Tokenizers on {len(x):,} movies ({source})")
+    text = table(results) + faiss_ratios(results)
+    print(text)
+    write_record(args.markdown, text, title=f"Tokenizers on {len(x):,} movies ({source})")
     if args.out:
         args.out.write_text(json.dumps({"source": str(source), "n": len(x), "presets": PRESETS, "seeds": seeds,
                                         "extra_settings": extras,

@@ -15,16 +15,15 @@ May import: numpy, sid; torch inside the functions (so that importing the stages
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
+from .path_scan import PathSpace, scan_in_order
 from .sid import path_codes, path_ids
-
-if TYPE_CHECKING:
-    import torch
 
 EXHAUSTIVE_MAX_PATHS = 1 << 18
 """Below this many code paths (K^L) the free-path search ends with an exhaustive scan."""
@@ -32,11 +31,19 @@ LAST_LEVEL_CANDIDATES = 64
 """How many other last-level codes the semantic search tries before changing an earlier level."""
 CHUNK = 4096
 """Rows per float64 distance block (fits in cache; not a setting: it never changes the result)."""
+MOVER_CHUNK = 1024
+"""Movers per block of the candidate search: its (B, W, H) temporaries stay near cache size (not a setting)."""
 
 
-def _sq_dists(r: torch.Tensor, cb: torch.Tensor, cb_sq: torch.Tensor) -> torch.Tensor:
-    """(..., H) residuals x (K, H) codes -> (..., K) squared distances, float64."""
-    return ((r * r).sum(-1, keepdim=True) + cb_sq) - 2.0 * (r @ cb.T)
+def _sq_dists(r: np.ndarray, cb: np.ndarray, cb_sq: np.ndarray) -> np.ndarray:
+    """(..., H) residuals x (K, H) codes -> (..., K) squared distances, float64: ``(||r||^2 + ||c||^2) - 2 r.c``.
+    The sum and the products run in torch (their rounding is part of the ranking), the rest in numpy."""
+    import torch
+
+    rr = torch.from_numpy(r * r).sum(-1, keepdim=True).numpy()  # (..., 1)
+    rc = (torch.from_numpy(r) @ torch.from_numpy(cb).T).numpy()  # (..., K)
+    out = rr + cb_sq
+    return np.subtract(out, np.multiply(rc, 2.0, out=rc), out=out)
 
 
 def path_residuals(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -49,18 +56,21 @@ def path_residuals(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray) -> n
     return out
 
 
-def _smallest(d: torch.Tensor, n: int) -> torch.Tensor:
+def _smallest(d: np.ndarray, n: int) -> np.ndarray:
     """Column indices of the n smallest values of each row, ascending; equal values by index. (M, X) -> (M, n)."""
-    import torch
-
-    vals, idx = torch.topk(d, min(n, d.shape[1]), dim=1, largest=False, sorted=False)
-    o = idx.argsort(dim=1)
-    idx, vals = idx.gather(1, o), vals.gather(1, o)
-    return idx.gather(1, vals.argsort(dim=1, stable=True))
+    n = min(n, d.shape[1])
+    if 4 * n >= d.shape[1]:  # most of the row: one stable sort
+        return np.argsort(d, axis=1, kind="stable")[:, :n]
+    idx = np.sort(np.argpartition(d, n - 1, axis=1)[:, :n], axis=1)  # (M, n) the n smallest, by index
+    kth = np.take_along_axis(d, idx, 1).max(1)  # the n-th smallest value of each row
+    tied = np.flatnonzero((d <= kth[:, None]).sum(1) > n)  # equal values across the cut: the lower index wins
+    idx[tied] = np.sort(np.argsort(d[tied], axis=1, kind="stable")[:, :n], axis=1)
+    return np.take_along_axis(idx, np.argsort(np.take_along_axis(d, idx, 1), axis=1, kind="stable"), 1)
 
 
 def candidate_paths(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray, beam_width: int, *,
-                    part: Literal["all", "last", "deeper"] = "all", bias: np.ndarray | None = None) -> np.ndarray:
+                    part: Literal["all", "last", "deeper"] = "all", bias: np.ndarray | None = None,
+                    full: np.ndarray | None = None) -> np.ndarray:
     """Alternative code paths for each movie, nearest first within each shared-prefix length.
 
     Order: first the paths that keep the first L - 1 codes (the ``LAST_LEVEL_CANDIDATES`` nearest
@@ -72,119 +82,64 @@ def candidate_paths(z: np.ndarray, codebooks: np.ndarray, codes: np.ndarray, bea
         z: (M, H) latents. codebooks: (L, K, H). codes: (M, L) the greedy codes.
         part: ``last`` gives only the paths that keep L - 1 codes, ``deeper`` only the others
             (``all`` = ``last`` then ``deeper``), so callers can compute the costly part on demand.
+        full: sorted ids of the (L - 1)-code prefixes whose every path is held, optional. A movie whose beams
+            that keep L - 2 codes all end under such prefixes gets held paths for that group instead of ranked
+            ones (the same list for callers that skip held paths).
 
     Returns:
         (M, T) int64 path ids (``sid.path_ids`` numbering), T = min(K - 1, 64) + (L - 1) * min(beam_width, K - 1).
     """
     import torch
 
-    zt = torch.from_numpy(np.asarray(z, dtype=np.float64))
-    cbs = torch.from_numpy(np.asarray(codebooks, dtype=np.float64))  # (L, K, H)
-    cb_sq = (cbs * cbs).sum(-1)  # (L, K); with the codes' biases: distances are ranked as the tokenizer ranks them
+    z = np.ascontiguousarray(z, dtype=np.float64)  # (M, H)
+    cbs = np.ascontiguousarray(codebooks, dtype=np.float64)  # (L, K, H)
+    cbt = torch.from_numpy(cbs)
+    cb_sq = (cbt * cbt).sum(-1).numpy()  # (L, K); with the codes' biases: ranked as the tokenizer ranks codes
     if bias is not None:
-        cb_sq = cb_sq + torch.from_numpy(np.asarray(bias, dtype=np.float64))
-    ct = torch.from_numpy(np.asarray(codes, dtype=np.int64))
-    m, levels, k = len(zt), cbs.shape[0], cbs.shape[1]
+        cb_sq = cb_sq + np.asarray(bias, dtype=np.float64)
+    codes = np.asarray(codes, dtype=np.int64)
+    m, levels, k = len(z), cbs.shape[0], cbs.shape[1]
     w = max(1, min(beam_width, k - 1))
-    # residual entering each level along the greedy path: (M, L, H)
-    res = [zt]
+    res, prefixes = [z], [np.zeros(m, dtype=np.int64)]  # residual entering each level, path id of codes[:, :d]
     for level in range(levels - 1):
-        res.append(res[-1] - cbs[level][ct[:, level]])
-    prefix = torch.zeros(m, dtype=torch.int64)  # path id of codes[:, :d]
-    prefixes = [prefix]
-    for level in range(levels - 1):
-        prefix = prefix * k + ct[:, level]
-        prefixes.append(prefix)
+        res.append(res[-1] - cbs[level][codes[:, level]])  # (M, H)
+        prefixes.append(prefixes[-1] * k + codes[:, level])
     groups = []
     depths = {"all": range(levels - 1, -1, -1), "last": range(levels - 1, levels - 2, -1),
               "deeper": range(levels - 2, -1, -1)}[part]
     for d in depths:  # d = the first level that differs from the greedy path
         dist = _sq_dists(res[d], cbs[d], cb_sq[d])  # (M, K)
-        dist.scatter_(1, ct[:, d:d + 1], float("inf"))
-        keep = min(k - 1, LAST_LEVEL_CANDIDATES) if d == levels - 1 else w
-        order = _smallest(dist, keep)  # (M, W)
+        dist[np.arange(m), codes[:, d]] = np.inf
+        order = _smallest(dist, min(k - 1, LAST_LEVEL_CANDIDATES) if d == levels - 1 else w)  # (M, W)
         paths = prefixes[d][:, None] * k + order  # partial path ids, (M, W)
+        live, held = slice(None), None
+        if d == levels - 2 and full is not None:  # every beam under a full prefix: held paths only, not ranked
+            live, held = np.flatnonzero(~member(paths, full).all(1)), paths[:, :1] * k + np.arange(w)  # (M',), (M, W)
         if d < levels - 1:
-            r = res[d][:, None, :] - cbs[d][order]  # (M, W, H)
+            r = cbs[d][order[live]]  # (M', W, H), then the residual after it
+            np.subtract(res[d][live][:, None, :], r, out=r)
+            paths = paths[live]
         for e in range(d + 1, levels):
-            de = _sq_dists(r, cbs[e], cb_sq[e])  # (M, W, K): squared norm of the next residual
-            wb = de.shape[1]
-            flat = de.reshape(m, wb * k)
-            idx = _smallest(flat, w)  # (M, W')
-            beam, code = idx // k, idx % k
-            paths = torch.gather(paths, 1, beam) * k + code
-            if e < levels - 1:
-                r = torch.gather(r, 1, beam[:, :, None].expand(-1, -1, r.shape[2])) - cbs[e][code]
+            paths, r = _beam_step(paths, r, cbs[e], cb_sq[e], w, last=e == levels - 1)
+        if held is not None:
+            held[live] = paths
+            paths = held
         groups.append(paths)
-    return torch.cat(groups, dim=1).numpy() if groups else np.zeros((m, 0), dtype=np.int64)
+    return np.concatenate(groups, axis=1) if groups else np.zeros((m, 0), dtype=np.int64)
 
 
-class _PathSpace:
-    """Every code path at once, for the exhaustive scan (only for small K^L, <= EXHAUSTIVE_MAX_PATHS).
-
-    A path's squared distance to a latent z is ``||sum_l c_l||^2 + sum_l b_l - 2 sum_l z . c_l + ||z||^2``:
-    the first two terms are the same for every movie and computed once here, from the codebooks' Gram
-    matrices, so a movie costs L x K products and a few (K^L,) passes, never a (K^L, H) matrix.
-    """
-
-    def __init__(self, codebooks: np.ndarray, bias: np.ndarray | None) -> None:
-        levels, k, _ = codebooks.shape
-        self.codebooks = codebooks  # (L, K, H) float64
-        self.paths = np.arange(k ** levels, dtype=np.int64)  # (P,)
-        self.codes = path_codes(self.paths, k, levels)  # (P, L)
-        sq = np.zeros(len(self.paths))  # (P,) ||sum of the path's codes||^2 (+ their biases)
-        for a in range(levels):
-            sq += np.square(codebooks[a]).sum(1)[self.codes[:, a]]
-            for b in range(a + 1, levels):
-                sq += 2.0 * (codebooks[a] @ codebooks[b].T)[self.codes[:, a], self.codes[:, b]]
-            if bias is not None:
-                sq += np.asarray(bias, dtype=np.float64)[a][self.codes[:, a]]
-        self.sq = sq
-
-    def order(self, z: np.ndarray, codes: np.ndarray) -> Iterator[int]:
-        """Every path for one movie (latent z (H,), greedy codes (L,)), by shared prefix with its greedy path
-        (longest first), then by distance to the latent, then by path id; lazily, one shared-prefix length
-        at a time (the paths that share s codes are one id range, less the range that shares s + 1)."""
-        levels, k, _ = self.codebooks.shape
-        dots = self.codebooks @ np.asarray(z, dtype=np.float64)  # (L, K)
-        inner = (-1, -1)  # the id range of the paths sharing one code more
-        for shared in range(levels, -1, -1):
-            span = k ** (levels - shared)
-            lo = int(path_ids(codes[None, :shared], k)[0]) * span if shared else 0  # (codes[:s], anything)
-            ids = self.paths[lo:lo + span]
-            ids = ids[(ids < inner[0]) | (ids >= inner[1])]
-            dist = self.sq[ids] - 2.0 * dots[np.arange(levels)[None, :], self.codes[ids]].sum(1)  # less ||z||^2
-            yield from ids[np.lexsort((ids, dist))].tolist()
-            inner = (lo, lo + span)
-
-    def _range_dist(self, dots: np.ndarray, prefix: np.ndarray, taken: np.ndarray) -> tuple[int, np.ndarray]:
-        """The id range of the paths that start with ``prefix`` ((s,) codes) and their distances (less ||z||^2;
-        inf where taken), computed as ``order`` computes them: the same sums in the same order, as an outer sum
-        over the free levels instead of a gather per path."""
-        levels, k = dots.shape
-        span = k ** (levels - len(prefix))
-        lo = int(path_ids(prefix[None, :], k)[0]) * span if len(prefix) else 0
-        acc = np.zeros(1)  # (span,) the paths' summed dots: the prefix's, then each free level's
-        for level in range(levels):
-            acc = (acc + dots[level, prefix[level]] if level < len(prefix)
-                   else (acc[:, None] + dots[level][None, :]).reshape(-1))
-        return lo, np.where(taken[lo:lo + span], np.inf, self.sq[lo:lo + span] - 2.0 * acc)
-
-    def first_free(self, z: np.ndarray, codes: np.ndarray, taken: np.ndarray) -> int:
-        """The first path of ``order(z, codes)`` that ``taken`` ((P,) bool) does not hold, or -1: the same rule,
-        without ordering every path. Within one shared-prefix length the nearest free path (the lowest id among
-        equals) is taken."""
-        levels = self.codebooks.shape[0]
-        dots = self.codebooks @ np.asarray(z, dtype=np.float64)  # (L, K)
-        inner = (0, 0)  # the id range of the paths sharing one code more (already searched)
-        for shared in range(levels, -1, -1):
-            lo, dist = self._range_dist(dots, codes[:shared], taken)
-            dist[inner[0] - lo:inner[1] - lo] = np.inf
-            best = int(np.argmin(dist))  # the first of equal distances: the lowest id
-            if np.isfinite(dist[best]):
-                return lo + best
-            inner = (lo, lo + len(dist))
-        return -1
+def _beam_step(paths: np.ndarray, r: np.ndarray, cb: np.ndarray, cb_sq: np.ndarray, w: int, *,
+               last: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Extend (M, W) partial path ids, with their (M, W, H) residuals, by one code: the w nearest (beam, code)
+    pairs, (M, W') ids and their residuals (not computed for the ``last`` level)."""
+    k = len(cb)
+    idx = _smallest(_sq_dists(r, cb, cb_sq).reshape(len(paths), r.shape[1] * k), w)  # (M, W') over (beam, code)
+    beam, code = idx // k, idx % k
+    paths = np.take_along_axis(paths, beam, 1) * k + code
+    if not last:
+        r = r[np.arange(len(r))[:, None], beam]  # (M, W', H)
+        r -= cb[code]
+    return paths, r
 
 
 @dataclass
@@ -351,48 +306,60 @@ class _MoverSearch:
     def free_paths(self, movers: np.ndarray, codes: np.ndarray, used_arr: np.ndarray) -> np.ndarray:
         """The path each mover (in movie_id order) takes, -1 where none is free.
 
-        1. Nearly every mover finds a free code at the last level. Movers are served in movie_id
-        order, each taking its nearest last-level code that is free and not taken by an earlier
-        mover, computed for all at once by deferred acceptance (with one priority order for every
-        path it gives exactly that serial result).
-        2. Movers left without one (their whole last level is taken) search deeper, in movie_id order by
-        the same deferred acceptance, among paths nobody holds; when K^L is small, the whole space last
-        (one by one).
+        1. Most movers find a free code at the last level. Movers are served in movie_id order, each taking
+        its nearest last-level code that is free and not taken by an earlier mover, computed for all at once by
+        deferred acceptance (with one priority order for every path it gives exactly that serial result).
+        2. Movers left without one search deeper, in movie_id order by the same deferred acceptance, among paths
+        nobody holds; when K^L is small, the whole space last (`scan_in_order`).
         """
         zrow = np.searchsorted(self.need, movers)  # row of z_need of each mover (movers are collided)
-        cands = np.concatenate([  # (M, T), in blocks to bound memory
-            candidate_paths(self.z_need[zrow[b]], self.codebooks, codes[movers[b]], self.beam_width, part="last",
-                            bias=self.bias)
-            for b in np.array_split(np.arange(len(movers)), max(1, -(-len(movers) // CHUNK)))])
+        cands = _by_blocks(lambda b: candidate_paths(  # (M, T)
+            self.z_need[zrow[b]], self.codebooks, codes[movers[b]], self.beam_width, part="last", bias=self.bias),
+            np.arange(len(movers)))
         got = _serve_in_order(cands, ~member(cands, used_arr))  # (M,) path or -1
         levels, k = self.codebooks.shape[:2]
         left = np.flatnonzero(got < 0)  # in movie_id order
         if len(left) == 0:
             return got
         used_arr = unique_sorted(np.concatenate([used_arr, got[got >= 0]]))
-        deeper = np.concatenate([  # (M', T'): the same serial rule over the deeper paths, for all at once
-            candidate_paths(self.z_need[zrow[b]], self.codebooks, codes[movers[b]], self.beam_width, part="deeper",
-                            bias=self.bias)
-            for b in np.array_split(left, max(1, -(-len(left) // CHUNK)))]) if levels > 1 else None
+        pre, count = np.unique(used_arr // k, return_counts=True)  # the held paths' (L - 1)-code prefixes
+        deeper = _by_blocks(lambda b: candidate_paths(  # (M', T'): the same serial rule over the deeper paths
+            self.z_need[zrow[b]], self.codebooks, codes[movers[b]], self.beam_width, part="deeper", bias=self.bias,
+            full=pre[count == k]), left) if levels > 1 else None
         got[left] = _serve_in_order(deeper, ~member(deeper, used_arr)) if levels > 1 else -1
         if k ** levels > EXHAUSTIVE_MAX_PATHS or not (got[left] < 0).any():
             return got
         # Small space: a mover with no free path yet scans the whole space. A mover's path depends only on
-        # the movers before it, so from the first such mover on they are redone one by one.
+        # the movers before it, so from the first such mover on they are redone in turn.
         first = int(np.flatnonzero(got[left] < 0)[0])
         taken = np.zeros(k ** levels, dtype=bool)  # (P,) the paths held so far
         taken[used_arr] = True
         earlier = got[left[:first]]
         taken[earlier[earlier >= 0]] = True
-        space = _PathSpace(self.codebooks, self.bias)
-        for i in range(first, len(left)):
-            j = left[i]
-            options = deeper[i] if deeper is not None else np.zeros(0, dtype=np.int64)
-            free = options[~taken[options]]
-            got[j] = free[0] if len(free) else space.first_free(self.z_need[zrow[j]], codes[movers[j]], taken)
-            if got[j] >= 0:
-                taken[got[j]] = True
+        rest = left[first:]
+        options = deeper[first:] if deeper is not None else np.zeros((len(rest), 0), dtype=np.int64)
+        got[rest] = scan_in_order(PathSpace(self.codebooks, self.bias), self.z_need[zrow[rest]],
+                                   codes[movers[rest]], options, taken)
         return got
+
+
+def _by_blocks(fn: Callable[[np.ndarray], np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """``fn`` (rows (B,) -> (B, T) array) over blocks of ``MOVER_CHUNK`` rows, concatenated: memory stays bounded.
+    The blocks run on torch's threads, one block per thread (numpy's sorts and gathers run on one core; a
+    block's result does not depend on which thread computes it)."""
+    import torch
+
+    blocks = np.array_split(rows, max(1, -(-len(rows) // MOVER_CHUNK)))
+    before = torch.get_num_threads()
+    threads = min(before, len(blocks))
+    if threads <= 1:
+        return np.concatenate([fn(b) for b in blocks])
+    torch.set_num_threads(1)  # a block's matrix products on its own thread
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            return np.concatenate(list(pool.map(fn, blocks)))
+    finally:
+        torch.set_num_threads(before)
 
 
 def _semantic_assignment(codes: np.ndarray, movie_ids: np.ndarray, paths: np.ndarray, rank: np.ndarray,

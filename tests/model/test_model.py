@@ -295,6 +295,23 @@ def test_sinkhorn_biases_balance_code_usage():
     assert balanced.min() >= 0.5 * len(x) / 8 and balanced.max() <= 1.5 * len(x) / 8
 
 
+@pytest.mark.parametrize("warm", [False, True])
+def test_sinkhorn_scaling_gives_the_softmax_iterations_biases_even_far_from_its_kernel(warm):
+    """The kernel form against the plain log-domain iteration, at a temperature so low that the biases spread
+    over more than 30 eps (the kernel is made again) and a kernel without the shift would underflow."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([torch.randn(500, 3, generator=g) * 0.2, torch.randn(60, 3, generator=g) * 0.2 + 2.5])
+    dist = torch.cdist(x, kmeans(x, 12, iters=10, generator=g)).square()
+    eps = 0.002 * float(dist.min(1).values.mean())
+    init = torch.linspace(-1, 1, 12) * 100 * eps if warm else None
+    b = dist.new_zeros(12) if init is None else init.clone()
+    for _ in range(60):
+        b = b + eps * torch.log(torch.softmax(-(dist + b) / eps, dim=1).mean(0).clamp_min(1e-12) * 12)
+    got = sinkhorn_bias(dist, eps, iters=60, init=init)
+    assert torch.isfinite(got).all()
+    assert float((got - (b - b.mean())).abs().max()) < 1e-3 * float(dist.mean())
+
+
 def test_balance_raises_code_usage_perplexity_and_is_kept_by_save_load(tmp_path):
     from movielens_sids.metrics import perplexity
     from movielens_sids.model import save_pretrained

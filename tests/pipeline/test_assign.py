@@ -11,7 +11,7 @@ from sids_fixtures import clustered_embeddings, greedy_codes, tiny_tokenizer, wr
 
 from movielens_sids import artifacts
 from movielens_sids.config import load_config
-from movielens_sids.dedup import _serve_in_order, candidate_paths, make_unique
+from movielens_sids.dedup import _serve_in_order, _smallest, candidate_paths, make_unique
 from movielens_sids.errors import SidsError
 from movielens_sids.io import file_hash
 from movielens_sids.model import load_tokenizer, save_pretrained
@@ -137,42 +137,59 @@ def test_serve_in_order_is_the_serial_result(m, t, n_paths, seed):
     assert _serve_in_order(cands, ok).tolist() == expect
 
 
-@pytest.mark.parametrize("exhaustive", [True, False])
+@pytest.mark.parametrize("case", ["scan", "no scan", "crowded"])
 @pytest.mark.parametrize("seed", range(4))
-def test_movers_take_paths_by_the_rule_one_at_a_time(seed, exhaustive, monkeypatch):
+def test_movers_take_paths_by_the_rule_one_at_a_time(seed, case, monkeypatch):
     """free_paths (deferred acceptance over the last level, then over the deeper paths) gives what taking
     movers one at a time gives: first every mover its nearest free last-level path, in movie_id order; then
-    those left their nearest free deeper path, in order; then (small spaces only) the whole space."""
-    from movielens_sids import dedup
+    those left their nearest free deeper path, in order; then (small spaces only) the whole space. ``crowded``:
+    more movies than paths, small scan batches, block reads and candidate blocks, so that many movers scan the
+    whole space and some scan again because a mover before them in their batch took the path they found."""
+    from movielens_sids import dedup, path_scan
 
-    if not exhaustive:
+    if case == "no scan":
         monkeypatch.setattr(dedup, "EXHAUSTIVE_MAX_PATHS", 0)
+    crowded = case == "crowded"
+    if crowded:
+        monkeypatch.setattr(path_scan, "SCAN_BATCH", 4)
+        monkeypatch.setattr(path_scan, "WHOLE_RANGE", 4)
+        monkeypatch.setattr(dedup, "MOVER_CHUNK", 3)  # the candidates in many blocks, on several threads
+    scan, scanned = path_scan.PathSpace.first_free, []  # how many movies each whole-space scan was asked for
+
+    def first_free(self, z, codes, taken):
+        scanned.append(len(z))
+        return scan(self, z, codes, taken)
+
+    monkeypatch.setattr(path_scan.PathSpace, "first_free", first_free)
     rng = np.random.default_rng(seed)
-    levels, k, beam = 3, 3, 2
-    cb = rng.normal(size=(levels, k, 4))
-    z = rng.normal(scale=0.3, size=(40, 4))  # 40 movies, 27 paths: many collide, some find no path
+    levels, k, beam = 3, 4 if crowded else 3, 2
+    cb = rng.normal(size=(levels, k, 4)) * 0.7 ** np.arange(levels)[:, None, None]
+    bias = rng.normal(size=(levels, k)) * 0.05 if crowded else None
+    z = rng.normal(scale=0.3, size=(80 if crowded else 40, 4))  # 80 movies, 64 paths (or 40, 27): many collide
     codes, _ = greedy_codes(z, cb)
     paths = path_ids(codes, k)
     keepers = np.unique(paths, return_index=True)[1]
     movers = np.setdiff1d(np.arange(len(z)), keepers)  # in movie_id order (ids = rows)
-    search = dedup._MoverSearch(movers, z[movers], cb, beam, None)
+    search = dedup._MoverSearch(movers, z[movers], cb, beam, bias)
     got = search.free_paths(movers, codes, np.sort(paths[keepers]))
 
     used = set(paths[keepers].tolist())
     expect = {}
     for j in movers:  # 1. the last level
-        last = candidate_paths(z[j:j + 1], cb, codes[j:j + 1], beam, part="last")[0].tolist()
+        last = candidate_paths(z[j:j + 1], cb, codes[j:j + 1], beam, part="last", bias=bias)[0].tolist()
         expect[j] = next((p for p in last if p not in used), -1)
         used.add(expect[j])
-    space = dedup._PathSpace(cb, None)
+    space, n_scans = path_scan.PathSpace(cb, bias), 0
     for j in [j for j in movers if expect[j] < 0]:  # 2. deeper, 3. the whole space
-        deeper = candidate_paths(z[j:j + 1], cb, codes[j:j + 1], beam, part="deeper")[0].tolist()
+        deeper = candidate_paths(z[j:j + 1], cb, codes[j:j + 1], beam, part="deeper", bias=bias)[0].tolist()
         expect[j] = next((p for p in deeper if p not in used), -1)
-        if expect[j] < 0 and exhaustive:
-            expect[j] = next((p for p in space.order(z[j], codes[j]) if p not in used), -1)
+        if expect[j] < 0 and case != "no scan":
+            expect[j], n_scans = next((p for p in space.order(z[j], codes[j]) if p not in used), -1), n_scans + 1
         used.add(expect[j])
     assert got.tolist() == [expect[j] for j in movers]
     assert (got < 0).any() and (got >= 0).any()  # the case reaches every branch
+    if crowded:
+        assert n_scans >= 10 and max(scanned) > 1 and 1 in scanned  # batched scans, and scans again
 
 
 def test_suffix_numbers_each_group_by_movie_id():
@@ -221,6 +238,52 @@ def test_candidates_keep_the_longest_prefix_first():
         q = z[i] - cb[0][codes[i, 0]] - cb[1][codes[i, 1]]
         d = ((q[None] - cb[2][last[:, 2]]) ** 2).sum(1)
         assert (np.diff(d) >= 0).all()
+
+
+def test_candidates_under_full_prefixes_list_the_same_free_paths():
+    """Told which (L - 1)-code prefixes have every path held, the deeper candidates list the same paths that are
+    not held, in the same order (a movie whose beams all end under full prefixes gets held paths only)."""
+    rng = np.random.default_rng(0)
+    levels, k = 3, 5
+    cb = rng.normal(size=(levels, k, 4))
+    z = rng.normal(size=(200, 4))
+    codes, _ = greedy_codes(z, cb)
+    held = rng.random(k ** levels) < 0.5
+    held.reshape(k * k, k)[rng.random(k * k) < 0.7] = True  # (K^(L-1), K): most prefixes full
+    full = np.flatnonzero(held.reshape(k * k, k).all(1))
+    plain = candidate_paths(z, cb, codes, 3, part="deeper")
+    short = candidate_paths(z, cb, codes, 3, part="deeper", full=full)
+    assert [a[~held[a]].tolist() for a in plain] == [b[~held[b]].tolist() for b in short]
+    assert (short != plain).any(1).sum() >= 10  # the shortcut was taken
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_blocks_on_threads_give_the_serial_result_and_leave_torch_threads_as_they_were(threads, monkeypatch):
+    import torch
+
+    from movielens_sids import dedup
+
+    monkeypatch.setattr(dedup, "MOVER_CHUNK", 5)
+    rng = np.random.default_rng(threads)
+    cb, z = rng.normal(size=(3, 6, 4)), rng.normal(size=(53, 4))
+    codes, _ = greedy_codes(z, cb)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = dedup._by_blocks(lambda b: candidate_paths(z[b], cb, codes[b], 2), np.arange(len(z)))
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert got.tolist() == candidate_paths(z, cb, codes, 2).tolist()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 20), st.integers(1, 25), st.integers(0, 10_000))
+def test_smallest_takes_the_lower_index_among_equal_values(m, x, n, seed):
+    rng = np.random.default_rng(seed)
+    d = rng.integers(0, 4, size=(m, x)).astype(float)  # many equal values, also across the cut
+    d[rng.random((m, x)) < 0.2] = np.inf
+    assert _smallest(d, n).tolist() == np.argsort(d, axis=1, kind="stable")[:, :min(n, x)].tolist()
 
 
 @settings(max_examples=40, deadline=None)
@@ -454,14 +517,14 @@ def test_incremental_refuses_to_change_the_length_of_existing_sids(tmp_path):
 
 
 def test_the_exhaustive_scan_orders_every_path_by_shared_prefix_then_distance():
-    from movielens_sids.dedup import _PathSpace
+    from movielens_sids.path_scan import PathSpace
     from movielens_sids.sid import path_codes
 
     rng = np.random.default_rng(0)
     levels, k, h = 3, 5, 4
     codebooks = rng.normal(size=(levels, k, h))
     bias = rng.normal(size=(levels, k)) * 0.1
-    space = _PathSpace(codebooks, bias)
+    space = PathSpace(codebooks, bias)
     all_codes = path_codes(np.arange(k ** levels), k, levels)  # (P, L)
     points = codebooks[np.arange(levels)[None, :], all_codes].sum(1)  # (P, H), the brute force
     for _ in range(5):

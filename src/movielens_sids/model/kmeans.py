@@ -58,7 +58,7 @@ def native_bf16() -> bool:
 
 
 def nearest_code_screened(x: torch.Tensor, codebook: torch.Tensor, const: torch.Tensor, *,
-                          rows: int = 512) -> torch.Tensor:
+                          rows: int = 2048) -> torch.Tensor:
     """``nearest_code``, exactly, screened in bf16: approximate distances from one bf16 matrix product
     keep, per row, only the codes that could still be nearest under a rigorous bound on the bf16
     error; those few are then scored in fp32.
@@ -74,7 +74,7 @@ def nearest_code_screened(x: torch.Tensor, codebook: torch.Tensor, const: torch.
         x: (B, H) fp32 vectors.
         codebook: (K, H) fp32 codes.
         const: (K,) what each code adds to -2 x.e: its squared norm, plus its bias.
-        rows: rows per block; a (rows, K) bf16 table stays in cache.
+        rows: rows per block (a (rows, K) bf16 table: larger blocks cost fewer passes of the codebook).
 
     Returns:
         (B,) int64 indices; ties (in fp32) go to the lowest index.
@@ -145,6 +145,12 @@ def sinkhorn_bias(dist: torch.Tensor, eps: float, iters: int = 50, init: torch.T
     usage: the dual potentials of entropic semi-discrete optimal transport to the uniform distribution
     (Cuturi 2013), by fixed-point iterations on the codes' side.
 
+    Each iteration is ``b += eps log(K usage)``, usage the mean over rows of ``softmax(-(dist + b) / eps)``,
+    computed as Sinkhorn's matrix scaling computes it: two matrix-vector products with a kernel
+    ``exp(-(dist + a) / eps)`` (rows shifted to a maximum of 1) made for biases a near b, scaled by
+    ``exp(-(b - a) / eps)``; the kernel is made again when b strays from a (stabilised scaling, Schmitzer 2019),
+    so that no product under- or overflows.
+
     Args:
         dist: (N, K) squared distances. eps: entropic temperature, in the units of dist.
         init: (K,) biases to start from (a warm start).
@@ -152,12 +158,24 @@ def sinkhorn_bias(dist: torch.Tensor, eps: float, iters: int = 50, init: torch.T
     Returns:
         (K,) biases with mean 0.
     """
-    k = dist.shape[1]
+    n, k = dist.shape
     b = dist.new_zeros(k) if init is None else init.clone()
+    a, kernel = b, None
     for _ in range(iters):
-        usage = torch.softmax(-(dist + b) / eps, dim=1).mean(0)  # (K,)
+        if kernel is None or float((b - a).abs().max()) > ABSORB * eps:  # (re)make the kernel around b
+            a = b.clone()
+            shifted = dist + a  # (N, K)
+            kernel = torch.exp((shifted.min(1, keepdim=True).values - shifted) / eps)  # (N, K) in [0, 1]
+            del shifted
+        w = torch.exp((a - b) / eps)  # (K,) within exp(+-ABSORB)
+        s = kernel @ w  # (N,) each row's normaliser, >= exp(-ABSORB)
+        usage = w * (kernel.T @ (1.0 / s)) / n  # (K,)
         b = b + eps * torch.log(usage.clamp_min(1e-12) * k)
     return b - b.mean()
+
+
+ABSORB = 30.0
+"""``sinkhorn_bias`` makes its kernel again once a bias moved this many eps from the kernel's."""
 
 
 def balanced_kmeans(x: torch.Tensor, k: int, *, iters: int, balance: float, rounds: int = 3,

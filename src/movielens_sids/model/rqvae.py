@@ -210,11 +210,11 @@ class ResidualQuantizer(nn.Module):
         return torch.stack(codes, dim=1)  # (B, L)
 
     @torch.no_grad()
-    def fit_prefix_bias(self, z: torch.Tensor, weight: float) -> None:
+    def fit_prefix_bias(self, z: torch.Tensor, weight: float, first: torch.Tensor | None = None) -> None:
         """``prefix_bias`` for latents z (N, H): for each first code, Sinkhorn's potentials towards uniform
         level-2 usage among its rows (of their level-2 squared distances plus level 2's own biases), x
-        ``weight``. A first code with fewer than 2 rows keeps zeros."""
-        first = self.first_codes(z)  # (N,)
+        ``weight``. A first code with fewer than 2 rows keeps zeros. ``first``: z's level-1 codes (N,), if known."""
+        first = self.first_codes(z) if first is None else first  # (N,)
         r = z - self.codebooks[0][first]  # (N, H) what level 2 quantizes
         k = self.codebooks.shape[1]
         out = torch.zeros(k, k, dtype=z.dtype, device=z.device)
@@ -259,17 +259,20 @@ class ResidualQuantizer(nn.Module):
         return QuantizerOutput(quantized, codes, torch.stack(residuals), codebook_loss, commit_loss)
 
     @torch.no_grad()
-    def refine_codebooks(self, z: torch.Tensor, rounds: int = 1, *, balance: float = 0.0, sample: int = 16384) -> None:
+    def refine_codebooks(self, z: torch.Tensor, rounds: int = 1, *, balance: float = 0.0, sample: int = 16384,
+                         first: torch.Tensor | None = None) -> None:
         """Refit levels 2..L jointly for the encoding ``quantize`` does (beam included): each code moves to
         the mean of what the other levels leave of the residuals assigned to it (block coordinate descent
         on the reconstruction error, as additive quantization refines residual k-means; Babenko &
         Lempitsky 2014). With ``balance`` > 0 the biases of levels 2..L are then fitted again for the moved
         codes, on every (N // ``sample``)-th row's residual at that level: biases fitted for the old codes
         let a level drift towards a few codes (level 3 of the ml-32m preset fell to perplexity 151 of 256
-        on one seed). Level 1 stays as it is."""
+        on one seed). Level 1 stays as it is, and so do z's level-1 codes: ``first`` (N,), if known."""
         levels = self.codebooks.shape[0]
+        if first is None:
+            first = self.first_codes(z)  # (N,)
         for _ in range(rounds):
-            codes = self.quantize(z)  # (N, L)
+            codes = self.quantize(z, lambda _: first)  # (N, L)
             parts = self.codebooks[torch.arange(levels, device=z.device), codes]  # (N, L, H)
             for level in range(1, levels):
                 target = z - parts.sum(1) + parts[:, level]  # what the other levels leave, (N, H)
@@ -291,7 +294,7 @@ class ResidualQuantizer(nn.Module):
     def init_codebooks(self, z: torch.Tensor, *, iters: int, clip_quantile: float = 1.0, balance: float = 0.0,
                        group_weight: float = 0.0, graph_points: torch.Tensor | None = None,
                        links: torch.Tensor | None = None, link_weight: float = 0.5,
-                       generator: torch.Generator | None = None) -> None:
+                       generator: torch.Generator | None = None) -> torch.Tensor:
         """Residual k-means on latents z (N, H): level l's codes are the centroids of level l's residuals.
 
         From level 2 on, residuals longer than the ``clip_quantile`` quantile of their norms are shortened
@@ -300,8 +303,11 @@ class ResidualQuantizer(nn.Module):
         (``groups.fit_first_level``; ``group_weight`` prices split neighbours: those of ``graph_points``
         (N, D), the content embeddings, when given, plus the (N, P) ``links`` at ``link_weight``) and each
         level-1 code is the mean of the latents its prototypes take.
+
+        Returns:
+            (N,) z's level-1 codes under the fitted rule (``first_codes``).
         """
-        residual = z
+        residual, first = z, None
         if hasattr(self, "prefix_bias"):  # fitted again after the codebooks (``fit_prefix_bias``)
             self.prefix_bias.zero_()
         for level in range(self.codebooks.shape[0]):
@@ -321,8 +327,11 @@ class ResidualQuantizer(nn.Module):
                                               generator=generator)  # (K, H), (K,)
             self.codebooks[level] = centroids
             self.code_bias[level] = bias
-            residual = residual - centroids[nearest_code(residual, centroids, bias)]
+            idx = nearest_code(residual, centroids, bias)  # (N,)
+            first = idx if level == 0 else first
+            residual = residual - centroids[idx]
         self.idle_steps.zero_()
+        return first
 
     @torch.no_grad()
     def reseed_dead_codes(self, codes: torch.Tensor, residuals: torch.Tensor,
@@ -509,12 +518,13 @@ class RQVAE(nn.Module):
 
                 links = subset_links(links, keep)
         z = torch.cat([self.encode(chunk) for chunk in x.split(batch_size)])  # (N, H)
-        self.quantizer.init_codebooks(z, iters=self.config.kmeans_iters, clip_quantile=self.config.kmeans_clip_quantile,
-                                      balance=self.config.balance, group_weight=self.config.group_weight,
-                                      graph_points=x, links=links, link_weight=self.config.group_link_weight,
-                                      generator=generator)
+        c = self.config
+        first = self.quantizer.init_codebooks(z, iters=c.kmeans_iters, clip_quantile=c.kmeans_clip_quantile,
+                                              balance=c.balance, group_weight=c.group_weight, graph_points=x,
+                                              links=links, link_weight=c.group_link_weight, generator=generator)
         if self.config.refine_rounds:
-            self.quantizer.refine_codebooks(z, rounds=self.config.refine_rounds, balance=self.config.balance)
+            self.quantizer.refine_codebooks(z, rounds=self.config.refine_rounds, balance=self.config.balance,
+                                            first=first)
         if hasattr(self.quantizer, "prefix_bias"):
-            self.quantizer.fit_prefix_bias(z, self.config.prefix_balance)
+            self.quantizer.fit_prefix_bias(z, self.config.prefix_balance, first=first)
 

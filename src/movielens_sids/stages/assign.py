@@ -317,21 +317,33 @@ def merge_stats(old: dict[str, Any], new: dict[str, Any], *, n_movies: int) -> d
 
 def _move_cost(tok64, x: np.ndarray, before: np.ndarray, after: np.ndarray, moved: np.ndarray) -> dict:
     """Mean relative reconstruction error ``||x - decode(codes)||^2 / ||x||^2`` of the moved movies,
-    on their greedy codes and on their final codes (float64 reference model, so device-independent)."""
-    import torch
-
+    on their greedy codes and on their final codes (float64 reference model, so device-independent).
+    Each distinct path is decoded once: the moved movies came from shared greedy paths."""
     if not moved.any():
         return {"moved_relative_error_before": None, "moved_relative_error_after": None}
     idx = np.flatnonzero(moved)
-    total = {"before": 0.0, "after": 0.0}
-    with torch.inference_mode():
-        for s in range(0, len(idx), CHUNK * 4):  # blocks: memory stays at a few (B, D) float64 matrices
-            rows = idx[s:s + CHUNK * 4]
-            xm = torch.from_numpy(np.asarray(x[rows], dtype=np.float32)).double()  # (B, D)
-            for name, c in (("before", before), ("after", after)):
-                rec = tok64.decode_codes(torch.from_numpy(c[rows]))  # (B, D) float64
-                total[name] += float((((xm - rec) ** 2).sum(1) / (xm ** 2).sum(1).clamp_min(1e-12)).sum())
+    total = {name: _path_errors(tok64, x, idx, c[idx]) for name, c in (("before", before), ("after", after))}
     return {f"moved_relative_error_{name}": _sig(v / len(idx)) for name, v in total.items()}
+
+
+def _path_errors(tok64, x: np.ndarray, rows: np.ndarray, codes: np.ndarray) -> float:
+    """Sum over ``rows`` of ``||x - decode(codes)||^2 / ||x||^2`` (codes (R, L): each row's path). The rows go
+    in blocks grouped by path, each block decoding its distinct paths once: memory stays at a few (B, D)
+    float64 matrices."""
+    import torch
+
+    paths, inv = np.unique(codes, axis=0, return_inverse=True)  # (U, L), (R,)
+    by_path = np.argsort(inv.reshape(-1), kind="stable")  # rows grouped by path
+    total = 0.0
+    with torch.inference_mode():
+        for s in range(0, len(rows), CHUNK * 4):
+            part = by_path[s:s + CHUNK * 4]
+            p = inv.reshape(-1)[part]  # (B,) ascending path numbers
+            rec = tok64.decode_codes(torch.from_numpy(paths[p[0]:p[-1] + 1]))  # (U', D) float64, U' <= B
+            xm = torch.from_numpy(np.asarray(x[rows[part]], dtype=np.float32)).double()  # (B, D)
+            err = ((xm - rec[torch.from_numpy(p - p[0])]) ** 2).sum(1) / (xm ** 2).sum(1).clamp_min(1e-12)
+            total += float(err.sum())
+    return total
 
 
 # ----------------------------------------------------------------------------------------------
