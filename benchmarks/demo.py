@@ -6,8 +6,12 @@ read from the run folder's stage records (``.stages/<stage>.json``). With ``--vs
 checkout (A) and of the package under SRC (B, put first on ``PYTHONPATH``) take turns, A B A B ..., and
 the ratio A/B is taken pair by pair, so that the machine's drift moves both sides of a pair alike.
 
+With ``--encode``, each run of A is followed by a plain PyTorch ``SentenceTransformer.encode`` of the same
+run's documents (the demo's embedding model and batch size, torch backend, model load not counted; its own
+process), and the ratio run / encode is taken run by run: the demo against the cost of embedding its documents.
+
 Usage:
-    python benchmarks/demo.py [--runs 3] [--vs ../old/src] [--fresh-numba]
+    python benchmarks/demo.py [--runs 3] [--vs ../old/src] [--fresh-numba] [--encode]
 
 ``--fresh-numba`` first deletes numba's on-disk compilation of UMAP's kernels and makes one more run of A,
 reported apart: the first run after installing. Run it with the machine quiet.
@@ -51,6 +55,29 @@ def cold_run(run_dir: Path, src: str | None) -> dict[str, float]:
     return out
 
 
+ENCODE = """
+import sys, time
+from movielens_sids.artifacts import read_catalog
+from movielens_sids.config import load_config
+from movielens_sids.documents import build_documents
+from movielens_sids.stages.embed import load_model, resolve_model
+cfg = load_config("demo", {}).embed
+docs = build_documents(read_catalog(sys.argv[1]), template=cfg.template, max_tags=cfg.max_tags)
+model = load_model(resolve_model(cfg.model), "cpu", backend="torch")
+t0 = time.perf_counter()
+model.encode(docs, batch_size=cfg.batch_size)
+print(len(docs), time.perf_counter() - t0)
+"""
+
+
+def plain_encode(run_dir: Path) -> tuple[int, float]:
+    """A plain torch ``encode`` of the documents of a run folder's catalog, in its own process: (documents, s)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", ENCODE, str(run_dir)], env=env, check=True, capture_output=True,
+                         text=True).stdout.split()
+    return int(out[-2]), float(out[-1])
+
+
 def clear_numba_cache() -> int:
     """Delete numba's cached compilations beside umap's sources; returns how many files went."""
     import umap
@@ -72,10 +99,11 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--vs", metavar="SRC", help="the other checkout's src folder (B), alternated with this one (A)")
     ap.add_argument("--fresh-numba", action="store_true", help="first delete numba's cached UMAP kernels")
+    ap.add_argument("--encode", action="store_true", help="after each run of A, a plain torch encode of its documents")
     ap.add_argument("--markdown", type=Path, help="also write the medians as a docs record (command, machine, date)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="demo-bench-"))
-    a, b = [], []
+    a, b, enc = [], [], []
     try:
         if args.fresh_numba:  # the first run after installing: not in the medians
             print(f"deleted {clear_numba_cache()} cached numba files")
@@ -83,6 +111,11 @@ def main() -> int:
         for i in range(args.runs):
             a.append(cold_run(root / f"a{i + 1}", None))
             print(line(f"A{i + 1}", a[-1]), flush=True)
+            if args.encode:
+                n_docs, seconds = plain_encode(root / f"a{i + 1}")
+                enc.append(seconds)
+                print(f"plain torch encode of {n_docs:,} documents: {seconds:.1f} s; A{i + 1} / encode "
+                      f"{a[-1]['wall'] / seconds:.3f}", flush=True)
             if args.vs:
                 b.append(cold_run(root / f"b{i + 1}", args.vs))
                 print(line(f"B{i + 1}", b[-1]), flush=True)
@@ -93,11 +126,18 @@ def main() -> int:
         if runs:
             medians[name] = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in ["wall", *STAGES]}
             print(line(f"{name} med", medians[name]))
-    notes = ""
+    notes = []
     if b:
         ratios = [x["wall"] / y["wall"] for x, y in zip(a, b)]
-        notes = ("A/B wall, pair by pair: " + ", ".join(f"{r:.3f}" for r in ratios)
-                 + f"; median {statistics.median(ratios):.3f}")
+        notes.append("A/B wall, pair by pair: " + ", ".join(f"{r:.3f}" for r in ratios)
+                     + f"; median {statistics.median(ratios):.3f}")
+    if enc:
+        ratios = [x["wall"] / e for x, e in zip(a, enc)]
+        notes.append("A wall / a plain torch encode of its documents (" + ", ".join(f"{e:.1f}" for e in enc)
+                     + " s), run by run: " + ", ".join(f"{r:.3f}" for r in ratios)
+                     + f"; median {statistics.median(ratios):.3f}")
+    notes = "\n\n".join(notes)
+    if notes:
         print(notes)
     write_record(args.markdown, medians_table(medians, len(a)), title="A cold `run --config demo`", notes=notes)
     return 0
