@@ -416,13 +416,42 @@ def _nearest_in_group(members: np.ndarray, q: np.ndarray, lo: int, hi: int, k: i
         cols = np.arange(hi - lo)
         score[(cols >= (inner[0][q] - lo)[:, None]) & (cols < (inner[1][q] - lo)[:, None])] = np.inf
     score[np.arange(len(q)), q - lo] = -np.inf  # not its own neighbour
-    top = np.argpartition(-score, k - 1, axis=1)[:, :k] + lo  # (Q, k) unordered, sorted positions
-    # Exact order of the k: shared prefix (deeper levels agree), then cosine, then index.
-    shared = np.zeros(top.shape, dtype=np.int64)
-    for g in deeper:
-        shared += g[top] == g[q][:, None]
-    sim = np.einsum("qd,qkd->qk", qv, members[top - lo])
-    return np.take_along_axis(top, np.lexsort((order[top], -sim, -shared), axis=-1), axis=1)
+    out = np.empty((len(q), k), dtype=np.int64)
+    for rows, cand in _candidates(score, k):  # (R,) rows, (R, C) their candidates
+        top = cand + lo  # sorted positions
+        # Exact order: shared prefix (deeper levels agree), then cosine, then index. The cosines are computed
+        # again pair by pair, so equal vectors tie exactly whatever the shape of the product above.
+        shared = np.zeros(top.shape, dtype=np.int64)
+        for g in deeper:
+            shared += g[top] == g[q[rows]][:, None]
+        sim = np.einsum("qd,qkd->qk", qv[rows], members[cand])
+        own = top == q[rows][:, None]
+        shared[own], sim[own] = -1, -np.inf  # a whole group as candidates holds the query: last
+        rank = np.lexsort((order[top], -sim, -shared), axis=-1)[:, :k]
+        out[rows] = np.take_along_axis(top, rank, axis=1)
+    return out
+
+
+TIE_TOLERANCE = 1e-4
+"""Cosines closer than this may be equal ones rounded differently by two matrix products (blocks of other
+shapes, other kernels): a candidate that close to the k-th is kept and ranked exactly."""
+
+
+def _candidates(score: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Candidate columns that hold each row's k largest scores and every score within ``TIE_TOLERANCE`` of
+    the k-th: (rows (R,), columns (R, C)) pairs, C = 2k for most rows, the whole row where the largest score
+    left out of 2k is still that close to the k-th."""
+    n, m = score.shape
+    c = min(m, 2 * k)
+    every = np.arange(n)
+    if c == m:
+        return [(every, np.broadcast_to(np.arange(m), (n, m)))]
+    part = np.argpartition(-score, (k - 1, c), axis=1)  # (Q, M): the k-th and the (c+1)-th largest in place
+    kth = np.take_along_axis(score, part[:, k - 1:k], axis=1)[:, 0]  # (Q,)
+    left = np.take_along_axis(score, part[:, c:c + 1], axis=1)[:, 0]  # (Q,) the largest left out
+    close = ~(left < kth - TIE_TOLERANCE)  # (Q,) it may tie the k-th (inf == inf counts too)
+    return [(every[~close], part[~close, :c]),
+            (every[close], np.broadcast_to(np.arange(m), (int(close.sum()), m)))]
 
 
 def neighbor_overlap(a: np.ndarray, b: np.ndarray) -> float:

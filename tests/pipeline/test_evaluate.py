@@ -222,6 +222,23 @@ def test_sid_knn_matches_brute_force(k_codes, with_suffix):
     np.testing.assert_array_equal(sid_knn(tokens, vectors, 10, some, max_block=997), got[some])
 
 
+def test_sid_knn_breaks_exact_ties_by_the_smaller_index_whatever_the_blocks():
+    rng = np.random.default_rng(5)
+    n = 90
+    tokens = np.zeros((n, 2), dtype=np.int64)  # one group: the cosine alone ranks
+    tokens[:, 1] = np.arange(n)
+    vectors = rng.normal(size=(n, 8))
+    twins = rng.choice(n, 40, replace=False)  # 40 movies with one vector: every pair ties exactly
+    vectors[twins] = vectors[twins[0]]
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    want = {int(i): sorted(int(j) for j in twins if j != i)[:10] for i in twins}
+    for block in (1 << 22, 997, 91):
+        got = sid_knn(tokens, vectors, 10, max_block=block)
+        assert all(got[i].tolist() == want[i] for i in want)
+        part = sid_knn(tokens, vectors, 10, twins[:7], max_block=block)
+        np.testing.assert_array_equal(part, got[twins[:7]])
+
+
 def test_neighbor_overlap_and_genre_purity_by_hand():
     a = np.array([[1, 2, 3, 4], [0, 2, 3, 4]])
     b = np.array([[4, 3, 9, 8], [0, 2, 3, 4]])
