@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from encode_baseline import plain_encode
 from record import write_record
 
 STAGES = ["catalog", "embed", "collab", "train", "assign", "evaluate", "export", "visualize"]
@@ -53,29 +54,6 @@ def cold_run(run_dir: Path, src: str | None) -> dict[str, float]:
         if record.exists():
             out[stage] = float(json.loads(record.read_text())["seconds"])
     return out
-
-
-ENCODE = """
-import sys, time
-from movielens_sids.artifacts import read_catalog
-from movielens_sids.config import load_config
-from movielens_sids.documents import build_documents
-from movielens_sids.stages.embed import load_model, resolve_model
-cfg = load_config("demo", {}).embed
-docs = build_documents(read_catalog(sys.argv[1]), template=cfg.template, max_tags=cfg.max_tags)
-model = load_model(resolve_model(cfg.model), "cpu", backend="torch")
-t0 = time.perf_counter()
-model.encode(docs, batch_size=cfg.batch_size)
-print(len(docs), time.perf_counter() - t0)
-"""
-
-
-def plain_encode(run_dir: Path) -> tuple[int, float]:
-    """A plain torch ``encode`` of the documents of a run folder's catalog, in its own process: (documents, s)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", ENCODE, str(run_dir)], env=env, check=True, capture_output=True,
-                         text=True).stdout.split()
-    return int(out[-2]), float(out[-1])
 
 
 def clear_numba_cache() -> int:

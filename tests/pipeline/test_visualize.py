@@ -307,6 +307,15 @@ def test_umap_gets_an_exact_knn_graph_with_each_point_first():
     assert (np.diff(dist, axis=1) >= 0).all()
 
 
+def test_the_knn_graph_puts_each_point_first_among_its_exact_duplicates():
+    rng = np.random.default_rng(2)
+    z = np.concatenate([np.tile(rng.normal(size=(1, 5)), (9, 1)), rng.normal(size=(30, 5))])  # rows 0-8 alike
+    idx, dist = viz.cosine_knn_graph(z, 4)
+    assert (idx[:, 0] == np.arange(39)).all() and (dist[:, 0] == 0).all()
+    assert all(len(set(row)) == 4 for row in idx.tolist())  # no point twice, itself included
+    assert np.isin(idx[:9, 1:], np.arange(9)).all() and np.allclose(dist[:9], 0, atol=1e-6)  # its duplicates
+
+
 def test_a_catalog_over_the_cap_is_drawn_as_a_recorded_sample(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     make_map_run(run_dir)

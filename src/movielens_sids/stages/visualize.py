@@ -10,14 +10,14 @@ renders it (plotly's hover labels understand a few HTML tags), so a title like
 ``<img src=x onerror=alert(1)>`` is shown as text and runs nothing.
 
 UMAP (seeded, cosine) runs on the first ``pca_dims`` principal components of the embeddings
-(default 50), with the exact k-NN graph of those vectors (``metrics.knn``) handed to it, so that
+(default 50), with the exact k-NN graph of those vectors (FAISS's flat search) handed to it, so that
 numba never compiles pynndescent's approximate search (a minute of every cold process). A catalog
 larger than ``sample`` (default 100,000) is drawn as a seeded sample of that many movies, which
 keeps UMAP's time and the page's size bounded; the page's header and the log say so. The
 coordinates are cached in ``.cache/`` keyed by the embeddings' hash, the UMAP settings, how the
 k-NN graph was built and the sampled rows, so re-running after a new ``assign`` only redraws.
 
-May import: artifacts, io, errors, settings, labels, metrics, reports.map_page; umap and sklearn on
+May import: artifacts, io, errors, settings, labels, reports.map_page; umap, sklearn and faiss on
 first use.
 Never another stage.
 """
@@ -40,7 +40,6 @@ from ..artifacts import check_same_movies, movielens_titles, read_catalog, read_
 from ..errors import SidsError
 from ..io import atomic_path, file_hash, write_text
 from ..labels import labels_for_run
-from ..metrics import knn
 from ..reports.map_page import render_page
 from ..settings import VisualizeConfig
 
@@ -134,18 +133,29 @@ def _cache_umap_kernels() -> None:
 
 
 def cosine_knn_graph(z: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
-    """UMAP's k-NN graph, exact (``metrics.knn``): each point first (distance 0), then its
-    ``n_neighbors - 1`` nearest by cosine distance (1 - cosine). UMAP would otherwise build it with
+    """UMAP's k-NN graph, exact: FAISS's flat (exhaustive) inner-product search of the unit vectors. Each
+    point first (distance 0), then its ``n_neighbors - 1`` nearest others by cosine distance (1 - cosine); an
+    exact duplicate of a point counts as one of its neighbours. UMAP would otherwise build the graph with
     pynndescent, approximately, after numba compiles NN-descent afresh in every process.
 
     Returns:
         (N, n_neighbors) int64 indices and (N, n_neighbors) float32 distances, nearest first.
     """
-    zn = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)  # (N, d)
-    nbrs = knn(z, n_neighbors - 1)  # (N, k-1)
-    dist = np.maximum(1.0 - np.einsum("nd,nkd->nk", zn, zn[nbrs]), 0.0)  # (N, k-1)
-    idx = np.concatenate([np.arange(len(z))[:, None], nbrs], axis=1)  # (N, k)
-    return idx, np.concatenate([np.zeros((len(z), 1)), dist], axis=1).astype(np.float32)
+    import faiss
+
+    n, k = len(z), min(n_neighbors, len(z))
+    zn = np.asarray(z, dtype=np.float32)
+    zn = np.ascontiguousarray(zn / np.maximum(np.linalg.norm(zn, axis=1, keepdims=True), 1e-12))  # (N, d)
+    index = faiss.IndexFlatIP(zn.shape[1])
+    index.add(zn)
+    sims, nbrs = index.search(zn, k)  # (N, k) nearest first: the point itself, or a duplicate before it
+    drop = nbrs == np.arange(n)[:, None]  # (N, k) the point's own entry
+    drop[~drop.any(1), -1] = True  # not found (duplicates took every place): the farthest goes instead
+    keep = ~drop
+    others = nbrs[keep].reshape(n, k - 1).astype(np.int64)  # (N, k-1)
+    dist = np.maximum(1.0 - sims[keep].reshape(n, k - 1), 0.0)  # (N, k-1)
+    idx = np.concatenate([np.arange(n)[:, None], others], axis=1)  # (N, k)
+    return idx, np.concatenate([np.zeros((n, 1)), dist], axis=1).astype(np.float32)
 
 
 def _umap_cache_key(emb_hash: str, cfg: VisualizeConfig, idx: np.ndarray) -> str:
