@@ -144,8 +144,8 @@ def cosine_knn_graph(z: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.nd
     import faiss
 
     n, k = len(z), min(n_neighbors, len(z))
-    zn = np.asarray(z, dtype=np.float32)
-    zn = np.ascontiguousarray(zn / np.maximum(np.linalg.norm(zn, axis=1, keepdims=True), 1e-12))  # (N, d)
+    zn = np.array(z, dtype=np.float32, order="C")  # (N, d) a copy: the input is not modified
+    faiss.normalize_L2(zn)  # unit rows in place (a zero row stays zero)
     index = faiss.IndexFlatIP(zn.shape[1])
     index.add(zn)
     sims, nbrs = index.search(zn, k)  # (N, k) nearest first: the point itself, or a duplicate before it
