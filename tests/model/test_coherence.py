@@ -219,6 +219,30 @@ def test_prototype_cache_answers_exactly_as_the_full_search():
     assert 0.3 < cache.hits / cache.calls < 1.0  # it saves work, and it does not answer every row from the cache
 
 
+def test_nearest_prototype_is_nearest_code_and_the_grouped_rule_takes_it_on_cpus_without_bf16(monkeypatch):
+    from movielens_sids.model import groups, rqvae
+    from movielens_sids.model.kmeans import nearest_code
+
+    g = torch.Generator().manual_seed(0)
+    points = torch.randn(1200, 16, generator=g)
+    points[600:650] = points[:50]  # exact repeats: the lowest index wins
+    z = torch.cat([points[:50], points[:50] + 1e-7, torch.randn(500, 16, generator=g)])
+    assert torch.equal(groups.nearest_prototype(z, points), nearest_code(z, points))
+
+    q = rqvae.ResidualQuantizer(levels=2, codebook_size=8, dim=16, prototypes=len(points))
+    q.prototypes.copy_(points)
+    calls = []
+    monkeypatch.setattr(groups, "nearest_prototype", lambda *a: calls.append(1) or nearest_code(*a))
+    for bf16 in (False, True):  # with native bf16, nearest_code's own screen is the faster one
+        monkeypatch.setattr(rqvae, "native_bf16", lambda: bf16)
+        assert torch.equal(q.first_codes(z), q.prototype_codes[nearest_code(z, points)])
+    assert len(calls) == 1
+    with torch.inference_mode():  # as `assign` and `lookup` run it: tensors without a version counter
+        q = rqvae.ResidualQuantizer(levels=2, codebook_size=8, dim=16, prototypes=len(points))
+        q.prototypes.copy_(points)
+        assert torch.equal(groups.nearest_prototype(z, q.prototypes), nearest_code(z, points))
+
+
 def test_prototype_cache_refuses_rows_whose_drift_could_change_the_answer():
     from movielens_sids.model.groups import NearestPrototypeCache
 
@@ -233,14 +257,15 @@ def test_prototype_cache_refuses_rows_whose_drift_could_change_the_answer():
     assert cache.hits == 1
 
 
-def test_grouped_training_with_the_cache_equals_training_without_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("epochs", [1, 4])
+def test_grouped_training_with_the_cache_equals_training_without_it(tmp_path, monkeypatch, epochs):
     from movielens_sids.stages import train
     from movielens_sids.stages.lightning_module import RQVAEModule
 
     x = chains(n_groups=30)
     cfg = RQVAEConfig(input_dim=x.shape[1], hidden_dims=[16], levels=2, codebook_size=8, kmeans_iters=5,
                       encoder="residual", group_weight=4.0, group_prototypes=4, balance=1.0)
-    tcfg = train.TrainConfig(max_epochs=4, batch_size=32, lr=1e-2, progress_bar=False, accelerator="cpu")
+    tcfg = train.TrainConfig(max_epochs=epochs, batch_size=32, lr=1e-2, progress_bar=False, accelerator="cpu")
     hits = []
     first_level = RQVAEModule.first_level
 
@@ -251,6 +276,8 @@ def test_grouped_training_with_the_cache_equals_training_without_it(tmp_path, mo
     monkeypatch.setattr(RQVAEModule, "first_level", counting)
     cached, _ = train.fit_rqvae(x, cfg, tcfg, tmp_path / "a")
     assert hits[-1] is not None and hits[-1].hits > 0  # the cache answered some rows
+    # the initialisation's search anchored the training rows: the first epoch found answers in the cache
+    assert hits[-1].calls > len(x) and hits[-1].hits >= 0.5 * len(x)
     monkeypatch.setattr(RQVAEModule, "first_level", lambda self, idx: None)  # the quantizer's own full search
     plain, _ = train.fit_rqvae(x, cfg, tcfg, tmp_path / "b")
     a, b = cached.state_dict(), plain.state_dict()

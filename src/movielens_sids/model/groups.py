@@ -1,7 +1,8 @@
 """A first level that keeps tight groups together: a neighbour-aware balanced partition, and the
 prototypes that make it a rule for any vector.
 
-Pure torch, like the rest of the model. Used by ``ResidualQuantizer.init_codebooks`` when
+Pure torch, like the rest of the model, but for the full search of ``NearestPrototypeCache``, which is
+FAISS's on the CPU. Used by ``ResidualQuantizer.init_codebooks`` when
 ``RQVAEConfig.group_weight`` > 0.
 
 Why: a power diagram (nearest code plus a bias, the plain first level) cuts through tight groups of
@@ -52,20 +53,51 @@ def knn_graph(z: torch.Tensor, k: int, *, block: int = 4096) -> torch.Tensor:
     n = z.shape[0]
     sq = (z * z).sum(1)  # (N,)
     screen = z.dtype == torch.float32 and z.device.type == "cpu" and native_bf16() and n > 2 * max(16, 2 * k)
-    z16, sq16 = (z.to(torch.bfloat16), sq.to(torch.bfloat16)) if screen else (z, sq)
+    if not screen:
+        return _knn_symmetric(z, sq, k, block)
+    z16, sq16 = z.to(torch.bfloat16), sq.to(torch.bfloat16)
     out = torch.empty(n, k, dtype=torch.int64, device=z.device)
     for s in range(0, n, block):
         q = z[s:s + block]  # (B, H)
         d = torch.addmm(sq16[None, :], q.to(z16.dtype), z16.T, alpha=-2.0)  # (B, N), ||q||^2 dropped: same for a row
         rows = torch.arange(s, s + len(q), device=z.device)
         d[torch.arange(len(q), device=z.device), rows] = float("inf")
-        if not screen:
-            out[s:s + len(q)] = d.topk(k, dim=1, largest=False).indices
-            continue
         cand = d.topk(max(16, 2 * k), dim=1, largest=False).indices  # (B, C) by approximate distance
         exact = sq[cand] - 2 * torch.bmm(z[cand], q[:, :, None]).squeeze(2)  # (B, C) fp32
         out[s:s + len(q)] = cand.gather(1, exact.topk(k, dim=1, largest=False).indices)
     return out
+
+
+def _knn_symmetric(z: torch.Tensor, sq: torch.Tensor, k: int, block: int) -> torch.Tensor:
+    """``knn_graph`` in fp32, exactly, from half the products: the block of products of row blocks i and j
+    (i <= j) ranks block j's rows for block i's rows and, transposed, block i's rows for block j's. Each row
+    keeps its k nearest so far. z: (N, H); sq: (N,) squared norms -> (N, k) int64, nearest first."""
+    n = z.shape[0]
+    best = torch.full((n, k), float("inf"), device=z.device)  # (N, k) distances less the row's own |z|^2
+    idx = torch.zeros(n, k, dtype=torch.int64, device=z.device)  # (N, k)
+    starts = list(range(0, n, block))
+    b = min(block, n)
+    prod, dist = torch.empty(b, b, device=z.device), torch.empty(b, b, device=z.device)  # reused: no page faults
+
+    def keep(rows: slice, d: torch.Tensor, first: int) -> None:  # merge the (b, c) distances to columns first..
+        top = d.topk(min(k, d.shape[1]), dim=1, largest=False)
+        vals, cols = torch.cat([best[rows], top.values], 1), torch.cat([idx[rows], top.indices + first], 1)
+        merged = vals.topk(k, dim=1, largest=False, sorted=True)
+        best[rows], idx[rows] = merged.values, cols.gather(1, merged.indices)
+
+    for a, i in enumerate(starts):
+        ri = slice(i, min(i + block, n))
+        for j in starts[a:]:
+            rj = slice(j, min(j + block, n))
+            bi, bj = ri.stop - i, rj.stop - j
+            g = torch.mm(z[ri], z[rj].T, out=prod[:bi, :bj])  # (Bi, Bj) dot products
+            d = torch.add(sq[rj][None, :], g, alpha=-2.0, out=dist[:bi, :bj])  # (Bi, Bj) |z_j|^2 - 2 z_i.z_j
+            if i == j:
+                d.fill_diagonal_(float("inf"))  # a row is not its own neighbour
+            keep(ri, d, j)
+            if i != j:  # the same products, for block j's rows
+                keep(rj, torch.add(sq[ri][None, :], g.T, alpha=-2.0, out=dist[:bj, :bi]), i)
+    return idx
 
 
 def neighbour_edges(nbrs: torch.Tensor, mutual_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -131,17 +163,18 @@ def neighbour_partition(z: torch.Tensor, k: int, *, weight: float, neighbors: in
     degree = torch.zeros(n, device=z.device).index_add_(0, src, w).clamp_min(1e-12)  # (N,)
     scale = float(((z - centroids[codes]) ** 2).sum(1).mean())  # the mean squared distance to the code
     zz, z2 = (z * z).sum(1, keepdim=True), 2 * z  # (N, 1), (N, H): the same every sweep
-    full = None
+    full = None  # Sinkhorn's potentials, warm from the second sweep on
+    dist, share, work = (torch.empty(n, k, dtype=z.dtype, device=z.device) for _ in range(3))  # reused: no page faults
     for sweep in range(iters):
         price = weight * scale * min(1.0, (sweep + 1) / max(1, iters // 2))
-        # share[i, c]: the share of i's neighbour weight now in code c
-        share = torch.zeros(n * k, device=z.device).index_add_(0, src * k + codes[dst], w).view(n, k)
-        share /= degree[:, None]
-        dist = (zz + (centroids * centroids).sum(1)[None] - z2 @ centroids.T).clamp_min(0)  # (N, K)
-        cost = dist - price * share  # (N, K)
+        share.zero_().view(-1).index_add_(0, src * k + codes[dst], w).view(n, k).div_(degree[:, None])  # (N, K) the
+        # share of i's neighbour weight now in code c
+        torch.add(zz, (centroids * centroids).sum(1)[None], out=work)  # (N, K) |z|^2 + |c|^2
+        torch.sub(work, torch.mm(z2, centroids.T, out=dist), out=dist).clamp_min_(0)  # (N, K) squared distances
+        cost = torch.sub(dist, share.mul_(price), out=share)  # (N, K) dist - price * share
         eps = max(0.02 * float(dist.min(1).values.mean()), 1e-12)
-        full = sinkhorn_bias(cost, eps, iters=50 if full is None else 5, init=full)  # warm after the first sweep
-        best = (cost + full[None]).argmin(1)  # (N,)
+        full = sinkhorn_bias(cost, eps, iters=50 if full is None else 5, init=full, work=work)  # warm after sweep 1
+        best = cost.add_(full[None]).argmin(1)  # (N,)
         move = torch.rand(n, generator=generator).to(z.device) < update_share
         codes = torch.where(move, best, codes)
         counts = torch.bincount(codes, minlength=k).to(z.dtype)
@@ -205,11 +238,13 @@ def code_prototypes(z: torch.Tensor, codes: torch.Tensor, k: int, per_code: int,
 
 def fit_first_level(quantizer, z: torch.Tensor, *, weight: float, iters: int, graph_points: torch.Tensor | None = None,
                     links: torch.Tensor | None = None, link_weight: float = 0.5,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, first_level=None) -> torch.Tensor:
     """Fit a grouped quantizer's level 1 on latents z (N, H): the partition, its prototypes (written
     into ``quantizer.prototypes`` / ``prototype_codes``), and each code's vector as the mean of the
     latents whose nearest prototype is one of its own (biases 0). The neighbours whose splitting is
     priced are those of ``graph_points`` (N, D) when given (the content embeddings), else of z.
+    ``first_level``: the fitted rule for z, computed another way (``rqvae.FirstLevel``, e.g. through a
+    ``NearestPrototypeCache`` that keeps the search for the training epochs).
 
     Returns:
         (N,) the level-1 codes of z under the fitted rule (``quantizer.first_codes``).
@@ -221,13 +256,29 @@ def fit_first_level(quantizer, z: torch.Tensor, *, weight: float, iters: int, gr
     protos = code_prototypes(z, codes, k, per_code, iters=iters, generator=generator)
     quantizer.prototypes.copy_(protos.points)
     quantizer.prototype_codes.copy_(protos.codes)
-    first = quantizer.first_codes(z)  # (N,) the rule, which may differ from the partition on a few rows
+    first = (quantizer.first_codes if first_level is None else first_level)(z)  # (N,) the rule, which may
+    # differ from the partition on a few rows
     counts = torch.bincount(first, minlength=k).to(z.dtype)
     sums = torch.zeros(k, z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, first, z)
     proto_mean = protos.points.view(k, per_code, -1).mean(1)  # (K, H): for a code no row reached
     quantizer.codebooks[0] = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], proto_mean)
     quantizer.code_bias[0] = 0.0
     return first
+
+
+def _version_key(points: torch.Tensor) -> tuple | object:
+    """What tells one version of a tensor from another (an in-place change bumps its version); an inference
+    tensor has no version counter, so its key matches nothing and whatever was computed from it is made again."""
+    if points.is_inference():
+        return object()
+    return points.data_ptr(), points._version, tuple(points.shape)
+
+
+def nearest_prototype(z: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """``nearest_code(z, points)`` (B,), the same answer, by ``NearestPrototypeCache``'s full search (on the
+    CPU FAISS's) and its proof that no other point is nearer; faster on CPUs without native bf16."""
+    return NearestPrototypeCache(len(z), z.shape[1], device=z.device).nearest(
+        torch.arange(len(z), device=z.device), z, points)
 
 
 class NearestPrototypeCache:
@@ -255,16 +306,18 @@ class NearestPrototypeCache:
         self.hits = self.calls = 0
         self._norms_of: tuple | None = None  # which points ``_norms`` holds: (data pointer, version, shape)
         self._norms: tuple[torch.Tensor, float] = (torch.zeros(0), 0.0)
+        self._index_of: tuple | None = None  # which points ``_index`` holds, the same way
+        self._index = None  # FAISS's flat index over the points, on the CPU
 
     def clear(self) -> None:
         """Forget every anchor (the points changed)."""
         self.reach.fill_(-1.0)
-        self._norms_of = None
+        self._norms_of = self._index_of = self._index = None
 
     def _point_norms(self, points: torch.Tensor) -> tuple[torch.Tensor, float]:
         """(M,) squared norms of the points and their largest norm, computed once per version of the points
         (they stay fixed for many steps; an in-place change bumps the tensor's version)."""
-        key = (points.data_ptr(), points._version, tuple(points.shape))
+        key = _version_key(points)
         if key != self._norms_of:
             self._norms = ((points * points).sum(1), float(points.norm(dim=1).max()))
             self._norms_of = key
@@ -287,7 +340,11 @@ class NearestPrototypeCache:
             self.anchor, self.cand, self.reach = (t.to(home) for t in (self.anchor, self.cand, self.reach))
         rows, z, points = rows.to(home), z.detach().float().to(home), points.float().to(home)
         sq, pmax = self._point_norms(points)  # (M,), max |p|
-        idx, ok = self._from_candidates(rows, z, points, sq, pmax)
+        idx = torch.zeros(len(rows), dtype=torch.int64, device=home)
+        ok = torch.zeros(len(rows), dtype=torch.bool, device=home)
+        known = (self.reach[rows] >= 0).nonzero().squeeze(1)  # (b,) the rows with an anchor
+        if len(known):
+            idx[known], ok[known] = self._from_candidates(rows[known], z[known], points, sq, pmax)
         self.calls += len(rows)
         self.hits += int(ok.sum())
         if not bool(ok.all()):
@@ -329,11 +386,29 @@ class NearestPrototypeCache:
                 pmax: float) -> None:
         """Full search for rows: new anchors, candidates and reach. sq: (M,) the points' squared norms."""
         c = self.cand.shape[1]
-        block = max(1, BLOCK_ELEMENTS // len(points))
-        for s in range(0, len(z), block):
-            zb, rb = z[s:s + block], rows[s:s + block]
-            d = torch.addmm(sq[None, :] + (zb * zb).sum(1, keepdim=True), zb, points.T, alpha=-2.0)  # (b, M)
-            vals, top = d.topk(c + 1, dim=1, largest=False)  # sorted: the C nearest and the next one
-            self.anchor[rb] = zb
-            self.cand[rb] = top[:, :c]
-            self.reach[rb] = (vals[:, c].double() - self._slack(zb, pmax)).clamp_min(0.0).sqrt()
+        vals, top = self._nearest(z, points, sq, c + 1)  # (B, C + 1) ascending: the C nearest and the next one
+        self.anchor[rows] = z
+        self.cand[rows] = top[:, :c]
+        self.reach[rows] = (vals[:, c] - self._slack(z, pmax)).clamp_min(0.0).sqrt()
+
+    def _nearest(self, z: torch.Tensor, points: torch.Tensor, sq: torch.Tensor, count: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``count`` nearest points of each latent: (B, count) squared distances as fp32 computes them
+        (float64, ascending) and (B, count) int64 indices. On the CPU by FAISS's flat search (one BLAS product
+        and a heap per block of rows: faster than a torch product and ``topk``); the answer's exactness does
+        not rest on it (``_slack`` covers any fp32 summation order)."""
+        if z.device.type == "cpu":
+            import faiss
+
+            key = _version_key(points)
+            if key != self._index_of:
+                self._index = faiss.IndexFlatL2(points.shape[1])
+                self._index.add(points.contiguous().numpy())
+                self._index_of = key
+            d, i = self._index.search(z.contiguous().numpy(), count)
+            return torch.from_numpy(d).double(), torch.from_numpy(i)
+        block = max(256, BLOCK_ELEMENTS // len(points))  # as nearest_code's: fewer rows multiply slower
+        out = [torch.addmm(sq[None, :], zb, points.T, alpha=-2.0).topk(count, dim=1, largest=False)
+               for zb in z.split(block)]  # (b, M) |p|^2 - 2 z.p, ranked
+        vals = torch.cat([o.values for o in out]).double() + (z.double() ** 2).sum(1, keepdim=True)
+        return vals, torch.cat([o.indices for o in out])

@@ -140,7 +140,8 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 20, generator: torch.Generat
     return centroids
 
 
-def sinkhorn_bias(dist: torch.Tensor, eps: float, iters: int = 50, init: torch.Tensor | None = None) -> torch.Tensor:
+def sinkhorn_bias(dist: torch.Tensor, eps: float, iters: int = 50, init: torch.Tensor | None = None, *,
+                  work: torch.Tensor | None = None) -> torch.Tensor:
     """Per-code biases b such that assigning each row to argmin_k dist + b gives (nearly) uniform code
     usage: the dual potentials of entropic semi-discrete optimal transport to the uniform distribution
     (Cuturi 2013), by fixed-point iterations on the codes' side.
@@ -154,6 +155,8 @@ def sinkhorn_bias(dist: torch.Tensor, eps: float, iters: int = 50, init: torch.T
     Args:
         dist: (N, K) squared distances. eps: entropic temperature, in the units of dist.
         init: (K,) biases to start from (a warm start).
+        work: (N, K) a table to hold the kernel in (called sweep after sweep on large tables, a fresh
+            one costs more in page faults than the arithmetic); its contents are overwritten.
 
     Returns:
         (K,) biases with mean 0.
@@ -164,9 +167,9 @@ def sinkhorn_bias(dist: torch.Tensor, eps: float, iters: int = 50, init: torch.T
     for _ in range(iters):
         if kernel is None or float((b - a).abs().max()) > ABSORB * eps:  # (re)make the kernel around b
             a = b.clone()
-            shifted = dist + a  # (N, K)
-            kernel = torch.exp((shifted.min(1, keepdim=True).values - shifted) / eps)  # (N, K) in [0, 1]
-            del shifted
+            kernel = torch.add(dist, a, out=work) if work is not None else dist + a  # (N, K) dist shifted by a
+            torch.sub(kernel.min(1, keepdim=True).values, kernel, out=kernel)  # (N, K) <= 0
+            kernel.div_(eps).exp_()  # (N, K) in [0, 1]
         w = torch.exp((a - b) / eps)  # (K,) within exp(+-ABSORB)
         s = kernel @ w  # (N,) each row's normaliser, >= exp(-ABSORB)
         usage = w * (kernel.T @ (1.0 / s)) / n  # (K,)

@@ -35,7 +35,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import RQVAEConfig
-from .kmeans import balanced_kmeans, kmeans, nearest_code, sinkhorn_bias, uniform_potentials  # noqa: F401 (also re-exported)
+from .kmeans import (  # noqa: F401 (also re-exported)
+    SCREEN_MIN_CODES,
+    balanced_kmeans,
+    kmeans,
+    native_bf16,
+    nearest_code,
+    sinkhorn_bias,
+    uniform_potentials,
+)
 
 FirstLevel = Callable[[torch.Tensor], torch.Tensor]
 """Latents (B, H) -> their level-1 codes (B,) int64, by the quantizer's own rule (e.g. ``NearestPrototypeCache``)."""
@@ -179,6 +187,10 @@ class ResidualQuantizer(nn.Module):
     def first_codes(self, z: torch.Tensor) -> torch.Tensor:
         """Level-1 codes of latents z (B, H) -> (B,) int64."""
         if self.grouped:
+            if z.device.type == "cpu" and len(self.prototypes) >= SCREEN_MIN_CODES and not native_bf16():
+                from .groups import nearest_prototype  # see init_codebooks
+
+                return self.prototype_codes[nearest_prototype(z, self.prototypes)]
             return self.prototype_codes[nearest_code(z, self.prototypes)]
         return nearest_code(z, self.codebooks[0], self.code_bias[0])
 
@@ -294,7 +306,8 @@ class ResidualQuantizer(nn.Module):
     def init_codebooks(self, z: torch.Tensor, *, iters: int, clip_quantile: float = 1.0, balance: float = 0.0,
                        group_weight: float = 0.0, graph_points: torch.Tensor | None = None,
                        links: torch.Tensor | None = None, link_weight: float = 0.5,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generator: torch.Generator | None = None, first_level: FirstLevel | None = None
+                       ) -> torch.Tensor:
         """Residual k-means on latents z (N, H): level l's codes are the centroids of level l's residuals.
 
         From level 2 on, residuals longer than the ``clip_quantile`` quantile of their norms are shortened
@@ -302,7 +315,8 @@ class ResidualQuantizer(nn.Module):
         When ``grouped``, level 1 is instead a neighbour-aware balanced partition with its prototypes
         (``groups.fit_first_level``; ``group_weight`` prices split neighbours: those of ``graph_points``
         (N, D), the content embeddings, when given, plus the (N, P) ``links`` at ``link_weight``) and each
-        level-1 code is the mean of the latents its prototypes take.
+        level-1 code is the mean of the latents its prototypes take; ``first_level`` then gives z's codes
+        under the fitted rule when given (the same rule, e.g. cached).
 
         Returns:
             (N,) z's level-1 codes under the fitted rule (``first_codes``).
@@ -315,7 +329,8 @@ class ResidualQuantizer(nn.Module):
                 from .groups import fit_first_level  # on first use: `settings` imports this package's config
 
                 first = fit_first_level(self, z, weight=group_weight, iters=iters, graph_points=graph_points,
-                                        links=links, link_weight=link_weight, generator=generator)
+                                        links=links, link_weight=link_weight, generator=generator,
+                                        first_level=first_level)
                 residual = residual - self.codebooks[0][first]
                 continue
             fit = residual
@@ -500,7 +515,8 @@ class RQVAE(nn.Module):
 
     @torch.no_grad()
     def init_codebooks(self, x: torch.Tensor, *, links: torch.Tensor | None = None,
-                       generator: torch.Generator | None = None, batch_size: int = 8192) -> None:
+                       generator: torch.Generator | None = None, batch_size: int = 8192,
+                       first_level_for: Callable[[torch.Tensor], FirstLevel] | None = None) -> None:
         """Put the codebooks on the data: residual k-means, level by level, on the encoder's output for x.
 
         Args:
@@ -509,10 +525,13 @@ class RQVAE(nn.Module):
                 neighbours (co-watched movies), -1 padded; used by a grouped first level only.
             generator: the random source of the sample and the k-means seeding.
             batch_size: rows encoded at a time.
+            first_level_for: given the (S,) rows of x the fit reads, their level-1 rule (``FirstLevel``;
+                e.g. ``RQVAEModule.first_level``, which keeps the nearest-prototype search for training).
         """
+        rows = torch.arange(x.shape[0], device=x.device)  # (S,) the rows of x the fit reads
         if x.shape[0] > self.config.kmeans_max_points:
             keep = torch.randperm(x.shape[0], generator=generator)[: self.config.kmeans_max_points].to(x.device)
-            x = x[keep]
+            x, rows = x[keep], keep
             if links is not None:
                 from .groups import subset_links  # see ResidualQuantizer.init_codebooks
 
@@ -521,7 +540,8 @@ class RQVAE(nn.Module):
         c = self.config
         first = self.quantizer.init_codebooks(z, iters=c.kmeans_iters, clip_quantile=c.kmeans_clip_quantile,
                                               balance=c.balance, group_weight=c.group_weight, graph_points=x,
-                                              links=links, link_weight=c.group_link_weight, generator=generator)
+                                              links=links, link_weight=c.group_link_weight, generator=generator,
+                                              first_level=None if first_level_for is None else first_level_for(rows))
         if self.config.refine_rounds:
             self.quantizer.refine_codebooks(z, rounds=self.config.refine_rounds, balance=self.config.balance,
                                             first=first)

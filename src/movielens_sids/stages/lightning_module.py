@@ -46,11 +46,11 @@ class RQVAEModule(L.LightningModule):
         self.register_buffer("initialized", torch.tensor(False))
         self.reseed_rng = torch.Generator().manual_seed(self.train_cfg.seed + 1)
         self.last_val: dict[str, Any] = {}
-        # A grouped first level searches thousands of prototypes; over several epochs the rows come back
-        # moved a little, and most answers are found among a few cached candidates (exactly).
+        # A grouped first level searches thousands of prototypes: once for the initialisation's rows, then
+        # for every batch. The rows come back moved a little, and most answers are found among a few cached
+        # candidates (exactly), from the initialisation's search on.
         q = self.model.quantizer
-        cached = q.grouped and (self.train_cfg.max_epochs or 1) > 1
-        self.first_cache = NearestPrototypeCache(len(data), q.prototypes.shape[1]) if cached else None
+        self.first_cache = NearestPrototypeCache(len(data), q.prototypes.shape[1]) if q.grouped else None
 
     def on_fit_start(self) -> None:
         if self.initialized.item():
@@ -66,9 +66,11 @@ class RQVAEModule(L.LightningModule):
         links = None
         if self.train_cfg.collab_weight > 0 and int(self.positives.max()) >= 0:  # co-watched movies stay together too
             links = subset_links(self.positives, self.init_idx)  # (N_init, P)
-        self.model.init_codebooks(self.data[self.init_idx], links=links, generator=gen)
-        if self.first_cache is not None:  # new prototypes
+        if self.first_cache is not None:  # new prototypes: the initialisation's search anchors the cache again
             self.first_cache.clear()
+        self.model.init_codebooks(self.data[self.init_idx], links=links, generator=gen,
+                                  first_level_for=None if self.first_cache is None
+                                  else lambda rows: self.first_level(self.init_idx[rows]))
         log.info("codebooks %s by residual k-means in %.1fs", what, time.perf_counter() - t0)
         # Every process must start from the same codes (they may differ in the last bits on GPUs).
         cb = self.trainer.strategy.broadcast(self.model.quantizer.codebooks.data, src=0)
