@@ -187,7 +187,8 @@ class ResidualQuantizer(nn.Module):
     def first_codes(self, z: torch.Tensor) -> torch.Tensor:
         """Level-1 codes of latents z (B, H) -> (B,) int64."""
         if self.grouped:
-            if z.device.type == "cpu" and len(self.prototypes) >= SCREEN_MIN_CODES and not native_bf16():
+            fp32_cpu = z.dtype == torch.float32 and z.device.type == "cpu"  # float64: the reference, as it is
+            if fp32_cpu and len(self.prototypes) >= SCREEN_MIN_CODES and not native_bf16():
                 from .groups import nearest_prototype  # see init_codebooks
 
                 return self.prototype_codes[nearest_prototype(z, self.prototypes)]
