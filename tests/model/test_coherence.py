@@ -241,7 +241,7 @@ def test_nearest_prototype_is_nearest_code_and_the_grouped_rule_takes_it_on_cpus
     q64 = q.double()  # assign's float64 reference searches in float64, as nearest_code does
     assert torch.equal(q64.first_codes(z.double()), q64.prototype_codes[nearest_code(z.double(), points.double())])
     assert len(calls) == 1
-    with torch.inference_mode():  # as `assign` and `lookup` run it: tensors without a version counter
+    with torch.inference_mode():  # as `SemanticIds.encode` runs it: tensors without a version counter
         q = rqvae.ResidualQuantizer(levels=2, codebook_size=8, dim=16, prototypes=len(points))
         q.prototypes.copy_(points)
         assert torch.equal(groups.nearest_prototype(z, q.prototypes), nearest_code(z, points))
