@@ -71,6 +71,19 @@ def test_knn_graph_is_exact_and_its_bf16_screen_finds_the_same_neighbours(bf16, 
         assert (got != torch.arange(600)[:, None]).all()  # never itself
 
 
+@pytest.mark.parametrize("block", [1, 7, 64, 1000])
+def test_knn_graph_breaks_ties_to_the_lower_index_whatever_the_blocks(block):
+    g = torch.Generator().manual_seed(1)
+    base = torch.randint(-2, 3, (40, 6), generator=g).float()  # small integers: exact distances, many ties
+    z = torch.cat([base, base[:15]])  # 15 exact duplicates, far apart in the order
+    got = knn_graph(z, 4, block=block)
+    d = torch.cdist(z.double(), z.double()) ** 2
+    d.fill_diagonal_(float("inf"))
+    n = len(z)
+    key = d * (4 * n) + torch.arange(n, dtype=torch.float64)[None, :]  # distance, then index
+    assert torch.equal(got, key.topk(4, largest=False).indices)
+
+
 def chains(n_groups: int = 60, dim: int = 6, noise: float = 0.15, seed: int = 0) -> np.ndarray:
     """Many small groups of 2-8 movies: balanced cells must cut through some of them."""
     rng = np.random.default_rng(seed)

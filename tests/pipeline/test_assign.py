@@ -96,6 +96,26 @@ def test_fast_codes_follow_the_reference_with_biases_and_beam(model):
     assert _unique_rows(sem) and stats["n_suffixed"] == 0
 
 
+@pytest.mark.parametrize("beam_width", [1, 3])
+def test_a_grouped_first_level_searched_by_faiss_follows_the_reference(beam_width, monkeypatch):
+    import movielens_sids.stages.assign as assign_stage
+
+    x, ids = clustered_embeddings(1200, dim=16, seed=6)
+    tok = tiny_tokenizer(x, levels=3, codebook_size=8, group_weight=4.0, group_prototypes=8,
+                         balance=1.0, beam_width=beam_width)
+    assert tok.quantizer.grouped
+    tok64 = exact_model(tok)
+    ref = reference_codes(tok64, exact_latents(tok64, x))
+    got = {}
+    for route, least in (("faiss", 1), ("torch", 10**9)):
+        monkeypatch.setattr(assign_stage, "FLAT_INDEX_MIN_POINTS", least)
+        assert (assign_stage._code_tables(tok).first_index is not None) == (route == "faiss")
+        codes, unsure = fast_codes(tok, x, batch_size=256)
+        assert unsure.mean() < 0.2 and np.array_equal(codes[~unsure], ref[~unsure])
+        got[route] = assign_sids(tok, x, ids, AssignConfig())[0]
+    assert np.array_equal(got["faiss"], got["torch"])  # the same SIDs, whichever search found the codes
+
+
 def test_float32_decisions_are_flagged_when_the_gap_is_within_float32_error():
     # Two codes whose distances to a point differ by far less than float32 resolves: the fast
     # pass must flag the row, and the float64 reference picks the truly nearer code.

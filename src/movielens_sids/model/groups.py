@@ -69,35 +69,58 @@ def knn_graph(z: torch.Tensor, k: int, *, block: int = 4096) -> torch.Tensor:
 
 
 def _knn_symmetric(z: torch.Tensor, sq: torch.Tensor, k: int, block: int) -> torch.Tensor:
-    """``knn_graph`` in fp32, exactly, from half the products: the block of products of row blocks i and j
-    (i <= j) ranks block j's rows for block i's rows and, transposed, block i's rows for block j's. Each row
-    keeps its k nearest so far. z: (N, H); sq: (N,) squared norms -> (N, k) int64, nearest first."""
+    """``knn_graph`` in fp32, exactly (ties to the lower index), from half the products: the block of products
+    of row blocks i and j (i < j) offers block j's rows to block i's and, read by columns, block i's rows to
+    block j's. Each row keeps its k nearest so far, and a pair is looked at only when it beats the row's
+    k-th (after every block against itself, few do). z: (N, H); sq: (N,) squared norms -> (N, k) int64,
+    nearest first."""
     n = z.shape[0]
     best = torch.full((n, k), float("inf"), device=z.device)  # (N, k) distances less the row's own |z|^2
-    idx = torch.zeros(n, k, dtype=torch.int64, device=z.device)  # (N, k)
+    idx = torch.full((n, k), n, dtype=torch.int64, device=z.device)  # (N, k); n: none yet
     starts = list(range(0, n, block))
     b = min(block, n)
     prod, dist = torch.empty(b, b, device=z.device), torch.empty(b, b, device=z.device)  # reused: no page faults
-
-    def keep(rows: slice, d: torch.Tensor, first: int) -> None:  # merge the (b, c) distances to columns first..
-        top = d.topk(min(k, d.shape[1]), dim=1, largest=False)
-        vals, cols = torch.cat([best[rows], top.values], 1), torch.cat([idx[rows], top.indices + first], 1)
-        merged = vals.topk(k, dim=1, largest=False, sorted=True)
-        best[rows], idx[rows] = merged.values, cols.gather(1, merged.indices)
-
+    for i in starts:  # each block against itself first, so that every row has k neighbours to beat
+        r = slice(i, min(i + block, n))
+        g = torch.mm(z[r], z[r].T, out=prod[:r.stop - i, :r.stop - i])  # (B, B)
+        d = torch.add(sq[r][None, :], g, alpha=-2.0, out=dist[:r.stop - i, :r.stop - i]).fill_diagonal_(float("inf"))
+        if len(d) > 1:
+            kth = d.topk(min(k, len(d) - 1), dim=1, largest=False).values[:, -1:]  # (B, 1)
+            rows, cols = (d <= kth).nonzero(as_tuple=True)  # the k nearest and any tie of the k-th
+            _merge_neighbours(best, idx, rows + i, d[rows, cols], cols + i)
     for a, i in enumerate(starts):
         ri = slice(i, min(i + block, n))
-        for j in starts[a:]:
+        for j in starts[a + 1:]:
             rj = slice(j, min(j + block, n))
             bi, bj = ri.stop - i, rj.stop - j
             g = torch.mm(z[ri], z[rj].T, out=prod[:bi, :bj])  # (Bi, Bj) dot products
             d = torch.add(sq[rj][None, :], g, alpha=-2.0, out=dist[:bi, :bj])  # (Bi, Bj) |z_j|^2 - 2 z_i.z_j
-            if i == j:
-                d.fill_diagonal_(float("inf"))  # a row is not its own neighbour
-            keep(ri, d, j)
-            if i != j:  # the same products, for block j's rows
-                keep(rj, torch.add(sq[ri][None, :], g.T, alpha=-2.0, out=dist[:bj, :bi]), i)
+            rows, cols = (d <= best[ri, -1:]).nonzero(as_tuple=True)  # for block i's rows
+            _merge_neighbours(best, idx, rows + i, d[rows, cols], cols + j)
+            d = torch.add(sq[ri][:, None], g, alpha=-2.0, out=dist[:bi, :bj])  # (Bi, Bj) |z_i|^2 - 2 z_i.z_j
+            rows, cols = (d <= best[rj, -1][None, :]).nonzero(as_tuple=True)  # for block j's rows
+            _merge_neighbours(best, idx, cols + j, d[rows, cols], rows + i)
     return idx
+
+
+def _merge_neighbours(best: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor, vals: torch.Tensor,
+                      cols: torch.Tensor) -> None:
+    """Offer (C,) candidate neighbours ``cols`` at distances ``vals`` to ``rows``: each row of ``best`` / ``idx``
+    (N, k) keeps its k nearest, by distance, then index, nearest first (in place)."""
+    if len(rows) == 0:
+        return
+    k = best.shape[1]
+    u, inv = torch.unique(rows, return_inverse=True)  # (U,) the rows offered to, (C,)
+    group = torch.cat([torch.arange(len(u), device=rows.device).repeat_interleave(k), inv])  # (U k + C,)
+    v, c = torch.cat([best[u].reshape(-1), vals]), torch.cat([idx[u].reshape(-1), cols])
+    order = c.argsort(stable=True)  # sorted by row, then distance, then index: three stable sorts
+    order = order[v[order].argsort(stable=True)]
+    order = order[group[order].argsort(stable=True)]
+    g = group[order]
+    rank = torch.arange(len(g), device=g.device) - torch.searchsorted(g, g)  # place within the row
+    keep = rank < k
+    best[u[g[keep]], rank[keep]] = v[order[keep]]
+    idx[u[g[keep]], rank[keep]] = c[order[keep]]
 
 
 def neighbour_edges(nbrs: torch.Tensor, mutual_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

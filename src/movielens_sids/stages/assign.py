@@ -62,6 +62,8 @@ ALIGN = 64
 """Float64 encoder batches are zero-padded to a multiple of this many rows (row-invariant CPU kernels)."""
 MARGIN = 1e-4
 """A float32 decision closer than this (relative to ||r||^2 + max ||c||^2) is settled again in float64."""
+FLAT_INDEX_MIN_POINTS = 4096
+"""A level-1 table of at least this many points (without biases, on the CPU) is searched by FAISS's flat index."""
 # ----------------------------------------------------------------------------------------------
 # Pure functions (numpy / torch, no I/O)
 # ----------------------------------------------------------------------------------------------
@@ -152,6 +154,9 @@ class _CodeTables(NamedTuple):
     """Level 1's points, their ||p||^2 + bias, their scale, and the code each point stands for."""
     prefix: torch.Tensor | None
     """(K, K) level 2's biases per first code (``prefix_bias``), or None."""
+    first_index: Any = None
+    """FAISS's flat L2 index over level 1's points, for a large table without biases on the CPU (the
+    grouped level 1's prototypes): its search gives each row's two nearest, all the close-call test needs."""
 
 
 def _code_tables(tok) -> _CodeTables:
@@ -171,7 +176,13 @@ def _code_tables(tok) -> _CodeTables:
     if prefix is not None:
         prefix = prefix.detach().float()
         code_scale[1] += prefix.abs().max()  # part of level 2's scale, like its own biases
-    return _CodeTables(cb, bias, (cb * cb).sum(-1) + bias, code_scale, first, prefix)
+    index = None
+    if pts.device.type == "cpu" and len(pts) >= FLAT_INDEX_MIN_POINTS and not bool(pbias.any()):
+        import faiss
+
+        index = faiss.IndexFlatL2(pts.shape[1])
+        index.add(np.ascontiguousarray(pts.numpy()))
+    return _CodeTables(cb, bias, (cb * cb).sum(-1) + bias, code_scale, first, prefix, index)
 
 
 @contextlib.contextmanager
@@ -199,13 +210,17 @@ def _block_codes(r: torch.Tensor, t: _CodeTables, width: int, margin: float) -> 
     for level in range(levels if width <= 1 else 1):
         points, pconst, pscale, pcode = t.first if level == 0 else (t.cb[level], t.const[level],
                                                                     t.code_scale[level], None)
-        d = torch.addmm(pconst[None, :], r, points.T, alpha=-2.0)  # (b, K) or (b, P)
-        if level == 1 and t.prefix is not None:
-            d = d + t.prefix[codes[:, 0]]  # (b, K) each row's first code's level-2 biases
-        best, idx = d.min(dim=1)  # (b,)
+        if level == 0 and t.first_index is not None:  # (b, 2) |r - p|^2 as FAISS's fp32 computes them
+            d2, i2 = (torch.from_numpy(a) for a in t.first_index.search(np.ascontiguousarray(r.numpy()), 2))
+        else:
+            d = torch.addmm(pconst[None, :], r, points.T, alpha=-2.0)  # (b, K) or (b, P)
+            if level == 1 and t.prefix is not None:
+                d = d + t.prefix[codes[:, 0]]  # (b, K) each row's first code's level-2 biases
+            d2, i2 = d.topk(min(2, d.shape[1]), dim=1, largest=False)  # (b, 2) the nearest two
         tol = margin * ((r * r).sum(1) + pscale)  # (b,)
-        flag |= (d <= (best + tol)[:, None]).sum(1) > 1
-        idx = idx if pcode is None else pcode[idx]
+        if d2.shape[1] > 1:
+            flag |= d2[:, 1] <= d2[:, 0] + tol  # the runner-up within the margin
+        idx = i2[:, 0] if pcode is None else pcode[i2[:, 0]]
         codes[:, level] = idx
         r = r - t.cb[level][idx]
     if width > 1 and levels > 1:
