@@ -37,10 +37,11 @@ from .kmeans import BLOCK_ELEMENTS, balanced_kmeans, kmeans, native_bf16, neares
 def knn_graph(z: torch.Tensor, k: int, *, block: int = 4096) -> torch.Tensor:
     """Nearest neighbours by squared L2 distance (each row excluded from its own list).
 
-    Exact in fp32, ties to the lower index; on a CPU that multiplies bf16 natively, screened: one bf16 matrix product picks each row's
-    ``max(16, 2k)`` nearest by approximate distance, and those are ranked by fp32 distance. The screen is
-    not a proof (unlike ``nearest_code_screened``): a neighbour it misses would have to fall behind 2k others
-    on bf16 rounding alone, which happens only at near-ties (docs/benchmarks.md#training-the-ml-32m-tokenizer).
+    Exact in fp32, ties to the lower index; on a CPU that multiplies bf16 natively, screened: one bf16 matrix
+    product picks each row's ``max(16, 2k)`` nearest by approximate distance, and those are ranked by fp32
+    distance. The screen is not a proof (unlike ``nearest_code_screened``): a neighbour it misses would have
+    to fall behind 2k others on bf16 rounding alone, which happens only at near-ties
+    (docs/benchmarks.md#training-the-ml-32m-tokenizer).
 
     Args:
         z: (N, H) vectors, N > k.

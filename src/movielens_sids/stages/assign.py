@@ -26,7 +26,7 @@ Incremental (``--incremental``): movies already in ``sids.parquet`` keep their S
 SIDs that collide with none of them nor with any SID ever issued to a movie that has since
 disappeared (kept in the file's ``retired`` metadata; a movie that comes back gets its old SID).
 
-May import: artifacts, devices, sid, io, errors, settings; torch and model.rqvae on first use.
+May import: artifacts, devices, sid, io, errors, settings; torch, faiss and model.rqvae on first use.
 Never another stage.
 """
 
