@@ -83,12 +83,14 @@ def _knn_symmetric(z: torch.Tensor, sq: torch.Tensor, k: int, block: int) -> tor
     prod, dist = torch.empty(b, b, device=z.device), torch.empty(b, b, device=z.device)  # reused: no page faults
     for i in starts:  # each block against itself first, so that every row has k neighbours to beat
         r = slice(i, min(i + block, n))
-        g = torch.mm(z[r], z[r].T, out=prod[:r.stop - i, :r.stop - i])  # (B, B)
-        d = torch.add(sq[r][None, :], g, alpha=-2.0, out=dist[:r.stop - i, :r.stop - i]).fill_diagonal_(float("inf"))
-        if len(d) > 1:
-            kth = d.topk(min(k, len(d) - 1), dim=1, largest=False).values[:, -1:]  # (B, 1)
-            rows, cols = (d <= kth).nonzero(as_tuple=True)  # the k nearest and any tie of the k-th
-            _merge_neighbours(best, idx, rows + i, d[rows, cols], cols + i)
+        bi = r.stop - i
+        if bi < 2:  # a block of one row has no neighbour in it
+            continue
+        g = torch.mm(z[r], z[r].T, out=prod[:bi, :bi])  # (Bi, Bi)
+        d = torch.add(sq[r][None, :], g, alpha=-2.0, out=dist[:bi, :bi]).fill_diagonal_(float("inf"))
+        kth = d.topk(min(k, bi - 1), dim=1, largest=False).values[:, -1:]  # (Bi, 1)
+        rows, cols = (d <= kth).nonzero(as_tuple=True)  # the k nearest and any tie of the k-th
+        _merge_neighbours(best, idx, rows + i, d[rows, cols], cols + i)
     for a, i in enumerate(starts):
         ri = slice(i, min(i + block, n))
         for j in starts[a + 1:]:
