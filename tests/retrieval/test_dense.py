@@ -146,6 +146,35 @@ def test_the_mix_is_the_best_on_validation_among_those_that_reach_the_cold_floor
     assert best_mix(c, target, is_cold, options[:1], logit, cold_floor=0.5)[0] == Mix(0.0)  # none reaches it
 
 
+def test_the_mix_choice_counts_the_hits_of_the_ranking_the_events_get_ties_included():
+    rng = np.random.default_rng(0)
+    e, n_cand, n_items = 300, 24, 60
+    items = np.stack([rng.permutation(n_items)[:n_cand] for _ in range(e)])  # distinct per row
+    items[rng.random((e, n_cand)) < 0.1] = -1  # dead beams
+    rounded = lambda: np.round(rng.normal(size=(e, n_cand)), 1)  # noqa: E731  coarse values: many exact ties
+    gen, dense, content = rounded(), rounded(), rounded()
+    gen[rng.random((e, n_cand)) < 0.05] = -np.inf
+    c = Candidates(items=items, gen=np.where(items >= 0, gen, -np.inf), dense=dense, content=content)
+    is_cold = rng.random(n_items) < 0.3
+    target = np.where(rng.random(e) < 0.8, items[np.arange(e), rng.integers(0, n_cand, e)], rng.integers(0, n_items, e))
+    target = np.where(target >= 0, target, 0)
+    logit = rng.normal(size=e)
+    options = [Mix(0.0), Mix(1.0), Mix(0.0, 10.0, 0.0), Mix(4.0, 5.0, -1.0, 0.5), Mix(1.0, 0.0, 2.0, 0.25)]
+    _, curve = best_mix(c, target, is_cold, options, logit)
+    cold = is_cold[target]
+    for m in options:
+        hit = (fused_ranking(c, is_cold, m, 10, logit) == target[:, None]).any(1)
+        assert curve[m] == (hit.mean(), hit[cold].mean())
+    flat = c._replace(gen=np.where(items >= 0, 0.0, -np.inf), dense=np.zeros((e, n_cand)),
+                      content=np.zeros((e, n_cand)))
+    ranked = fused_ranking(flat, is_cold, Mix(0.0, 1.0, 0.0), 10, logit)  # every score tied within its kind
+    for row, got in zip(items, ranked):
+        column = {int(m): j for j, m in enumerate(row) if m >= 0}
+        for kind in (True, False):  # ties go to the earlier candidate
+            order = [column[int(m)] for m in got if m >= 0 and is_cold[m] == kind]
+            assert order == sorted(order)
+
+
 def test_the_gate_reads_the_cold_movies_of_the_history_and_learns_from_validation():
     is_cold = np.zeros(10, dtype=bool)
     is_cold[[2, 7]] = True

@@ -152,12 +152,6 @@ def _log_softmax_where(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return np.where(keep & some, log_softmax(np.where(some, z, 0.0), axis=1), -np.inf)
 
 
-def _best_k(score: np.ndarray, k: int) -> np.ndarray:
-    """(E, k) column indices of each row's ``k`` highest scores, best first (k < C)."""
-    part = np.argpartition(-score, k - 1, axis=1)[:, :k]
-    return np.take_along_axis(part, np.argsort(-np.take_along_axis(score, part, 1), axis=1, kind="stable"), 1)
-
-
 class _Scorer:
     """The candidates' log-probabilities under each mix, each part computed once (a choice tries hundreds)."""
 
@@ -185,12 +179,21 @@ class _Scorer:
         return np.where(np.isnan(score), -np.inf, score)
 
     def ranking(self, mix: Mix, k: int) -> np.ndarray:
-        """(E, k) items ranked by ``score``, -1 where fewer than ``k`` can be ranked."""
+        """(E, k) items ranked by ``score`` (ties: the earlier candidate first), -1 where fewer than ``k`` can be
+        ranked."""
         score = self.score(mix)
-        order = np.argsort(-score, axis=1, kind="stable")[:, :k] if k >= score.shape[1] else _best_k(score, k)
+        order = np.argsort(-score, axis=1, kind="stable")[:, :k]  # (E, min(k, C))
         top = np.where(np.isfinite(np.take_along_axis(score, order, 1)), np.take_along_axis(self.c.items, order, 1),
                        -1)
         return np.pad(top, ((0, 0), (0, max(0, k - top.shape[1]))), constant_values=-1)
+
+    def hits(self, mix: Mix, column: np.ndarray, k: int) -> np.ndarray:
+        """(E,) bool: whether each event's target, at (E,) ``column`` of the candidates (-1: not among them), is in
+        ``ranking(mix, k)``; counted, not ranked: fewer than ``k`` candidates come before it."""
+        score = self.score(mix)
+        mine = np.take_along_axis(score, np.maximum(column, 0)[:, None], 1)  # (E, 1)
+        before = (score > mine) | ((score == mine) & (np.arange(score.shape[1]) < column[:, None]))  # (E, C)
+        return (column >= 0) & np.isfinite(mine[:, 0]) & (before.sum(1) < k)
 
 
 def fused_ranking(c: Candidates, is_cold: np.ndarray, mix: Mix, k: int, logit: np.ndarray | None = None
@@ -220,8 +223,10 @@ def best_mix(c: Candidates, target: np.ndarray, is_cold: np.ndarray, options: li
     (Recall@10, cold Recall@10)."""
     cold = np.asarray(is_cold, dtype=bool)[target]  # (E,)
     curve, scorer = {}, _Scorer(c, is_cold, logit)
+    found = c.items == np.asarray(target)[:, None]  # (E, C): at most one per row (a row's items are distinct)
+    column = np.where(found.any(1), found.argmax(1), -1)  # (E,)
     for m in options:
-        hit = (scorer.ranking(m, 10) == target[:, None]).any(1)  # (E,)
+        hit = scorer.hits(m, column, 10)  # (E,)
         curve[m] = (float(hit.mean()), float(hit[cold].mean()) if cold.any() else 0.0)
     allowed = [m for m in options if curve[m][1] >= cold_floor] or options
     best = max(curve[m][0] for m in allowed)
