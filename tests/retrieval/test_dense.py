@@ -151,8 +151,7 @@ def test_the_mix_choice_counts_the_hits_of_the_ranking_the_events_get_ties_inclu
     e, n_cand, n_items = 300, 24, 60
     items = np.stack([rng.permutation(n_items)[:n_cand] for _ in range(e)])  # distinct per row
     items[rng.random((e, n_cand)) < 0.1] = -1  # dead beams
-    rounded = lambda: np.round(rng.normal(size=(e, n_cand)), 1)  # noqa: E731  coarse values: many exact ties
-    gen, dense, content = rounded(), rounded(), rounded()
+    gen, dense, content = np.round(rng.normal(size=(3, e, n_cand)), 1)  # coarse values: many exact ties
     gen[rng.random((e, n_cand)) < 0.05] = -np.inf
     c = Candidates(items=items, gen=np.where(items >= 0, gen, -np.inf), dense=dense, content=content)
     is_cold = rng.random(n_items) < 0.3
