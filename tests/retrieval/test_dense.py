@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from movielens_sids.retrieval.bench import run_benchmark
+from movielens_sids.retrieval.bench import _cost_rank, run_benchmark
 from movielens_sids.retrieval.config import RetrievalConfig
 from movielens_sids.retrieval.content import Excluded
 from movielens_sids.retrieval.fusion import (
@@ -22,7 +22,7 @@ from movielens_sids.retrieval.fusion import (
     gate_features,
     mixes,
 )
-from movielens_sids.retrieval.generative import GenerativeRetriever, age_bucket
+from movielens_sids.retrieval.generative import GenerativeRetriever, age_bucket, matches
 from movielens_sids.retrieval.sequences import build_split
 
 
@@ -70,6 +70,36 @@ def test_the_dense_loss_samples_negatives_in_training_and_is_the_full_softmax_ot
     assert torch.isfinite(sampled) and not torch.allclose(sampled, full)  # 1 target + 5 negatives, not 30
     with pytest.raises(ValueError, match="dense_weight"):
         GenerativeRetriever(codes_of(30), dense_weight=1.0)  # a dense head needs vectors
+
+
+def test_the_sampled_dense_loss_is_the_cross_entropy_of_the_target_against_the_draws_that_are_not_it():
+    years = np.linspace(1960.0, 2015.0, 30)
+    model = small(codes_of(30), clustered_vectors(30, np.arange(30) % 4), dense_negatives=25, item_years=years)
+    torch.nn.init.normal_(model.age_bias.weight)  # a bias per age range, so that it weighs in
+    history = torch.tensor([[-1, 3, 5, 7, 2, 9]] * 6)
+    times = torch.tensor([1.0e9, 1.1e9, 1.2e9, 1.3e9, 1.4e9, 1.5e9])
+    state, context, target = torch.randn(6, 16), model.last_context(history, times), torch.tensor([0, 1, 1, 4, 9, 29])
+    model.train()
+    torch.manual_seed(3)
+    got = model.dense_loss(state, context, target)
+    torch.manual_seed(3)
+    neg = model.dense_pool[torch.randint(30, (25,))]  # the same draws: 25 of the 30 movies, with repeats
+    logits = model.dense_scores(state, context)  # (6, 30) every movie's logit, the age bias included
+    drawn = logits[:, neg].masked_fill(neg[None, :] == target[:, None], -torch.inf)  # (6, 25)
+    expected = torch.nn.functional.cross_entropy(torch.cat([logits.gather(1, target[:, None]), drawn], 1),
+                                                 torch.zeros(6, dtype=torch.long))
+    assert (neg[None, :] == target[:, None]).sum(1).max() >= 2  # a target drawn twice: both cells masked
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_matches_finds_every_cell_where_an_item_is_the_row_target():
+    rng = np.random.default_rng(0)
+    target, items = torch.from_numpy(rng.integers(0, 12, 50)), torch.from_numpy(rng.integers(0, 12, 80))
+    mask = torch.zeros(50, 80, dtype=torch.bool)
+    mask[matches(target, items)] = True
+    assert torch.equal(mask, target[:, None] == items[None, :])
+    rows, cols = matches(torch.tensor([5]), torch.tensor([1, 2]))  # no match
+    assert len(rows) == len(cols) == 0
 
 
 def test_the_dense_head_starts_as_the_content_profile_of_the_latest_movies():
@@ -267,3 +297,12 @@ def test_the_age_bias_looked_up_per_year_is_the_bias_of_each_event():
     assert torch.equal(got, expected)
     per_row = torch.tensor([[0], [1], [2], [3]])  # (n, 1): one movie per event
     assert torch.equal(model._age_logits(context, per_row), expected.gather(1, per_row))
+
+
+def test_the_models_that_read_movie_vectors_are_queued_first_and_token_only_ones_last():
+    cfg = RetrievalConfig()
+    queue = sorted(["semantic_id_tokens", "sasrec_ce", "joint", "semantic_id", "random_id", "semantic_id@other"],
+                   key=lambda m: _cost_rank(m, cfg))
+    assert queue == ["semantic_id", "random_id", "semantic_id@other", "sasrec_ce", "semantic_id_tokens", "joint"]
+    no_vectors = RetrievalConfig(content_input=False, dense_weight=0.0)
+    assert _cost_rank("semantic_id", no_vectors) == _cost_rank("semantic_id_tokens", no_vectors) == 2

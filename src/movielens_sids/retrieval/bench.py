@@ -336,7 +336,7 @@ def _generative(method: str, seed: int, sh: _Shared, shape: dict) -> GenerativeR
         return model
     ids = (random_codes(sh.codes["semantic_id"], seed) if method == "random_id"
            else sh.codes["semantic_id" if method == "semantic_id_tokens" else method])
-    reads = method != "semantic_id_tokens" and (cfg.content_input or cfg.dense_weight > 0)
+    reads = _reads_vectors(method, cfg)
     if reads and sh.item_vectors is None:
         raise ValueError(f"{method} reads item vectors (retrieval.content_input, dense_weight): none were given")
     dense = dict(item_vectors=sh.item_vectors, dense_weight=cfg.dense_weight, dense_negatives=cfg.dense_negatives,
@@ -391,6 +391,20 @@ def _pool_size(cfg: RetrievalConfig, n_jobs: int) -> int:
                       n_jobs))
 
 
+def _cost_rank(method: str, cfg: RetrievalConfig) -> int:
+    """Where a learned method's jobs go in the queue, the costliest first: a model that reads movie vectors (a
+    softmax over them every step, when it has the dense head) before SASRec (a softmax over the movies) before a
+    token-only model (a softmax over each level's codes)."""
+    if method == "sasrec_ce":
+        return 1
+    return 0 if _reads_vectors(method, cfg) else 2
+
+
+def _reads_vectors(method: str, cfg: RetrievalConfig) -> bool:
+    """Whether a generative method's model reads movie vectors (the content input, the dense head)."""
+    return method not in ("semantic_id_tokens", "joint") and (cfg.content_input or cfg.dense_weight > 0)
+
+
 def _run_learned(jobs: list[Job], shared: list[_Shared]) -> dict[Job, tuple[np.ndarray, dict]]:
     """Every (fold, seed, method) job, in worker processes when there are several, in this one otherwise."""
     cfg = shared[0].cfg
@@ -402,9 +416,8 @@ def _run_learned(jobs: list[Job], shared: list[_Shared]) -> dict[Job, tuple[np.n
 
     threads = max(1, (cfg.threads or torch.get_num_threads()) // workers)
     log.info("%d jobs on %d worker processes of %d thread(s)", len(jobs), workers, threads)
-    # Longest first (SASRec's full softmax, then the SID models; random IDs stop soonest), so that the
-    # workers finish together instead of one running the last long job alone.
-    longest_first = sorted(jobs, key=lambda job: {"sasrec_ce": 0, "random_id": 2}.get(job[2], 1))
+    # Longest first, so that the workers finish together instead of one running the last long job alone.
+    longest_first = sorted(jobs, key=lambda job: _cost_rank(job[2], cfg))
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                              initargs=(shared, threads, logs.current_level())) as pool:
         futures = {job: pool.submit(_learned_job, *job) for job in longest_first}

@@ -66,6 +66,16 @@ def next_item_pairs(items: torch.Tensor, max_history: int, *, last_only: bool = 
     return inp, tgt, keep
 
 
+def matches(target: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n,) and (S,) item indices -> (rows, cols): every (i, j) with ``items[j] == target[i]`` (the true cells of
+    ``target[:, None] == items[None, :]``), found by sorting ``items`` instead of comparing every pair."""
+    srt, where = items.sort()
+    lo, hi = torch.searchsorted(srt, target), torch.searchsorted(srt, target, right=True)  # (n,) each row's run
+    rows = torch.repeat_interleave(torch.arange(len(target), device=target.device), hi - lo)  # (T,)
+    step = torch.arange(len(rows), device=target.device) - (torch.cumsum(hi - lo, 0) - (hi - lo))[rows]  # (T,)
+    return rows, where[lo[rows] + step]
+
+
 AGE_EDGES = (0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0)
 """Ranges of a movie's age at an event (years): below 0 (not released yet), [0, 1), [1, 2), ..., 20 and more;
 one more range for a movie without a year."""
@@ -341,12 +351,12 @@ class GenerativeRetriever(nn.Module):
             return 0.0
         year = self.item_year if items is None else self.item_year[items]  # (S,) or (n, 1)
         time = context[:, -1]  # (n,)
+        bias = self.age_bias.weight[:, 0]  # (ranges,): indexed, not looked up: its gradient is a plain scatter
         if year.dim() == 2:
-            return self.age_bias(age_bucket(time[:, None], year)).squeeze(-1)  # (n, 1)
+            return bias[age_bucket(time[:, None], year)]  # (n, 1)
         event_year = torch.floor(time.double() / SECONDS_PER_YEAR)
         distinct, row = torch.unique(event_year, return_inverse=True)  # (Y,), (n,)
-        table = self.age_bias(age_bucket(distinct[:, None] * SECONDS_PER_YEAR + 1.0, year[None, :])).squeeze(-1)
-        return table[row]  # (n, S)
+        return bias[age_bucket(distinct[:, None] * SECONDS_PER_YEAR + 1.0, year[None, :])][row]  # (n, S)
 
     def dense_loss(self, state: torch.Tensor, context: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the (n,) ``target`` movies under the dense head's softmax over the target and the pool
@@ -359,10 +369,10 @@ class GenerativeRetriever(nn.Module):
         if self.training and s is not None and s < len(neg):
             neg = neg[torch.randint(len(neg), (s,), device=state.device)]  # (S,)
         q = self.dense_query(state, context)  # (n, D)
-        pos = (q * self.item_keys[target]).sum(-1, keepdim=True) + self._age_logits(context, target[:, None])
+        pos = ((q * self.item_keys[target]).sum(-1, keepdim=True) + self._age_logits(context, target[:, None]))[:, 0]
         negs = q @ self.item_keys[neg].T + self._age_logits(context, neg)  # (n, S)
-        negs = negs.masked_fill(neg[None, :] == target[:, None], -torch.inf)
-        return F.cross_entropy(torch.cat([pos, negs], 1), torch.zeros_like(target))
+        negs[matches(target, neg)] = -torch.inf  # a row's own target is no negative (a few cells: no (n, S) mask)
+        return (torch.logaddexp(pos, torch.logsumexp(negs, 1)) - pos).mean()  # the cross-entropy of [pos, negs]
 
     @torch.no_grad()
     def dense_scores(self, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
