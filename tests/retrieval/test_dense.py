@@ -23,6 +23,7 @@ from movielens_sids.retrieval.fusion import (
     mixes,
 )
 from movielens_sids.retrieval.generative import GenerativeRetriever, age_bucket, matches
+from movielens_sids.retrieval.sasrec import SASRec
 from movielens_sids.retrieval.sequences import build_split
 
 
@@ -54,6 +55,23 @@ def test_sid_logprob_is_the_score_the_beam_search_ranks_by():
     every = torch.arange(24).expand(2, -1)
     assert torch.allclose(model.sid_logprob(hidden, every).exp().sum(1), torch.ones(2), atol=1e-4)  # a distribution
     assert torch.isinf(model.sid_logprob(hidden, torch.tensor([[-1, 0], [2, -1]]))).sum() == 2
+
+
+def test_the_state_and_context_after_the_latest_movie_are_those_of_the_full_pass_at_its_position():
+    years = np.where(np.arange(24) % 5 == 0, np.nan, 1990.0 + np.arange(24))
+    torch.manual_seed(0)
+    model = GenerativeRetriever(codes_of(24), item_vectors=clustered_vectors(24, np.arange(24) % 3), dense_weight=1.0,
+                                item_years=years, dense_window=3, max_history=6, d_model=16, n_layers=2).eval()
+    sasrec = SASRec(24, max_history=6, d_model=16, n_layers=2, n_heads=2).eval()
+    history = torch.tensor([[-1, -1, 3, 5, 7, 2], [0, 1, 2, 3, 4, 5], [-1, -1, -1, -1, -1, 9],
+                            [-1, -1, -1, -1, -1, -1]])  # short, full, one movie, none
+    times = torch.full((4,), 1.2e9)
+    with torch.no_grad():
+        for m in (model, sasrec):
+            assert torch.allclose(m.last_hidden(history), m._hidden(history)[:, -1], atol=1e-5)
+        full = model._context(model._profile(history)[:, -1], times)
+        assert torch.allclose(model.last_context(history, times), full, atol=1e-6)
+    assert torch.allclose(full[2, :8], model.item_keys[9]) and bool((full[3, :8] == 0).all())
 
 
 def test_the_dense_loss_samples_negatives_in_training_and_is_the_full_softmax_otherwise():

@@ -106,12 +106,17 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (B, M, d), mask (B, 1, M, M) bool (True: may attend) -> (B, M, d)."""
-        b, t, d = x.shape
+        """x (B, M, d), mask (B, 1, T, M) bool (True: may attend) -> (B, T, d): the outputs of the last T <= M
+        positions (T = M in training; 1 where only the last state is read: the keys and values of every
+        position, the rest of the block for the last only)."""
+        b, m, d = x.shape
+        t = mask.shape[2]
         q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
-        q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))  # (B, nh, M, hs)
+        q = q[:, m - t:]
+        hs = d // self.n_heads
+        q, k, v = (z.reshape(b, -1, self.n_heads, hs).transpose(1, 2) for z in (q, k, v))  # (B, nh, T or M, hs)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, t, d)))
+        x = x[:, m - t:] + self.drop(self.proj(y.transpose(1, 2).reshape(b, t, d)))
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
@@ -124,15 +129,17 @@ class CausalTransformer(nn.Module):
         self.ln_f = nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """(B, M, d) inputs and (B, M) bool (False at padding) -> (B, M, d) hidden states."""
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
+        """(B, M, d) inputs and (B, M) bool (False at padding) -> (B, M, d) hidden states (``last_only``: (B, 1, d),
+        the last position's, for what only the state after the latest movie serves: the last block runs its
+        queries, projection and MLP for that position alone)."""
         t = x.shape[1]
         causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()  # (M, M)
         eye = torch.eye(t, dtype=torch.bool, device=x.device)  # a padded query attends to itself: no NaN rows
         mask = ((causal & valid[:, None, :]) | eye)[:, None]  # (B, 1, M, M)
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, mask)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask[:, :, -1:] if last_only and i == len(self.blocks) - 1 else mask)
         return self.ln_f(x)
 
 
@@ -262,15 +269,15 @@ class GenerativeRetriever(nn.Module):
         """Whether the model has a dense head (``dense_scores``)."""
         return self.query is not None
 
-    def _hidden(self, items: torch.Tensor) -> torch.Tensor:
+    def _hidden(self, items: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
         """(B, M) item indices, -1 padding -> (B, M, d): a movie's input is the sum of its L token embeddings
-        (and the projection of its vector)."""
+        (and the projection of its vector); ``last_only``: (B, 1, d), the last position's state."""
         idx = items.clamp(min=0)
         x = self.tok(self.item_tokens[idx]).sum(2)  # (B, M, d)
         if self.vec_in is not None:
             x = x + self.vec_in(self.item_keys[idx])
         x = x.masked_fill((items < 0)[..., None], 0.0) + self.pos.weight[: items.shape[1]]
-        return self.backbone(x, items >= 0)
+        return self.backbone(x, items >= 0, last_only=last_only)
 
     def _level_logits(self, state: torch.Tensor, level: int) -> torch.Tensor:
         """(..., d) decoder state -> (..., K_level) logits over level ``level``'s codes."""
@@ -305,7 +312,10 @@ class GenerativeRetriever(nn.Module):
         model without a dense head."""
         if not self.dense:
             return None
-        return self._context(self._profile(history[:, -self.max_history:])[:, -1], time)
+        latest = history[:, -min(self.dense_window, self.max_history):]  # (B, j): ``_profile``'s last position
+        real = (latest >= 0).float()  # (B, j)
+        profile = (self.item_keys[latest.clamp(min=0)] * real[..., None]).sum(1) / real.sum(1).clamp(min=1.0)[:, None]
+        return self._context(profile, time)
 
     def loss(self, items: torch.Tensor, times: torch.Tensor | None = None, *, last_only: bool = False) -> torch.Tensor:
         """Mean cross-entropy of every SID token of every next movie in right-aligned windows.
@@ -394,7 +404,7 @@ class GenerativeRetriever(nn.Module):
 
     def last_hidden(self, history: torch.Tensor) -> torch.Tensor:
         """(B, M) right-aligned histories (-1 pads on the left) -> (B, d) the state after each one's last movie."""
-        return self._hidden(history[:, -self.max_history:])[:, -1]
+        return self._hidden(history[:, -self.max_history:], last_only=True)[:, -1]
 
     @torch.no_grad()
     def recommend(self, history: torch.Tensor, k: int, *, beam_size: int | None = None,

@@ -62,11 +62,11 @@ class SASRec(nn.Module):
         with torch.no_grad():
             self.item.weight[n_items].zero_()
 
-    def _hidden(self, items: torch.Tensor) -> torch.Tensor:
-        """(B, M) items (-1: padding) -> (B, M, d)."""
+    def _hidden(self, items: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
+        """(B, M) items (-1: padding) -> (B, M, d) (``last_only``: (B, 1, d), the last position's state)."""
         ids = items.masked_fill(items < 0, self.n_items)
         x = self.item(ids) + self.pos.weight[: items.shape[1]]
-        return self.backbone(x, items >= 0)
+        return self.backbone(x, items >= 0, last_only=last_only)
 
     def loss(self, items: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
         """Mean cross-entropy of every next movie in right-aligned windows (B, M+1), -1 pads on the left
@@ -89,7 +89,7 @@ class SASRec(nn.Module):
 
     def last_hidden(self, history: torch.Tensor) -> torch.Tensor:
         """(B, M) right-aligned histories (-1 pads on the left) -> (B, d) the state after each one's last movie."""
-        return self._hidden(history[:, -self.max_history:])[:, -1]
+        return self._hidden(history[:, -self.max_history:], last_only=True)[:, -1]
 
     @torch.no_grad()
     def recommend(self, history: torch.Tensor, k: int, *, beam_size: int | None = None,
