@@ -16,20 +16,27 @@ from pathlib import Path
 
 
 def machine() -> str:
-    """The CPU model and its core count (and the GPU, when torch sees one), in one line."""
-    model, flags = platform.processor() or platform.machine(), None
+    """The CPU model (with its family and model numbers: a virtual machine's model name may hide the generation)
+    and its core count (and the GPU, when torch sees one), in one line."""
+    model, flags, info = platform.processor() or platform.machine(), None, {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == (platform.processor() or platform.machine()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and flags is None:
-                flags = set(line.split(":", 1)[1].split())
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name" and model == (platform.processor() or platform.machine()):
+                model = value
+            elif key in ("cpu family", "model") and key not in info:
+                info[key] = value
+            elif key == "flags" and flags is None:
+                flags = set(value.split())
     except OSError:
         pass
     text = f"{os.cpu_count()}-core {model}"
-    if flags is not None:  # what decides the speed of bf16 and int8 products
+    if len(info) == 2:
+        text += f", family {info['cpu family']} model {info['model']}"
+    if flags is not None:  # what decides the speed of float32, bf16 and int8 products
         text += " (" + ", ".join(f"{name} {'yes' if flag in flags else 'no'}" for name, flag in
-                                 (("AMX", "amx_bf16"), ("AVX512-BF16", "avx512_bf16"), ("VNNI", "avx512_vnni"))) + ")"
+                                 (("AVX-512", "avx512f"), ("AMX", "amx_bf16"), ("AVX512-BF16", "avx512_bf16"),
+                                  ("VNNI", "avx512_vnni"))) + ")"
     if "torch" in sys.modules:  # only when the benchmark loaded it: importing torch here costs seconds
         import torch
 
