@@ -14,7 +14,6 @@ from movielens_sids.retrieval.content import Excluded
 from movielens_sids.retrieval.fusion import (
     Candidates,
     Mix,
-    Reserved,
     best_mix,
     cold_window,
     fit_gate,
@@ -223,44 +222,6 @@ def test_the_mix_choice_counts_the_hits_of_the_ranking_the_events_get_ties_inclu
             assert order == sorted(order)
 
 
-def test_the_cold_movies_of_content_similaritys_list_keep_their_places_and_the_rest_follows_the_mixture():
-    is_cold = np.isin(np.arange(12), [7, 8, 9, 10])
-    reserved = Reserved.of(np.array([[7, 1, 8, -1], [2, 3, 4, 5]]), is_cold)  # content similarity's top 4
-    assert reserved.items.tolist() == [[7, -1, 8, -1], [-1, -1, -1, -1]]
-    ranked = np.array([[8, 0, 1, 9, 2, 3], [0, 7, 1, -1, -1, -1]])  # the mixture's lists
-    assert reserved.apply(ranked).tolist() == [[7, 0, 8, 1, 9, 2], [0, 7, 1, -1, -1, -1]]
-    assert Reserved.of(np.array([[9, 7, 8]]), is_cold).apply(np.array([[0, 1]])).tolist() == [[9, 7]]  # cut at K
-    rng = np.random.default_rng(1)  # at every cut-off up to R, every kept cold movie is in the list
-    content = np.stack([rng.permutation(12)[:5] for _ in range(50)])
-    mixed = Reserved.of(content, is_cold).apply(np.stack([rng.permutation(12)[:8] for _ in range(50)]))
-    for k in range(1, 6):
-        for row, got in zip(content[:, :k], mixed[:, :k]):
-            assert set(row[is_cold[row]]) <= set(got) and len(set(got[got >= 0])) == (got >= 0).sum()
-
-
-def test_the_mix_choice_counts_the_hits_of_the_list_with_its_kept_places():
-    rng = np.random.default_rng(2)
-    e, n_cand, n_items = 300, 24, 60
-    items = np.stack([rng.permutation(n_items)[:n_cand] for _ in range(e)])
-    items[rng.random((e, n_cand)) < 0.1] = -1
-    gen, dense, content = np.round(rng.normal(size=(3, e, n_cand)), 1)
-    c = Candidates(items=items, gen=np.where(items >= 0, gen, -np.inf), dense=dense, content=content)
-    is_cold = rng.random(n_items) < 0.3
-    target = rng.integers(0, n_items, e)
-    logit = rng.normal(size=e)
-    top = np.stack([rng.permutation(n_items)[:12] for _ in range(e)])  # content similarity's lists
-    top[:, 9:][rng.random((e, 3)) < 0.3] = -1  # some shorter than 12
-    reserved = Reserved.of(np.sort(top, 1)[:, ::-1], is_cold)  # -1s last
-    options = [Mix(0.0), Mix(1.0), Mix(0.0, 10.0, 0.0), Mix(4.0, 5.0, -1.0, 0.5)]
-    _, curve = best_mix(c, target, is_cold, options, logit, reserved=reserved)
-    cold = is_cold[target]
-    for m in options:
-        hit = (fused_ranking(c, is_cold, m, 10, logit, reserved) == target[:, None]).any(1)
-        assert curve[m] == (hit.mean(), hit[cold].mean())
-        kept = (reserved.items[:, :10] == target[:, None]).any(1)
-        assert hit[kept].all() and kept.any()  # content similarity's cold hits are the list's too
-
-
 def test_the_gate_reads_the_cold_movies_of_the_history_and_learns_from_validation():
     is_cold = np.zeros(10, dtype=bool)
     is_cold[[2, 7]] = True
@@ -318,26 +279,6 @@ def test_with_only_content_embeddings_the_model_trains_and_ranks():
     assert set(run["valid_recall@10_by_gate_shift"]) <= {"off", "0", "2"}
     with pytest.raises(ValueError, match="item vectors"):
         run_benchmark(split, codes_of(len(movies)), cfg)  # nothing to read
-
-
-def test_every_cold_movie_content_knn_ranks_within_the_reserve_is_ranked_at_its_place_by_the_model():
-    early = walking_ratings(30, 24)
-    late = walking_ratings(12, 8, seed=1)  # later users who rate 8 new movies: 25..32, cold in training
-    late = late.assign(user_id=late.user_id + 100, movie_id=late.movie_id + 24, timestamp=late.timestamp + 10_000)
-    ratings = pd.concat([early, late], ignore_index=True)
-    movies = np.arange(1, 33)
-    split = build_split(ratings, movies, protocol="temporal", test_fraction=0.25, valid_fraction=0.15)
-    content = clustered_vectors(len(movies), np.arange(len(movies)) % 2)  # a walk by 2 keeps to its cluster
-    cfg = RetrievalConfig(protocol="temporal", seeds=[0], methods=["semantic_id", "content_knn"], max_history=6,
-                          d_model=16, n_layers=1, n_heads=2, max_epochs=2, patience=1, batch_size=16, workers=1,
-                          threads=1, valid_beam_size=10, mix_weights=[0.0, 64.0], gate_shifts=[], cold_reserve=5,
-                          content_windows=[1])  # the gate off: the mixture alone ranks no cold movie
-    res = run_benchmark(split, codes_of(len(movies)), cfg, vectors=content)
-    mine, knn = res["semantic_id"]["ranks"][0], res["content_knn"]["ranks"][0]
-    cold = (split.train_counts() == 0)[split.test.target]
-    kept = cold & (knn >= 0) & (knn < 5)  # content k-NN's cold hits at 5
-    assert kept.sum() >= 3 and (mine[kept] == knn[kept]).all()  # are the model's, at the same places
-    assert ((mine[cold] >= 0) & (mine[cold] < 5)).sum() == kept.sum()  # and its only ones, the gate off
 
 
 def test_age_ranges_of_a_movie_at_an_event():

@@ -165,10 +165,8 @@ def choose_mix(model: GenerativeRetriever, sh: _Shared, device: torch.device) ->
                                                                                 sh.is_cold[sh.tune_target])
     options = fusion.mixes(cfg.mix_weights, cfg.cold_scales, cfg.gate_shifts, cfg.warm_scales, gate is not None)
     floor = cfg.cold_floor * plain.get(window, 0.0)  # content similarity alone, on the same profile
-    logit = None if gate is None else fusion.gate_logit(features, gate)
-    mix, curve = fusion.best_mix(c, sh.tune_target, sh.is_cold, options, logit, floor,
-                                 None if sh.reserved is None else sh.reserved[0])
-    alone = fusion.best_mix(c, sh.tune_target, sh.is_cold, [mix], logit)[1][mix]  # without the kept places
+    mix, curve = fusion.best_mix(c, sh.tune_target, sh.is_cold, options,
+                                 None if gate is None else fusion.gate_logit(features, gate), floor)
 
     def best(keep) -> float:
         return round(max(v[0] for m, v in curve.items() if keep(m)), 4)
@@ -178,8 +176,6 @@ def choose_mix(model: GenerativeRetriever, sh: _Shared, device: torch.device) ->
              "cold_window": window, "gate": None if gate is None else [round(float(g), 4) for g in gate],
              "valid_cold_floor": round(floor, 4), "valid_recall@10": round(curve[mix][0], 4),
              "valid_cold_recall@10": round(curve[mix][1], 4),
-             "valid_recall@10_mixture_alone": round(alone[0], 4),
-             "valid_cold_recall@10_mixture_alone": round(alone[1], 4),
              "valid_recall@10_by_mix": {f"{w:g}": best(lambda m, w=w: m.weight == w)
                                         for w in sorted(cfg.mix_weights)},
              "valid_recall@10_by_gate_shift": {"off" if s is None else f"{s:g}": best(lambda m, s=s: m.shift == s)
@@ -188,36 +184,15 @@ def choose_mix(model: GenerativeRetriever, sh: _Shared, device: torch.device) ->
     return {"mix": mix, "gate": gate, "window": window}, facts
 
 
-def content_window(vectors: np.ndarray, sh: _Shared) -> tuple[int, dict[int, float]]:
-    """content_knn's profile window, the best of ``content_windows`` on validation Recall@10 (ties: the smaller),
-    and each window's Recall@10 (seen movies always left out)."""
+def _content(vectors: np.ndarray, sh: _Shared, valid_targets: np.ndarray) -> tuple[np.ndarray, dict]:
+    """content_knn's test lists, its profile window chosen on validation Recall@10 (seen movies always left out)."""
     cfg, curve = sh.cfg, {}
     for w in cfg.content_windows:
         top = content_topk(vectors, sh.valid_windows[:, :-1], sh.content_valid_excluded, window=min(w, cfg.max_history),
                            k=10)
-        curve[w] = ranking_metrics(top, sh.valid_windows[:, -1], ks=(10,))["recall@10"]
-    return max(curve, key=lambda w: (curve[w], -w)), curve
-
-
-def reserve_cold(sh: _Shared) -> None:
-    """Set ``sh.reserved``: for the tuning and the test events, the places that the cold movies of content_knn's
-    own top ``cold_reserve`` keep in a dense model's list (nothing to do without content vectors)."""
-    cfg = sh.cfg
-    if not cfg.cold_reserve or sh.content is None:
-        return
-    window = min(content_window(sh.content, sh)[0], cfg.max_history)
-    sh.reserved = tuple(fusion.Reserved.of(content_topk(sh.content, hist, excluded, window=window,
-                                                        k=max(MAX_K, cfg.cold_reserve))[:, :cfg.cold_reserve],
-                                           sh.is_cold)  # content_knn's lists, cut
-                        for hist, excluded in ((sh.tune_hist, sh.content_tune_excluded),
-                                               (sh.test_hist, sh.content_test_excluded)))
-
-
-def _content(vectors: np.ndarray, sh: _Shared) -> tuple[np.ndarray, dict]:
-    """content_knn's test lists, its profile window chosen on validation Recall@10 (seen movies always left out)."""
-    best, curve = content_window(vectors, sh)
-    ranked = content_topk(vectors, sh.test_hist, sh.content_test_excluded, window=min(best, sh.cfg.max_history),
-                          k=MAX_K)
+        curve[w] = ranking_metrics(top, valid_targets, ks=(10,))["recall@10"]
+    best = max(curve, key=lambda w: (curve[w], -w))
+    ranked = content_topk(vectors, sh.test_hist, sh.content_test_excluded, window=min(best, cfg.max_history), k=MAX_K)
     return ranked, {"window": int(best), "valid_recall@10_by_window": {str(w): round(v, 4) for w, v in curve.items()}}
 
 
@@ -248,7 +223,6 @@ class _Shared:
     content_tune_excluded: Excluded
     cfg: RetrievalConfig
     joint: tuple[dict, dict] | None = None  # (weights, shape) of a joint run's recommender (method joint)
-    reserved: tuple[fusion.Reserved, fusion.Reserved] | None = None  # (tuning, test) events' kept places
 
     @property
     def known(self) -> np.ndarray:
@@ -383,8 +357,7 @@ def _ranked(model: torch.nn.Module, sh: _Shared, device: torch.device, info: dic
                                     cold=sh.is_cold, times=sh.test_time, content=sh.content, window=choice["window"])
         gate = choice["gate"]
         logit = None if gate is None else fusion.gate_logit(fusion.gate_features(sh.test_hist, sh.is_cold), gate)
-        return fusion.fused_ranking(c, sh.is_cold, choice["mix"], MAX_K, logit,
-                                    None if sh.reserved is None else sh.reserved[1])
+        return fusion.fused_ranking(c, sh.is_cold, choice["mix"], MAX_K, logit)
     cold_trie = None
     if isinstance(model, GenerativeRetriever) and cfg.cold_bonuses and sh.is_cold.any():
         cold_trie = model.subset_trie(np.flatnonzero(sh.is_cold))
@@ -402,7 +375,7 @@ def _fixed_job(method: str, fold: int, split: Split, sh: _Shared, vectors: np.nd
         top = most_popular(split.train_counts(), MAX_K, sh.test_excluded)
         ranked, info = np.broadcast_to(top, (len(split.test), top.shape[1])), {}
     else:
-        ranked, info = _content(vectors, sh)
+        ranked, info = _content(vectors, sh, split.valid.target)
     info = {"seed": sh.cfg.seeds[0], "fold": fold, **info, "train_s": round(time.perf_counter() - t0, 1)}
     return ranked, info
 
@@ -501,9 +474,6 @@ def run_benchmark(splits: Split | list[Split], codes: np.ndarray, cfg: Retrieval
                  len(split.test))
     methods = list(cfg.methods) + list(compared or {})
     fixed = {"most_popular", "content_knn"}
-    if cfg.dense_weight > 0 and any(_reads_vectors(mt, cfg) for mt in methods if mt not in fixed):
-        for sh in shared:
-            reserve_cold(sh)
     learned = _run_learned([(f, seed, mt) for f in range(len(splits)) for seed in cfg.seeds for mt in methods
                             if mt not in fixed], shared)
     results: dict[str, dict] = {}

@@ -142,10 +142,6 @@ class RetrievalConfig:
     events whose movie is cold, at least this share of what content similarity alone scores there (the cold
     profile's ranking of every movie); 0: the best on Recall@10 alone. When no mix reaches it, the best on
     Recall@10 is used."""
-    cold_reserve: int = 10
-    """With a dense head: the movies with no training interaction that content_knn ranks in its top this many
-    keep their places in the list (the rest filled by the mixture in its order), so that at every cut-off up to
-    it, new movies are recommended at least as well as by content similarity; 0: the mixture alone."""
     cold_bonuses: list[float] = field(default_factory=lambda: [float(b) for b in range(13)])
     """semantic_id_tokens: candidate log-probability bonuses for movies with no training interaction, the best
     on validation Recall@10 is used. Such a movie's last token was never a target, so a plain beam search all
@@ -245,8 +241,6 @@ class RetrievalConfig:
             scales = getattr(self, name)
             if any(t <= 0 for t in scales) or (self.gate_shifts and not scales):
                 raise ValueError(f"{name}: give positive scales, got {scales}")
-        if self.cold_reserve < 0:
-            raise ValueError(f"cold_reserve: must be >= 0, got {self.cold_reserve}")
         if self.cold_floor < 0:
             raise ValueError(f"cold_floor: must be >= 0, got {self.cold_floor}")
         if any(b < 0 for b in self.cold_bonuses):

@@ -18,9 +18,6 @@ content similarity does. So the list is a mixture of two rankings, each used whe
   there), so that new movies are recommended at least as well as the content baseline does. A shift of None
   ranks no cold movie (the gate off), w = 0 ranks warm movies by their SIDs alone, a large w by the dense head
   alone.
-- Kept places (``Reserved``): every cold movie that content similarity's own list (``content_knn``'s) ranks in
-  its top R keeps its place; the mixture's movies fill the other places in their order. At every cut-off up to
-  R, a cold target content similarity recommends is then recommended at the same rank, whatever the mix.
 
 Shapes: E events, M history length, N movies, C candidates per event, D content dimension, F = 3 gate features.
 
@@ -155,49 +152,15 @@ def _log_softmax_where(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return np.where(keep & some, log_softmax(np.where(some, z, 0.0), axis=1), -np.inf)
 
 
-class Reserved(NamedTuple):
-    """The places in each event's list that the cold movies of content similarity's own list keep."""
-
-    items: np.ndarray
-    """(E, R) item indices: the cold movie at each place of content similarity's top R, -1 where that movie is warm
-    (or there is none)."""
-
-    @classmethod
-    def of(cls, content_top: np.ndarray, is_cold: np.ndarray) -> Reserved:
-        """From (E, R) content-similarity lists (best first, -1 where none) and (N,) bool."""
-        top = np.asarray(content_top)
-        return cls(np.where((top >= 0) & np.asarray(is_cold, dtype=bool)[np.maximum(top, 0)], top, -1))
-
-    def held(self, items: np.ndarray) -> np.ndarray:
-        """(E, C) bool: which of (E, C) ``items`` a place is kept for."""
-        return ((items[:, :, None] == self.items[:, None, :]) & (items >= 0)[:, :, None]).any(2)
-
-    def apply(self, ranked: np.ndarray) -> np.ndarray:
-        """(E, K) lists (-1 where none) -> (E, K): each kept cold movie at its place in content similarity's list
-        (places beyond K dropped), the other places filled by ``ranked`` in order without the kept movies."""
-        places = self.items[:, :ranked.shape[1]]  # (E, R')
-        out = np.full(ranked.shape, -1, dtype=ranked.dtype)
-        out[:, :places.shape[1]] = places
-        rest = np.where(self.held(ranked), -1, ranked)  # (E, K)
-        for e in range(len(ranked)):
-            fill = rest[e][rest[e] >= 0]
-            free = np.flatnonzero(out[e] < 0)[:len(fill)]
-            out[e, free] = fill[:len(free)]
-        return out
-
-
 class _Scorer:
     """The candidates' log-probabilities under each mix, each part computed once (a choice tries hundreds)."""
 
-    def __init__(self, c: Candidates, is_cold: np.ndarray, logit: np.ndarray | None,
-                 reserved: Reserved | None = None) -> None:
+    def __init__(self, c: Candidates, is_cold: np.ndarray, logit: np.ndarray | None) -> None:
         valid = c.items >= 0
         self.c, self.logit = c, np.zeros(len(c.items)) if logit is None else logit  # (E,)
         self.cold = np.asarray(is_cold, dtype=bool)[np.maximum(c.items, 0)] & valid  # (E, C)
         self.warm = valid & ~self.cold
         self.warm_part, self.cold_part = {}, {}
-        self.reserved = reserved
-        self.held = np.zeros_like(valid) if reserved is None else reserved.held(c.items)  # (E, C)
 
     def score(self, mix: Mix) -> np.ndarray:
         """(E, C) log P of each candidate under ``mix`` (-inf where none)."""
@@ -224,30 +187,20 @@ class _Scorer:
                        -1)
         return np.pad(top, ((0, 0), (0, max(0, k - top.shape[1]))), constant_values=-1)
 
-    def hits(self, mix: Mix, column: np.ndarray, k: int, target: np.ndarray | None = None) -> np.ndarray:
+    def hits(self, mix: Mix, column: np.ndarray, k: int) -> np.ndarray:
         """(E,) bool: whether each event's target, at (E,) ``column`` of the candidates (-1: not among them), is in
-        ``ranking(mix, k)`` (with the reserved places, which need the (E,) ``target``); counted, not ranked: fewer
-        than ``k`` candidates that keep no place come before it, minus the places kept within ``k``."""
+        ``ranking(mix, k)``; counted, not ranked: fewer than ``k`` candidates come before it."""
         score = self.score(mix)
         mine = np.take_along_axis(score, np.maximum(column, 0)[:, None], 1)  # (E, 1)
         before = (score > mine) | ((score == mine) & (np.arange(score.shape[1]) < column[:, None]))  # (E, C)
-        if self.reserved is None:
-            return (column >= 0) & np.isfinite(mine[:, 0]) & (before.sum(1) < k)
-        places = self.reserved.items[:, :k]  # (E, k')
-        kept = (places == np.asarray(target)[:, None]).any(1)  # (E,)
-        free = k - (places >= 0).sum(1)  # (E,)
-        mine_held = np.take_along_axis(self.held, np.maximum(column, 0)[:, None], 1)[:, 0]
-        flow = (column >= 0) & ~mine_held & np.isfinite(mine[:, 0]) & ((before & ~self.held).sum(1) < free)
-        return kept | flow
+        return (column >= 0) & np.isfinite(mine[:, 0]) & (before.sum(1) < k)
 
 
-def fused_ranking(c: Candidates, is_cold: np.ndarray, mix: Mix, k: int, logit: np.ndarray | None = None,
-                  reserved: Reserved | None = None) -> np.ndarray:
+def fused_ranking(c: Candidates, is_cold: np.ndarray, mix: Mix, k: int, logit: np.ndarray | None = None
+                  ) -> np.ndarray:
     """(E, k) items: the candidates ranked by their mixture probability under ``mix``, -1 where there are fewer
-    than ``k`` to rank; with ``reserved``, its cold movies at their places. ``is_cold``: (N,) bool; ``logit``: (E,)
-    the gate's logit (needed when the gate is on)."""
-    ranked = _Scorer(c, is_cold, logit).ranking(mix, k)
-    return ranked if reserved is None else reserved.apply(ranked)
+    than ``k`` to rank. ``is_cold``: (N,) bool; ``logit``: (E,) the gate's logit (needed when the gate is on)."""
+    return _Scorer(c, is_cold, logit).ranking(mix, k)
 
 
 def mixes(weights: list[float], cold_scales: list[float], shifts: list[float], warm_scales: list[float],
@@ -264,17 +217,16 @@ def mixes(weights: list[float], cold_scales: list[float], shifts: list[float], w
 
 
 def best_mix(c: Candidates, target: np.ndarray, is_cold: np.ndarray, options: list[Mix], logit: np.ndarray | None,
-             cold_floor: float = 0.0, reserved: Reserved | None = None
-             ) -> tuple[Mix, dict[Mix, tuple[float, float]]]:
-    """The first of ``options`` with the best Recall@10 of (E,) ``target`` over the candidates (and the
-    ``reserved`` places) among those whose Recall@10 on the cold targets reaches ``cold_floor`` (all of them when
-    none does), and every option's (Recall@10, cold Recall@10)."""
+             cold_floor: float = 0.0) -> tuple[Mix, dict[Mix, tuple[float, float]]]:
+    """The first of ``options`` with the best Recall@10 of (E,) ``target`` over the candidates among those whose
+    Recall@10 on the cold targets reaches ``cold_floor`` (all of them when none does), and every option's
+    (Recall@10, cold Recall@10)."""
     cold = np.asarray(is_cold, dtype=bool)[target]  # (E,)
-    curve, scorer = {}, _Scorer(c, is_cold, logit, reserved)
+    curve, scorer = {}, _Scorer(c, is_cold, logit)
     found = c.items == np.asarray(target)[:, None]  # (E, C): at most one per row (a row's items are distinct)
     column = np.where(found.any(1), found.argmax(1), -1)  # (E,)
     for m in options:
-        hit = scorer.hits(m, column, 10, target)  # (E,)
+        hit = scorer.hits(m, column, 10)  # (E,)
         curve[m] = (float(hit.mean()), float(hit[cold].mean()) if cold.any() else 0.0)
     allowed = [m for m in options if curve[m][1] >= cold_floor] or options
     best = max(curve[m][0] for m in allowed)
