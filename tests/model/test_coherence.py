@@ -232,6 +232,31 @@ def test_prototype_cache_answers_exactly_as_the_full_search():
     assert 0.3 < cache.hits / cache.calls < 1.0  # it saves work, and it does not answer every row from the cache
 
 
+def test_both_cpu_searches_give_the_same_answers_and_the_faster_is_timed_once(monkeypatch):
+    from movielens_sids.model import groups
+    from movielens_sids.model.kmeans import nearest_code
+
+    g = torch.Generator().manual_seed(1)
+    points = torch.randn(700, 16, generator=g)
+    points[350:360] = points[:10]  # exact repeats: the lowest index wins, whichever engine ranked them
+    z = torch.cat([points[:10], torch.randn(290, 16, generator=g)])
+    want = nearest_code(z, points)
+    for engine in ("faiss", "torch"):
+        monkeypatch.setattr(groups, "_CPU_SEARCH", {"engine": engine})
+        cache = groups.NearestPrototypeCache(len(z), 16, candidates=4)
+        assert torch.equal(cache.nearest(torch.arange(len(z)), z, points), want)
+        d, i = cache._nearest(z, points, (points * points).sum(1), 5)  # (B, 5) ascending, as fp32 computes them
+        assert torch.equal(points[i[:, 0]], points[want]) and bool((d[:, 1:] >= d[:, :-1]).all())  # a repeat: either
+    timed = {}
+    monkeypatch.setattr(groups, "_CPU_SEARCH", timed)
+    monkeypatch.setattr(groups, "CALIBRATION_ROWS", 500)
+    assert groups.cpu_search_engine(points[:400]) == "faiss" and timed == {}  # too few points to time: the default
+    assert torch.equal(groups.nearest_prototype(z, points), want)
+    assert timed["engine"] in ("faiss", "torch")
+    monkeypatch.setattr(groups, "_product_nearest", lambda *a: pytest.fail("timed twice"))
+    assert groups.cpu_search_engine(points) == timed["engine"]  # once per process
+
+
 def test_nearest_prototype_is_nearest_code_and_the_grouped_rule_takes_it_on_cpus_without_bf16(monkeypatch):
     from movielens_sids.model import groups, rqvae
     from movielens_sids.model.kmeans import nearest_code

@@ -1,7 +1,7 @@
 """A first level that keeps tight groups together: a neighbour-aware balanced partition, and the
 prototypes that make it a rule for any vector.
 
-Pure torch, like the rest of the model, but for the full search of ``NearestPrototypeCache``, which is
+Pure torch, like the rest of the model, but for the full search of ``NearestPrototypeCache``, which may be
 FAISS's on the CPU. Used by ``ResidualQuantizer.init_codebooks`` when
 ``RQVAEConfig.group_weight`` > 0.
 
@@ -27,11 +27,15 @@ Shapes: N vectors, H latent dim, K codes, P prototypes per code, M = K * P proto
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import NamedTuple
 
 import torch
 
 from .kmeans import BLOCK_ELEMENTS, balanced_kmeans, kmeans, native_bf16, nearest_code, sinkhorn_bias
+
+log = logging.getLogger(__name__)
 
 
 def knn_graph(z: torch.Tensor, k: int, *, block: int = 4096) -> torch.Tensor:
@@ -302,7 +306,8 @@ def _version_key(points: torch.Tensor) -> tuple | object:
 
 def nearest_prototype(z: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """``nearest_code(z, points)`` (B,), the same answer, by ``NearestPrototypeCache``'s full search (on the
-    CPU FAISS's) and its proof that no other point is nearer; faster on CPUs without native bf16."""
+    CPU FAISS's or torch's, the faster) and its proof that no other point is nearer; faster on CPUs without
+    native bf16."""
     return NearestPrototypeCache(len(z), z.shape[1], device=z.device).nearest(
         torch.arange(len(z), device=z.device), z, points)
 
@@ -420,21 +425,60 @@ class NearestPrototypeCache:
     def _nearest(self, z: torch.Tensor, points: torch.Tensor, sq: torch.Tensor, count: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``count`` nearest points of each latent: (B, count) squared distances as fp32 computes them
-        (float64, ascending) and (B, count) int64 indices. On the CPU by FAISS's flat search (one BLAS product
-        and a heap per block of rows: faster than a torch product and ``topk``); the answer's exactness does
-        not rest on it (``_slack`` covers any fp32 summation order)."""
-        if z.device.type == "cpu":
-            import faiss
+        (float64, ascending) and (B, count) int64 indices. On the CPU by whichever of FAISS's flat search and a
+        torch product with ``topk`` runs faster there (``cpu_search_engine``); the answer's exactness does not
+        rest on either (``_slack`` covers any fp32 summation order)."""
+        if z.device.type != "cpu" or cpu_search_engine(points) == "torch":
+            return _product_nearest(z, points, sq, count)
+        import faiss
 
-            key = _version_key(points)
-            if key != self._index_of:
-                self._index = faiss.IndexFlatL2(points.shape[1])
-                self._index.add(points.contiguous().numpy())
-                self._index_of = key
-            d, i = self._index.search(z.contiguous().numpy(), count)
-            return torch.from_numpy(d).double(), torch.from_numpy(i)
-        block = max(256, BLOCK_ELEMENTS // len(points))  # as nearest_code's: fewer rows multiply slower
-        out = [torch.addmm(sq[None, :], zb, points.T, alpha=-2.0).topk(count, dim=1, largest=False)
-               for zb in z.split(block)]  # (b, M) |p|^2 - 2 z.p, ranked
-        vals = torch.cat([o.values for o in out]).double() + (z.double() ** 2).sum(1, keepdim=True)
-        return vals, torch.cat([o.indices for o in out])
+        key = _version_key(points)
+        if key != self._index_of:
+            self._index = faiss.IndexFlatL2(points.shape[1])
+            self._index.add(points.contiguous().numpy())
+            self._index_of = key
+        d, i = self._index.search(z.contiguous().numpy(), count)
+        return torch.from_numpy(d).double(), torch.from_numpy(i)
+
+
+CALIBRATION_ROWS = 2048
+"""Rows each engine searches while ``cpu_search_engine`` times them."""
+_CPU_SEARCH: dict[str, str] = {}
+"""``engine``: the faster exhaustive search on this CPU, once timed."""
+
+
+def cpu_search_engine(points: torch.Tensor) -> str:
+    """Which exhaustive nearest-point search runs faster on this CPU: ``"faiss"`` (FAISS's flat L2 index, one
+    BLAS product and a heap per block of rows) or ``"torch"`` (a torch product and ``topk``). Their BLAS
+    libraries differ, and so does which wins (docs/benchmarks.md#tokenizers-on-movielens-32m). Timed once per
+    process, on the first call with at least ``CALIBRATION_ROWS`` (M, H) float32 CPU points: each engine finds
+    the 2 nearest of ``CALIBRATION_ROWS`` of the points (picked by a fixed seed); "faiss" until then."""
+    if "engine" in _CPU_SEARCH:
+        return _CPU_SEARCH["engine"]
+    if len(points) < CALIBRATION_ROWS:
+        return "faiss"
+    import faiss
+
+    p = points.detach().float().contiguous()
+    z = p[torch.randint(len(p), (CALIBRATION_ROWS,), generator=torch.Generator().manual_seed(0))]  # (R, H)
+    t0 = time.perf_counter()
+    index = faiss.IndexFlatL2(p.shape[1])
+    index.add(p.numpy())
+    index.search(z.numpy(), 2)
+    t1 = time.perf_counter()
+    _product_nearest(z, p, (p * p).sum(1), 2)
+    took = {"faiss": t1 - t0, "torch": time.perf_counter() - t1}
+    _CPU_SEARCH["engine"] = min(took, key=took.get)
+    log.info("exhaustive search on this CPU: %s (%d rows against %d points: %s)", _CPU_SEARCH["engine"],
+             CALIBRATION_ROWS, len(p), ", ".join(f"{k} {v:.3f} s" for k, v in took.items()))
+    return _CPU_SEARCH["engine"]
+
+
+def _product_nearest(z: torch.Tensor, points: torch.Tensor, sq: torch.Tensor, count: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``NearestPrototypeCache._nearest`` by a torch product and ``topk`` per block of rows, on any device."""
+    block = max(256, BLOCK_ELEMENTS // len(points))  # as nearest_code's: fewer rows multiply slower
+    out = [torch.addmm(sq[None, :], zb, points.T, alpha=-2.0).topk(count, dim=1, largest=False)
+           for zb in z.split(block)]  # (b, M) |p|^2 - 2 z.p, ranked
+    vals = torch.cat([o.values for o in out]).double() + (z.double() ** 2).sum(1, keepdim=True)
+    return vals, torch.cat([o.indices for o in out])

@@ -26,7 +26,8 @@ Incremental (``--incremental``): movies already in ``sids.parquet`` keep their S
 SIDs that collide with none of them nor with any SID ever issued to a movie that has since
 disappeared (kept in the file's ``retired`` metadata; a movie that comes back gets its old SID).
 
-May import: artifacts, devices, sid, io, errors, settings; torch, faiss and model.rqvae on first use.
+May import: artifacts, devices, sid, io, errors, settings; torch, faiss, model.rqvae, model.groups and
+model.kmeans on first use.
 Never another stage.
 """
 
@@ -63,7 +64,8 @@ ALIGN = 64
 MARGIN = 1e-4
 """A float32 decision closer than this (relative to ||r||^2 + max ||c||^2) is settled again in float64."""
 FLAT_INDEX_MIN_POINTS = 4096
-"""A level-1 table of at least this many points (without biases, on the CPU) is searched by FAISS's flat index."""
+"""A level-1 table of at least this many points (without biases, on the CPU) is searched by FAISS's flat index,
+where it is the faster search (``model.groups.cpu_search_engine``)."""
 # ----------------------------------------------------------------------------------------------
 # Pure functions (numpy / torch, no I/O)
 # ----------------------------------------------------------------------------------------------
@@ -155,14 +157,17 @@ class _CodeTables(NamedTuple):
     prefix: torch.Tensor | None
     """(K, K) level 2's biases per first code (``prefix_bias``), or None."""
     first_index: Any = None
-    """FAISS's flat L2 index over level 1's points, for a large table without biases on the CPU (the
-    grouped level 1's prototypes): its search gives each row's two nearest, all the close-call test needs."""
+    """FAISS's flat L2 index over level 1's points, for a large table without biases on a CPU where FAISS
+    searches faster than a torch product (the grouped level 1's prototypes): its search gives each row's two
+    nearest, all the close-call test needs."""
 
 
 def _code_tables(tok) -> _CodeTables:
     """The tokenizer's codebooks as `_CodeTables`; level 1 is chosen among the quantizer's first-level table
     (its codes, or its prototypes when grouped)."""
     import torch
+
+    from ..model.groups import cpu_search_engine
 
     cb = tok.codebooks.detach().float()  # (L, K, H)
     bias = tok.code_bias.detach().float()  # (L, K)
@@ -177,7 +182,8 @@ def _code_tables(tok) -> _CodeTables:
         prefix = prefix.detach().float()
         code_scale[1] += prefix.abs().max()  # part of level 2's scale, like its own biases
     index = None
-    if pts.device.type == "cpu" and len(pts) >= FLAT_INDEX_MIN_POINTS and not bool(pbias.any()):
+    if (pts.device.type == "cpu" and len(pts) >= FLAT_INDEX_MIN_POINTS and not bool(pbias.any())
+            and cpu_search_engine(pts) == "faiss"):
         import faiss
 
         index = faiss.IndexFlatL2(pts.shape[1])
@@ -202,6 +208,7 @@ def _block_codes(r: torch.Tensor, t: _CodeTables, width: int, margin: float) -> 
     """Codes (b, L) and close calls (b,) of the latents r (b, H): greedy levels, or level 1 then a beam."""
     import torch
 
+    from ..model.kmeans import BLOCK_ELEMENTS
     from ..model.rqvae import beam_search  # torch: imported only when assigning
 
     levels = t.cb.shape[0]
@@ -212,8 +219,13 @@ def _block_codes(r: torch.Tensor, t: _CodeTables, width: int, margin: float) -> 
                                                                     t.code_scale[level], None)
         if level == 0 and t.first_index is not None:  # (b, 2) |r - p|^2 as FAISS's fp32 computes them
             d2, i2 = (torch.from_numpy(a) for a in t.first_index.search(np.ascontiguousarray(r.numpy()), 2))
+        elif level == 0:  # blocks of rows, so that a large table's (rows, P) distances stay a few MB
+            best = [torch.addmm(pconst[None, :], rb, points.T, alpha=-2.0).topk(min(2, len(points)), dim=1,
+                                                                                largest=False)
+                    for rb in r.split(max(256, BLOCK_ELEMENTS // len(points)))]
+            d2, i2 = torch.cat([b.values for b in best]), torch.cat([b.indices for b in best])  # (b, 2)
         else:
-            d = torch.addmm(pconst[None, :], r, points.T, alpha=-2.0)  # (b, K) or (b, P)
+            d = torch.addmm(pconst[None, :], r, points.T, alpha=-2.0)  # (b, K)
             if level == 1 and t.prefix is not None:
                 d = d + t.prefix[codes[:, 0]]  # (b, K) each row's first code's level-2 biases
             d2, i2 = d.topk(min(2, d.shape[1]), dim=1, largest=False)  # (b, 2) the nearest two
