@@ -253,7 +253,7 @@ def test_both_cpu_searches_give_the_same_answers_and_the_faster_is_timed_once(mo
     assert groups.cpu_search_engine(points[:400]) == "faiss" and timed == {}  # too few points to time: the default
     assert torch.equal(groups.nearest_prototype(z, points), want)
     assert timed["engine"] in ("faiss", "torch")
-    monkeypatch.setattr(groups, "_product_nearest", lambda *a: pytest.fail("timed twice"))
+    monkeypatch.setattr(groups, "product_nearest", lambda *a: pytest.fail("timed twice"))
     assert groups.cpu_search_engine(points) == timed["engine"]  # once per process
 
 

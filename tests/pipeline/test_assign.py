@@ -99,7 +99,7 @@ def test_fast_codes_follow_the_reference_with_biases_and_beam(model):
 @pytest.mark.parametrize("beam_width", [1, 3])
 def test_a_grouped_first_level_searched_by_faiss_follows_the_reference(beam_width, monkeypatch):
     import movielens_sids.stages.assign as assign_stage
-    from movielens_sids.model import groups, kmeans
+    from movielens_sids.model import groups
 
     x, ids = clustered_embeddings(1200, dim=16, seed=6)
     tok = tiny_tokenizer(x, levels=3, codebook_size=8, group_weight=4.0, group_prototypes=8,
@@ -108,7 +108,7 @@ def test_a_grouped_first_level_searched_by_faiss_follows_the_reference(beam_widt
     tok64 = exact_model(tok)
     ref = reference_codes(tok64, exact_latents(tok64, x))
     got = []
-    monkeypatch.setattr(kmeans, "BLOCK_ELEMENTS", 1)  # the torch product in blocks of 256 rows
+    monkeypatch.setattr(groups, "BLOCK_ELEMENTS", 1)  # the torch product in blocks of 256 rows
     # FAISS where the table is large and FAISS is this CPU's faster search; else a torch product
     for route, least, faster in (("faiss", 1, "faiss"), ("torch", 10**9, "faiss"), ("torch", 1, "torch")):
         monkeypatch.setattr(assign_stage, "FLAT_INDEX_MIN_POINTS", least)

@@ -429,14 +429,10 @@ class NearestPrototypeCache:
         torch product with ``topk`` runs faster there (``cpu_search_engine``); the answer's exactness does not
         rest on either (``_slack`` covers any fp32 summation order)."""
         if z.device.type != "cpu" or cpu_search_engine(points) == "torch":
-            return _product_nearest(z, points, sq, count)
-        import faiss
-
+            return product_nearest(z, points, sq, count)
         key = _version_key(points)
         if key != self._index_of:
-            self._index = faiss.IndexFlatL2(points.shape[1])
-            self._index.add(points.contiguous().numpy())
-            self._index_of = key
+            self._index, self._index_of = _flat_index(points), key
         d, i = self._index.search(z.contiguous().numpy(), count)
         return torch.from_numpy(d).double(), torch.from_numpy(i)
 
@@ -457,16 +453,12 @@ def cpu_search_engine(points: torch.Tensor) -> str:
         return _CPU_SEARCH["engine"]
     if len(points) < CALIBRATION_ROWS:
         return "faiss"
-    import faiss
-
     p = points.detach().float().contiguous()
     z = p[torch.randint(len(p), (CALIBRATION_ROWS,), generator=torch.Generator().manual_seed(0))]  # (R, H)
     t0 = time.perf_counter()
-    index = faiss.IndexFlatL2(p.shape[1])
-    index.add(p.numpy())
-    index.search(z.numpy(), 2)
+    _flat_index(p).search(z.numpy(), 2)
     t1 = time.perf_counter()
-    _product_nearest(z, p, (p * p).sum(1), 2)
+    product_nearest(z, p, (p * p).sum(1), 2)
     took = {"faiss": t1 - t0, "torch": time.perf_counter() - t1}
     _CPU_SEARCH["engine"] = min(took, key=took.get)
     log.info("exhaustive search on this CPU: %s (%d rows against %d points: %s)", _CPU_SEARCH["engine"],
@@ -474,9 +466,20 @@ def cpu_search_engine(points: torch.Tensor) -> str:
     return _CPU_SEARCH["engine"]
 
 
-def _product_nearest(z: torch.Tensor, points: torch.Tensor, sq: torch.Tensor, count: int
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``NearestPrototypeCache._nearest`` by a torch product and ``topk`` per block of rows, on any device."""
+def _flat_index(points: torch.Tensor):
+    """FAISS's flat L2 index over (M, H) float32 CPU points."""
+    import faiss
+
+    index = faiss.IndexFlatL2(points.shape[1])
+    index.add(points.contiguous().numpy())
+    return index
+
+
+def product_nearest(z: torch.Tensor, points: torch.Tensor, sq: torch.Tensor, count: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``count`` nearest of (M, H) points for each of (B, H) latents by a torch product and ``topk`` per block
+    of rows (a (rows, M) block stays a few MB), on any device: (B, count) float64 |z|^2 + sq - 2 z.p with the
+    product in fp32, ascending, and (B, count) int64 indices. ``sq``: (M,) |p|^2 (plus a point's bias, if any)."""
     block = max(256, BLOCK_ELEMENTS // len(points))  # as nearest_code's: fewer rows multiply slower
     out = [torch.addmm(sq[None, :], zb, points.T, alpha=-2.0).topk(count, dim=1, largest=False)
            for zb in z.split(block)]  # (b, M) |p|^2 - 2 z.p, ranked

@@ -26,8 +26,8 @@ Incremental (``--incremental``): movies already in ``sids.parquet`` keep their S
 SIDs that collide with none of them nor with any SID ever issued to a movie that has since
 disappeared (kept in the file's ``retired`` metadata; a movie that comes back gets its old SID).
 
-May import: artifacts, devices, sid, io, errors, settings; torch, faiss, model.rqvae, model.groups and
-model.kmeans on first use.
+May import: artifacts, devices, sid, io, errors, settings; torch, faiss, model.rqvae and model.groups on first
+use.
 Never another stage.
 """
 
@@ -208,7 +208,7 @@ def _block_codes(r: torch.Tensor, t: _CodeTables, width: int, margin: float) -> 
     """Codes (b, L) and close calls (b,) of the latents r (b, H): greedy levels, or level 1 then a beam."""
     import torch
 
-    from ..model.kmeans import BLOCK_ELEMENTS
+    from ..model.groups import product_nearest
     from ..model.rqvae import beam_search  # torch: imported only when assigning
 
     levels = t.cb.shape[0]
@@ -219,11 +219,8 @@ def _block_codes(r: torch.Tensor, t: _CodeTables, width: int, margin: float) -> 
                                                                     t.code_scale[level], None)
         if level == 0 and t.first_index is not None:  # (b, 2) |r - p|^2 as FAISS's fp32 computes them
             d2, i2 = (torch.from_numpy(a) for a in t.first_index.search(np.ascontiguousarray(r.numpy()), 2))
-        elif level == 0:  # blocks of rows, so that a large table's (rows, P) distances stay a few MB
-            best = [torch.addmm(pconst[None, :], rb, points.T, alpha=-2.0).topk(min(2, len(points)), dim=1,
-                                                                                largest=False)
-                    for rb in r.split(max(256, BLOCK_ELEMENTS // len(points)))]
-            d2, i2 = torch.cat([b.values for b in best]), torch.cat([b.indices for b in best])  # (b, 2)
+        elif level == 0:  # (b, 2) in blocks of rows, so that a large table's (rows, P) distances stay a few MB
+            d2, i2 = product_nearest(r, points, pconst, min(2, len(points)))
         else:
             d = torch.addmm(pconst[None, :], r, points.T, alpha=-2.0)  # (b, K)
             if level == 1 and t.prefix is not None:
